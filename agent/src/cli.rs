@@ -1,0 +1,1 @@
+//! The `wh` command line.

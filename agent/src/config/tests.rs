@@ -1,0 +1,320 @@
+use super::*;
+use proptest::prelude::*;
+
+const KA: &str = "zW-1lBeQ7IkT6NW6hL_NsV4eOPOwJi_rt1vO-omOEmQ";
+const KB: &str = "g878Bf9ZDc4IzFSUhWFTO1VYFVmHD5XfvEsVn83Dsho";
+const KC: &str = "9OtorxsAqPqZkJ-fAYNRAPr9piMWKMLnGqOVVpMUvXY";
+const KBOOT: &str = "P17zMwXJFbBdJEn05RFIMADw9TX5_m2xgf31OgNKX3w";
+
+fn tutorial() -> String {
+    format!(
+        "name tutorial # name of network\n\
+         subnet 10.0.42.0/24 # private subnetwork\n\
+         # one DHT bootstrap node\n\
+         boot {KBOOT} bootstrap.wirehub.example\n\
+         trust node_a {KA}\n\
+         trust node_b {KB}\n"
+    )
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    parse(text).expect_err("the text should be refused").errors
+}
+
+#[test]
+fn tutorial_parses_and_allocates_from_two() {
+    let parsed = parse(&tutorial()).unwrap();
+    let spec = parsed.spec;
+    assert!(parsed.warnings.is_empty());
+    assert_eq!(spec.name, "tutorial");
+    assert_eq!(spec.subnet, Some("10.0.42.0/24".parse().unwrap()));
+    assert_eq!(spec.workbits, 8);
+    assert_eq!(spec.namespace, "public");
+    assert_eq!(spec.peers.len(), 3);
+    assert_eq!(spec.peers[0].role, Role::Boot);
+    assert_eq!(
+        spec.peers[0].endpoint,
+        Some(Endpoint {
+            host: "bootstrap.wirehub.example".into(),
+            port: DEFAULT_PORT
+        })
+    );
+    let ips = spec.ipv4_addresses();
+    assert_eq!(ips[0], None);
+    assert_eq!(ips[1], Some("10.0.42.2".parse().unwrap()));
+    assert_eq!(ips[2], Some("10.0.42.3".parse().unwrap()));
+}
+
+#[test]
+fn static_ips_are_skipped_by_allocation() {
+    let text =
+        format!("name n\nsubnet 10.1.0.0/29\ntrust a {KA}\ntrust b 10.1.0.3 {KB}\ntrust c {KC}\n");
+    let spec = parse(&text).unwrap().spec;
+    let ips: Vec<_> = spec
+        .ipv4_addresses()
+        .into_iter()
+        .map(|i| i.unwrap().to_string())
+        .collect();
+    assert_eq!(ips, ["10.1.0.2", "10.1.0.3", "10.1.0.4"]);
+}
+
+#[test]
+fn router_is_trusted_alias_and_peer_are_not() {
+    let text = format!(
+        "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} 203.0.113.5:1000\npeer {KB} 203.0.113.6\nalias {KC}\n"
+    );
+    let spec = parse(&text).unwrap().spec;
+    let ips = spec.ipv4_addresses();
+    assert_eq!(ips, vec![Some("10.1.0.2".parse().unwrap()), None, None]);
+    assert_eq!(spec.peers[0].endpoint.as_ref().unwrap().port, 1000);
+    let members = spec.members();
+    assert!(members[0].ipv6.is_some());
+    assert!(members[1].ipv6.is_none());
+}
+
+#[test]
+fn three_mistakes_give_three_errors_with_lines() {
+    let text = format!(
+        "name n\nsubnet 10.0.0.0/24\ntrust a {}\ntrust b 10.9.0.1 {KB}\nboot {KC}\n",
+        &KA[..42]
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert_eq!(errs[0].line, 3);
+    assert!(
+        errs[0].message.contains("42 characters"),
+        "{}",
+        errs[0].message
+    );
+    assert_eq!(errs[1].line, 4);
+    assert!(
+        errs[1].message.contains("outside the subnet"),
+        "{}",
+        errs[1].message
+    );
+    assert_eq!(errs[2].line, 5);
+    assert!(errs[2].message.contains("endpoint"), "{}", errs[2].message);
+}
+
+#[test]
+fn each_listed_mistake_is_named() {
+    let cases: Vec<(String, &str, usize, usize)> = vec![
+        (
+            format!("name n\nsubnet 10.0.0.1/24\ntrust a {KA}\n"),
+            "not a network address",
+            2,
+            8,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust a {KA}\ntrust b {KA}\n"),
+            "already used on line 3",
+            4,
+            9,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust a {KA}\ntrust a {KB}\n"),
+            "hostname 'a' is already used",
+            4,
+            7,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust a 10.0.0.2 {KA}\ntrust b 10.0.0.2 {KB}\n"),
+            "already given on line 3",
+            4,
+            9,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\npeer {KA} host:port\n"),
+            "port 'port' is not a number",
+            3,
+            50,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\npeer {KA} host:70000\n"),
+            "out of range",
+            3,
+            50,
+        ),
+        (format!("name n\nboot {KA}\n"), "needs an endpoint", 2, 49),
+        (
+            format!("name n\ntrust a {KA}\nsubnet 10.0.0.0/24\n"),
+            "'subnet' must come before it",
+            2,
+            1,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/30\ntrust a {KA}\ntrust b {KB}\n"),
+            "no address left",
+            4,
+            9,
+        ),
+        (format!("subnet 10.0.0.0/24\n"), "no 'name' line", 1, 1),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust a b c {KA}\n"),
+            "one word too many before the key",
+            3,
+            11,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust {KA} h1 h2\n"),
+            "one word too many after",
+            3,
+            54,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\npeer 10.0.0.9 {KA}\n"),
+            "cannot take one",
+            3,
+            6,
+        ),
+        (format!("name n\nworkbit lots\n"), "not a number", 2, 9),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust 9a {KA}\n"),
+            "does not start with a letter",
+            3,
+            7,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust a\n"),
+            "no public key",
+            3,
+            7,
+        ),
+        (
+            format!("name n\nsubnet 10.0.0.0/24\ntrust a {}!\n", &KA[..42]),
+            "key '",
+            3,
+            9,
+        ),
+        (
+            format!("name n\nsubnet nope\n"),
+            "not an IPv4 network",
+            2,
+            8,
+        ),
+    ];
+    for (text, needle, line, column) in cases {
+        let errs = errors(&text);
+        let hit = errs.iter().find(|e| e.message.contains(needle));
+        let Some(e) = hit else {
+            panic!("no error containing {needle:?} for {text:?}: {errs:#?}");
+        };
+        assert_eq!((e.line, e.column), (line, column), "{needle}: {e}");
+    }
+}
+
+#[test]
+fn unknown_directive_is_a_warning_with_its_line() {
+    let text = format!("name n\nfrobnicate yes\nsubnet 10.0.0.0/24\ntrust a {KA}\n");
+    let parsed = parse(&text).unwrap();
+    assert_eq!(parsed.warnings.len(), 1);
+    assert_eq!(parsed.warnings[0].line, 2);
+    assert!(parsed.warnings[0].message.contains("frobnicate"));
+}
+
+#[test]
+fn endpoints_parse_in_every_form() {
+    let e = |s: &str| Endpoint::parse(s);
+    assert_eq!(e("1.2.3.4").unwrap().port, DEFAULT_PORT);
+    assert_eq!(e("1.2.3.4:5").unwrap().port, 5);
+    assert_eq!(
+        e("[fd00::1]:7").unwrap(),
+        Endpoint {
+            host: "fd00::1".into(),
+            port: 7
+        }
+    );
+    assert_eq!(e("fd00::1").unwrap().port, DEFAULT_PORT);
+    assert_eq!(e("[fd00::1]").unwrap().port, DEFAULT_PORT);
+    assert_eq!(e("host.example:9").unwrap().host, "host.example");
+    assert!(e(":9").is_err());
+    assert!(e("[fd00::1").is_err());
+    assert!(e("a/b").is_err());
+    assert_eq!(e("[fd00::1]:7").unwrap().to_string(), "[fd00::1]:7");
+}
+
+#[test]
+fn display_round_trips_the_tutorial() {
+    let spec = parse(&tutorial()).unwrap().spec;
+    let again = parse(&spec.to_string()).unwrap().spec;
+    assert_eq!(spec, again);
+    assert!(spec.validate().is_ok());
+}
+
+fn key_strategy() -> impl Strategy<Value = PublicKey> {
+    any::<[u8; 32]>().prop_map(PublicKey)
+}
+
+fn name_strategy() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9_-]{0,12}"
+}
+
+fn endpoint_strategy() -> impl Strategy<Value = Endpoint> {
+    prop_oneof![
+        (any::<[u8; 4]>(), 1u16..).prop_map(|(ip, port)| Endpoint {
+            host: std::net::Ipv4Addr::from(ip).to_string(),
+            port
+        }),
+        (any::<[u16; 8]>(), 1u16..).prop_map(|(ip, port)| Endpoint {
+            host: std::net::Ipv6Addr::from(ip).to_string(),
+            port
+        }),
+        ("[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5})?", 1u16..)
+            .prop_map(|(host, port)| Endpoint { host, port }),
+    ]
+}
+
+prop_compose! {
+    fn spec_strategy()(
+        name in name_strategy(),
+        prefix in 16u8..=24,
+        net in any::<u32>(),
+        workbits in 0u8..=20,
+        namespace in name_strategy(),
+        raw in proptest::collection::vec(
+            (0usize..5, proptest::option::of(name_strategy()), key_strategy(), proptest::option::of(endpoint_strategy()), any::<bool>()),
+            0..12),
+    ) -> NetworkSpec {
+        let subnet = Ipv4Net::new(Ipv4Addr::from(net), prefix).unwrap().trunc();
+        let mut used_names = std::collections::HashSet::new();
+        used_names.insert(name.clone());
+        let mut peers = Vec::new();
+        let mut next_static = u32::from(subnet.broadcast()) - 1;
+        for (i, (role, hostname, key, endpoint, static_ip)) in raw.into_iter().enumerate() {
+            let role = Role::ALL[role];
+            let hostname = hostname.map(|h| format!("{h}{i}")).filter(|h| used_names.insert(h.clone()));
+            let endpoint = if role == Role::Boot { Some(endpoint.unwrap_or(Endpoint { host: "boot.example".into(), port: 1 })) } else { endpoint };
+            let static_ip = (static_ip && role.is_trusted()).then(|| { next_static -= 1; Ipv4Addr::from(next_static + 1) });
+            peers.push(PeerSpec { role, hostname, static_ip, key, endpoint });
+        }
+        NetworkSpec { name, subnet: Some(subnet), workbits, namespace, peers }
+    }
+}
+
+proptest! {
+    #[test]
+    fn printed_spec_parses_to_the_same_spec(spec in spec_strategy()) {
+        let text = spec.to_string();
+        let parsed = parse(&text);
+        prop_assert!(parsed.is_ok(), "{}\n{:?}", text, parsed.err());
+        prop_assert_eq!(parsed.unwrap().spec, spec);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = parse(&text);
+    }
+
+    #[test]
+    fn arbitrary_lines_of_words_never_panic(lines in proptest::collection::vec(
+        proptest::collection::vec(prop_oneof![
+            Just("name".to_string()), Just("subnet".to_string()), Just("trust".to_string()),
+            Just("boot".to_string()), Just("router".to_string()), Just("10.0.0.0/24".to_string()),
+            Just(KA.to_string()), Just(KB.to_string()), Just("1.2.3.4:5".to_string()),
+            Just("[::1]:x".to_string()), Just("#".to_string()), "[ -~]{0,50}",
+        ], 0..6), 0..20)) {
+        let text = lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n");
+        let _ = parse(&text);
+    }
+}

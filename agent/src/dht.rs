@@ -1,0 +1,1 @@
+//! The Kademlia DHT as a sans-I/O state machine (being built).

@@ -1,0 +1,1 @@
+//! The sealed wire protocol: every control message, encode/decode, sealing (being built).
