@@ -1,1 +1,37 @@
-//! The sealed wire protocol: every control message, encode/decode, sealing (being built).
+//! The sealed wire protocol: every control message, its plain encoding, and
+//! the sealing that carries it between nodes. No I/O, no clock of its own:
+//! callers pass the time (milliseconds since the Unix epoch) and the bytes.
+//!
+//! A datagram is `0xFF, version, sender key, nonce, AEAD(timestamp ||
+//! message) + tag`; the first byte lets the same UDP socket carry WireGuard
+//! (whose messages start with 1 to 4). The AEAD key of a pair of nodes is
+//! derived once from X25519 and cached ([`Codec`]). The byte-level
+//! specification is docs/protocol.md.
+//!
+//! ```
+//! use wirehub::keys::PrivateKey;
+//! use wirehub::proto::{Codec, CodecConfig, Message};
+//! let cfg = CodecConfig { required_workbits: 0, ..CodecConfig::default() };
+//! let (a, b) = (PrivateKey::generate().unwrap(), PrivateKey::generate().unwrap());
+//! let (pa, pb) = (a.public_key(), b.public_key());
+//! let mut ca = Codec::new(a, cfg.clone()).unwrap();
+//! let mut cb = Codec::new(b, cfg).unwrap();
+//! let now = 1_700_000_000_000;
+//! let bytes = ca.seal(now, &pb, &Message::Probe { id: 7 }).unwrap();
+//! assert_eq!(cb.open(now, &bytes).unwrap(), (pa, Message::Probe { id: 7 }));
+//! ```
+
+mod codec;
+mod message;
+#[cfg(test)]
+mod tests;
+
+pub use codec::{
+    CONTROL_BUDGET, Codec, CodecConfig, Counters, DEFAULT_MAX_SKEW_MS, DropCounters, HEADER_LEN,
+    MAGIC, MAX_DATAGRAM, MIN_DATAGRAM, NONCE_LEN, OpenError, SEAL_OVERHEAD, SealError, TAG_LEN,
+    TIMESTAMP_LEN, VERSION, alias_proof, derive_key, is_control, sealed_len,
+};
+pub use message::{
+    DecodeError, EncodeError, MAX_ENDPOINTS, MAX_NODES, MAX_RELAY_PAYLOAD, MAX_RELAYS, Message,
+    NatKind, NodeRecord, PROOF_LEN, types,
+};
