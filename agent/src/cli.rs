@@ -1,1 +1,581 @@
-//! The `wh` command line.
+//! The `wh` command line, in the original WireHub's keyword style:
+//! `wh up ./config private-key ./node.sk interface wh0 listen-port 62096 mode nat`.
+//!
+//! Every command is described once in [`COMMANDS`]; parsing, `wh help`, usage
+//! errors and shell completion all read that table. Exit codes: 0 success,
+//! 1 runtime failure, 2 usage error.
+
+pub mod commands;
+pub mod completion;
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// What a keyword's value (or a positional argument) is, for completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    /// A path to a file.
+    File,
+    /// The name of a running WireHub interface.
+    Interface,
+    /// A peer of a running interface: a key, key prefix or hostname.
+    Peer,
+    /// A whole number.
+    Number,
+    /// Free text.
+    Text,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+}
+
+/// A `keyword VALUE` pair a command accepts.
+#[derive(Debug)]
+pub struct Keyword {
+    pub name: &'static str,
+    pub value: Value,
+    pub help: &'static str,
+}
+
+/// A positional argument.
+#[derive(Debug)]
+pub struct Positional {
+    pub name: &'static str,
+    pub value: Value,
+    pub required: bool,
+}
+
+/// One `wh` command.
+#[derive(Debug)]
+pub struct Command {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub positionals: &'static [Positional],
+    pub keywords: &'static [Keyword],
+    /// `--flags` without value.
+    pub flags: &'static [(&'static str, &'static str)],
+    pub details: &'static str,
+}
+
+impl Command {
+    /// The one-line synopsis, e.g. `wh workbit [namespace NS]`.
+    pub fn synopsis(&self) -> String {
+        let mut s = format!("wh {}", self.name);
+        for p in self.positionals {
+            if p.required {
+                s += &format!(" <{}>", p.name);
+            } else {
+                s += &format!(" [{}]", p.name);
+            }
+        }
+        for k in self.keywords {
+            s += &format!(" [{} {}]", k.name, value_name(k.value, k.name));
+        }
+        for (f, _) in self.flags {
+            s += &format!(" [{f}]");
+        }
+        s
+    }
+
+    pub fn help(&self) -> String {
+        let mut s = format!("{}\n\nUsage: {}\n", self.summary, self.synopsis());
+        if !self.keywords.is_empty() || !self.flags.is_empty() {
+            s += "\nKeywords:\n";
+            for k in self.keywords {
+                let head = format!("{} {}", k.name, value_name(k.value, k.name));
+                s += &format!("  {head:<28} {}\n", k.help);
+            }
+            for (f, help) in self.flags {
+                s += &format!("  {f:<28} {help}\n");
+            }
+        }
+        if !self.details.is_empty() {
+            s += &format!("\n{}\n", self.details);
+        }
+        s
+    }
+}
+
+fn value_name(v: Value, keyword: &str) -> String {
+    match v {
+        Value::File => "FILE".into(),
+        Value::Interface => "INTERFACE".into(),
+        Value::Peer => "PEER".into(),
+        Value::Number => "N".into(),
+        Value::Text => keyword.to_ascii_uppercase().replace('-', "_"),
+        Value::Choice(c) => c.join("|"),
+    }
+}
+
+const NAMESPACE: Keyword = Keyword {
+    name: "namespace",
+    value: Value::Text,
+    help: "namespace of the proof of work (default: public)",
+};
+
+/// Every command `wh` knows, in the order `wh help` lists them.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "show",
+        summary: "Show the running interfaces, their peers and paths (the default command).",
+        positionals: &[
+            Positional {
+                name: "INTERFACE|all|interfaces",
+                value: Value::Interface,
+                required: false,
+            },
+            Positional {
+                name: "light|all",
+                value: Value::Choice(&["light", "all"]),
+                required: false,
+            },
+        ],
+        keywords: &[],
+        flags: &[],
+        details: "Peers are marked ● direct, ◒ behind NAT, ○ relayed, ◌ alias.",
+    },
+    Command {
+        name: "up",
+        summary: "Bring a WireHub network up on this host.",
+        positionals: &[Positional {
+            name: "CONFIG",
+            value: Value::File,
+            required: true,
+        }],
+        keywords: &[
+            Keyword {
+                name: "private-key",
+                value: Value::File,
+                help: "the node's private key (default: a new key, as a public DHT node)",
+            },
+            Keyword {
+                name: "interface",
+                value: Value::Text,
+                help: "interface name (default: wh- and 8 characters of the public key)",
+            },
+            Keyword {
+                name: "listen-port",
+                value: Value::Number,
+                help: "UDP port (default: 62096)",
+            },
+            Keyword {
+                name: "mode",
+                value: Value::Choice(&["unknown", "direct", "nat"]),
+                help: "skip NAT detection: direct (public address) or nat",
+            },
+            Keyword {
+                name: "backend",
+                value: Value::Choice(&["auto", "embedded", "kernel", "userspace"]),
+                help: "WireGuard data plane (default: auto)",
+            },
+            Keyword {
+                name: "mtu",
+                value: Value::Number,
+                help: "MTU of the interface (default: 1420)",
+            },
+        ],
+        flags: &[(
+            "--foreground",
+            "stay in the foreground and log to stderr (for systemd and containers)",
+        )],
+        details: "",
+    },
+    Command {
+        name: "down",
+        summary: "Stop a running interface and remove everything it made.",
+        positionals: &[Positional {
+            name: "INTERFACE",
+            value: Value::Interface,
+            required: true,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "reload",
+        summary: "Re-read the network file of a running interface.",
+        positionals: &[Positional {
+            name: "INTERFACE",
+            value: Value::Interface,
+            required: true,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "A file with errors changes nothing; running tunnels of unchanged peers are kept.",
+    },
+    Command {
+        name: "inspect",
+        summary: "Print the whole state of an interface as JSON.",
+        positionals: &[Positional {
+            name: "INTERFACE",
+            value: Value::Interface,
+            required: true,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "lookup",
+        summary: "Look a peer up in the DHT and print its record.",
+        positionals: &[
+            Positional {
+                name: "INTERFACE",
+                value: Value::Interface,
+                required: true,
+            },
+            Positional {
+                name: "PEER",
+                value: Value::Peer,
+                required: true,
+            },
+        ],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "ping",
+        summary: "Ping a peer over the WireHub control protocol and print the round trip.",
+        positionals: &[
+            Positional {
+                name: "INTERFACE",
+                value: Value::Interface,
+                required: true,
+            },
+            Positional {
+                name: "PEER",
+                value: Value::Peer,
+                required: true,
+            },
+        ],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "forget",
+        summary: "Forget what an interface knows of a peer (it is looked up again).",
+        positionals: &[
+            Positional {
+                name: "INTERFACE",
+                value: Value::Interface,
+                required: true,
+            },
+            Positional {
+                name: "PEER",
+                value: Value::Peer,
+                required: true,
+            },
+        ],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "resolve",
+        summary: "Resolve a hostname of a running network to its overlay addresses, or an address to its name.",
+        positionals: &[Positional {
+            name: "NAME|IP",
+            value: Value::Peer,
+            required: true,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "genkey",
+        summary: "Print a new private key (standard base64, as wg genkey).",
+        positionals: &[Positional {
+            name: "CONFIG",
+            value: Value::File,
+            required: false,
+        }],
+        keywords: &[
+            Keyword {
+                name: "workbit",
+                value: Value::Number,
+                help: "search a key with at least N workbits",
+            },
+            NAMESPACE,
+            Keyword {
+                name: "threads",
+                value: Value::Number,
+                help: "search threads (default: every core)",
+            },
+        ],
+        flags: &[],
+        details: "With CONFIG, workbit and namespace come from the network file. A long search shows its progress on a terminal; Ctrl-C stops it.",
+    },
+    Command {
+        name: "pubkey",
+        summary: "Read a private key on stdin and print its public key (43 URL-safe base64 characters).",
+        positionals: &[],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "workbit",
+        summary: "Read a key on stdin and print its workbits (leading zero bits of BLAKE2b-256(key || namespace)).",
+        positionals: &[],
+        keywords: &[NAMESPACE],
+        flags: &[],
+        details: "The key is a private key (standard base64 with '=', as wh genkey prints) or a public key (43 URL-safe characters, as wh pubkey prints).",
+    },
+    Command {
+        name: "orchid",
+        summary: "Read a key on stdin and print the node's stable IPv6 overlay address.",
+        positionals: &[Positional {
+            name: "CONFIG",
+            value: Value::File,
+            required: false,
+        }],
+        keywords: &[Keyword {
+            name: "namespace",
+            value: Value::Text,
+            help: "name of the network the address is for (default: public)",
+        }],
+        flags: &[],
+        details: "The prefix is a ULA /64 derived from the network's name (or CONFIG's), the interface identifier from the key: see docs/addressing.md.\nThe key is read as for wh workbit.",
+    },
+    Command {
+        name: "check",
+        summary: "Validate a network file and print its nodes and their addresses.",
+        positionals: &[Positional {
+            name: "CONFIG",
+            value: Value::File,
+            required: true,
+        }],
+        keywords: &[],
+        flags: &[("--json", "print the network as JSON")],
+        details: "Every error of the file is printed with its line and column.",
+    },
+    Command {
+        name: "completion",
+        summary: "Print a shell completion script.",
+        positionals: &[Positional {
+            name: "SHELL",
+            value: Value::Choice(&["bash", "zsh", "fish"]),
+            required: true,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "bash: source <(wh completion bash)\nzsh:  source <(wh completion zsh)\nfish: wh completion fish | source",
+    },
+    Command {
+        name: "help",
+        summary: "Print help about wh or one of its commands.",
+        positionals: &[Positional {
+            name: "COMMAND",
+            value: Value::Choice(&[]),
+            required: false,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+    Command {
+        name: "version",
+        summary: "Print the version of wh.",
+        positionals: &[],
+        keywords: &[],
+        flags: &[],
+        details: "",
+    },
+];
+
+/// Finds a command by name.
+pub fn command(name: &str) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// The arguments of one command line, once checked against its command.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    pub positionals: Vec<String>,
+    pub keywords: HashMap<&'static str, String>,
+    pub flags: Vec<&'static str>,
+}
+
+impl Args {
+    pub fn get(&self, keyword: &str) -> Option<&str> {
+        self.keywords.get(keyword).map(String::as_str)
+    }
+
+    pub fn flag(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+
+    /// A keyword's value as a number, with a usage error naming it.
+    pub fn number<T: std::str::FromStr>(&self, keyword: &str) -> Result<Option<T>, Usage> {
+        self.get(keyword)
+            .map(|v| {
+                v.parse().map_err(|_| Usage {
+                    command: None,
+                    message: format!("'{keyword}' takes a number, not '{v}'"),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn positional(&self, i: usize) -> Option<&str> {
+        self.positionals.get(i).map(String::as_str)
+    }
+}
+
+/// A usage error: the message and the command whose help to point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub command: Option<&'static str>,
+    pub message: String,
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.command {
+            Some(c) => write!(f, "{}; see 'wh help {c}'", self.message),
+            None => write!(f, "{}; see 'wh help'", self.message),
+        }
+    }
+}
+
+/// Checks the words after the command name against the command's table.
+pub fn parse_args(cmd: &'static Command, words: &[String]) -> Result<Args, Usage> {
+    let usage = |message: String| Usage {
+        command: Some(cmd.name),
+        message,
+    };
+    let mut args = Args::default();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].as_str();
+        if let Some(k) = cmd.keywords.iter().find(|k| k.name == w) {
+            let Some(v) = words.get(i + 1) else {
+                return Err(usage(format!(
+                    "'{w}' needs a value: {w} {}",
+                    value_name(k.value, k.name)
+                )));
+            };
+            if let Value::Choice(choices) = k.value {
+                if !choices.contains(&v.as_str()) {
+                    return Err(usage(format!(
+                        "'{w}' is one of {}, not '{v}'",
+                        choices.join(", ")
+                    )));
+                }
+            }
+            if args.keywords.insert(k.name, v.clone()).is_some() {
+                return Err(usage(format!("'{w}' is given twice")));
+            }
+            i += 2;
+            continue;
+        }
+        if let Some((f, _)) = cmd.flags.iter().find(|(f, _)| *f == w) {
+            args.flags.push(f);
+        } else if w.starts_with("--") && w.len() > 2 {
+            return Err(usage(format!("unknown option '{w}'")));
+        } else if args.positionals.len() < cmd.positionals.len() {
+            args.positionals.push(w.to_string());
+        } else {
+            let known: Vec<&str> = cmd.keywords.iter().map(|k| k.name).collect();
+            return Err(usage(if known.is_empty() {
+                format!("unexpected argument '{w}'")
+            } else {
+                format!("unexpected argument '{w}' (keywords: {})", known.join(", "))
+            }));
+        }
+        i += 1;
+    }
+    if let Some(missing) = cmd
+        .positionals
+        .iter()
+        .skip(args.positionals.len())
+        .find(|p| p.required)
+    {
+        return Err(usage(format!("missing {}", missing.name)));
+    }
+    Ok(args)
+}
+
+/// The general help page.
+pub fn general_help() -> String {
+    let mut s = String::from(
+        "wh: WireHub builds decentralized, peer-to-peer and secure overlay networks on WireGuard.\n\nUsage: wh [COMMAND] [ARGS...]\n\nCommands:\n",
+    );
+    for c in COMMANDS {
+        s += &format!("  {:<11} {}\n", c.name, c.summary);
+    }
+    s += "\n'wh help COMMAND' tells more about a command. Without a command, wh shows the running interfaces.\n";
+    s
+}
+
+/// Runs `wh` with the given arguments (without the program name) and returns
+/// the process exit code.
+pub fn main(argv: Vec<String>) -> i32 {
+    match commands::dispatch(&argv) {
+        Ok(code) => code,
+        Err(commands::Failure::Usage(u)) => {
+            eprintln!("wh: {u}");
+            2
+        }
+        Err(commands::Failure::Runtime(e)) => {
+            eprintln!("wh: {e:#}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn keyword_style_parses() {
+        let up = command("up").unwrap();
+        let a = parse_args(up, &words("./config private-key ./node.sk interface wh0 listen-port 62096 mode nat --foreground")).unwrap();
+        assert_eq!(a.positional(0), Some("./config"));
+        assert_eq!(a.get("private-key"), Some("./node.sk"));
+        assert_eq!(a.get("interface"), Some("wh0"));
+        assert_eq!(a.number::<u16>("listen-port").unwrap(), Some(62096));
+        assert_eq!(a.get("mode"), Some("nat"));
+        assert!(a.flag("--foreground"));
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        let up = command("up").unwrap();
+        let e = parse_args(up, &words("")).unwrap_err();
+        assert!(e.message.contains("missing CONFIG"), "{e}");
+        let e = parse_args(up, &words("c mode sideways")).unwrap_err();
+        assert!(e.message.contains("unknown, direct, nat"), "{e}");
+        let e = parse_args(up, &words("c private-key")).unwrap_err();
+        assert!(e.message.contains("needs a value"), "{e}");
+        let e = parse_args(up, &words("c extra")).unwrap_err();
+        assert!(e.message.contains("unexpected argument 'extra'"), "{e}");
+        let e = parse_args(up, &words("c mtu 1 mtu 2")).unwrap_err();
+        assert!(e.message.contains("twice"), "{e}");
+        let e = parse_args(up, &words("c --fast")).unwrap_err();
+        assert!(e.message.contains("unknown option"), "{e}");
+        assert!(e.to_string().ends_with("see 'wh help up'"));
+        let a = parse_args(up, &words("c listen-port x")).unwrap();
+        assert!(a.number::<u16>("listen-port").is_err());
+    }
+
+    #[test]
+    fn every_command_has_help_with_its_synopsis() {
+        for c in COMMANDS {
+            let h = c.help();
+            assert!(h.contains(&format!("wh {}", c.name)), "{h}");
+        }
+        assert_eq!(
+            command("workbit").unwrap().synopsis(),
+            "wh workbit [namespace NAMESPACE]"
+        );
+    }
+}

@@ -6,6 +6,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod dataplane;
 pub mod dht;
 pub mod keys;
+// pub mod node; (enabled once dht lands)
 pub mod proto;

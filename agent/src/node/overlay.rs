@@ -1,0 +1,603 @@
+//! The overlay's membership logic, free of I/O: which trusted peers the node
+//! keeps, when to look them up, which path each one takes, and what changes
+//! the data plane must apply. The daemon feeds it events and time.
+
+use crate::config::{NetworkSpec, PeerSpec};
+use crate::control::{PathStatus, PeerStatus};
+use crate::dataplane::PeerStats;
+use crate::dht::LookupId;
+use crate::keys::PublicKey;
+use crate::proto::{Message, NatKind, NodeRecord};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+/// First delay before a failed lookup is retried; it doubles up to the maximum.
+const LOOKUP_RETRY_MIN: Duration = Duration::from_secs(1);
+const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A peer silent for this long is looked up again.
+const SILENCE: Duration = Duration::from_secs(60);
+/// Control pings to direct peers keep NAT mappings and liveness fresh.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// How the data plane reaches a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPath {
+    Direct(SocketAddr),
+    /// Through these relays, the first in use.
+    Relayed(Vec<(PublicKey, SocketAddr)>),
+}
+
+/// What the data plane must do for one peer: program it (with a path) or
+/// remove it (`path: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathChange {
+    pub key: PublicKey,
+    pub allowed_ips: Vec<IpNet>,
+    pub path: Option<PeerPath>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    spec: PeerSpec,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Ipv6Addr,
+    path: Option<PeerPath>,
+    record: Option<NodeRecord>,
+    last_contact: Option<Instant>,
+    last_keepalive: Option<Instant>,
+    lookup_in_flight: Option<LookupId>,
+    next_lookup: Instant,
+    backoff: Duration,
+}
+
+impl Peer {
+    fn allowed_ips(&self) -> Vec<IpNet> {
+        let mut ips = Vec::new();
+        if let Some(v4) = self.ipv4 {
+            ips.push(IpNet::V4(Ipv4Net::from(v4)));
+        }
+        ips.push(IpNet::V6(Ipv6Net::from(self.ipv6)));
+        ips
+    }
+}
+
+/// The trusted peers of the network and their paths.
+#[derive(Debug)]
+pub struct Overlay {
+    network: String,
+    own: PublicKey,
+    own_spec: Option<PeerSpec>,
+    own_ipv4: Option<(Ipv4Addr, u8)>,
+    own_ipv6: Ipv6Addr,
+    peers: HashMap<PublicKey, Peer>,
+    changes: Vec<PathChange>,
+    transmits: Vec<(PublicKey, SocketAddr, Message)>,
+    next_ping: u64,
+}
+
+impl Overlay {
+    pub fn new(spec: &NetworkSpec, own: PublicKey) -> Self {
+        let mut o = Overlay {
+            network: spec.name.clone(),
+            own,
+            own_spec: None,
+            own_ipv4: None,
+            own_ipv6: spec.ipv6_of(&own),
+            peers: HashMap::new(),
+            changes: Vec::new(),
+            transmits: Vec::new(),
+            next_ping: 1 << 63,
+        };
+        o.apply_spec(spec, Instant::now());
+        o
+    }
+
+    /// The node is a member of the overlay (trusted by its own file).
+    pub fn has_interface(&self) -> bool {
+        self.own_ipv4.is_some()
+    }
+
+    pub fn own_hostname(&self) -> Option<String> {
+        self.own_spec.as_ref().and_then(|s| s.hostname.clone())
+    }
+
+    pub fn own_ipv4(&self) -> Option<Ipv4Addr> {
+        self.own_ipv4.map(|(a, _)| a)
+    }
+
+    pub fn own_ipv6(&self) -> Option<Ipv6Addr> {
+        self.has_interface().then_some(self.own_ipv6)
+    }
+
+    /// The interface's addresses: the IPv4 in the subnet, the IPv6 in the /64.
+    pub fn own_addresses(&self) -> Vec<IpNet> {
+        let mut v = Vec::new();
+        if let Some((ip, len)) = self.own_ipv4 {
+            if let Ok(n) = Ipv4Net::new(ip, len) {
+                v.push(IpNet::V4(n));
+            }
+            if let Ok(n) = Ipv6Net::new(self.own_ipv6, 64) {
+                v.push(IpNet::V6(n));
+            }
+        }
+        v
+    }
+
+    fn apply_spec(&mut self, spec: &NetworkSpec, now: Instant) -> (Vec<String>, Vec<String>) {
+        let prefix = spec.subnet.map_or(32, |s| s.prefix_len());
+        let mut seen = Vec::new();
+        let mut added = Vec::new();
+        self.own_spec = None;
+        self.own_ipv4 = None;
+        for m in spec.members() {
+            if !m.peer.role.is_trusted() {
+                continue;
+            }
+            if m.peer.key == self.own {
+                self.own_spec = Some(m.peer.clone());
+                self.own_ipv4 = m.ipv4.map(|a| (a, prefix));
+                continue;
+            }
+            seen.push(m.peer.key);
+            let ipv6 = spec.ipv6_of(&m.peer.key);
+            match self.peers.get_mut(&m.peer.key) {
+                Some(p) => {
+                    let changed = p.ipv4 != m.ipv4;
+                    p.spec = m.peer.clone();
+                    p.ipv4 = m.ipv4;
+                    p.ipv6 = ipv6;
+                    if changed && p.path.is_some() {
+                        let change = PathChange {
+                            key: p.spec.key,
+                            allowed_ips: p.allowed_ips(),
+                            path: p.path.clone(),
+                        };
+                        self.changes.push(change);
+                    }
+                }
+                None => {
+                    added.push(name_of(m.peer));
+                    self.peers.insert(
+                        m.peer.key,
+                        Peer {
+                            spec: m.peer.clone(),
+                            ipv4: m.ipv4,
+                            ipv6,
+                            path: None,
+                            record: None,
+                            last_contact: None,
+                            last_keepalive: None,
+                            lookup_in_flight: None,
+                            next_lookup: now,
+                            backoff: LOOKUP_RETRY_MIN,
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<PublicKey> = self
+            .peers
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        let mut removed = Vec::new();
+        for k in gone {
+            if let Some(p) = self.peers.remove(&k) {
+                removed.push(name_of(&p.spec));
+                self.changes.push(PathChange {
+                    key: k,
+                    allowed_ips: Vec::new(),
+                    path: None,
+                });
+            }
+        }
+        (added, removed)
+    }
+
+    /// Applies a new version of the file. Refused, changing nothing, when it
+    /// would renumber a node that exists in both versions or this node itself.
+    pub fn reload(&mut self, spec: &NetworkSpec, now: Instant) -> Result<String, String> {
+        if spec.name != self.network {
+            return Err(format!(
+                "the file now names network '{}', but this interface runs '{}'; nothing was changed (bring it down and up to switch networks)",
+                spec.name, self.network
+            ));
+        }
+        let mut problems = Vec::new();
+        for m in spec.members() {
+            if !m.peer.role.is_trusted() {
+                continue;
+            }
+            let old = if m.peer.key == self.own {
+                self.own_ipv4.map(|(a, _)| a)
+            } else {
+                match self.peers.get(&m.peer.key) {
+                    Some(p) => p.ipv4,
+                    None => continue,
+                }
+            };
+            if old.is_some() && old != m.ipv4 {
+                problems.push(format!(
+                    "node {} ({}) would move from {} to {}: renumbering a running node breaks its connections; give it 'static-ip {}' on its line, or put new nodes after the existing ones",
+                    name_of(m.peer),
+                    m.peer.key.short(10),
+                    old.map_or("-".into(), |a| a.to_string()),
+                    m.ipv4.map_or("-".into(), |a| a.to_string()),
+                    old.map_or("-".into(), |a| a.to_string()),
+                ));
+            }
+        }
+        let own_trusted_now = spec.trusted().any(|p| p.key == self.own);
+        if own_trusted_now != self.has_interface() {
+            problems.push("this node would join or leave the overlay; bring the interface down and up instead".into());
+        }
+        if !problems.is_empty() {
+            return Err(format!("{}\nnothing was changed", problems.join("\n")));
+        }
+        let (added, removed) = self.apply_spec(spec, now);
+        Ok(format!(
+            "reloaded network {}: {} peer(s) added{}, {} removed{}",
+            spec.name,
+            added.len(),
+            list(&added),
+            removed.len(),
+            list(&removed)
+        ))
+    }
+
+    /// Trusted peers whose lookup is due now.
+    pub fn lookups_due(&mut self, now: Instant) -> Vec<PublicKey> {
+        self.peers
+            .values()
+            .filter(|p| p.lookup_in_flight.is_none() && p.next_lookup <= now)
+            .filter(|p| {
+                p.last_contact
+                    .is_none_or(|t| now.duration_since(t) > SILENCE)
+            })
+            .map(|p| p.spec.key)
+            .collect()
+    }
+
+    pub fn lookup_started(&mut self, key: PublicKey, id: LookupId) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.lookup_in_flight = Some(id);
+        }
+    }
+
+    /// A lookup ended: ping the endpoints the record gives (an answer makes
+    /// the path direct) and, for a peer behind NAT, use its relays meanwhile.
+    pub fn lookup_done(&mut self, now: Instant, target: PublicKey, found: Option<NodeRecord>) {
+        let Some(p) = self.peers.get_mut(&target) else {
+            return;
+        };
+        p.lookup_in_flight = None;
+        match found {
+            Some(record) => {
+                p.backoff = LOOKUP_RETRY_MIN;
+                p.next_lookup = now + SILENCE;
+                for e in &record.endpoints {
+                    self.next_ping += 1;
+                    self.transmits.push((
+                        target,
+                        *e,
+                        Message::Ping {
+                            id: self.next_ping,
+                            info: None,
+                        },
+                    ));
+                }
+                let behind_nat = matches!(
+                    record.nat,
+                    NatKind::EndpointDependent | NatKind::Unreachable
+                );
+                if p.path.is_none()
+                    && !record.relays.is_empty()
+                    && (behind_nat || record.endpoints.is_empty())
+                {
+                    p.path = Some(PeerPath::Relayed(record.relays.clone()));
+                    self.changes.push(PathChange {
+                        key: target,
+                        allowed_ips: p.allowed_ips(),
+                        path: p.path.clone(),
+                    });
+                }
+                p.record = Some(record);
+            }
+            None => {
+                p.next_lookup = now + p.backoff;
+                p.backoff = (p.backoff * 2).min(LOOKUP_RETRY_MAX);
+            }
+        }
+    }
+
+    /// A record a peer told about itself.
+    pub fn on_record(&mut self, record: NodeRecord) {
+        if let Some(p) = self.peers.get_mut(&record.key) {
+            p.record = Some(record);
+        }
+    }
+
+    /// An authenticated message came straight from `key` at `from`.
+    pub fn on_direct_contact(&mut self, key: PublicKey, from: SocketAddr, now: Instant) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        p.last_contact = Some(now);
+        if p.path != Some(PeerPath::Direct(from)) {
+            p.path = Some(PeerPath::Direct(from));
+            self.changes.push(PathChange {
+                key,
+                allowed_ips: p.allowed_ips(),
+                path: p.path.clone(),
+            });
+        }
+    }
+
+    pub fn on_tick(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            if let Some(PeerPath::Direct(addr)) = p.path {
+                if p.last_keepalive
+                    .is_none_or(|t| now.duration_since(t) >= KEEPALIVE)
+                {
+                    p.last_keepalive = Some(now);
+                    self.next_ping += 1;
+                    self.transmits.push((
+                        p.spec.key,
+                        addr,
+                        Message::Ping {
+                            id: self.next_ping,
+                            info: None,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Forgets a peer's path: it is looked up again at once.
+    pub fn forget(&mut self, key: &PublicKey, now: Instant) {
+        if let Some(p) = self.peers.get_mut(key) {
+            p.last_contact = None;
+            p.record = None;
+            p.next_lookup = now;
+            p.backoff = LOOKUP_RETRY_MIN;
+        }
+    }
+
+    pub fn path(&self, key: &PublicKey) -> Option<PeerPath> {
+        self.peers.get(key).and_then(|p| p.path.clone())
+    }
+
+    pub fn take_changes(&mut self) -> Vec<PathChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    pub fn poll_transmits(&mut self) -> Vec<(PublicKey, SocketAddr, Message)> {
+        std::mem::take(&mut self.transmits)
+    }
+
+    /// A peer by hostname, `hostname.network`, or unique key prefix.
+    pub fn find(&self, name: &str) -> Option<PublicKey> {
+        let short = name
+            .strip_suffix(&format!(".{}", self.network))
+            .unwrap_or(name);
+        if let Some(p) = self
+            .peers
+            .values()
+            .find(|p| p.spec.hostname.as_deref() == Some(short))
+        {
+            return Some(p.spec.key);
+        }
+        if name.len() < 4 {
+            return None;
+        }
+        let mut hits = self
+            .peers
+            .keys()
+            .filter(|k| k.to_string().starts_with(name));
+        match (hits.next(), hits.next()) {
+            (Some(k), None) => Some(*k),
+            _ => None,
+        }
+    }
+
+    /// Names to addresses (`name`, `name.network`, key prefix) and addresses to names.
+    pub fn resolve(&self, name: &str) -> Vec<String> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            let own = self.own_ipv4.map(|(a, _)| IpAddr::V4(a)) == Some(ip)
+                || (self.has_interface() && IpAddr::V6(self.own_ipv6) == ip);
+            if own {
+                return self
+                    .own_hostname()
+                    .map(|h| format!("{h}.{}", self.network))
+                    .into_iter()
+                    .collect();
+            }
+            return self
+                .peers
+                .values()
+                .filter(|p| p.ipv4.map(IpAddr::V4) == Some(ip) || IpAddr::V6(p.ipv6) == ip)
+                .map(|p| format!("{}.{}", name_of(&p.spec), self.network))
+                .collect();
+        }
+        let short = name
+            .strip_suffix(&format!(".{}", self.network))
+            .unwrap_or(name);
+        if self.own_hostname().as_deref() == Some(short) {
+            let mut v: Vec<String> = self.own_ipv4().map(|a| a.to_string()).into_iter().collect();
+            v.push(self.own_ipv6.to_string());
+            return v;
+        }
+        match self.find(name).and_then(|k| self.peers.get(&k)) {
+            Some(p) => {
+                let mut v: Vec<String> = p.ipv4.map(|a| a.to_string()).into_iter().collect();
+                v.push(p.ipv6.to_string());
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The peers as `wh show` prints them, sorted by name.
+    pub fn peer_status(&self, stats: &[PeerStats]) -> Vec<PeerStatus> {
+        let mut v: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| {
+                let s = stats.iter().find(|s| s.key == p.spec.key);
+                PeerStatus {
+                    key: p.spec.key.to_string(),
+                    hostname: p.spec.hostname.clone(),
+                    role: p.spec.role.to_string(),
+                    ipv4: p.ipv4.map(|a| a.to_string()),
+                    ipv6: Some(p.ipv6.to_string()),
+                    path: match &p.path {
+                        Some(PeerPath::Direct(a)) => PathStatus::Direct {
+                            endpoint: a.to_string(),
+                        },
+                        Some(PeerPath::Relayed(r)) => PathStatus::Relayed {
+                            via: r.iter().map(|(k, _)| k.short(10)).collect(),
+                        },
+                        None => PathStatus::Unknown,
+                    },
+                    nat: p.record.as_ref().map(|r| nat_name(r.nat).to_string()),
+                    last_handshake_secs: s
+                        .and_then(|s| s.last_handshake)
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .map(|d| d.as_secs()),
+                    rx_bytes: s.map_or(0, |s| s.rx_bytes),
+                    tx_bytes: s.map_or(0, |s| s.tx_bytes),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.key.cmp(&b.key)));
+        v
+    }
+}
+
+/// Short names of NAT kinds, as `wh show` prints them.
+pub fn nat_name(n: NatKind) -> &'static str {
+    match n {
+        NatKind::Unknown => "unknown",
+        NatKind::Public => "none",
+        NatKind::EndpointIndependent => "easy",
+        NatKind::EndpointDependent => "hard",
+        NatKind::Unreachable => "unreachable",
+    }
+}
+
+fn name_of(p: &PeerSpec) -> String {
+    p.hostname.clone().unwrap_or_else(|| p.key.short(10))
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::keys::PrivateKey;
+
+    fn keys(n: usize) -> Vec<PublicKey> {
+        (0..n)
+            .map(|_| PrivateKey::generate().unwrap().public_key())
+            .collect()
+    }
+
+    fn spec(lines: &[(&str, PublicKey)]) -> NetworkSpec {
+        let mut text = String::from("name t\nsubnet 10.0.0.0/24\n");
+        for (h, k) in lines {
+            text += &format!("trust {h} {k}\n");
+        }
+        parse(&text).unwrap().spec
+    }
+
+    #[test]
+    fn direct_contact_programs_the_peer_once() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        assert!(o.has_interface());
+        assert_eq!(o.own_ipv4(), Some("10.0.0.2".parse().unwrap()));
+        let now = Instant::now();
+        assert_eq!(o.lookups_due(now), vec![k[1]]);
+        let addr: SocketAddr = "203.0.113.2:62096".parse().unwrap();
+        o.on_direct_contact(k[1], addr, now);
+        let ch = o.take_changes();
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].path, Some(PeerPath::Direct(addr)));
+        assert_eq!(ch[0].allowed_ips.len(), 2);
+        o.on_direct_contact(k[1], addr, now);
+        assert!(o.take_changes().is_empty());
+        assert!(
+            o.lookups_due(now).is_empty(),
+            "a peer in contact is not looked up"
+        );
+        assert_eq!(
+            o.lookups_due(now + SILENCE + Duration::from_secs(1)),
+            vec![k[1]]
+        );
+    }
+
+    #[test]
+    fn failed_lookups_back_off() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let now = Instant::now();
+        o.lookup_done(now, k[1], None);
+        assert!(o.lookups_due(now).is_empty());
+        assert_eq!(o.lookups_due(now + LOOKUP_RETRY_MIN), vec![k[1]]);
+        o.lookup_done(now, k[1], None);
+        assert!(o.lookups_due(now + LOOKUP_RETRY_MIN).is_empty());
+    }
+
+    #[test]
+    fn reload_adds_removes_and_refuses_renumbering() {
+        let k = keys(4);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1]), ("c", k[2])]), k[0]);
+        let now = Instant::now();
+        o.on_direct_contact(k[2], "203.0.113.3:1".parse().unwrap(), now);
+        o.take_changes();
+        // Removing b would move c from .4 to .3: refused.
+        let err = o
+            .reload(&spec(&[("a", k[0]), ("c", k[2])]), now)
+            .unwrap_err();
+        assert!(
+            err.contains("node c")
+                && err.contains("10.0.0.4")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert!(o.take_changes().is_empty());
+        // Adding d at the end is fine.
+        let msg = o
+            .reload(
+                &spec(&[("a", k[0]), ("b", k[1]), ("c", k[2]), ("d", k[3])]),
+                now,
+            )
+            .unwrap();
+        assert!(msg.contains("1 peer(s) added (d)"), "{msg}");
+        assert!(o.find("d").is_some());
+        assert!(o.find("d.t").is_some());
+    }
+
+    #[test]
+    fn resolve_names_prefixes_and_addresses() {
+        let k = keys(2);
+        let o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        assert_eq!(o.resolve("b")[0], "10.0.0.3");
+        assert_eq!(o.resolve("b.t")[0], "10.0.0.3");
+        assert_eq!(o.resolve(&k[1].to_string()[..8])[0], "10.0.0.3");
+        assert_eq!(o.resolve("10.0.0.3"), vec!["b.t".to_string()]);
+        assert_eq!(o.resolve("a")[0], "10.0.0.2");
+        assert!(o.resolve("zz").is_empty());
+    }
+}

@@ -1,0 +1,435 @@
+//! The network-namespace lab: hosts in network namespaces on a bridged
+//! "internet" (203.0.113.0/24), optional NAT routers in front of home
+//! networks, and real `wh` daemons with their own run directories.
+//!
+//! Every namespace, interface and process the lab makes is named with a
+//! per-run tag and removed when the [`Lab`] is dropped, also when a test
+//! panics. Traffic never leaves the lab's namespaces.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the lab can run here (root, `ip` present).
+pub fn available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    root && Command::new("ip").arg("-V").output().is_ok()
+}
+
+/// Skips a test (returning early) with a message when the lab cannot run.
+#[macro_export]
+macro_rules! require_lab {
+    () => {
+        if !$crate::available() {
+            eprintln!("skipped: the lab needs root and iproute2");
+            return;
+        }
+    };
+}
+
+/// The `wh` binary of this build.
+pub fn wh_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WH_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/wh
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("wh")
+}
+
+/// Runs a command and fails with its output when it fails.
+pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A host of the lab: a network namespace and its run directory.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    /// The host's address on its network (public, or private behind a router).
+    pub ip: String,
+    pub run_dir: PathBuf,
+}
+
+/// NAT behaviours a router can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping (port-preserving masquerade).
+    Easy,
+    /// Endpoint-dependent mapping (`masquerade random`).
+    Hard,
+}
+
+/// The lab. Dropping it removes everything it made.
+pub struct Lab {
+    pub tag: String,
+    pub dir: PathBuf,
+    internet: String,
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+    next_public: u8,
+    next_home: u8,
+}
+
+impl Lab {
+    /// A new lab with an empty internet.
+    pub fn new() -> Result<Lab> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("w{:x}{}", std::process::id() % 0xfffff, n);
+        let dir = std::env::temp_dir().join(format!("wirehub-lab-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let internet = format!("{tag}-net");
+        let mut lab = Lab {
+            tag,
+            dir,
+            internet: internet.clone(),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            next_public: 10,
+            next_home: 1,
+        };
+        lab.add_netns(&internet)?;
+        lab.exec(&internet, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        lab.exec(&internet, &["ip", "link", "set", "br0", "up"])?;
+        Ok(lab)
+    }
+
+    fn add_netns(&mut self, name: &str) -> Result<()> {
+        sh("ip", &["netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        self.exec(name, &["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Runs a command inside a namespace and returns its stdout.
+    pub fn exec(&self, netns: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", netns];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// Runs a command inside a namespace and returns its whole output.
+    pub fn exec_output(&self, netns: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(args)
+            .output()
+            .context("cannot run ip netns exec")
+    }
+
+    /// Connects namespace `ns` to the internet bridge with address `ip`/24.
+    fn plug_into_internet(&mut self, ns: &str, ifname: &str, ip: &str) -> Result<()> {
+        let idx = self.namespaces.len();
+        let outer = format!("{}v{idx}", self.tag);
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &outer,
+                "netns",
+                &self.internet,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ifname,
+                "netns",
+                ns,
+            ],
+        )?;
+        self.exec(
+            &self.internet,
+            &["ip", "link", "set", &outer, "master", "br0", "up"],
+        )?;
+        self.exec(
+            ns,
+            &["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname],
+        )?;
+        self.exec(ns, &["ip", "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    fn new_host(&mut self, name: &str, ip: String) -> Result<Host> {
+        let netns = format!("{}-{name}", self.tag);
+        let run_dir = self.dir.join(name);
+        std::fs::create_dir_all(&run_dir)?;
+        self.add_netns(&netns)?;
+        Ok(Host {
+            name: name.to_string(),
+            netns,
+            ip,
+            run_dir,
+        })
+    }
+
+    /// A host with a public address on the internet (203.0.113.x).
+    pub fn public_host(&mut self, name: &str) -> Result<Host> {
+        let ip = format!("203.0.113.{}", self.next_public);
+        self.next_public += 1;
+        let host = self.new_host(name, ip.clone())?;
+        self.plug_into_internet(&host.netns.clone(), "eth0", &ip)?;
+        Ok(host)
+    }
+
+    /// A host behind its own NAT router: the router has a public address, the
+    /// host 198.51.100.x/28 on the home network behind it.
+    pub fn home_host(&mut self, name: &str, nat: Nat) -> Result<(Host, Host)> {
+        let router_ip = format!("203.0.113.{}", self.next_public);
+        self.next_public += 1;
+        let router = self.new_host(&format!("{name}r"), router_ip.clone())?;
+        self.plug_into_internet(&router.netns.clone(), "wan", &router_ip)?;
+        let home = self.next_home;
+        self.next_home += 1;
+        // Each home network is its own /28 so routers never overlap.
+        let base = home as u32 * 16;
+        let gw = format!("198.51.100.{}", base + 1);
+        let host_ip = format!("198.51.100.{}", base + 2);
+        let host = self.new_host(name, host_ip.clone())?;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "lan",
+                "netns",
+                &router.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &host.netns,
+            ],
+        )?;
+        self.exec(
+            &router.netns,
+            &["ip", "addr", "add", &format!("{gw}/28"), "dev", "lan"],
+        )?;
+        self.exec(&router.netns, &["ip", "link", "set", "lan", "up"])?;
+        self.exec(&router.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        self.exec(
+            &host.netns,
+            &["ip", "addr", "add", &format!("{host_ip}/28"), "dev", "eth0"],
+        )?;
+        self.exec(&host.netns, &["ip", "link", "set", "eth0", "up"])?;
+        self.exec(&host.netns, &["ip", "route", "add", "default", "via", &gw])?;
+        let masquerade = match nat {
+            Nat::Easy => "masquerade",
+            Nat::Hard => "masquerade random",
+        };
+        let rules = format!(
+            "table ip nat {{ chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; oifname \"wan\" {masquerade} }} }}\n\
+             table ip filter {{\n\
+               chain input {{ type filter hook input priority filter; policy drop; ct state established,related accept; iifname {{ \"lo\", \"lan\" }} accept }}\n\
+               chain forward {{ type filter hook forward priority filter; policy drop; ct state established,related accept; iifname \"lan\" oifname \"wan\" accept }}\n\
+             }}\n"
+        );
+        let path = self.dir.join(format!("{name}-nat.nft"));
+        std::fs::write(&path, rules)?;
+        self.exec(&router.netns, &["nft", "-f", &path.to_string_lossy()])?;
+        Ok((host, router))
+    }
+
+    /// Runs `wh ARGS` on a host (with its run directory) and returns its output.
+    pub fn wh(&self, host: &Host, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &host.netns])
+            .arg(wh_bin())
+            .args(args)
+            .env("WH_RUN_DIR", &host.run_dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .context("cannot run wh")
+    }
+
+    /// Like [`Lab::wh`], failing unless `wh` succeeds; returns stdout.
+    pub fn wh_ok(&self, host: &Host, args: &[&str]) -> Result<String> {
+        let out = self.wh(host, args)?;
+        if !out.status.success() {
+            bail!(
+                "wh {} on {} failed ({}): {}{}",
+                args.join(" "),
+                host.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts `wh up ... --foreground` on a host as a child the lab owns.
+    pub fn wh_up(
+        &mut self,
+        host: &Host,
+        config: &Path,
+        key: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<()> {
+        let log = std::fs::File::create(host.run_dir.join("daemon.log"))?;
+        let log2 = log.try_clone()?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.netns])
+            .arg(wh_bin())
+            .arg("up")
+            .arg(config);
+        if let Some(k) = key {
+            cmd.arg("private-key").arg(k);
+        }
+        cmd.args(extra)
+            .arg("--foreground")
+            .env("WH_RUN_DIR", &host.run_dir)
+            .env(
+                "WH_LOG",
+                std::env::var("WH_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().context("cannot start wh up")?;
+        self.children.push((host.name.clone(), child));
+        Ok(())
+    }
+
+    /// Kills a host's daemon started with [`Lab::wh_up`] with `signal`.
+    pub fn kill_daemon(&mut self, host: &Host, signal: &str) -> Result<()> {
+        let mut kept = Vec::new();
+        for (name, mut child) in std::mem::take(&mut self.children) {
+            if name == host.name {
+                let _ = Command::new("kill")
+                    .args([signal, &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            } else {
+                kept.push((name, child));
+            }
+        }
+        self.children = kept;
+        Ok(())
+    }
+
+    /// The daemon log of a host, for failure messages.
+    pub fn log(&self, host: &Host) -> String {
+        std::fs::read_to_string(host.run_dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits until `wh show` on `host` answers.
+    pub fn wait_daemon(&self, host: &Host, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(out) = self.wh(host, &["show"]) {
+                if out.status.success()
+                    && String::from_utf8_lossy(&out.stdout).contains("public key")
+                {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(anyhow!(
+            "the daemon on {} did not answer within {timeout:?}:\n{}",
+            host.name,
+            self.log(host)
+        ))
+    }
+
+    /// Pings `target` from `host` until one reply comes or `timeout` passes;
+    /// returns the time it took.
+    pub fn ping_until(&self, host: &Host, target: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let out =
+                self.exec_output(&host.netns, &["ping", "-c", "1", "-W", "1", "-n", target])?;
+            if out.status.success() {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(anyhow!(
+            "{} could not ping {target} within {timeout:?}",
+            host.name
+        ))
+    }
+
+    /// Makes a key pair with `wh genkey workbit 8` in the lab directory;
+    /// returns (private key path, public key).
+    pub fn genkey(&self, name: &str) -> Result<(PathBuf, String)> {
+        let sk = sh(&wh_bin().to_string_lossy(), &["genkey", "workbit", "8"])?;
+        let path = self.dir.join(format!("{name}.sk"));
+        std::fs::write(&path, &sk)?;
+        let out = Command::new(wh_bin())
+            .arg("pubkey")
+            .stdin(std::fs::File::open(&path)?)
+            .output()?;
+        Ok((
+            path,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+
+    /// Writes a file in the lab directory.
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (_, child) in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Background daemons started with plain `wh up` live in the namespaces:
+        // kill whatever still runs there, then remove the namespaces.
+        for ns in self.namespaces.iter().rev() {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

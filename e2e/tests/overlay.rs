@@ -1,0 +1,330 @@
+//! The first end-to-end scenarios: a bootstrap node and trusted nodes on
+//! public addresses, in real network namespaces, with real `wh` daemons.
+
+use std::time::{Duration, Instant};
+use wirehub_e2e::{Host, Lab, require_lab};
+
+struct Net {
+    lab: Lab,
+    boot: Host,
+    nodes: Vec<Host>,
+    keys: Vec<(std::path::PathBuf, String)>,
+    config: std::path::PathBuf,
+}
+
+const NAMES: [&str; 4] = ["node_a", "node_b", "node_c", "node_d"];
+
+fn config_text(boot_key: &str, boot_ip: &str, keys: &[(std::path::PathBuf, String)]) -> String {
+    let mut text = format!("name lab\nsubnet 10.0.42.0/24\nboot {boot_key} {boot_ip}\n");
+    for (i, (_, pk)) in keys.iter().enumerate() {
+        text += &format!("trust {} {pk}\n", NAMES[i]);
+    }
+    text
+}
+
+/// A bootstrap node and `n` trusted nodes, all up.
+fn network(n: usize) -> Net {
+    let mut lab = Lab::new().expect("lab");
+    let boot = lab.public_host("boot").expect("boot host");
+    let (boot_sk, boot_pk) = lab.genkey("boot").expect("boot key");
+    let public = lab
+        .write("public", "name public\nworkbit 8\n")
+        .expect("public config");
+    lab.wh_up(&boot, &public, Some(&boot_sk), &[])
+        .expect("boot up");
+    lab.wait_daemon(&boot, Duration::from_secs(10))
+        .expect("boot answers");
+    let mut nodes = Vec::new();
+    let mut keys = Vec::new();
+    for name in NAMES.iter().take(n) {
+        nodes.push(lab.public_host(name).expect("host"));
+        keys.push(lab.genkey(name).expect("key"));
+    }
+    let config = lab
+        .write("lab.conf", &config_text(&boot_pk, &boot.ip, &keys))
+        .expect("config");
+    for (host, (sk, _)) in nodes.iter().zip(&keys) {
+        lab.wh_up(host, &config, Some(sk), &[]).expect("wh up");
+    }
+    for host in &nodes {
+        lab.wait_daemon(host, Duration::from_secs(10))
+            .expect("daemon answers");
+    }
+    Net {
+        lab,
+        boot,
+        nodes,
+        keys,
+        config,
+    }
+}
+
+fn overlay_ips(lab: &Lab, host: &Host, name: &str) -> Vec<String> {
+    let out = lab.wh_ok(host, &["resolve", name]).expect("resolve");
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn three_nodes_ping_each_other_on_ipv4_and_ipv6_within_5s() {
+    require_lab!();
+    let start = Instant::now();
+    let net = network(3);
+    let lab = &net.lab;
+    for (i, a) in net.nodes.iter().enumerate() {
+        for (j, _) in net.nodes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let ips = overlay_ips(lab, a, NAMES[j]);
+            assert_eq!(ips.len(), 2, "{ips:?}");
+            assert_eq!(ips[0], format!("10.0.42.{}", j + 2));
+            for ip in &ips {
+                let left = Duration::from_secs(5)
+                    .saturating_sub(start.elapsed())
+                    .max(Duration::from_secs(1));
+                if let Err(e) = lab.ping_until(a, ip, left.max(Duration::from_secs(5))) {
+                    panic!("{e}\n--- {} log:\n{}", a.name, lab.log(a));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "all pairs pinged {:?} after the first wh up",
+        start.elapsed()
+    );
+    let show = lab.wh_ok(&net.nodes[0], &["show"]).expect("show");
+    assert!(show.contains("interface wh-"), "{show}");
+    assert!(show.contains("network lab, node node_a"), "{show}");
+    for name in &NAMES[1..3] {
+        let line = show.lines().find(|l| l.contains(name)).unwrap_or_default();
+        assert!(line.starts_with('●'), "{name} is not direct: {show}");
+    }
+    let _ = &net.boot;
+}
+
+#[test]
+fn reload_adds_a_node_without_losing_a_packet() {
+    require_lab!();
+    let mut net = network(3);
+    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .expect("a pings b");
+    // A ping running between two old nodes during the whole reload.
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.netns,
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.1",
+            "-c",
+            "40",
+            "10.0.42.3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    let d = net.lab.public_host("node_d").expect("host d");
+    net.keys.push(net.lab.genkey("node_d").expect("key d"));
+    let boot_line = std::fs::read_to_string(&net.config).expect("config");
+    let boot_line = boot_line.lines().nth(2).expect("boot line").to_string();
+    let mut text = format!("name lab\nsubnet 10.0.42.0/24\n{boot_line}\n");
+    for (i, (_, pk)) in net.keys.iter().enumerate() {
+        text += &format!("trust {} {pk}\n", NAMES[i]);
+    }
+    std::fs::write(&net.config, text).expect("write config");
+    let d_sk = net.keys[3].0.clone();
+    let config = net.config.clone();
+    net.lab.wh_up(&d, &config, Some(&d_sk), &[]).expect("d up");
+    net.lab
+        .wait_daemon(&d, Duration::from_secs(10))
+        .expect("d answers");
+    for host in &net.nodes {
+        let out = net
+            .lab
+            .wh_ok(host, &["reload", &iface(&net.lab, host)])
+            .expect("reload");
+        assert!(out.contains("1 peer(s) added (node_d)"), "{out}");
+    }
+    net.lab
+        .ping_until(&a, "10.0.42.5", Duration::from_secs(10))
+        .expect("a pings d");
+    net.lab
+        .ping_until(&d, "10.0.42.3", Duration::from_secs(10))
+        .expect("d pings b");
+    let out = pinger.wait_with_output().expect("ping result");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("40 packets transmitted, 40 received"),
+        "ping during reload lost packets: {text}"
+    );
+    let _ = b;
+}
+
+fn iface(lab: &Lab, host: &Host) -> String {
+    lab.wh_ok(host, &["show", "interfaces"])
+        .expect("interfaces")
+        .lines()
+        .next()
+        .expect("one interface")
+        .to_string()
+}
+
+#[test]
+fn reload_with_errors_or_renumbering_changes_nothing() {
+    require_lab!();
+    let net = network(2);
+    let a = &net.nodes[0];
+    let i = iface(&net.lab, a);
+    let good = std::fs::read_to_string(&net.config).expect("config");
+    std::fs::write(&net.config, format!("{good}trust broken abc\n")).expect("write");
+    let out = net.lab.wh(a, &["reload", &i]).expect("reload");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":6:") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    // Swap node_a and node_b: both would be renumbered.
+    let swapped: String = good
+        .replace("trust node_a", "trust node_x")
+        .replace("trust node_b", "trust node_a")
+        .replace("trust node_x", "trust node_b");
+    let lines: Vec<&str> = swapped.lines().collect();
+    let renumbered = format!(
+        "{}\n{}\n{}\n{}\n{}\n",
+        lines[0], lines[1], lines[2], lines[4], lines[3]
+    );
+    std::fs::write(&net.config, renumbered).expect("write");
+    let out = net.lab.wh(a, &["reload", &i]).expect("reload");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("would move from 10.0.42.2 to 10.0.42.3"),
+        "{err}"
+    );
+    net.lab
+        .ping_until(a, "10.0.42.3", Duration::from_secs(10))
+        .expect("network still runs");
+}
+
+#[test]
+fn an_untrusted_node_cannot_reach_the_overlay() {
+    require_lab!();
+    let mut net = network(2);
+    let intruder = net.lab.public_host("evil").expect("host");
+    let (sk, pk) = net.lab.genkey("evil").expect("key");
+    // The intruder's own file trusts itself; nobody else's does.
+    let mut text = std::fs::read_to_string(&net.config).expect("config");
+    text += &format!("trust evil {pk}\n");
+    let evil_config = net.lab.write("evil.conf", &text).expect("write");
+    net.lab
+        .wh_up(&intruder, &evil_config, Some(&sk), &[])
+        .expect("up");
+    net.lab
+        .wait_daemon(&intruder, Duration::from_secs(10))
+        .expect("answers");
+    net.lab
+        .ping_until(&net.nodes[0], "10.0.42.3", Duration::from_secs(10))
+        .expect("a pings b");
+    assert!(
+        net.lab
+            .ping_until(&intruder, "10.0.42.2", Duration::from_secs(4))
+            .is_err(),
+        "the intruder reached node_a"
+    );
+    let show = net.lab.wh_ok(&net.nodes[0], &["show"]).expect("show");
+    assert!(
+        !show.contains("evil") && !show.contains(&pk[..10]),
+        "{show}"
+    );
+    let inspect = net
+        .lab
+        .wh_ok(&net.nodes[0], &["inspect", &iface(&net.lab, &net.nodes[0])])
+        .expect("inspect");
+    assert!(
+        !inspect.contains(&pk),
+        "node_a programmed the intruder: {inspect}"
+    );
+}
+
+#[test]
+fn down_leaves_nothing_and_a_killed_daemon_comes_back() {
+    require_lab!();
+    let mut net = network(2);
+    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .expect("a pings b");
+    // SIGKILL b, start it again: tunnels are back within 5 s.
+    net.lab.kill_daemon(&b, "-KILL").expect("kill");
+    let (sk, config) = (net.keys[1].0.clone(), net.config.clone());
+    let restart = Instant::now();
+    net.lab.wh_up(&b, &config, Some(&sk), &[]).expect("restart");
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
+        .expect("a pings b after restart");
+    eprintln!("back {:?} after restart", restart.elapsed());
+    // wh down removes interface, socket and process.
+    let i = iface(&net.lab, &b);
+    net.lab.wh_ok(&b, &["down", &i]).expect("down");
+    std::thread::sleep(Duration::from_millis(500));
+    let links = net
+        .lab
+        .exec(&b.netns, &["ip", "-o", "link"])
+        .expect("links");
+    assert!(!links.contains(&i), "{links}");
+    let routes = net.lab.exec(&b.netns, &["ip", "route"]).expect("routes");
+    assert!(!routes.contains("10.0.42"), "{routes}");
+    assert!(!b.run_dir.join(format!("{i}.sock")).exists());
+    let pids = net
+        .lab
+        .exec(&b.netns, &["ip", "netns", "pids", &b.netns])
+        .unwrap_or_default();
+    assert!(pids.trim().is_empty(), "processes left: {pids}");
+}
+
+#[test]
+fn background_up_returns_and_down_stops_it() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let host = lab.public_host("solo").expect("host");
+    let (sk, pk) = lab.genkey("solo").expect("key");
+    let config = lab
+        .write(
+            "solo.conf",
+            &format!("name solo\nsubnet 10.9.0.0/24\ntrust me {pk}\n"),
+        )
+        .expect("config");
+    let out = lab
+        .wh_ok(
+            &host,
+            &[
+                "up",
+                &config.to_string_lossy(),
+                "private-key",
+                &sk.to_string_lossy(),
+            ],
+        )
+        .expect("up");
+    let i = out.trim().to_string();
+    assert_eq!(i, format!("wh-{}", &pk[..8]));
+    let show = lab.wh_ok(&host, &["show"]).expect("show");
+    assert!(show.contains("network solo, node me"), "{show}");
+    lab.wh_ok(&host, &["down", &i]).expect("down");
+    let start = Instant::now();
+    while lab
+        .wh(&host, &["show", &i])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!lab.wh(&host, &["show", &i]).expect("show").status.success());
+    let _ = lab.kill_daemon(&host, "-TERM");
+}
