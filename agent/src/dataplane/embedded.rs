@@ -1,0 +1,604 @@
+//! The embedded backend: boringtun's `noise::Tunn` per peer, our own TUN
+//! device, our own timers, the daemon's socket.
+//!
+//! Hot paths:
+//! - outbound: one task per TUN queue reads packets, finds the peer by
+//!   longest-prefix match on a snapshot of the peer table (refreshed only when
+//!   its generation changes: no lock), encrypts under the peer's own lock
+//!   into a task-owned buffer, and sends with `try_send_to`;
+//! - inbound: [`Embedded::receive`] runs on the daemon's task, finds the peer
+//!   by receiver index under a read lock of the table, decrypts into a
+//!   per-thread buffer and writes to the TUN device directly.
+//!
+//! No allocation per packet on either path, except the `Outgoing` values a
+//! relayed peer needs.
+
+use super::table::AllowedIps;
+use super::tun::{self, TunQueue};
+use super::{
+    DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats, netlink::Netlink,
+};
+use crate::keys::PublicKey;
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+use ipnet::IpNet;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Largest IP packet the TUN device can hand us.
+const MAX_PACKET: usize = 65536;
+/// Room for WireGuard's header and tag (and at least a handshake message).
+const BUF_LEN: usize = MAX_PACKET + 64;
+/// Timer resolution: `update_timers` runs this often for every peer.
+const TICK: Duration = Duration::from_millis(100);
+const TICKS_PER_SECOND: u64 = 10;
+/// Handshakes per second before the rate limiter asks for cookies.
+/// Each handshake is verified twice (attribution, then `Tunn`).
+const HANDSHAKE_RATE_LIMIT: u64 = 200;
+
+/// How many TUN queues to open: one per core, at most 4.
+fn default_queues() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+struct PeerState {
+    tunn: Tunn,
+    endpoint: Option<SocketAddr>,
+    allowed_ips: Vec<IpNet>,
+    keepalive: Option<u16>,
+    /// Coarse time (ticks) of the last datagram sent, for keepalives.
+    last_tx_tick: u64,
+    last_handshake: Option<SystemTime>,
+}
+
+struct Peer {
+    key: PublicKey,
+    /// Our 24-bit index: the high bits of every receiver index we hand out.
+    index: u32,
+    state: Mutex<PeerState>,
+    rx_bytes: AtomicU64,
+    tx_bytes: AtomicU64,
+}
+
+impl Peer {
+    fn lock(&self) -> MutexGuard<'_, PeerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An immutable snapshot of the peers; replaced whole on every change.
+#[derive(Default, Clone)]
+struct Table {
+    by_key: HashMap<PublicKey, Arc<Peer>>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    allowed: AllowedIps<Arc<Peer>>,
+}
+
+impl Table {
+    fn rebuild_allowed(&mut self) {
+        let mut allowed = AllowedIps::new();
+        // Deterministic order: the lowest index wins a duplicate prefix.
+        let mut peers: Vec<&Arc<Peer>> = self.by_key.values().collect();
+        peers.sort_by_key(|p| std::cmp::Reverse(p.index));
+        for p in peers {
+            for net in &p.lock().allowed_ips {
+                allowed.insert(*net, Arc::clone(p));
+            }
+        }
+        self.allowed = allowed;
+    }
+}
+
+struct Shared {
+    private: x25519::StaticSecret,
+    public: x25519::PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    socket: Arc<UdpSocket>,
+    outgoing: mpsc::Sender<Outgoing>,
+    queues: Vec<Arc<AsyncFd<TunQueue>>>,
+    table: RwLock<Arc<Table>>,
+    generation: AtomicU64,
+    next_index: AtomicU32,
+    ticks: AtomicU64,
+}
+
+/// Where a datagram for a peer goes.
+#[derive(Clone, Copy)]
+enum Dest {
+    Direct(SocketAddr),
+    Relay,
+}
+
+impl Dest {
+    fn of(endpoint: Option<SocketAddr>) -> Dest {
+        endpoint.map_or(Dest::Relay, Dest::Direct)
+    }
+}
+
+impl Shared {
+    fn snapshot(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sends without waiting: used off the outbound hot path.
+    fn send_now(&self, peer: &Peer, dest: Dest, datagram: &[u8]) {
+        peer.tx_bytes
+            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        match dest {
+            Dest::Direct(addr) => {
+                if let Err(e) = self.socket.try_send_to(datagram, addr) {
+                    tracing::debug!(peer = ?peer.key, %addr, "send: {e}");
+                }
+            }
+            Dest::Relay => {
+                let out = Outgoing {
+                    to: peer.key,
+                    datagram: datagram.to_vec(),
+                };
+                if let Err(e) = self.outgoing.try_send(out) {
+                    tracing::debug!(peer = ?peer.key, "outgoing channel: {e}");
+                }
+            }
+        }
+    }
+
+    /// Sends, waiting for room when the socket or the channel is full.
+    async fn send(&self, peer: &Peer, dest: Dest, datagram: &[u8]) {
+        peer.tx_bytes
+            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        match dest {
+            Dest::Direct(addr) => match self.socket.try_send_to(datagram, addr) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.send_to(datagram, addr).await {
+                        tracing::debug!(peer = ?peer.key, %addr, "send: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!(peer = ?peer.key, %addr, "send: {e}"),
+            },
+            Dest::Relay => {
+                let out = Outgoing {
+                    to: peer.key,
+                    datagram: datagram.to_vec(),
+                };
+                if self.outgoing.send(out).await.is_err() {
+                    tracing::debug!(peer = ?peer.key, "outgoing channel closed");
+                }
+            }
+        }
+    }
+
+    fn write_tun(&self, packet: &[u8]) {
+        if let Some(q) = self.queues.first()
+            && let Err(e) = q.get_ref().write(packet)
+        {
+            tracing::debug!("tun write: {e}");
+        }
+    }
+
+    fn alloc_index(&self, table: &Table) -> u32 {
+        loop {
+            let i = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+            if !table.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+}
+
+/// The embedded backend.
+pub struct Embedded {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    link: Link,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+thread_local! {
+    static RX_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; BUF_LEN]);
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if getrandom::getrandom(&mut b).is_err() {
+        // Not secret: only spreads indices. Fall back to the clock.
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return t ^ std::process::id();
+    }
+    u32::from_le_bytes(b)
+}
+
+impl Embedded {
+    pub(crate) async fn create(
+        cfg: InterfaceConfig,
+        socket: Arc<UdpSocket>,
+        outgoing: mpsc::Sender<Outgoing>,
+    ) -> Result<Embedded, DataPlaneError> {
+        let tun_err = |source| DataPlaneError::Tun {
+            name: cfg.name.clone(),
+            source,
+        };
+        let queues = tun::create(&cfg.name, default_queues()).map_err(tun_err)?;
+        let queues: Vec<Arc<AsyncFd<TunQueue>>> = queues
+            .into_iter()
+            .map(|q| {
+                // SAFETY: the queue owns its descriptor, which stays open and
+                // the same until the queue (inside the AsyncFd) is dropped.
+                unsafe { AsyncFd::register_with_interest(q, Interest::READABLE) }
+                    .map(Arc::new)
+                    .map_err(io::Error::from)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(tun_err)?;
+        let netlink = Netlink::new()?;
+        let link = Link::configure(netlink, &cfg).await?;
+
+        let private = x25519::StaticSecret::from(*cfg.private_key.as_bytes());
+        let public = x25519::PublicKey::from(&private);
+        let shared = Arc::new(Shared {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            private,
+            public,
+            socket,
+            outgoing,
+            queues,
+            table: RwLock::new(Arc::new(Table::default())),
+            generation: AtomicU64::new(0),
+            next_index: AtomicU32::new(random_u32()),
+            ticks: AtomicU64::new(0),
+        });
+        let mut tasks = Vec::new();
+        for q in &shared.queues {
+            tasks.push(tokio::spawn(tun_reader(Arc::clone(&shared), Arc::clone(q))));
+        }
+        tasks.push(tokio::spawn(timers(Arc::clone(&shared))));
+        tracing::info!(
+            iface = cfg.name,
+            queues = shared.queues.len(),
+            "embedded WireGuard up"
+        );
+        Ok(Embedded {
+            shared,
+            tasks,
+            link,
+        })
+    }
+
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn update_table(&self, f: impl FnOnce(&mut Table)) {
+        let mut guard = self.shared.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut t = Table::clone(&guard);
+        f(&mut t);
+        *guard = Arc::new(t);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn set_peer(&self, cfg: PeerConfig) -> Result<(), DataPlaneError> {
+        let existing = self.shared.snapshot().by_key.get(&cfg.key).cloned();
+        if let Some(peer) = existing {
+            let allowed_changed = {
+                let mut st = peer.lock();
+                st.endpoint = cfg.endpoint;
+                st.keepalive = cfg.keepalive.filter(|k| *k > 0);
+                let changed = st.allowed_ips != cfg.allowed_ips;
+                st.allowed_ips = cfg.allowed_ips;
+                changed
+            };
+            if allowed_changed {
+                self.update_table(Table::rebuild_allowed);
+            }
+            return Ok(());
+        }
+        let shared = &self.shared;
+        self.update_table(|t| {
+            if t.by_key.contains_key(&cfg.key) {
+                // Added concurrently: keep that one (and its session).
+                return;
+            }
+            let index = shared.alloc_index(t);
+            let tunn = Tunn::new(
+                shared.private.clone(),
+                x25519::PublicKey::from(cfg.key.0),
+                None,
+                None,
+                index,
+                Some(Arc::clone(&shared.rate_limiter)),
+            );
+            let peer = Arc::new(Peer {
+                key: cfg.key,
+                index,
+                state: Mutex::new(PeerState {
+                    tunn,
+                    endpoint: cfg.endpoint,
+                    allowed_ips: cfg.allowed_ips,
+                    keepalive: cfg.keepalive.filter(|k| *k > 0),
+                    last_tx_tick: 0,
+                    last_handshake: None,
+                }),
+                rx_bytes: AtomicU64::new(0),
+                tx_bytes: AtomicU64::new(0),
+            });
+            t.by_index.insert(index, Arc::clone(&peer));
+            t.by_key.insert(cfg.key, peer);
+            t.rebuild_allowed();
+        });
+        Ok(())
+    }
+
+    pub(crate) fn remove_peer(&self, key: &PublicKey) -> Result<(), DataPlaneError> {
+        let mut found = false;
+        self.update_table(|t| {
+            if let Some(p) = t.by_key.remove(key) {
+                found = true;
+                t.by_index.remove(&p.index);
+                t.allowed.retain(|v| !Arc::ptr_eq(v, &p));
+            }
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(DataPlaneError::NoSuchPeer(*key))
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Vec<PeerStats> {
+        let table = self.shared.snapshot();
+        let mut out: Vec<PeerStats> = table
+            .by_key
+            .values()
+            .map(|p| {
+                let st = p.lock();
+                PeerStats {
+                    key: p.key,
+                    endpoint: st.endpoint,
+                    last_handshake: st.last_handshake,
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.key);
+        out
+    }
+
+    pub(crate) fn receive(&self, from: SocketAddr, datagram: &[u8], from_key: Option<PublicKey>) {
+        RX_BUF.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => self.receive_into(from, datagram, from_key, &mut buf),
+            Err(_) => {
+                // Re-entered on this thread (cannot happen today): use a fresh buffer.
+                let mut buf = vec![0u8; BUF_LEN];
+                self.receive_into(from, datagram, from_key, &mut buf)
+            }
+        })
+    }
+
+    fn receive_into(
+        &self,
+        from: SocketAddr,
+        datagram: &[u8],
+        from_key: Option<PublicKey>,
+        buf: &mut [u8],
+    ) {
+        let shared = &*self.shared;
+        let table = shared.table.read().unwrap_or_else(|e| e.into_inner());
+        // Parse, check mac1, and answer with a cookie when under load.
+        let packet = match shared
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, buf)
+        {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                if from_key.is_none()
+                    && let Err(e) = shared.socket.try_send_to(cookie, from)
+                {
+                    tracing::debug!(%from, "cookie reply: {e}");
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::trace!(%from, len = datagram.len(), "not a WireGuard datagram");
+                return;
+            }
+        };
+        let is_handshake = matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        );
+        let peer = match (from_key, &packet) {
+            (Some(k), _) => table.by_key.get(&k),
+            (None, Packet::HandshakeInit(p)) => {
+                match parse_handshake_anon(&shared.private, &shared.public, p) {
+                    Ok(hh) => table.by_key.get(&PublicKey(hh.peer_static_public)),
+                    Err(e) => {
+                        tracing::debug!(%from, "handshake initiation: {e:?}");
+                        return;
+                    }
+                }
+            }
+            (None, Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            (None, Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            (None, Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+        };
+        let Some(peer) = peer else {
+            tracing::trace!(%from, ?from_key, "datagram for no known peer");
+            return;
+        };
+        peer.rx_bytes
+            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+
+        let mut st = peer.lock();
+        // Replies to a direct datagram go back where it came from; replies
+        // to a relayed one take the peer's configured path.
+        let reply = match from_key {
+            None => Dest::Direct(from),
+            Some(_) => Dest::of(st.endpoint),
+        };
+        match st.tunn.decapsulate(Some(from.ip()), datagram, buf) {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = ?peer.key, %from, "decapsulate: {e:?}");
+                return;
+            }
+            TunnResult::WriteToNetwork(out) => {
+                if is_handshake {
+                    st.last_handshake = Some(SystemTime::now());
+                }
+                st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
+                shared.send_now(peer, reply, out);
+            }
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                if allowed(&table.allowed, IpAddr::V4(src), peer) {
+                    shared.write_tun(pkt);
+                } else {
+                    tracing::debug!(peer = ?peer.key, %src, "source not in allowed IPs");
+                }
+            }
+            TunnResult::WriteToTunnelV6(pkt, src) => {
+                if allowed(&table.allowed, IpAddr::V6(src), peer) {
+                    shared.write_tun(pkt);
+                } else {
+                    tracing::debug!(peer = ?peer.key, %src, "source not in allowed IPs");
+                }
+            }
+        }
+        // Packets queued while the handshake was in flight.
+        let dest = Dest::of(st.endpoint);
+        while let TunnResult::WriteToNetwork(out) = st.tunn.decapsulate(None, &[], buf) {
+            st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
+            shared.send_now(peer, dest, out);
+        }
+    }
+
+    pub(crate) async fn destroy(mut self) -> Result<(), DataPlaneError> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.link.delete().await
+    }
+}
+
+#[inline]
+fn allowed(table: &AllowedIps<Arc<Peer>>, src: IpAddr, peer: &Arc<Peer>) -> bool {
+    table.lookup(src).is_some_and(|p| Arc::ptr_eq(p, peer))
+}
+
+/// Outbound: TUN queue -> encrypt -> socket.
+async fn tun_reader(shared: Arc<Shared>, queue: Arc<AsyncFd<TunQueue>>) {
+    let mut src = vec![0u8; MAX_PACKET];
+    let mut dst = vec![0u8; BUF_LEN];
+    let mut generation = shared.generation.load(Ordering::Acquire);
+    let mut table = shared.snapshot();
+    loop {
+        let mut guard = match queue.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("tun poll: {e}");
+                return;
+            }
+        };
+        loop {
+            let n = match guard.try_io(|q| q.get_ref().read(&mut src)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::error!("tun read: {e}");
+                    return;
+                }
+                Err(_would_block) => break,
+            };
+            let g = shared.generation.load(Ordering::Acquire);
+            if g != generation {
+                generation = g;
+                table = shared.snapshot();
+            }
+            let packet = &src[..n];
+            let Some(dst_ip) = Tunn::dst_address(packet) else {
+                continue;
+            };
+            let Some(peer) = table.allowed.lookup(dst_ip) else {
+                tracing::trace!(%dst_ip, "no peer for destination");
+                continue;
+            };
+            let (dest, len) = {
+                let mut st = peer.lock();
+                match st.tunn.encapsulate(packet, &mut dst) {
+                    TunnResult::WriteToNetwork(out) => {
+                        st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
+                        (Dest::of(st.endpoint), out.len())
+                    }
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = ?peer.key, "encapsulate: {e:?}");
+                        continue;
+                    }
+                    _ => continue,
+                }
+            };
+            shared.send(peer, dest, &dst[..len]).await;
+        }
+    }
+}
+
+/// WireGuard's timers, our persistent keepalives, the rate limiter's clock.
+async fn timers(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = shared.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        if now.is_multiple_of(TICKS_PER_SECOND) {
+            shared.rate_limiter.reset_count();
+        }
+        let table = shared.snapshot();
+        for peer in table.by_key.values() {
+            let mut st = peer.lock();
+            let dest = Dest::of(st.endpoint);
+            match st.tunn.update_timers(&mut buf) {
+                TunnResult::WriteToNetwork(out) => {
+                    st.last_tx_tick = now;
+                    shared.send_now(peer, dest, out);
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => tracing::debug!(peer = ?peer.key, "timers: {e:?}"),
+                _ => {}
+            }
+            if let Some(k) = st.keepalive
+                && now.saturating_sub(st.last_tx_tick) >= u64::from(k) * TICKS_PER_SECOND
+            {
+                st.last_tx_tick = now;
+                if let TunnResult::WriteToNetwork(out) = st.tunn.encapsulate(&[], &mut buf) {
+                    shared.send_now(peer, dest, out);
+                }
+            }
+        }
+    }
+}

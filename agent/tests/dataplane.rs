@@ -1,0 +1,396 @@
+//! Data plane tests in network namespaces (root only; skipped otherwise).
+//!
+//! Two namespaces joined by a veth (203.0.113.1 / .2), a data plane in each
+//! with a static peer pointing at the other, and `ping` over the overlay
+//! (10.0.42.0/24 and fd42::/64).
+
+mod dataplane_lab;
+
+use dataplane_lab::{Lab, is_root, link_exists, ping, ping_until, run_in, runtime_in, unique_tag};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wirehub::dataplane::{
+    BackendKind, DataPlane, InterfaceConfig, Outgoing, PeerConfig, PeerStats,
+};
+use wirehub::keys::{PrivateKey, PublicKey};
+
+const PORT: u16 = 62096;
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            println!("skipped: the data plane tests need root (network namespaces)");
+            return;
+        }
+    };
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("network")
+}
+
+/// One side: a runtime in its namespace, the daemon's socket, the data
+/// plane, and a loop standing in for the daemon that feeds `receive`.
+struct Node {
+    ns: String,
+    iface: String,
+    key: PrivateKey,
+    underlay: SocketAddr,
+    rt: tokio::runtime::Runtime,
+    dp: Option<Arc<DataPlane>>,
+    outgoing: Option<mpsc::Receiver<Outgoing>>,
+    pump: Option<JoinHandle<()>>,
+}
+
+/// The daemon's receive loop, reduced to the data plane's part.
+async fn pump(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        loop {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if n > 0 && buf[0] != 0xFF {
+                        dp.receive(from, &buf[..n], None);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl Node {
+    fn start(ns: &str, iface: &str, kind: BackendKind, underlay: &str, overlay: u8) -> Node {
+        let rt = runtime_in(ns, 2);
+        let key = PrivateKey::generate().expect("key");
+        let mut cfg = InterfaceConfig::new(iface, key.clone());
+        cfg.addresses = vec![
+            net(&format!("10.0.42.{overlay}/24")),
+            net(&format!("fd42::{overlay}/64")),
+        ];
+        let (dp, rx, pump_task) = run_in(&rt, async move {
+            let socket = Arc::new(
+                UdpSocket::bind(("0.0.0.0", PORT))
+                    .await
+                    .expect("bind the daemon socket"),
+            );
+            let (dp, rx) = DataPlane::create(kind, cfg, Arc::clone(&socket))
+                .await
+                .expect("create the data plane");
+            let dp = Arc::new(dp);
+            let task = tokio::spawn(pump(socket, Arc::clone(&dp)));
+            (dp, rx, task)
+        });
+        Node {
+            ns: ns.to_string(),
+            iface: iface.to_string(),
+            key,
+            underlay: SocketAddr::new(underlay.parse().expect("ip"), PORT),
+            rt,
+            dp: Some(dp),
+            outgoing: Some(rx),
+            pump: Some(pump_task),
+        }
+    }
+
+    fn dp(&self) -> &Arc<DataPlane> {
+        self.dp.as_ref().expect("data plane")
+    }
+
+    fn public(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    fn peer_config(&self, overlay: u8, direct: bool) -> PeerConfig {
+        PeerConfig {
+            key: self.public(),
+            allowed_ips: vec![
+                net(&format!("10.0.42.{overlay}/32")),
+                net(&format!("fd42::{overlay}/128")),
+            ],
+            endpoint: direct.then_some(self.underlay),
+            keepalive: None,
+        }
+    }
+
+    fn stats_of(&self, key: &PublicKey) -> PeerStats {
+        self.dp()
+            .stats()
+            .into_iter()
+            .find(|s| s.key == *key)
+            .expect("peer in stats")
+    }
+
+    /// Stops the pump and destroys the data plane.
+    fn destroy(&mut self) {
+        if let Some(p) = self.pump.take() {
+            p.abort();
+        }
+        if let Some(dp) = self.dp.take() {
+            let rt = &self.rt;
+            // The pump held a reference; wait until it is dropped.
+            let mut dp = dp;
+            let dp = loop {
+                match Arc::try_unwrap(dp) {
+                    Ok(dp) => break dp,
+                    Err(again) => {
+                        dp = again;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            };
+            run_in(rt, async move { dp.destroy().await }).expect("destroy");
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(p) = self.pump.take() {
+            p.abort();
+        }
+        if let Some(dp) = self.dp.take() {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(dp) = Arc::try_unwrap(dp) {
+                let _ = self
+                    .rt
+                    .block_on(async { self.rt.spawn(async move { dp.destroy().await }).await });
+            }
+        }
+    }
+}
+
+/// Two namespaces joined by a veth, a node in each.
+fn two_nodes(lab: &mut Lab, kind_a: BackendKind, kind_b: BackendKind) -> (Node, Node) {
+    let tag = unique_tag("whdp");
+    let ns_a = lab.netns(&format!("{tag}a"));
+    let ns_b = lab.netns(&format!("{tag}b"));
+    lab.veth(
+        &ns_a,
+        &format!("{tag}va"),
+        "203.0.113.1/24",
+        &ns_b,
+        &format!("{tag}vb"),
+        "203.0.113.2/24",
+    );
+    let if_a = format!("{tag}w");
+    let if_b = format!("{tag}x");
+    if kind_a == BackendKind::Userspace {
+        lab.track_wireguard_go(&if_a);
+    }
+    if kind_b == BackendKind::Userspace {
+        lab.track_wireguard_go(&if_b);
+    }
+    let a = Node::start(&ns_a, &if_a, kind_a, "203.0.113.1", 1);
+    let b = Node::start(&ns_b, &if_b, kind_b, "203.0.113.2", 2);
+    (a, b)
+}
+
+/// Forwards `from`'s Outgoing datagrams to `to.receive(.., Some(from_key))`,
+/// as a relay and the daemon would.
+fn relay(from: &mut Node, to: &Node) -> JoinHandle<()> {
+    let mut rx = from.outgoing.take().expect("outgoing receiver");
+    let dp = Arc::downgrade(to.dp());
+    let from_key = from.public();
+    let relay_addr: SocketAddr = "203.0.113.254:62096".parse().expect("addr");
+    from.rt.spawn(async move {
+        while let Some(out) = rx.recv().await {
+            assert_eq!(
+                out.datagram.first().map(|b| (1..=4).contains(b)),
+                Some(true)
+            );
+            let Some(dp) = dp.upgrade() else { return };
+            dp.receive(relay_addr, &out.datagram, Some(from_key));
+        }
+    })
+}
+
+fn assert_pings(from: &Node, to_v4: &str, to_v6: &str) {
+    assert!(
+        ping_until(&from.ns, to_v4, 10),
+        "no ping {} -> {to_v4}",
+        from.ns
+    );
+    assert!(
+        ping_until(&from.ns, to_v6, 10),
+        "no ping {} -> {to_v6}",
+        from.ns
+    );
+}
+
+#[test]
+fn dataplane_embedded_direct_ping_v4_v6_and_teardown() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (mut a, mut b) = two_nodes(&mut lab, BackendKind::Embedded, BackendKind::Embedded);
+    a.dp().set_peer(b.peer_config(2, true)).expect("set peer");
+    b.dp().set_peer(a.peer_config(1, true)).expect("set peer");
+
+    assert_pings(&a, "10.0.42.2", "fd42::2");
+    assert_pings(&b, "10.0.42.1", "fd42::1");
+
+    let sa = a.stats_of(&b.public());
+    assert!(sa.last_handshake.is_some(), "{sa:?}");
+    assert!(sa.rx_bytes > 0 && sa.tx_bytes > 0, "{sa:?}");
+    assert_eq!(sa.endpoint, Some(b.underlay));
+
+    // Routes into the interface.
+    run_in(&a.rt, {
+        let dp = Arc::clone(a.dp());
+        async move {
+            dp.add_route(net("10.99.0.0/16")).await.expect("add route");
+            dp.add_route(net("fd99::/64")).await.expect("add route v6");
+            dp.remove_route(net("fd99::/64"))
+                .await
+                .expect("remove route");
+        }
+    });
+    dataplane_lab::run(&["ip", "-n", &a.ns, "route", "get", "10.99.1.1"]);
+
+    // Removing the peer stops the traffic.
+    a.dp().remove_peer(&b.public()).expect("remove peer");
+    assert!(!ping(&a.ns, "10.0.42.2"), "ping after remove_peer");
+    assert!(a.dp().stats().is_empty());
+
+    // Destroy leaves no interface behind.
+    a.destroy();
+    b.destroy();
+    assert!(!link_exists(&a.ns, &a.iface));
+    assert!(!link_exists(&b.ns, &b.iface));
+}
+
+#[test]
+fn dataplane_embedded_relayed_then_direct_keeps_session() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (mut a, mut b) = two_nodes(&mut lab, BackendKind::Embedded, BackendKind::Embedded);
+    // Relayed both ways: the data plane hands every datagram to the daemon.
+    a.dp().set_peer(b.peer_config(2, false)).expect("set peer");
+    b.dp().set_peer(a.peer_config(1, false)).expect("set peer");
+    let r_ab = relay(&mut a, &b);
+    let r_ba = relay(&mut b, &a);
+
+    assert_pings(&a, "10.0.42.2", "fd42::2");
+    assert_pings(&b, "10.0.42.1", "fd42::1");
+    let hs_a = a.stats_of(&b.public()).last_handshake;
+    let hs_b = b.stats_of(&a.public()).last_handshake;
+    assert!(hs_a.is_some() && hs_b.is_some());
+    assert_eq!(a.stats_of(&b.public()).endpoint, None);
+
+    // The path becomes direct: same session, no new handshake.
+    a.dp()
+        .set_peer(b.peer_config(2, true))
+        .expect("update peer");
+    b.dp()
+        .set_peer(a.peer_config(1, true))
+        .expect("update peer");
+    r_ab.abort();
+    r_ba.abort();
+    for _ in 0..3 {
+        assert_pings(&a, "10.0.42.2", "fd42::2");
+    }
+    assert_pings(&b, "10.0.42.1", "fd42::1");
+    assert_eq!(a.stats_of(&b.public()).last_handshake, hs_a);
+    assert_eq!(b.stats_of(&a.public()).last_handshake, hs_b);
+    assert_eq!(a.stats_of(&b.public()).endpoint, Some(b.underlay));
+
+    // Allowed IPs and keepalive updates keep it too.
+    let mut cfg = b.peer_config(2, true);
+    cfg.allowed_ips.push(net("10.77.0.0/16"));
+    cfg.keepalive = Some(25);
+    a.dp().set_peer(cfg).expect("update peer");
+    assert_pings(&a, "10.0.42.2", "fd42::2");
+    assert_eq!(a.stats_of(&b.public()).last_handshake, hs_a);
+
+    a.destroy();
+    b.destroy();
+    assert!(!link_exists(&a.ns, &a.iface));
+}
+
+#[test]
+fn dataplane_mixed_embedded_and_wireguard_go() {
+    require_root!();
+    if !dataplane_lab::run_ok(&["sh", "-c", "command -v wireguard-go"]) {
+        println!("skipped: wireguard-go is not installed");
+        return;
+    }
+    let mut lab = Lab::new();
+    let (mut a, mut b) = two_nodes(&mut lab, BackendKind::Embedded, BackendKind::Userspace);
+    assert_eq!(b.dp().kind(), BackendKind::Userspace);
+    a.dp().set_peer(b.peer_config(2, true)).expect("set peer");
+    b.dp().set_peer(a.peer_config(1, true)).expect("set peer");
+
+    assert_pings(&a, "10.0.42.2", "fd42::2");
+    assert_pings(&b, "10.0.42.1", "fd42::1");
+    let sb = b.stats_of(&a.public());
+    assert!(sb.last_handshake.is_some(), "{sb:?}");
+    assert!(sb.rx_bytes > 0 && sb.tx_bytes > 0, "{sb:?}");
+
+    // wireguard-go's peer goes relayed: its datagrams come out of Outgoing.
+    b.dp()
+        .set_peer(a.peer_config(1, false))
+        .expect("update peer");
+    a.dp()
+        .set_peer(b.peer_config(2, false))
+        .expect("update peer");
+    let _r_ab = relay(&mut a, &b);
+    let _r_ba = relay(&mut b, &a);
+    assert_pings(&b, "10.0.42.1", "fd42::1");
+    assert_pings(&a, "10.0.42.2", "fd42::2");
+
+    b.dp().remove_peer(&a.public()).expect("remove peer");
+    assert!(!ping(&a.ns, "10.0.42.2"), "ping after remove_peer");
+
+    let iface_b = b.iface.clone();
+    a.destroy();
+    b.destroy();
+    assert!(!link_exists(&b.ns, &iface_b));
+    assert!(
+        dataplane_lab::wireguard_go_pids(&iface_b).is_empty(),
+        "wireguard-go still running"
+    );
+}
+
+#[test]
+fn dataplane_backend_kind_parses() {
+    for (s, k) in [
+        ("embedded", BackendKind::Embedded),
+        ("Kernel", BackendKind::Kernel),
+        ("userspace", BackendKind::Userspace),
+        ("auto", BackendKind::Auto),
+    ] {
+        assert_eq!(s.parse::<BackendKind>().expect("kind"), k);
+        assert_eq!(k.to_string(), s.to_ascii_lowercase());
+    }
+    assert!("wireguard".parse::<BackendKind>().is_err());
+}
+
+#[test]
+fn dataplane_auto_picks_embedded_without_kernel_module() {
+    require_root!();
+    let mut lab = Lab::new();
+    let ns = lab.netns(&unique_tag("whdp"));
+    let rt = runtime_in(&ns, 1);
+    let kind = run_in(&rt, BackendKind::Auto.resolve());
+    let has_module = std::path::Path::new("/sys/module/wireguard").exists();
+    if has_module {
+        assert_eq!(kind, BackendKind::Kernel);
+    } else {
+        assert_eq!(kind, BackendKind::Embedded);
+    }
+    // The probe link is gone.
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns, "-o", "link"])
+        .output()
+        .expect("ip link");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("whprobe"));
+}
