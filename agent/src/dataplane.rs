@@ -30,6 +30,7 @@
 pub mod embedded;
 pub mod external;
 pub mod netlink;
+pub mod netns;
 pub mod table;
 pub mod tun;
 

@@ -23,6 +23,7 @@ const PORT: u16 = 62096;
 
 macro_rules! require_root {
     () => {
+        dataplane_lab::init_tracing();
         if !is_root() {
             println!("skipped: the data plane tests need root (network namespaces)");
             return;

@@ -17,6 +17,7 @@
 //! WireGuard's endpoint for the peer never moves, and changing the real path
 //! (direct, relayed, another address) never touches WireGuard's session.
 
+use super::netns::Netns;
 use super::{
     BackendKind, DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats,
     netlink::Netlink,
@@ -67,6 +68,8 @@ pub struct External {
     runtime: tokio::runtime::Handle,
     /// The wireguard-go process we started, if any.
     started_pid: Option<i32>,
+    /// Where sockets and netlink requests must be made.
+    netns: Netns,
 }
 
 fn kind_of(backend: Backend) -> BackendKind {
@@ -126,6 +129,7 @@ impl External {
             .name
             .parse()
             .map_err(|_| DataPlaneError::InvalidName(cfg.name.clone()))?;
+        let netns = Netns::current().map_err(wg_err)?;
         let ours_to_start = backend == Backend::Userspace && !uapi_socket_exists(&cfg.name);
         // Creates the link (kernel) or starts wireguard-go (userspace) when
         // missing, sets the key and a random port.
@@ -165,6 +169,7 @@ impl External {
             by_endpoint: RwLock::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             started_pid,
+            netns,
         })
     }
 
@@ -181,7 +186,9 @@ impl External {
     }
 
     fn new_proxy(&self, key: PublicKey, endpoint: Option<SocketAddr>) -> io::Result<ProxyPeer> {
-        let std_sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let std_sock = self
+            .netns
+            .run(|| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))??;
         std_sock.set_nonblocking(true)?;
         let _enter = self.runtime.enter();
         let sock = Arc::new(UdpSocket::from_std(std_sock)?);
@@ -232,9 +239,10 @@ impl External {
         for net in &cfg.allowed_ips {
             peer = peer.add_allowed_ip(net.addr(), net.prefix_len());
         }
-        DeviceUpdate::new()
-            .add_peer(peer)
-            .apply(&self.iface, self.backend)
+        let update = DeviceUpdate::new().add_peer(peer);
+        self.netns
+            .run(|| update.apply(&self.iface, self.backend))
+            .and_then(|r| r)
             .map_err(|e| self.wg_err(e))?;
         {
             let mut by_ep = self.by_endpoint.write().unwrap_or_else(|e| e.into_inner());
@@ -263,14 +271,19 @@ impl External {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, k| k != key);
-        DeviceUpdate::new()
-            .remove_peer_by_key(&Key(key.0))
-            .apply(&self.iface, self.backend)
+        let update = DeviceUpdate::new().remove_peer_by_key(&Key(key.0));
+        self.netns
+            .run(|| update.apply(&self.iface, self.backend))
+            .and_then(|r| r)
             .map_err(|e| self.wg_err(e))
     }
 
     pub(crate) fn stats(&self) -> Vec<PeerStats> {
-        let device = match Device::get(&self.iface, self.backend) {
+        let device = match self
+            .netns
+            .run(|| Device::get(&self.iface, self.backend))
+            .and_then(|r| r)
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(iface = self.link.name(), "WireGuard stats: {e}");
@@ -342,6 +355,7 @@ impl External {
         proxy
             .rx_bytes
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        tracing::trace!(peer = ?key, %from, len = datagram.len(), "to WireGuard");
         if let Err(e) = proxy.sock.try_send_to(datagram, self.wg_addr) {
             tracing::debug!(peer = ?proxy.key, "to WireGuard: {e}");
         }
@@ -421,6 +435,7 @@ async fn proxy_loop(
             continue;
         }
         let datagram = &buf[..n];
+        tracing::trace!(peer = ?key, len = n, "from WireGuard");
         tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         let dest = *endpoint.lock().unwrap_or_else(|e| e.into_inner());
         match dest {
