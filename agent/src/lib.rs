@@ -10,5 +10,5 @@ pub mod control;
 pub mod dataplane;
 pub mod dht;
 pub mod keys;
-// pub mod node; (enabled once dht lands)
+pub mod node;
 pub mod proto;

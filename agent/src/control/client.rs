@@ -79,9 +79,7 @@ fn status_of(interface: &str) -> anyhow::Result<Status> {
 pub fn run(name: &str, args: &Args) -> Outcome {
     let arg = |i: usize| args.positional(i).unwrap_or_default().to_string();
     match name {
-        "up" => Err(Failure::Runtime(anyhow!(
-            "wh up: the daemon is being built"
-        ))), // NODE-WIP
+        "up" => crate::node::launch::up(args),
         "show" => show(args),
         "down" => {
             request(&arg(0), &Request::Down)?;

@@ -11,7 +11,7 @@ use crate::control::{self, Request, Response};
 use crate::dataplane::{DataPlane, InterfaceConfig, Outgoing, PeerConfig};
 use crate::dht::{Dht, DhtConfig, DhtEvent};
 use crate::keys::{PrivateKey, PublicKey};
-use crate::proto::{Codec, Message, NatKind, NodeRecord};
+use crate::proto::{Codec, CodecConfig, Message, NatKind, NodeRecord};
 use anyhow::Context;
 use serde_json::json;
 use std::collections::HashMap;
@@ -69,14 +69,11 @@ async fn resolve(e: &Endpoint) -> Option<SocketAddr> {
     }
 }
 
-/// A request the daemon answers later (a lookup or a ping in flight).
-enum Pending {
-    Lookup(oneshot::Sender<Response>),
-    Ping {
-        key: PublicKey,
-        sent: Instant,
-        reply: oneshot::Sender<Response>,
-    },
+/// A `wh ping` waiting for its pong.
+struct PendingPing {
+    key: PublicKey,
+    sent: Instant,
+    reply: oneshot::Sender<Response>,
 }
 
 struct Daemon {
@@ -89,7 +86,7 @@ struct Daemon {
     overlay: Overlay,
     dataplane: Option<DataPlane>,
     pending_lookups: HashMap<crate::dht::LookupId, oneshot::Sender<Response>>,
-    pending_pings: HashMap<u64, Pending>,
+    pending_pings: HashMap<u64, PendingPing>,
     next_ping_id: u64,
     own_record: NodeRecord,
     observed: Option<SocketAddr>,
@@ -160,8 +157,17 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
     dht.set_own_record(own_record.clone());
     dht.bootstrap(now);
 
+    let codec = Codec::new(
+        key.clone(),
+        CodecConfig {
+            required_workbits: spec.workbits,
+            namespace: spec.namespace.clone(),
+            ..CodecConfig::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("no random source for nonces: {e}"))?;
     let mut d = Daemon {
-        codec: Codec::new(key.clone(), spec.workbits, spec.namespace.clone()),
+        codec,
         opts,
         spec,
         public,
@@ -333,7 +339,7 @@ impl Daemon {
         match &msg {
             Message::Pong { id, observed, info } => {
                 self.observed = Some(*observed);
-                if let Some(Pending::Ping {
+                if let Some(PendingPing {
                     key: k,
                     sent,
                     reply,
@@ -416,11 +422,11 @@ impl Daemon {
         let expired: Vec<u64> = self
             .pending_pings
             .iter()
-            .filter(|(_, p)| matches!(p, Pending::Ping { sent, .. } if sent.elapsed() > Duration::from_secs(5)))
+            .filter(|(_, p)| p.sent.elapsed() > Duration::from_secs(5))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(Pending::Ping { key, reply, .. }) = self.pending_pings.remove(&id) {
+            if let Some(PendingPing { key, reply, .. }) = self.pending_pings.remove(&id) {
                 let _ = reply.send(Response::Error(format!(
                     "no pong from {} within 5 s",
                     key.short(10)
@@ -469,7 +475,7 @@ impl Daemon {
                         self.next_ping_id += 1;
                         self.pending_pings.insert(
                             id,
-                            Pending::Ping {
+                            PendingPing {
                                 key: k,
                                 sent: Instant::now(),
                                 reply,
@@ -517,7 +523,7 @@ impl Daemon {
             backend: self
                 .dataplane
                 .as_ref()
-                .map_or("none".into(), |d| d.kind_name().to_string()),
+                .map_or("none".into(), |d| d.kind().to_string()),
             ipv4: self.overlay.own_ipv4().map(|i| i.to_string()),
             ipv6: self.overlay.own_ipv6().map(|i| i.to_string()),
             peers: self.overlay.peer_status(&stats),
@@ -541,6 +547,12 @@ impl Daemon {
             "codec": self.codec.counters(),
             "drops": self.drops,
             "dht_size": self.dht.nodes().count(),
+            "dht_counters": self.dht.counters(),
+            "wireguard_peers": self
+                .dataplane
+                .as_ref()
+                .map(|d| d.stats().iter().map(|s| s.key.to_string()).collect::<Vec<_>>())
+                .unwrap_or_default(),
         })
     }
 }
