@@ -6,8 +6,8 @@
 //!   set pods6 { type ipv6_addr; }
 //!   chain postrouting {
 //!     type nat hook postrouting priority srcnat; policy accept;
-//!     ip  saddr @pods4 ip  daddr != 10.244.0.0/16 ip daddr != 10.0.0.0/24 masquerade
-//!     ip6 saddr @pods6 ip6 daddr != fd00:244::/56 masquerade
+//!     ip  saddr @pods4 ip  daddr != 10.244.0.0/16 ip daddr != 10.0.0.0/24 counter masquerade
+//!     ip6 saddr @pods6 ip6 daddr != fd00:244::/56 counter masquerade
 //!   }
 //! }
 //! ```
@@ -68,7 +68,7 @@ pub fn add_script(table: &str, no_masq: &[IpNet], pods: &[IpAddr]) -> String {
         for n in no_masq.iter().filter(|n| n.is_ipv4() == is4) {
             rule += &format!(" {fam} daddr != {}", n.trunc());
         }
-        rule += " masquerade comment \"wirehub-cni: pods to outside the cluster\"\n";
+        rule += " counter masquerade comment \"wirehub-cni: pods to outside the cluster\"\n";
         s += &rule;
     }
     s += &elements("add", table, pods);
@@ -155,9 +155,9 @@ mod tests {
             ],
         );
         assert!(s.contains(
-            "add rule inet wirehub-cni postrouting ip saddr @pods4 ip daddr != 10.244.0.0/16 ip daddr != 10.0.0.0/24 masquerade"
+            "add rule inet wirehub-cni postrouting ip saddr @pods4 ip daddr != 10.244.0.0/16 ip daddr != 10.0.0.0/24 counter masquerade"
         ));
-        assert!(s.contains("ip6 saddr @pods6 ip6 daddr != fd00:244::/56 masquerade"));
+        assert!(s.contains("ip6 saddr @pods6 ip6 daddr != fd00:244::/56 counter masquerade"));
         assert!(s.contains("add element inet wirehub-cni pods4 { 10.244.1.5 }"));
         assert!(s.contains("add element inet wirehub-cni pods6 { fd00:244::5 }"));
         assert!(s.contains("flush chain inet wirehub-cni postrouting"));
