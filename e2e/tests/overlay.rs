@@ -24,6 +24,11 @@ fn config_text(boot_key: &str, boot_ip: &str, keys: &[(std::path::PathBuf, Strin
 
 /// A bootstrap node and `n` trusted nodes, all up.
 fn network(n: usize) -> Net {
+    network_with(n, &[])
+}
+
+/// Like [`network`], with extra `wh up` arguments for some nodes (by index).
+fn network_with(n: usize, extra: &[(usize, &[&str])]) -> Net {
     let mut lab = Lab::new().expect("lab");
     let boot = lab.public_host("boot").expect("boot host");
     let (boot_sk, boot_pk) = lab.genkey("boot").expect("boot key");
@@ -43,8 +48,12 @@ fn network(n: usize) -> Net {
     let config = lab
         .write("lab.conf", &config_text(&boot_pk, &boot.ip, &keys))
         .expect("config");
-    for (host, (sk, _)) in nodes.iter().zip(&keys) {
-        lab.wh_up(host, &config, Some(sk), &[]).expect("wh up");
+    for (i, (host, (sk, _))) in nodes.iter().zip(&keys).enumerate() {
+        let args = extra
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or(&[][..], |(_, a)| *a);
+        lab.wh_up(host, &config, Some(sk), args).expect("wh up");
     }
     for host in &nodes {
         lab.wait_daemon(host, Duration::from_secs(10))
@@ -246,9 +255,18 @@ fn an_untrusted_node_cannot_reach_the_overlay() {
         .lab
         .wh_ok(&net.nodes[0], &["inspect", &iface(&net.lab, &net.nodes[0])])
         .expect("inspect");
+    // The intruder may be a DHT neighbour, but never a WireGuard peer.
+    let v: serde_json::Value = serde_json::from_str(&inspect).expect("json");
+    let peers = v["status"]["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 1, "{inspect}");
     assert!(
-        !inspect.contains(&pk),
-        "node_a programmed the intruder: {inspect}"
+        peers.iter().all(|p| p["key"] != pk.as_str()),
+        "node_a trusts the intruder: {inspect}"
+    );
+    let wg = v["wireguard_peers"].as_array().expect("wireguard peers");
+    assert!(
+        wg.iter().all(|p| p != pk.as_str()),
+        "node_a's data plane has the intruder: {inspect}"
     );
 }
 
@@ -327,4 +345,125 @@ fn background_up_returns_and_down_stops_it() {
     }
     assert!(!lab.wh(&host, &["show", &i]).expect("show").status.success());
     let _ = lab.kill_daemon(&host, "-TERM");
+}
+
+#[test]
+fn a_flood_of_random_datagrams_is_dropped_and_counted() {
+    require_lab!();
+    let mut net = network(2);
+    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .expect("a pings b");
+    let attacker = net.lab.public_host("flood").expect("host");
+    let script = format!(
+        "import os, socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)\n\
+         for i in range(100000):\n\
+         \x20   if i % 50 == 0: time.sleep(0.002)\n\
+         \x20   n = (i * 7919) % 1400 + 1\n\
+         \x20   kind = i % 4\n\
+         \x20   head = [b'\\xff\\x01', bytes([1 + i % 4]), b'', b'\\x00'][kind]\n\
+         \x20   s.sendto(head + os.urandom(n), ('{}', 62096))\n",
+        b.ip
+    );
+    let path = net.lab.write("flood.py", &script).expect("script");
+    let start = Instant::now();
+    net.lab
+        .exec(&attacker.netns, &["python3", &path.to_string_lossy()])
+        .expect("flood");
+    eprintln!("sent 100000 datagrams in {:?}", start.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    let i = iface(&net.lab, &b);
+    let inspect = net
+        .lab
+        .wh_ok(&b, &["inspect", &i])
+        .expect("the daemon still answers");
+    let v: serde_json::Value = serde_json::from_str(&inspect).expect("json");
+    let codec_drops = v["codec"]["dropped"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum::<u64>());
+    let daemon_drops = v["drops"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum::<u64>());
+    let wg_drops = v["dataplane"]["dropped"].as_u64().unwrap_or(0);
+    eprintln!(
+        "dropped: codec {codec_drops}, daemon {daemon_drops}, wireguard {wg_drops}: {}",
+        v["codec"]
+    );
+    assert!(
+        codec_drops >= 20_000,
+        "control drops not counted: {inspect}"
+    );
+    assert!(
+        codec_drops + daemon_drops + wg_drops >= 80_000,
+        "drops not counted: {inspect}"
+    );
+    // Still alive, memory bounded, tunnels still up.
+    let pids = wirehub_e2e::sh("ip", &["netns", "pids", &b.netns]).expect("pids");
+    for pid in pids.split_whitespace() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if !status.contains("Name:\twh") {
+            continue;
+        }
+        let rss_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        eprintln!("daemon RSS after the flood: {rss_kb} KiB");
+        assert!(
+            rss_kb < 128 * 1024,
+            "daemon RSS {rss_kb} KiB after the flood"
+        );
+    }
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
+        .expect("a still pings b");
+    net.lab.kill_daemon(&attacker, "-TERM").ok();
+}
+
+#[test]
+fn a_wireguard_go_node_talks_to_embedded_nodes() {
+    require_lab!();
+    if std::process::Command::new("wireguard-go")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: wireguard-go is not installed");
+        return;
+    }
+    let net = network_with(3, &[(2, &["backend", "userspace"])]);
+    let lab = &net.lab;
+    let show = lab.wh_ok(&net.nodes[2], &["show"]).expect("show");
+    assert!(
+        show.contains("userspace"),
+        "node_c does not run wireguard-go: {show}"
+    );
+    for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        let ip = format!("10.0.42.{}", to + 2);
+        if let Err(e) = lab.ping_until(&net.nodes[from], &ip, Duration::from_secs(10)) {
+            panic!(
+                "{e}\n--- {} log:\n{}",
+                net.nodes[from].name,
+                lab.log(&net.nodes[from])
+            );
+        }
+    }
+    // wireguard-go itself reports the handshakes (through `wg`).
+    let i = iface(lab, &net.nodes[2]);
+    let wg = lab
+        .exec(
+            &net.nodes[2].netns,
+            &["wg", "show", &i, "latest-handshakes"],
+        )
+        .expect("wg show");
+    let handshakes = wg
+        .lines()
+        .filter(|l| !l.trim_end().ends_with("\t0"))
+        .count();
+    assert_eq!(handshakes, 2, "{wg}");
 }
