@@ -80,6 +80,12 @@ impl Call<'_> {
     /// Run with `config` on stdin. `Ok(stdout)` on exit 0, else the plugin's
     /// own CNI error (its code kept, its message prefixed with its name).
     pub fn run(&self, config: &Map<String, Value>) -> CniResult<Vec<u8>> {
+        self.spawn(config)?.wait()
+    }
+
+    /// Start the plugin and return at once; `wait` collects its answer.
+    /// Lets the caller do netlink work while the plugin runs.
+    pub fn spawn(&self, config: &Map<String, Value>) -> CniResult<Pending> {
         let stdin = serde_json::to_vec(config).map_err(|e| {
             CniError::new(
                 IPAM,
@@ -107,14 +113,38 @@ impl Call<'_> {
                 format!("cannot run IPAM plugin {}: {e}", self.path.display()),
             )
         })?;
-        if let Some(mut si) = child.stdin.take() {
-            // A plugin that exits without reading stdin gives EPIPE: its exit
-            // status tells the rest.
-            let _ = si.write_all(&stdin);
-        }
-        let out = child
+        let writer = child.stdin.take().map(|mut si| {
+            // A plugin that exits without reading stdin gives EPIPE: its
+            // exit status tells the rest. A thread keeps a large config from
+            // blocking us on a full pipe.
+            std::thread::spawn(move || {
+                let _ = si.write_all(&stdin);
+            })
+        });
+        Ok(Pending {
+            child,
+            writer,
+            plugin: self.plugin.to_string(),
+        })
+    }
+}
+
+/// A delegated plugin that is running.
+pub struct Pending {
+    child: std::process::Child,
+    writer: Option<std::thread::JoinHandle<()>>,
+    plugin: String,
+}
+
+impl Pending {
+    pub fn wait(self) -> CniResult<Vec<u8>> {
+        let out = self
+            .child
             .wait_with_output()
             .map_err(|e| CniError::new(IPAM, format!("IPAM plugin {} failed: {e}", self.plugin)))?;
+        if let Some(w) = self.writer {
+            let _ = w.join();
+        }
         if out.status.success() {
             return Ok(out.stdout);
         }

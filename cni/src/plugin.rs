@@ -9,7 +9,7 @@ use crate::error::{
 use crate::link::{self, Netns};
 use crate::net::{GATEWAY_V4, GATEWAY_V6, IpNet, format_mac, host_veth_name};
 use crate::result::{CniOutput, Interface, IpConfig, Route};
-use crate::state::{Lock, Record, Store};
+use crate::state::{Record, Store};
 use crate::version::{self, Version};
 use crate::{info, nft, warn};
 use rtnetlink::Handle;
@@ -215,10 +215,37 @@ fn ipam_del(
 
 // ---------------------------------------------------------------- ADD
 
-struct Added {
+/// What the first phase of ADD made (before the addresses are known).
+struct Plumbed {
     host_veth: String,
+    host_index: u32,
+    pod_index: u32,
     host_mac: Vec<u8>,
     pod_mac: Vec<u8>,
+}
+
+/// Parse the IPAM answer into the result and the pod's addresses (at least
+/// one IPv4).
+fn read_ipam(conf: &NetConf, out: &[u8]) -> CniResult<(CniOutput, Vec<IpAddr>)> {
+    let ipam = serde_json::from_slice::<Value>(out)
+        .map_err(|e| e.to_string())
+        .and_then(|v| CniOutput::from_value(&v))
+        .map_err(|e| CniError::new(IPAM, format!("IPAM result cannot be read: {e}")))?;
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for ip in &ipam.ips {
+        let n = ip
+            .address
+            .parse::<IpNet>()
+            .map_err(|e| CniError::new(IPAM, format!("IPAM gave a bad address: {e}")))?;
+        addrs.push(n.addr);
+    }
+    if !addrs.iter().any(IpAddr::is_ipv4) {
+        return Err(CniError::new(
+            IPAM,
+            format!("IPAM plugin {} gave no IPv4 address", conf.ipam_type),
+        ));
+    }
+    Ok((ipam, addrs))
 }
 
 fn cmd_add(conf: &NetConf, env: &Env) -> CniResult<String> {
@@ -249,82 +276,101 @@ fn cmd_add(conf: &NetConf, env: &Env) -> CniResult<String> {
             format!("interface {:?} already exists in {netns_path}", a.ifname),
         ));
     }
-
-    // IPAM.
-    let ipam_out = ipam_call(conf, env, &a.cni_path, "ADD", None)?.run(&ipam_config(conf))?;
-    let ipam = serde_json::from_slice::<Value>(&ipam_out)
-        .map_err(|e| e.to_string())
-        .and_then(|v| CniOutput::from_value(&v));
-    let ipam = match ipam {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ipam_del(conf, env, &a.cni_path, None);
-            return Err(CniError::new(
-                IPAM,
-                format!("IPAM result cannot be read: {e}"),
-            ));
-        }
-    };
-    let mut addrs: Vec<IpAddr> = Vec::new();
-    for ip in &ipam.ips {
-        match ip.address.parse::<IpNet>() {
-            Ok(n) => addrs.push(n.addr),
-            Err(e) => {
-                let _ = ipam_del(conf, env, &a.cni_path, None);
-                return Err(CniError::new(IPAM, format!("IPAM gave a bad address: {e}")));
-            }
-        }
-    }
-    if !addrs.iter().any(IpAddr::is_ipv4) {
-        let _ = ipam_del(conf, env, &a.cni_path, None);
-        return Err(CniError::new(
-            IPAM,
-            format!("IPAM plugin {} gave no IPv4 address", conf.ipam_type),
-        ));
-    }
-    info!("ipam gave {addrs:?}");
-
     let host_veth = host_veth_name(&a.container_id, &a.ifname);
-    let record = Record {
+    let mut record = Record {
         container_id: a.container_id.clone(),
         ifname: a.ifname.clone(),
         netns: netns_path.clone(),
         host_veth: host_veth.clone(),
-        ips: addrs.clone(),
+        ips: Vec::new(),
     };
+    // The record exists before anything is made, so that a crash at any
+    // later point leaves something GC can find.
+    {
+        let lock = store.lock()?;
+        store.save(&record, &lock)?;
+    }
 
-    let res = (|| -> CniResult<Added> {
-        {
-            let lock = store.lock()?;
-            store.save(&record, &lock)?;
-        }
-        let host_h = rt.block_on(async { link::connect(None) })?;
-        let added = rt.block_on(plumb(
-            conf, &a, &netns, &host_h, &pod_h, &host_veth, &addrs, &ipam,
-        ))?;
-        if conf.ip_masq {
-            let _lock = store.lock()?;
-            nft::apply(&nft::add_script(
-                &conf.nft_table,
-                &conf.no_masq_subnets(),
-                &addrs,
-            ))?;
-        }
-        Ok(added)
-    })();
-
-    let added = match res {
-        Ok(x) => x,
+    // Phase 1: IPAM runs while we make the veth pair and the parts of the
+    // pod's routing that do not depend on its address.
+    let pending = match ipam_call(conf, env, &a.cni_path, "ADD", None)
+        .and_then(|c| c.spawn(&ipam_config(conf)))
+    {
+        Ok(p) => p,
         Err(e) => {
-            warn!("ADD failed, undoing: {e}");
-            undo_add(conf, env, &a, &store, &rt, &host_veth, &addrs);
+            if let Ok(lock) = store.lock() {
+                let _ = store.remove(&a.container_id, &a.ifname, &lock);
+            }
             return Err(e);
         }
     };
+    let plumbed = rt.block_on(async {
+        let host_h = link::connect(None)?;
+        let p = plumb_link(conf, &a, &netns, &host_h, &pod_h, &host_veth).await?;
+        Ok::<_, CniError>((host_h, p))
+    });
+    let ipam_res = pending.wait();
+    let ipam_ok = ipam_res.is_ok();
+    let (host_h, plumbed, ipam, addrs) = match (plumbed, ipam_res.and_then(|o| read_ipam(conf, &o)))
+    {
+        (Ok((h, p)), Ok((ipam, addrs))) => (h, p, ipam, addrs),
+        (l, i) => {
+            // Report the IPAM failure if there is one, else the link's.
+            let err = match (l, i) {
+                (_, Err(e)) => e,
+                (Err(e), _) => e,
+                _ => CniError::new(crate::error::NETLINK, "ADD failed"),
+            };
+            warn!("ADD failed, undoing: {err}");
+            undo_add(conf, env, &a, &store, &rt, &host_veth, &[], ipam_ok);
+            return Err(err);
+        }
+    };
+    info!("ipam gave {addrs:?}");
 
-    Ok(build_result(conf, &a, &netns_path, prev, &ipam, &addrs, &added).to_json())
+    // Phase 2: the addresses, host routes, masquerade.
+    record.ips = addrs.clone();
+    let res = (|| -> CniResult<()> {
+        let lock = store.lock()?;
+        store.save(&record, &lock)?;
+        let nft_fast = if conf.ip_masq {
+            let rules = nft::rules_script(&conf.nft_table, &conf.no_masq_subnets());
+            if store.nft_rules(&conf.nft_table).as_deref() == Some(rules.as_str()) {
+                Some(nft::spawn(&nft::elements_script(&conf.nft_table, &addrs))?)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        rt.block_on(plumb_addrs(&host_h, &pod_h, &plumbed, &addrs, &ipam))?;
+        if conf.ip_masq {
+            let fast_ok = match nft_fast {
+                Some(p) => p.wait().is_ok(),
+                None => false,
+            };
+            if !fast_ok {
+                nft::apply(&nft::add_script(
+                    &conf.nft_table,
+                    &conf.no_masq_subnets(),
+                    &addrs,
+                ))?;
+                let rules = nft::rules_script(&conf.nft_table, &conf.no_masq_subnets());
+                store.set_nft_rules(&conf.nft_table, Some(&rules), &lock);
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        warn!("ADD failed, undoing: {e}");
+        undo_add(conf, env, &a, &store, &rt, &host_veth, &addrs, true);
+        return Err(e);
+    }
+
+    Ok(build_result(conf, &a, &netns_path, prev, &ipam, &addrs, &plumbed).to_json())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn undo_add(
     conf: &NetConf,
     env: &Env,
@@ -333,37 +379,42 @@ fn undo_add(
     rt: &tokio::runtime::Runtime,
     host_veth: &str,
     addrs: &[IpAddr],
+    ipam_allocated: bool,
 ) {
     if let Ok(h) = rt.block_on(async { link::connect(None) })
         && let Err(e) = rt.block_on(link::del_link_by_name(&h, host_veth))
     {
         warn!("undo: {e}");
     }
-    if let Err(e) = ipam_del(conf, env, &a.cni_path, None) {
+    if ipam_allocated && let Err(e) = ipam_del(conf, env, &a.cni_path, None) {
         warn!("undo: IPAM DEL: {e}");
     }
     if let Ok(lock) = store.lock() {
         let _ = store.remove(&a.container_id, &a.ifname, &lock);
-        if conf.ip_masq {
+        if conf.ip_masq && !addrs.is_empty() {
             let last = store.count_all() == 0;
             if let Err(e) = nft::apply(&nft::del_script(&conf.nft_table, addrs, last)) {
                 warn!("undo: {e}");
+            }
+            if last {
+                store.set_nft_rules(&conf.nft_table, None, &lock);
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn plumb(
+/// Phase 1 of ADD: the veth pair (the pod end created directly in the pod's
+/// namespace under its final name), both ends up, and in the pod the
+/// gateway's permanent neighbour entry, its link route and the IPv4 default
+/// route.
+async fn plumb_link(
     conf: &NetConf,
     a: &AttachEnv,
     netns: &Netns,
     host_h: &Handle,
     pod_h: &Handle,
     host_veth: &str,
-    addrs: &[IpAddr],
-    ipam: &CniOutput,
-) -> CniResult<Added> {
+) -> CniResult<Plumbed> {
     // A host end left over by an earlier attempt of the same attachment.
     if link::del_link_by_name(host_h, host_veth).await? {
         warn!("removed a stale {host_veth}");
@@ -386,40 +437,52 @@ async fn plumb(
     let pod_l = link::link_by_name(pod_h, &a.ifname)
         .await?
         .ok_or_else(|| CniError::netlink(&a.ifname, "not found in the pod after creation"))?;
-    let (hi, pi) = (host_l.header.index, pod_l.header.index);
-    let (host_mac, pod_mac) = (link::mac(&host_l), link::mac(&pod_l));
+    let p = Plumbed {
+        host_veth: host_veth.to_string(),
+        host_index: host_l.header.index,
+        pod_index: pod_l.header.index,
+        host_mac: link::mac(&host_l),
+        pod_mac: link::mac(&pod_l),
+    };
+    link::set_up(host_h, p.host_index).await?;
+    link::set_up(pod_h, p.pod_index).await?;
+    let pi = p.pod_index;
+    link::add_neigh(pod_h, pi, IpAddr::V4(GATEWAY_V4), &p.host_mac).await?;
+    link::add_route(pod_h, IpNet::host(IpAddr::V4(GATEWAY_V4)), None, pi).await?;
+    let default4 = IpNet::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+        .ok_or_else(|| CniError::netlink("default route", "bad prefix"))?;
+    link::add_route(pod_h, default4, Some(IpAddr::V4(GATEWAY_V4)), pi).await?;
+    Ok(p)
+}
+
+/// Phase 2 of ADD: the pod's /32 (/128) addresses, IPv6 gateway and default
+/// route, extra IPAM routes; on the host a route and a permanent neighbour
+/// entry per pod address (no ARP/ND on the pair at all), and forwarding.
+async fn plumb_addrs(
+    host_h: &Handle,
+    pod_h: &Handle,
+    p: &Plumbed,
+    addrs: &[IpAddr],
+    ipam: &CniOutput,
+) -> CniResult<()> {
+    let (hi, pi) = (p.host_index, p.pod_index);
     let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
-
-    // Host side first up, so the pod's routes see a carrier soon.
-    link::set_up(host_h, hi).await?;
-    link::set_up(pod_h, pi).await?;
-
-    // Pod side: /32 (/128) addresses, the gateway as a permanent neighbour
-    // (the host end's MAC), a link route to it, the default route.
     for ip in addrs {
         link::add_addr(pod_h, pi, IpNet::host(*ip)).await?;
     }
-    link::add_neigh(pod_h, pi, IpAddr::V4(GATEWAY_V4), &host_mac).await?;
-    link::add_route(pod_h, IpNet::host(IpAddr::V4(GATEWAY_V4)), None, pi).await?;
-    let default4: IpNet = IpNet::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
-        .ok_or_else(|| CniError::netlink("default route", "bad prefix"))?;
-    link::add_route(pod_h, default4, Some(IpAddr::V4(GATEWAY_V4)), pi).await?;
     if has_v6 {
-        link::add_neigh(pod_h, pi, IpAddr::V6(GATEWAY_V6), &host_mac).await?;
+        link::add_neigh(pod_h, pi, IpAddr::V6(GATEWAY_V6), &p.host_mac).await?;
         let default6 = IpNet::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)
             .ok_or_else(|| CniError::netlink("default route", "bad prefix"))?;
         link::add_route(pod_h, default6, Some(IpAddr::V6(GATEWAY_V6)), pi).await?;
     }
-    // Extra routes from IPAM (not the defaults we already have).
+    // Extra routes from IPAM (the defaults are already there).
     for r in &ipam.routes {
         let Ok(dst) = r.dst.parse::<IpNet>() else {
             warn!("ignoring IPAM route {:?}", r.dst);
             continue;
         };
-        if dst.is_default() || (dst.is_ipv4() && !addrs.iter().any(IpAddr::is_ipv4)) {
-            continue;
-        }
-        if !dst.is_ipv4() && !has_v6 {
+        if dst.is_default() || (!dst.is_ipv4() && !has_v6) {
             continue;
         }
         let gw = if dst.is_ipv4() {
@@ -429,22 +492,15 @@ async fn plumb(
         };
         link::add_route(pod_h, dst.trunc(), Some(gw), pi).await?;
     }
-
-    // Host side: a host route to each pod address, and the pod's MAC as a
-    // permanent neighbour (no ARP/ND on the pair at all).
     for ip in addrs {
         link::add_route(host_h, IpNet::host(*ip), None, hi).await?;
-        link::add_neigh(host_h, hi, *ip, &pod_mac).await?;
+        link::add_neigh(host_h, hi, *ip, &p.pod_mac).await?;
     }
     link::ensure_sysctl("net/ipv4/ip_forward", "1")?;
     if has_v6 {
         link::ensure_sysctl("net/ipv6/conf/all/forwarding", "1")?;
     }
-    Ok(Added {
-        host_veth: host_veth.to_string(),
-        host_mac,
-        pod_mac,
-    })
+    Ok(())
 }
 
 fn build_result(
@@ -454,7 +510,7 @@ fn build_result(
     prev: CniOutput,
     ipam: &CniOutput,
     addrs: &[IpAddr],
-    added: &Added,
+    added: &Plumbed,
 ) -> CniOutput {
     let mut out = prev;
     let host_idx = out.interfaces.len();
@@ -544,33 +600,47 @@ fn cmd_del(conf: &NetConf, env: &Env) -> CniResult<()> {
     let ips = rec
         .as_ref()
         .map(|r| r.ips.clone())
+        .filter(|v| !v.is_empty())
         .unwrap_or_else(|| prev_ips(conf));
 
-    let rt = runtime()?;
-    let host_h = rt.block_on(async { link::connect(None) })?;
-    if rt.block_on(link::del_link_by_name(&host_h, &host_veth))? {
-        info!("deleted {host_veth}");
-    }
-    // The pod end normally went with the host end; a netns that is gone
-    // (or cannot be opened) is no error for DEL.
-    if let Some(p) = &a.netns
-        && let Ok(ns) = Netns::open(p)
-    {
-        let pod_h = rt.block_on(async { link::connect(Some(&ns)) })?;
-        rt.block_on(link::del_link_by_name(&pod_h, &a.ifname))?;
-    }
-    ipam_del(conf, env, &a.cni_path, None)?;
-    store.remove(&a.container_id, &a.ifname, &lock)?;
-    release_nft(conf, &store, &ips, &lock)?;
-    Ok(())
-}
+    // IPAM DEL and the nft change run while the kernel deletes the link
+    // (a veth deletion waits for an RCU grace period, ~15 ms here).
+    let ipam = ipam_call(conf, env, &a.cni_path, "DEL", None)?.spawn(&ipam_config(conf))?;
+    let others = store.count_all().saturating_sub(usize::from(rec.is_some()));
+    let last = others == 0;
+    let nft_p = if conf.ip_masq && (last || !ips.is_empty()) {
+        Some(nft::spawn(&nft::del_script(&conf.nft_table, &ips, last))?)
+    } else {
+        None
+    };
 
-fn release_nft(conf: &NetConf, store: &Store, ips: &[IpAddr], _lock: &Lock) -> CniResult<()> {
-    let last = store.count_all() == 0;
-    if !conf.ip_masq || (!last && ips.is_empty()) {
-        return Ok(());
+    let rt = runtime()?;
+    let link_res = rt.block_on(async {
+        let host_h = link::connect(None)?;
+        if link::del_link_by_name(&host_h, &host_veth).await? {
+            info!("deleted {host_veth}");
+            return Ok(());
+        }
+        // No host end: make sure no pod end is left either. A namespace
+        // that is gone (or cannot be opened) is no error for DEL.
+        if let Some(p) = &a.netns
+            && let Ok(ns) = Netns::open(p)
+        {
+            let pod_h = link::connect(Some(&ns))?;
+            link::del_link_by_name(&pod_h, &a.ifname).await?;
+        }
+        Ok::<_, CniError>(())
+    });
+    let ipam_res = ipam.wait();
+    let nft_res = nft_p.map(nft::Pending::wait).unwrap_or(Ok(()));
+    link_res?;
+    ipam_res?;
+    nft_res?;
+    if conf.ip_masq && last {
+        store.set_nft_rules(&conf.nft_table, None, &lock);
     }
-    nft::apply(&nft::del_script(&conf.nft_table, ips, last))
+    store.remove(&a.container_id, &a.ifname, &lock)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- CHECK
@@ -775,11 +845,12 @@ fn cmd_gc(conf: &NetConf, env: &Env) -> CniResult<()> {
         }
     }
     let last = store.count_all() == 0;
-    if conf.ip_masq
-        && (last || !freed.is_empty())
-        && let Err(e) = nft::apply(&nft::del_script(&conf.nft_table, &freed, last))
-    {
-        errors.push(e.to_string());
+    if conf.ip_masq && (last || !freed.is_empty()) {
+        match nft::apply(&nft::del_script(&conf.nft_table, &freed, last)) {
+            Ok(()) if last => store.set_nft_rules(&conf.nft_table, None, &lock),
+            Ok(()) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
     }
     drop(lock);
 

@@ -81,6 +81,24 @@ impl Store {
         }
     }
 
+    fn rules_file(&self, table: &str) -> PathBuf {
+        self.root.join(format!("nft-{table}.rules"))
+    }
+
+    /// The nft rules last written for `table` (see `nft::rules_script`).
+    pub fn nft_rules(&self, table: &str) -> Option<String> {
+        std::fs::read_to_string(self.rules_file(table)).ok()
+    }
+
+    pub fn set_nft_rules(&self, table: &str, rules: Option<&str>, _lock: &Lock) {
+        let p = self.rules_file(table);
+        // Only a memo: when it is wrong the next ADD rewrites the rules.
+        let _ = match rules {
+            Some(r) => std::fs::write(&p, r),
+            None => std::fs::remove_file(&p),
+        };
+    }
+
     /// Every record of this network.
     pub fn list(&self) -> Vec<Record> {
         list_dir(&self.dir)
