@@ -112,50 +112,57 @@ struct Run {
     del: Vec<Duration>,
 }
 
-fn run_case(
-    g: &mut Guard,
-    tag: &str,
-    key: &str,
-    plugin: &Path,
-    conf: &Value,
-    n: usize,
-) -> Result<Run> {
-    let mut names = Vec::new();
+/// One plugin under test.
+struct Case<'a> {
+    key: &'a str,
+    plugin: &'a Path,
+    conf: Value,
+}
+
+/// N attachments for every case, interleaved call by call (ADD i of each
+/// case, then ADD i+1, ...; then the DELs the same way) so that all cases
+/// see the same load on a shared machine.
+fn run_cases(g: &mut Guard, tag: &str, cases: &[Case], n: usize) -> Result<Vec<Run>> {
+    let mut runs: Vec<Run> = cases
+        .iter()
+        .map(|_| Run {
+            add: Vec::with_capacity(n),
+            del: Vec::with_capacity(n),
+        })
+        .collect();
+    let mut results: Vec<Vec<Value>> = cases.iter().map(|_| Vec::with_capacity(n)).collect();
     for i in 0..n {
-        let ns = format!("{tag}-{key}{i}");
-        g.add_netns(&ns)?;
-        names.push(ns);
+        for (k, c) in cases.iter().enumerate() {
+            let ns = format!("{tag}-{}{i}", c.key);
+            g.add_netns(&ns)?;
+            let (dt, out) = call(
+                c.plugin,
+                "ADD",
+                &format!("{}{i}", c.key),
+                &format!("/run/netns/{ns}"),
+                &c.conf,
+            )?;
+            runs[k].add.push(dt);
+            results[k].push(serde_json::from_str::<Value>(&out).context("ADD result")?);
+        }
     }
-    let mut add = Vec::with_capacity(n);
-    let mut results = Vec::with_capacity(n);
-    for (i, ns) in names.iter().enumerate() {
-        let (dt, out) = call(
-            plugin,
-            "ADD",
-            &format!("{key}{i}"),
-            &format!("/run/netns/{ns}"),
-            conf,
-        )?;
-        add.push(dt);
-        results.push(serde_json::from_str::<Value>(&out).context("ADD result")?);
+    for i in 0..n {
+        for (k, c) in cases.iter().enumerate() {
+            let ns = format!("{tag}-{}{i}", c.key);
+            let mut conf = c.conf.clone();
+            conf["prevResult"] = results[k][i].clone();
+            let (dt, _) = call(
+                c.plugin,
+                "DEL",
+                &format!("{}{i}", c.key),
+                &format!("/run/netns/{ns}"),
+                &conf,
+            )?;
+            runs[k].del.push(dt);
+            g.del_netns(&ns);
+        }
     }
-    let mut del = Vec::with_capacity(n);
-    for (i, ns) in names.iter().enumerate() {
-        let mut c = conf.clone();
-        c["prevResult"] = results[i].clone();
-        let (dt, _) = call(
-            plugin,
-            "DEL",
-            &format!("{key}{i}"),
-            &format!("/run/netns/{ns}"),
-            &c,
-        )?;
-        del.push(dt);
-    }
-    for ns in &names {
-        g.del_netns(ns);
-    }
-    Ok(Run { add, del })
+    Ok(runs)
 }
 
 fn main() -> Result<()> {
@@ -224,9 +231,23 @@ fn main() -> Result<()> {
             "bridge": format!("{tag}br"), "isGateway": true, "ipMasq": masq, "mtu": 1420,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.245.0.0/16"}]], "dataDir": dir.join("ipam")},
         });
-        // Alternate the two plugins so that neither always runs on a warmer machine.
-        let mut w = run_case(&mut g, &tag, "w", &ours, &wh, n)?;
-        let mut b = run_case(&mut g, &tag, "b", &bridge, &br, n)?;
+        let cases = [
+            Case {
+                key: "w",
+                plugin: &ours,
+                conf: wh,
+            },
+            Case {
+                key: "b",
+                plugin: &bridge,
+                conf: br,
+            },
+        ];
+        let mut runs = run_cases(&mut g, &tag, &cases, n)?.into_iter();
+        let (mut w, mut b) = match (runs.next(), runs.next()) {
+            (Some(w), Some(b)) => (w, b),
+            _ => bail!("missing runs"),
+        };
         rows.push((
             masq,
             median(&mut w.add),
