@@ -615,15 +615,20 @@ fn cmd_del(conf: &NetConf, env: &Env) -> CniResult<()> {
     };
 
     let rt = runtime()?;
+    let has_record = rec.is_some();
     let link_res = rt.block_on(async {
         let host_h = link::connect(None)?;
         if link::del_link_by_name(&host_h, &host_veth).await? {
             info!("deleted {host_veth}");
             return Ok(());
         }
-        // No host end: make sure no pod end is left either. A namespace
-        // that is gone (or cannot be opened) is no error for DEL.
-        if let Some(p) = &a.netns
+        // No host end but a record says we made this attachment: make sure
+        // no pod end is left either. (Without a record the interface is not
+        // ours: an ADD that failed because it already existed is followed
+        // by a DEL that must leave it alone.) A namespace that is gone, or
+        // cannot be opened, is no error for DEL.
+        if has_record
+            && let Some(p) = &a.netns
             && let Ok(ns) = Netns::open(p)
         {
             let pod_h = link::connect(Some(&ns))?;

@@ -204,6 +204,26 @@ fn failed_add_releases_its_address() {
     let (rc, out) = cni(PLUGIN, &host, "ADD", &env("c1", &ns1), &c);
     assert_eq!(rc, 0, "{out}");
     assert_eq!(cni(PLUGIN, &host, "DEL", &env("c1", &ns1), &c).0, 0);
+
+    // An interface that is not ours: ADD refuses it, and the DEL a runtime
+    // sends after the failed ADD leaves it alone.
+    let p2 = lab.netns("p2");
+    let ns2 = format!("/run/netns/{p2}");
+    must(&[
+        "ip", "-n", &p2, "link", "add", "eth0", "type", "veth", "peer", "name", "other",
+    ]);
+    let (rc, out) = cni(PLUGIN, &host, "ADD", &env("c2", &ns2), &c);
+    assert_eq!(rc, 1);
+    assert!(out.contains("\"code\":104"), "{out}");
+    assert_eq!(cni(PLUGIN, &host, "DEL", &env("c2", &ns2), &c).0, 0);
+    assert!(
+        links(&p2).contains("eth0"),
+        "DEL removed an interface it did not make"
+    );
+    assert_eq!(
+        ipam_allocations(&lab.path("ipam"), "fail"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
