@@ -10,5 +10,7 @@ pub mod control;
 pub mod dataplane;
 pub mod dht;
 pub mod keys;
+pub mod nat;
 pub mod node;
 pub mod proto;
+pub mod relay;

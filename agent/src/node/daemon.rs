@@ -11,7 +11,11 @@ use crate::control::{self, Request, Response};
 use crate::dataplane::{DataPlane, InterfaceConfig, Outgoing, PeerConfig};
 use crate::dht::{Dht, DhtConfig, DhtEvent};
 use crate::keys::{PrivateKey, PublicKey};
+use crate::nat::punch::PunchAction;
+use crate::nat::upnp::{self, UpnpEvent};
+use crate::nat::{NatDetector, Puncher};
 use crate::proto::{Codec, CodecConfig, Message, NatKind, NodeRecord};
+use crate::relay::{Candidate, RelayHealth, RelayLimiter, RelayLimits, RelaySet};
 use anyhow::Context;
 use serde_json::json;
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Largest datagram read from the socket.
 const RECV_BUFFER: usize = 65536;
@@ -92,7 +96,26 @@ struct Daemon {
     observed: Option<SocketAddr>,
     stopping: bool,
     drops: HashMap<&'static str, u64>,
+    nat: NatDetector,
+    puncher: Puncher,
+    relays: RelaySet,
+    health: RelayHealth,
+    limiter: RelayLimiter,
+    /// Where each key last sent us an authenticated message from (bounded):
+    /// where a relay forwards to.
+    recent: HashMap<PublicKey, (SocketAddr, Instant)>,
+    upnp_mapped: Option<SocketAddr>,
+    local_ips: Vec<IpAddr>,
+    last_publish: Option<Instant>,
+    publish_pending: bool,
 }
+
+/// Keys remembered in [`Daemon::recent`].
+const MAX_RECENT: usize = 8192;
+/// A direct path silent this long falls back to relays.
+const DIRECT_QUIET: Duration = Duration::from_secs(7);
+/// Own record changes are republished at most this often.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Result<()> {
     let public = key.public_key();
@@ -156,6 +179,15 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
     };
     dht.set_own_record(own_record.clone());
     dht.bootstrap(now);
+    let mut nat_detector = NatDetector::new(opts.listen_port, Vec::new(), now);
+    match opts.mode {
+        Mode::Direct => nat_detector.force(NatKind::Public),
+        Mode::Nat | Mode::Unknown => {}
+    }
+    let (upnp_tx, mut upnp_events) = mpsc::channel::<UpnpEvent>(4);
+    let (upnp_stop, upnp_stop_rx) = watch::channel(false);
+    let upnp_task = (opts.mode != Mode::Direct)
+        .then(|| tokio::spawn(upnp::run(opts.listen_port, upnp_tx, upnp_stop_rx)));
 
     let codec = Codec::new(
         key.clone(),
@@ -182,6 +214,16 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
         observed: None,
         stopping: false,
         drops: HashMap::new(),
+        nat: nat_detector,
+        puncher: Puncher::new(),
+        relays: RelaySet::new(),
+        health: RelayHealth::new(),
+        limiter: RelayLimiter::new(RelayLimits::default()),
+        recent: HashMap::new(),
+        upnp_mapped: None,
+        local_ips: Vec::new(),
+        last_publish: None,
+        publish_pending: false,
     };
     d.resolve_static_endpoints().await;
     d.apply_paths();
@@ -200,7 +242,10 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
     }
 
     while !d.stopping {
-        let dht_deadline = d.dht.poll_timeout();
+        let dht_deadline = match (d.dht.poll_timeout(), d.puncher.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let sleep_until = dht_deadline
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + TICK);
@@ -210,15 +255,23 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
                 Err(e) => tracing::debug!(error = %e, "recv failed"),
             },
             Some(out) = outgoing.recv() => d.on_outgoing(out),
+            Some(ev) = upnp_events.recv() => d.on_upnp(ev),
             Some((req, reply)) = calls.recv() => d.on_request(req, reply).await,
             _ = tick.tick() => d.on_tick(),
-            _ = tokio::time::sleep_until(sleep_until) => d.dht.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(sleep_until) => {
+                d.dht.handle_timeout(Instant::now());
+                d.punch(Instant::now());
+            }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); d.stopping = true; }
             _ = term.recv() => { tracing::info!("terminated"); d.stopping = true; }
         }
         d.after_event();
     }
     control_task.abort();
+    let _ = upnp_stop.send(true);
+    if let Some(task) = upnp_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     if let Some(dp) = d.dataplane.take() {
         if let Err(e) = dp.destroy().await {
             tracing::warn!(error = %e, "cannot remove the interface");
@@ -336,9 +389,14 @@ impl Daemon {
             }
         };
         let now = Instant::now();
+        self.remember(key, from, now);
+        self.health.on_contact(&key);
         match &msg {
             Message::Pong { id, observed, info } => {
                 self.observed = Some(*observed);
+                self.note_local_ip(from);
+                self.nat.observe(from, *observed, now);
+                self.relays.on_pong(&key, None, now);
                 if let Some(PendingPing {
                     key: k,
                     sent,
@@ -350,6 +408,15 @@ impl Daemon {
                         let _ = reply.send(Response::Ok(
                             json!({"rtt_ms": rtt, "via": from.to_string()}),
                         ));
+                    } else {
+                        self.pending_pings.insert(
+                            *id,
+                            PendingPing {
+                                key: k,
+                                sent,
+                                reply,
+                            },
+                        );
                     }
                 }
                 if let Some(info) = info {
@@ -358,20 +425,131 @@ impl Daemon {
             }
             Message::Ping {
                 info: Some(info), ..
-            } => self.overlay.on_record(info.clone()),
-            Message::FindNode {
+            }
+            | Message::FindNode {
                 info: Some(info), ..
-            } => self.overlay.on_record(info.clone()),
+            } => {
+                self.overlay.on_record(info.clone());
+            }
+            Message::Relay { to, inner } => {
+                let inner = inner.clone();
+                self.forward(key, *to, inner.len(), |from| Message::Relayed {
+                    from,
+                    inner,
+                });
+                return;
+            }
+            Message::RelayWg { to, packet } => {
+                let packet = packet.clone();
+                self.forward(key, *to, packet.len(), |from| Message::RelayedWg {
+                    from,
+                    packet,
+                });
+                return;
+            }
+            Message::Relayed { from: src, inner } => {
+                self.on_relayed_control(*src, inner, (key, from), now);
+            }
             Message::RelayedWg { from: src, packet } => {
-                if let Some(dp) = &self.dataplane {
-                    dp.receive(from, packet, Some(*src));
+                if self.overlay.is_trusted(src) {
+                    self.overlay.on_relayed_contact(*src, (key, from), now);
+                    if let Some(dp) = &self.dataplane {
+                        dp.receive(from, packet, Some(*src));
+                    }
+                } else {
+                    self.count_drop("relayed-wireguard-from-untrusted");
                 }
             }
             _ => {}
         }
         // Any authenticated message straight from a trusted peer proves a direct path.
-        self.overlay.on_direct_contact(key, from, now);
+        if self.overlay.is_trusted(&key) {
+            self.overlay.on_direct_contact(key, from, now);
+            self.puncher.stop(&key);
+        }
         self.dht.handle_message(now, from, key, &msg);
+    }
+
+    /// Remembers where `key` talks from (a relay forwards there).
+    fn remember(&mut self, key: PublicKey, from: SocketAddr, now: Instant) {
+        if !self.recent.contains_key(&key) && self.recent.len() >= MAX_RECENT {
+            if let Some(oldest) = self
+                .recent
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            {
+                self.recent.remove(&oldest);
+            }
+        }
+        self.recent.insert(key, (from, now));
+    }
+
+    /// Our own address towards `peer`, so the NAT detector can tell an
+    /// observed endpoint that is our own (no NAT) from a mapped one.
+    fn note_local_ip(&mut self, peer: SocketAddr) {
+        let Ok(s) =
+            std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        else {
+            return;
+        };
+        if s.connect(peer).is_ok() {
+            if let Ok(local) = s.local_addr() {
+                self.local_ips.retain(|ip| *ip != local.ip());
+                self.local_ips.push(local.ip());
+                self.local_ips.truncate(8);
+                self.nat.set_local_ips(self.local_ips.clone());
+            }
+        }
+    }
+
+    /// Relays a sealed message from `source` to `to`, within limits.
+    fn forward(
+        &mut self,
+        source: PublicKey,
+        to: PublicKey,
+        len: usize,
+        wrap: impl FnOnce(PublicKey) -> Message,
+    ) {
+        let dest = self.recent.get(&to).map(|(a, _)| *a).or_else(|| {
+            self.dht
+                .record_of(&to)
+                .and_then(|r| r.endpoints.first().copied())
+        });
+        let Some(addr) = dest else {
+            self.limiter.counters.dropped_unknown_destination += 1;
+            return;
+        };
+        if !self.limiter.allow(source, len, Instant::now()) {
+            return;
+        }
+        let msg = wrap(source);
+        self.send(to, addr, &msg);
+    }
+
+    /// A control message `src` sent us through `relay`.
+    fn on_relayed_control(
+        &mut self,
+        src: PublicKey,
+        inner: &[u8],
+        relay: (PublicKey, SocketAddr),
+        now: Instant,
+    ) {
+        let (sender, msg) = match self.codec.open(now_ms(), inner) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        if sender != src || !self.overlay.is_trusted(&src) {
+            self.count_drop("relayed-control-mismatch");
+            return;
+        }
+        self.overlay.on_relayed_contact(src, relay, now);
+        if let Message::PunchRequest { endpoints, .. } = msg {
+            // Probe the peer's endpoints now: our outgoing probes open our
+            // NAT for its probes, and its probes arrive through ours.
+            self.puncher.start(src, endpoints, Vec::new(), now);
+            self.punch(now);
+        }
     }
 
     fn on_dht_event(&mut self, now: Instant, ev: DhtEvent) {
@@ -389,12 +567,55 @@ impl Daemon {
                     };
                     let _ = reply.send(answer);
                 }
-                self.overlay.lookup_done(now, target, found);
+                if let Some(record) = self.overlay.lookup_done(now, target, found) {
+                    if !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_))) {
+                        self.puncher.start(
+                            target,
+                            record.endpoints.clone(),
+                            record.relays.clone(),
+                            now,
+                        );
+                        self.punch(now);
+                    }
+                }
             }
-            DhtEvent::Pong { observed, .. } => {
+            DhtEvent::Pong { key, observed, rtt } => {
                 self.observed = Some(observed);
+                self.relays.on_pong(&key, Some(rtt), now);
             }
             _ => {}
+        }
+    }
+
+    /// Sends what the hole-punching schedule says is due.
+    fn punch(&mut self, now: Instant) {
+        for action in self.puncher.poll(now) {
+            match action {
+                PunchAction::Probe { peer, endpoints } => {
+                    for e in endpoints {
+                        self.send(
+                            peer,
+                            e,
+                            &Message::Ping {
+                                id: 0,
+                                info: Some(self.own_record.clone()),
+                            },
+                        );
+                    }
+                }
+                PunchAction::Request { peer, relay } => {
+                    let request = Message::PunchRequest {
+                        id: 0,
+                        endpoints: self.own_record.endpoints.clone(),
+                    };
+                    match self.codec.seal(now_ms(), &peer, &request) {
+                        Ok(inner) => {
+                            self.send(relay.0, relay.1, &Message::Relay { to: peer, inner })
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot seal a punch request"),
+                    }
+                }
+            }
         }
     }
 
@@ -404,20 +625,62 @@ impl Daemon {
                 let _ = self.socket.try_send_to(&out.datagram, addr);
             }
             Some(PeerPath::Relayed(relays)) => {
-                if let Some((relay, addr)) = relays.first().copied() {
-                    let msg = Message::RelayWg {
-                        to: out.to,
-                        packet: out.datagram,
-                    };
-                    self.send(relay, addr, &msg);
+                let now = Instant::now();
+                let Some(mut relay) = relays.first().copied() else {
+                    return;
+                };
+                if self.health.is_dead(&relay.0, now) {
+                    tracing::info!(peer = %out.to.short(10), relay = %relay.0.short(10), "relay in use is silent; moving to the next");
+                    self.health.forget(&relay.0);
+                    match self.overlay.rotate_relay(&out.to, &relay.0, now) {
+                        Some(next) => relay = next,
+                        None => {
+                            self.count_drop("no-live-relay");
+                            return;
+                        }
+                    }
                 }
+                if self.health.due(relay.0, now) {
+                    self.send(
+                        relay.0,
+                        relay.1,
+                        &Message::Ping {
+                            id: 0,
+                            info: Some(self.own_record.clone()),
+                        },
+                    );
+                }
+                let msg = Message::RelayWg {
+                    to: out.to,
+                    packet: out.datagram,
+                };
+                self.send(relay.0, relay.1, &msg);
             }
-            _ => self.count_drop("no-path-to-peer"),
+            None => self.count_drop("no-path-to-peer"),
         }
     }
 
+    fn on_upnp(&mut self, ev: UpnpEvent) {
+        self.upnp_mapped = match ev {
+            UpnpEvent::Mapped { external } => Some(external),
+            UpnpEvent::Lost => None,
+        };
+        self.publish_pending = true;
+    }
+
     fn on_tick(&mut self) {
-        self.overlay.on_tick(Instant::now());
+        let now = Instant::now();
+        self.overlay.on_tick(now);
+        self.overlay.expire_direct(now, DIRECT_QUIET);
+        // Relays in use that went silent are dropped from the paths.
+        let in_use: Vec<PublicKey> = self
+            .overlay
+            .relayed_paths()
+            .iter()
+            .map(|(_, r)| r.0)
+            .collect();
+        self.health.retain(&in_use);
+        self.update_own_record(now);
         // Expire control pings that got no answer.
         let expired: Vec<u64> = self
             .pending_pings
@@ -432,6 +695,91 @@ impl Daemon {
                     key.short(10)
                 )));
             }
+        }
+    }
+
+    /// Keeps the own record (endpoints, NAT kind, relays) current and
+    /// republishes it when it changes.
+    fn update_own_record(&mut self, now: Instant) {
+        if let Some(v) = self.nat.changed(now) {
+            tracing::info!(nat = ?v.kind, reflexive = ?v.reflexive, "NAT verdict");
+            self.publish_pending = true;
+        }
+        let verdict = self.nat.verdict(now);
+        let behind_nat = verdict.kind != NatKind::Public;
+        if behind_nat {
+            let candidates: Vec<Candidate> = self
+                .dht
+                .nodes()
+                .map(|n| Candidate {
+                    key: n.key,
+                    addr: n.addr,
+                    nat: n.nat,
+                    rtt: n.rtt,
+                })
+                .collect();
+            if self.relays.fill(&self.public, &candidates, &[]) {
+                self.publish_pending = true;
+            }
+            let (ping, dead) = self.relays.on_tick(now);
+            for (k, a) in ping {
+                self.send(
+                    k,
+                    a,
+                    &Message::Ping {
+                        id: 0,
+                        info: Some(self.own_record.clone()),
+                    },
+                );
+            }
+            if !dead.is_empty() {
+                tracing::info!(
+                    count = dead.len(),
+                    "kept relays went silent; replacing them"
+                );
+                self.relays.fill(&self.public, &candidates, &dead);
+                self.publish_pending = true;
+            }
+        } else if self.relays.clear() {
+            self.publish_pending = true;
+        }
+        if !self.publish_pending
+            || self
+                .last_publish
+                .is_some_and(|t| now.duration_since(t) < PUBLISH_EVERY)
+        {
+            return;
+        }
+        let mut endpoints = Vec::new();
+        match verdict.kind {
+            NatKind::Public | NatKind::EndpointIndependent | NatKind::Unknown => {
+                endpoints.extend(verdict.reflexive);
+            }
+            _ => {}
+        }
+        if let Some(mapped) = self.upnp_mapped {
+            // The router forwards its public port to us: publish it at the
+            // address peers see (and the one the router reports, if other).
+            if let Some(r) = verdict.reflexive {
+                endpoints.push(SocketAddr::new(r.ip(), mapped.port()));
+            }
+            endpoints.push(mapped);
+        }
+        endpoints.dedup();
+        endpoints.truncate(crate::proto::MAX_ENDPOINTS);
+        let record = NodeRecord {
+            key: self.public,
+            endpoints,
+            nat: verdict.kind,
+            relays: self.relays.relays(),
+        };
+        self.publish_pending = false;
+        if record != self.own_record {
+            self.own_record = record.clone();
+            self.dht.set_own_record(record);
+            self.last_publish = Some(now);
+            // Tell the nodes closest to us (who answer lookups for our key).
+            self.dht.lookup(self.public, now);
         }
     }
 

@@ -19,7 +19,9 @@ const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
 /// Control pings to direct peers keep NAT mappings and liveness fresh.
-const KEEPALIVE: Duration = Duration::from_secs(20);
+const KEEPALIVE: Duration = Duration::from_secs(2);
+/// A found peer that gave no endpoint nor relay is looked up again this soon.
+const UNREACHABLE_RETRY: Duration = Duration::from_millis(300);
 
 /// How the data plane reaches a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,7 @@ struct Peer {
     path: Option<PeerPath>,
     record: Option<NodeRecord>,
     last_contact: Option<Instant>,
+    last_relayed: Option<Instant>,
     last_keepalive: Option<Instant>,
     lookup_in_flight: Option<LookupId>,
     next_lookup: Instant,
@@ -168,6 +171,7 @@ impl Overlay {
                             path: None,
                             record: None,
                             last_contact: None,
+                            last_relayed: None,
                             last_keepalive: None,
                             lookup_in_flight: None,
                             next_lookup: now,
@@ -267,50 +271,148 @@ impl Overlay {
         }
     }
 
-    /// A lookup ended: ping the endpoints the record gives (an answer makes
-    /// the path direct) and, for a peer behind NAT, use its relays meanwhile.
-    pub fn lookup_done(&mut self, now: Instant, target: PublicKey, found: Option<NodeRecord>) {
-        let Some(p) = self.peers.get_mut(&target) else {
-            return;
-        };
+    /// A lookup ended. With a record, the caller punches towards the
+    /// endpoints and relays it returns (see [`LookupOutcome`]); meanwhile,
+    /// a peer without a direct path is reached through its relays at once,
+    /// so the first packet never waits for punching.
+    pub fn lookup_done(
+        &mut self,
+        now: Instant,
+        target: PublicKey,
+        found: Option<NodeRecord>,
+    ) -> Option<NodeRecord> {
+        let p = self.peers.get_mut(&target)?;
         p.lookup_in_flight = None;
         match found {
             Some(record) => {
                 p.backoff = LOOKUP_RETRY_MIN;
-                p.next_lookup = now + SILENCE;
-                for e in &record.endpoints {
-                    self.next_ping += 1;
-                    self.transmits.push((
-                        target,
-                        *e,
-                        Message::Ping {
-                            id: self.next_ping,
-                            info: None,
-                        },
-                    ));
+                // A record that gives no way in yet (the peer is still
+                // learning its NAT) is looked up again soon.
+                p.next_lookup = if record.endpoints.is_empty() && record.relays.is_empty() {
+                    now + UNREACHABLE_RETRY
+                } else {
+                    now + SILENCE
+                };
+                let direct = matches!(p.path, Some(PeerPath::Direct(_)));
+                if !direct && !record.relays.is_empty() {
+                    let path = Some(PeerPath::Relayed(record.relays.clone()));
+                    if p.path != path {
+                        p.path = path;
+                        self.changes.push(PathChange {
+                            key: target,
+                            allowed_ips: p.allowed_ips(),
+                            path: p.path.clone(),
+                        });
+                    }
                 }
-                let behind_nat = matches!(
-                    record.nat,
-                    NatKind::EndpointDependent | NatKind::Unreachable
-                );
-                if p.path.is_none()
-                    && !record.relays.is_empty()
-                    && (behind_nat || record.endpoints.is_empty())
-                {
-                    p.path = Some(PeerPath::Relayed(record.relays.clone()));
-                    self.changes.push(PathChange {
-                        key: target,
-                        allowed_ips: p.allowed_ips(),
-                        path: p.path.clone(),
-                    });
-                }
-                p.record = Some(record);
+                p.record = Some(record.clone());
+                Some(record)
             }
             None => {
                 p.next_lookup = now + p.backoff;
                 p.backoff = (p.backoff * 2).min(LOOKUP_RETRY_MAX);
+                None
             }
         }
+    }
+
+    /// A message from `key` came through `relay`: without a direct path,
+    /// answer through the same relay (it can reach the peer).
+    pub fn on_relayed_contact(
+        &mut self,
+        key: PublicKey,
+        relay: (PublicKey, SocketAddr),
+        now: Instant,
+    ) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        p.last_relayed = Some(now);
+        if matches!(p.path, Some(PeerPath::Direct(_))) {
+            return;
+        }
+        let first = match &p.path {
+            Some(PeerPath::Relayed(r)) => r.first().copied(),
+            _ => None,
+        };
+        if first != Some(relay) {
+            let mut relays = vec![relay];
+            if let Some(PeerPath::Relayed(r)) = &p.path {
+                relays.extend(r.iter().filter(|x| **x != relay).copied());
+            }
+            p.path = Some(PeerPath::Relayed(relays));
+            self.changes.push(PathChange {
+                key,
+                allowed_ips: p.allowed_ips(),
+                path: p.path.clone(),
+            });
+        }
+    }
+
+    /// The relay in use for `key` is dead: the next one is used, and the
+    /// peer is looked up again for fresh relays. Returns the new relay.
+    pub fn rotate_relay(
+        &mut self,
+        key: &PublicKey,
+        dead: &PublicKey,
+        now: Instant,
+    ) -> Option<(PublicKey, SocketAddr)> {
+        let p = self.peers.get_mut(key)?;
+        let Some(PeerPath::Relayed(relays)) = &mut p.path else {
+            return None;
+        };
+        relays.retain(|(k, _)| k != dead);
+        p.next_lookup = now;
+        if relays.is_empty() {
+            p.path = None;
+            return None;
+        }
+        relays.first().copied()
+    }
+
+    /// A direct path went quiet (no authenticated message for a while):
+    /// fall back to the relays the peer published, and look it up again.
+    pub fn expire_direct(&mut self, now: Instant, quiet: Duration) {
+        for p in self.peers.values_mut() {
+            let Some(PeerPath::Direct(_)) = p.path else {
+                continue;
+            };
+            if p.last_contact
+                .is_some_and(|t| now.duration_since(t) > quiet)
+            {
+                let relays = p
+                    .record
+                    .as_ref()
+                    .map(|r| r.relays.clone())
+                    .unwrap_or_default();
+                p.path = if relays.is_empty() {
+                    None
+                } else {
+                    Some(PeerPath::Relayed(relays))
+                };
+                p.next_lookup = now;
+                self.changes.push(PathChange {
+                    key: p.spec.key,
+                    allowed_ips: p.allowed_ips(),
+                    path: p.path.clone(),
+                });
+            }
+        }
+    }
+
+    /// Keys of trusted peers (for relays: which paths to watch).
+    pub fn relayed_paths(&self) -> Vec<(PublicKey, (PublicKey, SocketAddr))> {
+        self.peers
+            .values()
+            .filter_map(|p| match &p.path {
+                Some(PeerPath::Relayed(r)) => r.first().map(|f| (p.spec.key, *f)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn is_trusted(&self, key: &PublicKey) -> bool {
+        self.peers.contains_key(key)
     }
 
     /// A record a peer told about itself.
@@ -328,6 +430,7 @@ impl Overlay {
         p.last_contact = Some(now);
         if p.path != Some(PeerPath::Direct(from)) {
             p.path = Some(PeerPath::Direct(from));
+            p.next_lookup = now + SILENCE;
             self.changes.push(PathChange {
                 key,
                 allowed_ips: p.allowed_ips(),
