@@ -31,8 +31,10 @@ pub mod embedded;
 pub mod external;
 pub mod netlink;
 pub mod netns;
+pub mod offload;
 pub mod table;
 pub mod tun;
+pub mod udp;
 
 use crate::keys::{PrivateKey, PublicKey};
 use ipnet::IpNet;

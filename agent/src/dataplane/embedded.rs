@@ -13,8 +13,10 @@
 //! No allocation per packet on either path, except the `Outgoing` values a
 //! relayed peer needs.
 
+use super::offload::{self, Push, TcpCoalescer, TcpSegmenter, VNET_HDR_LEN, VnetHdr};
 use super::table::AllowedIps;
 use super::tun::{self, TunQueue};
+use super::udp::GsoSender;
 use super::{
     DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats, netlink::Netlink,
 };
@@ -110,12 +112,18 @@ struct Shared {
     public: x25519::PublicKey,
     rate_limiter: Arc<RateLimiter>,
     socket: Arc<UdpSocket>,
+    gso: GsoSender,
     outgoing: mpsc::Sender<Outgoing>,
     queues: Vec<Arc<AsyncFd<TunQueue>>>,
     table: RwLock<Arc<Table>>,
     generation: AtomicU64,
     next_index: AtomicU32,
     ticks: AtomicU64,
+    /// Inbound TCP segments waiting to go to the TUN device as one packet,
+    /// flushed when a segment does not fit, or by `gro_flusher` once the
+    /// daemon's task yields (that is, when its socket is drained).
+    gro: Mutex<TcpCoalescer>,
+    gro_notify: tokio::sync::Notify,
 }
 
 /// Where a datagram for a peer goes.
@@ -184,10 +192,67 @@ impl Shared {
         }
     }
 
-    fn write_tun(&self, packet: &[u8]) {
+    /// Whether TUN packets carry a virtio header.
+    fn vnet_hdr(&self) -> bool {
+        self.queues.first().is_some_and(|q| q.get_ref().vnet_hdr())
+    }
+
+    fn write_framed(&self, framed: &[u8]) {
         if let Some(q) = self.queues.first()
-            && let Err(e) = q.get_ref().write(packet)
+            && let Err(e) = q.get_ref().write(framed)
         {
+            tracing::debug!("tun write: {e}");
+        }
+    }
+
+    fn gro(&self) -> MutexGuard<'_, TcpCoalescer> {
+        self.gro.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers a decrypted packet framed with room for the virtio header:
+    /// coalesced with its neighbours when it is TCP data, else written now.
+    fn deliver(&self, framed: &mut [u8]) {
+        let mut gro = self.gro();
+        match gro.push(&framed[VNET_HDR_LEN..]) {
+            Push::Appended => {}
+            Push::Started => self.gro_notify.notify_one(),
+            Push::Refused => {
+                if let Some(pending) = gro.take() {
+                    self.write_framed(pending);
+                }
+                match gro.push(&framed[VNET_HDR_LEN..]) {
+                    Push::Started | Push::Appended => self.gro_notify.notify_one(),
+                    Push::Refused => {
+                        drop(gro);
+                        self.write_tun(framed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_gro(&self) {
+        let mut gro = self.gro();
+        if let Some(pending) = gro.take() {
+            self.write_framed(pending);
+        }
+    }
+
+    /// Writes a packet that starts with room for the virtio header when the
+    /// device has one (the header is filled in here).
+    fn write_tun(&self, framed: &mut [u8]) {
+        let Some(q) = self.queues.first() else {
+            return;
+        };
+        if q.get_ref().vnet_hdr() {
+            // Authenticated by WireGuard: no need to verify checksums again.
+            VnetHdr {
+                flags: offload::F_DATA_VALID,
+                ..VnetHdr::default()
+            }
+            .write(&mut framed[..VNET_HDR_LEN]);
+        }
+        if let Err(e) = q.get_ref().write(framed) {
             tracing::debug!("tun write: {e}");
         }
     }
@@ -244,7 +309,7 @@ impl Embedded {
             name: cfg.name.clone(),
             source,
         };
-        let queues = tun::create(&cfg.name, default_queues()).map_err(tun_err)?;
+        let queues = tun::create(&cfg.name, default_queues(), true).map_err(tun_err)?;
         let queues: Vec<Arc<AsyncFd<TunQueue>>> = queues
             .into_iter()
             .map(|q| {
@@ -265,6 +330,7 @@ impl Embedded {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
             private,
             public,
+            gso: GsoSender::new(&socket),
             socket,
             outgoing,
             queues,
@@ -272,12 +338,17 @@ impl Embedded {
             generation: AtomicU64::new(0),
             next_index: AtomicU32::new(random_u32()),
             ticks: AtomicU64::new(0),
+            gro: Mutex::new(TcpCoalescer::new()),
+            gro_notify: tokio::sync::Notify::new(),
         });
         let mut tasks = Vec::new();
         for q in &shared.queues {
-            tasks.push(tokio::spawn(tun_reader(Arc::clone(&shared), Arc::clone(q))));
+            tasks.push(tokio::spawn(
+                Tx::new(Arc::clone(&shared), Arc::clone(q)).run(),
+            ));
         }
         tasks.push(tokio::spawn(timers(Arc::clone(&shared))));
+        tasks.push(tokio::spawn(gro_flusher(Arc::clone(&shared))));
         tracing::info!(
             iface = cfg.name,
             queues = shared.queues.len(),
@@ -462,8 +533,13 @@ impl Embedded {
             None => Dest::Direct(from),
             Some(_) => Dest::of(st.endpoint),
         };
-        match st.tunn.decapsulate(Some(from.ip()), datagram, buf) {
-            TunnResult::Done => {}
+        let head = if shared.vnet_hdr() { VNET_HDR_LEN } else { 0 };
+        let base = buf[head..].as_ptr();
+        let to_tun = match st
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut buf[head..])
+        {
+            TunnResult::Done => None,
             TunnResult::Err(e) => {
                 tracing::debug!(peer = ?peer.key, %from, "decapsulate: {e:?}");
                 return;
@@ -474,20 +550,26 @@ impl Embedded {
                 }
                 st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
                 shared.send_now(peer, reply, out);
+                None
             }
             TunnResult::WriteToTunnelV4(pkt, src) => {
-                if allowed(&table.allowed, IpAddr::V4(src), peer) {
-                    shared.write_tun(pkt);
-                } else {
-                    tracing::debug!(peer = ?peer.key, %src, "source not in allowed IPs");
-                }
+                Some((pkt.as_ptr() == base, pkt.len(), IpAddr::V4(src)))
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
-                if allowed(&table.allowed, IpAddr::V6(src), peer) {
-                    shared.write_tun(pkt);
+                Some((pkt.as_ptr() == base, pkt.len(), IpAddr::V6(src)))
+            }
+        };
+        if let Some((in_place, len, src)) = to_tun {
+            if !in_place {
+                tracing::debug!("decrypted packet not at the start of the buffer");
+            } else if allowed(&table.allowed, src, peer) {
+                if head > 0 {
+                    shared.deliver(&mut buf[..head + len]);
                 } else {
-                    tracing::debug!(peer = ?peer.key, %src, "source not in allowed IPs");
+                    shared.write_tun(&mut buf[..len]);
                 }
+            } else {
+                tracing::debug!(peer = ?peer.key, %src, "source not in allowed IPs");
             }
         }
         // Packets queued while the handshake was in flight.
@@ -512,58 +594,205 @@ fn allowed(table: &AllowedIps<Arc<Peer>>, src: IpAddr, peer: &Arc<Peer>) -> bool
     table.lookup(src).is_some_and(|p| Arc::ptr_eq(p, peer))
 }
 
-/// Outbound: TUN queue -> encrypt -> socket.
-async fn tun_reader(shared: Arc<Shared>, queue: Arc<AsyncFd<TunQueue>>) {
-    let mut src = vec![0u8; MAX_PACKET];
-    let mut dst = vec![0u8; BUF_LEN];
-    let mut generation = shared.generation.load(Ordering::Acquire);
-    let mut table = shared.snapshot();
-    loop {
-        let mut guard = match queue.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("tun poll: {e}");
-                return;
-            }
-        };
+/// Outbound state of one TUN queue: its buffers, and a snapshot of the
+/// peer table refreshed when the table's generation moves.
+struct Tx {
+    shared: Arc<Shared>,
+    queue: Arc<AsyncFd<TunQueue>>,
+    /// What the TUN device gave us (virtio header first when offloading).
+    src: Vec<u8>,
+    /// One TCP segment cut from a TSO packet.
+    seg: Vec<u8>,
+    /// Encrypted datagrams laid end to end, and their lengths.
+    out: Vec<u8>,
+    lens: Vec<usize>,
+    /// Datagrams other than data (handshake initiations): rare.
+    extra: Vec<Vec<u8>>,
+    table: Arc<Table>,
+    generation: u64,
+}
+
+/// Room for WireGuard's overhead (32) and padding per segment.
+const PER_SEGMENT_OVERHEAD: usize = 48;
+
+impl Tx {
+    fn new(shared: Arc<Shared>, queue: Arc<AsyncFd<TunQueue>>) -> Tx {
+        let table = shared.snapshot();
+        let generation = shared.generation.load(Ordering::Acquire);
+        Tx {
+            shared,
+            queue,
+            src: vec![0u8; VNET_HDR_LEN + MAX_PACKET],
+            seg: vec![0u8; MAX_PACKET],
+            out: vec![0u8; 2 * BUF_LEN],
+            lens: Vec::with_capacity(64),
+            extra: Vec::new(),
+            table,
+            generation,
+        }
+    }
+
+    async fn run(mut self) {
         loop {
-            let n = match guard.try_io(|q| q.get_ref().read(&mut src)) {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    tracing::error!("tun read: {e}");
+            let queue = Arc::clone(&self.queue);
+            let mut guard = match queue.readable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!("tun poll: {e}");
                     return;
                 }
-                Err(_would_block) => break,
             };
-            let g = shared.generation.load(Ordering::Acquire);
-            if g != generation {
-                generation = g;
-                table = shared.snapshot();
+            loop {
+                let n = match guard.try_io(|q| q.get_ref().read(&mut self.src)) {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
+                        tracing::error!("tun read: {e}");
+                        return;
+                    }
+                    Err(_would_block) => break,
+                };
+                self.packet(n).await;
             }
-            let packet = &src[..n];
-            let Some(dst_ip) = Tunn::dst_address(packet) else {
-                continue;
-            };
-            let Some(peer) = table.allowed.lookup(dst_ip) else {
-                tracing::trace!(%dst_ip, "no peer for destination");
-                continue;
-            };
-            let (dest, len) = {
-                let mut st = peer.lock();
-                match st.tunn.encapsulate(packet, &mut dst) {
-                    TunnResult::WriteToNetwork(out) => {
-                        st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
-                        (Dest::of(st.endpoint), out.len())
-                    }
-                    TunnResult::Err(e) => {
-                        tracing::debug!(peer = ?peer.key, "encapsulate: {e:?}");
-                        continue;
-                    }
-                    _ => continue,
-                }
-            };
-            shared.send(peer, dest, &dst[..len]).await;
         }
+    }
+
+    /// Encrypts `plain` for the locked peer, appending to `out`.
+    fn encapsulate(
+        st: &mut PeerState,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+        pos: &mut usize,
+        lens: &mut Vec<usize>,
+        extra: &mut Vec<Vec<u8>>,
+    ) {
+        let need = *pos + plain.len() + PER_SEGMENT_OVERHEAD + 148;
+        if out.len() < need {
+            out.resize(need, 0);
+        }
+        match st.tunn.encapsulate(plain, &mut out[*pos..]) {
+            TunnResult::WriteToNetwork(d) => {
+                if d.first() == Some(&4) {
+                    lens.push(d.len());
+                    *pos += d.len();
+                } else {
+                    extra.push(d.to_vec());
+                }
+            }
+            TunnResult::Err(e) => tracing::debug!("encapsulate: {e:?}"),
+            _ => {}
+        }
+    }
+
+    async fn packet(&mut self, n: usize) {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.generation = g;
+            self.table = self.shared.snapshot();
+        }
+        let vnet = self.queue.get_ref().vnet_hdr();
+        let (hdr, start) = if vnet {
+            match VnetHdr::parse(&self.src[..n]) {
+                Some(h) => (h, VNET_HDR_LEN),
+                None => return,
+            }
+        } else {
+            (VnetHdr::default(), 0)
+        };
+        let pkt = &mut self.src[start..n];
+        let gso = hdr.gso_type & !offload::GSO_ECN;
+        let segmenter = if gso == offload::GSO_NONE {
+            if hdr.flags & offload::F_NEEDS_CSUM != 0
+                && !offload::complete_checksum(
+                    pkt,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )
+            {
+                return;
+            }
+            None
+        } else if gso == offload::GSO_TCPV4 || gso == offload::GSO_TCPV6 {
+            match TcpSegmenter::new(pkt, usize::from(hdr.gso_size)) {
+                Some(s) => Some(s),
+                None => {
+                    tracing::debug!(gso, "TSO packet we cannot segment");
+                    return;
+                }
+            }
+        } else {
+            tracing::debug!(gso, "unexpected GSO type");
+            return;
+        };
+        let pkt = &self.src[start..n];
+        let Some(dst_ip) = Tunn::dst_address(pkt) else {
+            return;
+        };
+        let Some(peer) = self.table.allowed.lookup(dst_ip).cloned() else {
+            tracing::trace!(%dst_ip, "no peer for destination");
+            return;
+        };
+        let mut pos = 0;
+        let dest = {
+            let mut st = peer.lock();
+            match segmenter {
+                None => Self::encapsulate(
+                    &mut st,
+                    pkt,
+                    &mut self.out,
+                    &mut pos,
+                    &mut self.lens,
+                    &mut self.extra,
+                ),
+                Some(s) => {
+                    for i in 0..s.count() {
+                        let len = s.segment(pkt, i, &mut self.seg);
+                        Self::encapsulate(
+                            &mut st,
+                            &self.seg[..len],
+                            &mut self.out,
+                            &mut pos,
+                            &mut self.lens,
+                            &mut self.extra,
+                        );
+                    }
+                }
+            }
+            st.last_tx_tick = self.shared.ticks.load(Ordering::Relaxed);
+            Dest::of(st.endpoint)
+        };
+        for d in std::mem::take(&mut self.extra) {
+            self.shared.send(&peer, dest, &d).await;
+        }
+        if self.lens.is_empty() {
+            return;
+        }
+        match dest {
+            Dest::Direct(addr) => {
+                peer.tx_bytes.fetch_add(pos as u64, Ordering::Relaxed);
+                self.shared
+                    .gso
+                    .send(&self.shared.socket, &self.out[..pos], &self.lens, addr)
+                    .await;
+            }
+            Dest::Relay => {
+                let mut off = 0;
+                for len in &self.lens {
+                    self.shared
+                        .send(&peer, dest, &self.out[off..off + len])
+                        .await;
+                    off += len;
+                }
+            }
+        }
+        self.lens.clear();
+    }
+}
+
+/// Writes the coalesced inbound packet once the task that fed it yields.
+async fn gro_flusher(shared: Arc<Shared>) {
+    loop {
+        shared.gro_notify.notified().await;
+        shared.flush_gro();
     }
 }
 
@@ -575,6 +804,7 @@ async fn timers(shared: Arc<Shared>) {
     loop {
         interval.tick().await;
         let now = shared.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.flush_gro();
         if now.is_multiple_of(TICKS_PER_SECOND) {
             shared.rate_limiter.reset_count();
         }

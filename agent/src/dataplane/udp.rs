@@ -1,0 +1,218 @@
+//! Sending many WireGuard datagrams to one address in one system call:
+//! UDP generic segmentation offload (`UDP_SEGMENT`), with a fallback to one
+//! `send_to` per datagram where the kernel refuses it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+/// Kernel limit on segments per send (`UDP_MAX_SEGMENTS`, 64 on older kernels).
+const MAX_SEGMENTS: usize = 64;
+/// Stay below the 64 KiB IP datagram limit.
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// A socket address in the form `sendmsg` wants, mapped to IPv6 when the
+/// socket is IPv6 (dual stack).
+struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    fn new(addr: SocketAddr, socket_v6: bool) -> RawAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let ip = match (addr.ip(), socket_v6) {
+            (IpAddr::V4(v4), true) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (ip, _) => ip,
+        };
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: addr.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            IpAddr::V6(v6) => {
+                let scope_id = match addr {
+                    SocketAddr::V6(a) => a.scope_id(),
+                    SocketAddr::V4(_) => 0,
+                };
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: addr.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.octets(),
+                    },
+                    sin6_scope_id: scope_id,
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+}
+
+/// Room for one `cmsghdr` carrying a u16, 8-byte aligned.
+#[repr(C, align(8))]
+struct Control([u8; 32]);
+
+/// One `sendmsg` of `buf` cut by the kernel into datagrams of `segment`
+/// bytes (the last may be shorter).
+fn sendmsg_gso(fd: RawFd, buf: &[u8], segment: u16, addr: &RawAddr) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut control = Control([0; 32]);
+    // SAFETY: all-zero is a valid msghdr; every pointer set below outlives
+    // the call, and the control buffer is large and aligned enough for one
+    // cmsghdr with 2 bytes of data (CMSG_SPACE(2) = 24 on 64-bit Linux).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &addr.storage as *const libc::sockaddr_storage as *mut libc::c_void;
+        msg.msg_namelen = addr.len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return Err(io::Error::other("no room for a control message"));
+        }
+        (*cmsg).cmsg_level = SOL_UDP;
+        (*cmsg).cmsg_type = UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+        let n = libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// Sends datagrams to one address, in as few system calls as the kernel
+/// allows.
+pub struct GsoSender {
+    socket_v6: bool,
+    enabled: AtomicBool,
+}
+
+impl GsoSender {
+    pub fn new(socket: &UdpSocket) -> GsoSender {
+        GsoSender {
+            socket_v6: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
+            enabled: AtomicBool::new(true),
+        }
+    }
+
+    /// Sends the datagrams laid end to end in `buf`, whose lengths are
+    /// `lens`, to `addr`. Waits when the socket buffer is full.
+    pub async fn send(&self, socket: &UdpSocket, buf: &[u8], lens: &[usize], addr: SocketAddr) {
+        if lens.len() > 1 && self.enabled.load(Ordering::Relaxed) {
+            let raw = RawAddr::new(addr, self.socket_v6);
+            let mut i = 0;
+            let mut off = 0;
+            while i < lens.len() {
+                // A run: equal sizes, except that a shorter one ends it.
+                let size = lens[i];
+                let mut j = i;
+                let mut bytes = 0;
+                while j < lens.len()
+                    && j - i < MAX_SEGMENTS
+                    && lens[j] <= size
+                    && bytes + lens[j] <= MAX_GSO_BYTES
+                {
+                    bytes += lens[j];
+                    j += 1;
+                    if lens[j - 1] < size {
+                        break;
+                    }
+                }
+                let chunk = &buf[off..off + bytes];
+                let result = if j - i == 1 {
+                    send_one(socket, chunk, addr).await
+                } else {
+                    send_gso(socket, chunk, size as u16, &raw).await
+                };
+                if let Err(e) = result {
+                    if j - i > 1
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                        )
+                    {
+                        tracing::info!(
+                            "UDP segmentation offload unavailable ({e}), sending one by one"
+                        );
+                        self.enabled.store(false, Ordering::Relaxed);
+                        let mut o = off;
+                        for len in &lens[i..j] {
+                            if let Err(e) = send_one(socket, &buf[o..o + len], addr).await {
+                                tracing::debug!(%addr, "send: {e}");
+                            }
+                            o += len;
+                        }
+                    } else {
+                        tracing::debug!(%addr, "send: {e}");
+                    }
+                }
+                off += bytes;
+                i = j;
+            }
+            return;
+        }
+        let mut off = 0;
+        for len in lens {
+            if let Err(e) = send_one(socket, &buf[off..off + len], addr).await {
+                tracing::debug!(%addr, "send: {e}");
+            }
+            off += len;
+        }
+    }
+}
+
+async fn send_one(socket: &UdpSocket, buf: &[u8], addr: SocketAddr) -> io::Result<()> {
+    match socket.try_send_to(buf, addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            socket.send_to(buf, addr).await.map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn send_gso(socket: &UdpSocket, buf: &[u8], segment: u16, addr: &RawAddr) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    loop {
+        match socket.try_io(Interest::WRITABLE, || sendmsg_gso(fd, buf, segment, addr)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+}
