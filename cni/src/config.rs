@@ -485,6 +485,18 @@ mod tests {
     }
 
     #[test]
+    fn example_conflist_of_the_docs_parses() {
+        let list: Value =
+            serde_json::from_str(include_str!("../../e2e/cni/wirehub.conflist")).unwrap();
+        let mut p = list["plugins"][0].clone();
+        p["cniVersion"] = list["cniVersion"].clone();
+        p["name"] = list["name"].clone();
+        let c = NetConf::parse(&serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(c.mtu, 1420);
+        assert_eq!(c.overlay_subnets[0].to_string(), "10.0.0.0/24");
+    }
+
+    #[test]
     fn attachments_both_keys() {
         let c = NetConf::parse(&with(
             "cni.dev/attachments",

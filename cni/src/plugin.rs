@@ -567,7 +567,12 @@ fn build_result(
             });
         }
     }
-    if let Some(d) = conf.dns.clone().or_else(|| ipam.dns.clone()) {
+    // The config's dns, else IPAM's, else what an earlier plugin said.
+    let given = |d: &Option<Value>| {
+        d.clone()
+            .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+    };
+    if let Some(d) = given(&conf.dns).or_else(|| given(&ipam.dns)) {
         out.dns = Some(d);
     }
     out.for_version(&conf.cni_version, conf.version)

@@ -73,9 +73,20 @@ fn dual_stack_add_check_del() {
         .unwrap_or_default()
         .to_string();
     assert!(a1.starts_with("10.244.7.") && a1.ends_with("/32"), "{a1}");
-    let (rc, out) = cni(PLUGIN, &host, "ADD", &env("c2", &ns2), &c);
+    // Chained after another plugin: its result is kept, ours appended.
+    let mut chained = c.clone();
+    chained["prevResult"] = json!({
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "earlier0", "mac": "02:00:00:00:00:01"}],
+        "ips": [], "dns": {"nameservers": ["10.96.0.10"]}
+    });
+    let (rc, out) = cni(PLUGIN, &host, "ADD", &env("c2", &ns2), &chained);
     assert_eq!(rc, 0, "ADD 2: {out}");
     let r2: Value = serde_json::from_str(&out).expect("result JSON");
+    assert_eq!(r2["interfaces"][0]["name"], "earlier0", "{r2}");
+    assert_eq!(r2["interfaces"][2]["name"], "eth0", "{r2}");
+    assert_eq!(r2["ips"][0]["interface"], 2, "{r2}");
+    assert_eq!(r2["dns"]["nameservers"][0], "10.96.0.10", "{r2}");
     let ip4_2 = r2["ips"][0]["address"]
         .as_str()
         .unwrap_or_default()
@@ -278,5 +289,57 @@ fn gc_removes_only_stale_attachments() {
         0
     );
     assert!(ipam_allocations(&lab.path("ipam"), "gc").is_empty());
+    assert!(!nft_ruleset(&host).contains("wirehub-cni"));
+}
+
+#[test]
+fn parallel_adds_and_dels() {
+    skip_unless!("ip", "nsenter", "nft", "/usr/lib/cni/host-local");
+    const N: usize = 6;
+    let mut lab = Lab::new("c");
+    let host = lab.netns("host");
+    let pods: Vec<String> = (0..N).map(|i| lab.netns(&format!("p{i}"))).collect();
+    let c = conf(
+        &lab,
+        "par",
+        json!([[{"subnet": "10.244.6.0/24"}]]),
+        json!("10.244.0.0/16"),
+    );
+    let verb = |v: &'static str| {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let (host, c) = (host.clone(), c.clone());
+                    s.spawn(move || {
+                        let (cid, ns) = (format!("par{i}"), format!("/run/netns/{p}"));
+                        cni(PLUGIN, &host, v, &env(&cid, &ns), &c)
+                    })
+                })
+                .collect();
+            for h in hs {
+                let (rc, out) = h.join().expect("thread");
+                assert_eq!(rc, 0, "{v}: {out}");
+            }
+        });
+    };
+    verb("ADD");
+    assert_eq!(ipam_allocations(&lab.path("ipam"), "par").len(), N);
+    let set = must(&[
+        "ip",
+        "netns",
+        "exec",
+        &host,
+        "nft",
+        "list",
+        "set",
+        "inet",
+        "wirehub-cni",
+        "pods4",
+    ]);
+    assert_eq!(set.matches("10.244.6.").count(), N, "{set}");
+    verb("DEL");
+    assert!(ipam_allocations(&lab.path("ipam"), "par").is_empty());
     assert!(!nft_ruleset(&host).contains("wirehub-cni"));
 }

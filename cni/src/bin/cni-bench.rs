@@ -150,7 +150,7 @@ fn run_cases(g: &mut Guard, tag: &str, cases: &[Case], n: usize) -> Result<Vec<R
         for (k, c) in cases.iter().enumerate() {
             let ns = format!("{tag}-{}{i}", c.key);
             let mut conf = c.conf.clone();
-            conf["prevResult"] = results[k][i].clone();
+            conf["prevResult"] = results[k].get(i).cloned().unwrap_or(Value::Null);
             let (dt, _) = call(
                 c.plugin,
                 "DEL",
