@@ -1,0 +1,228 @@
+//! One iterative lookup: the candidates closest to a target, which of them
+//! were asked, answered or failed, and when it is over.
+
+use super::table::distance;
+use crate::keys::PublicKey;
+use crate::proto::NodeRecord;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Identifies a lookup in [`super::DhtEvent::LookupDone`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+/// What a lookup cost and how deep it went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookupStats {
+    /// Rounds of answers needed to learn the target's record: 0 when it was
+    /// in our own table, 1 when a node of our table knew it, and so on.
+    /// For a lookup that did not find its target, the deepest round reached.
+    pub hops: u8,
+    /// Find-node requests sent, retries included.
+    pub requests: u32,
+    /// Answers received.
+    pub responses: u32,
+    /// Requests that got no answer after their retries.
+    pub failures: u32,
+    /// Sealed bytes of the requests sent and of the answers received.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration: Duration,
+    /// The lookup was refused because too many were running.
+    pub refused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Waiting,
+    InFlight,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub dist: [u8; 32],
+    pub record: NodeRecord,
+    pub addr: SocketAddr,
+    pub state: State,
+    pub hop: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Asked for by the caller: ends early when the target itself answers.
+    User,
+    /// The self-lookup of a bootstrap.
+    Bootstrap,
+    /// A bucket refresh (random key in the bucket).
+    Refresh,
+}
+
+pub(crate) struct Lookup {
+    pub id: LookupId,
+    pub target: PublicKey,
+    pub purpose: Purpose,
+    pub started: u64,
+    pub deadline: u64,
+    /// Sorted by distance to the target, closest first.
+    pub cands: Vec<Candidate>,
+    pub found: Option<NodeRecord>,
+    pub found_hop: Option<u8>,
+    pub target_answered: bool,
+    pub stats: LookupStats,
+    /// Most candidates that are neither failed nor in flight.
+    cap: usize,
+}
+
+impl Lookup {
+    pub fn new(
+        id: LookupId,
+        target: PublicKey,
+        purpose: Purpose,
+        now: u64,
+        deadline: u64,
+        k: usize,
+    ) -> Self {
+        Lookup {
+            id,
+            target,
+            purpose,
+            started: now,
+            deadline,
+            cands: Vec::new(),
+            found: None,
+            found_hop: None,
+            target_answered: false,
+            stats: LookupStats::default(),
+            cap: 2 * k,
+        }
+    }
+
+    /// Adds a candidate learned at `hop` (0 = from our own table). Nodes
+    /// with no endpoint cannot be asked; they still count as the target.
+    pub fn add(&mut self, record: NodeRecord, hop: u8) {
+        if record.key == self.target && self.found.is_none() {
+            self.found = Some(record.clone());
+            self.found_hop = Some(hop);
+        }
+        let Some(&addr) = record.endpoints.first() else {
+            return;
+        };
+        if self.cands.iter().any(|c| c.record.key == record.key) {
+            return;
+        }
+        let dist = distance(&record.key, &self.target);
+        let pos = self.cands.partition_point(|c| c.dist < dist);
+        let live = if self.cands.len() < self.cap {
+            self.cands.len()
+        } else {
+            self.cands
+                .iter()
+                .filter(|c| !matches!(c.state, State::Failed | State::InFlight))
+                .count()
+        };
+        if live >= self.cap && pos >= self.cands.len() {
+            return;
+        }
+        self.cands.insert(
+            pos,
+            Candidate {
+                dist,
+                record,
+                addr,
+                state: State::Waiting,
+                hop,
+            },
+        );
+        if live + 1 > self.cap {
+            // Drop the farthest that is neither in flight nor failed (failed
+            // ones stay, so that they are not asked again).
+            if let Some(i) = self
+                .cands
+                .iter()
+                .rposition(|c| matches!(c.state, State::Waiting | State::Succeeded))
+            {
+                self.cands.remove(i);
+            }
+        }
+        // Failed entries are bounded too, by a hard cap on the whole list.
+        while self.cands.len() > 2 * self.cap {
+            if let Some(i) = self.cands.iter().rposition(|c| c.state != State::InFlight) {
+                self.cands.remove(i);
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub fn candidate_mut(&mut self, key: &PublicKey) -> Option<&mut Candidate> {
+        self.cands.iter_mut().find(|c| c.record.key == *key)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.cands
+            .iter()
+            .filter(|c| c.state == State::InFlight)
+            .count()
+    }
+
+    /// Over when the target itself answered (for a user lookup), or when
+    /// the `k` closest candidates that did not fail have all answered.
+    pub fn is_done(&self, k: usize) -> bool {
+        if self.purpose == Purpose::User && self.target_answered {
+            return true;
+        }
+        self.cands
+            .iter()
+            .filter(|c| c.state != State::Failed)
+            .take(k)
+            .all(|c| c.state == State::Succeeded)
+    }
+
+    /// Picks the next candidates to ask (marked in flight), keeping at most
+    /// `alpha` requests in flight; `budget` caps how many may start now.
+    pub fn next(&mut self, k: usize, alpha: usize, budget: usize) -> Vec<(PublicKey, SocketAddr)> {
+        let mut room = alpha.saturating_sub(self.in_flight()).min(budget);
+        let mut out = Vec::new();
+        for c in self
+            .cands
+            .iter_mut()
+            .filter(|c| c.state != State::Failed)
+            .take(k)
+        {
+            if room == 0 {
+                break;
+            }
+            if c.state == State::Waiting {
+                c.state = State::InFlight;
+                out.push((c.record.key, c.addr));
+                room -= 1;
+            }
+        }
+        out
+    }
+
+    /// The records of the `k` closest that answered.
+    pub fn closest(&self, k: usize) -> Vec<NodeRecord> {
+        self.cands
+            .iter()
+            .filter(|c| c.state == State::Succeeded)
+            .take(k)
+            .map(|c| c.record.clone())
+            .collect()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.cands.capacity() * std::mem::size_of::<Candidate>()
+            + self
+                .cands
+                .iter()
+                .map(|c| {
+                    c.record.endpoints.capacity() * std::mem::size_of::<SocketAddr>()
+                        + c.record.relays.capacity()
+                            * std::mem::size_of::<(PublicKey, SocketAddr)>()
+                })
+                .sum::<usize>()
+    }
+}
