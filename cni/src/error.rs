@@ -41,7 +41,8 @@ pub const CHECK_FAILED: u32 = 105;
 pub const NETNS: u32 = 106;
 
 /// A CNI error: printed on stdout as the spec's error JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("code {code}: {msg}{}", details_suffix(.details))]
 pub struct CniError {
     pub code: u32,
     pub msg: String,
@@ -107,17 +108,9 @@ impl CniError {
     }
 }
 
-impl fmt::Display for CniError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "code {}: {}", self.code, self.msg)?;
-        if let Some(d) = &self.details {
-            write!(f, " ({d})")?;
-        }
-        Ok(())
-    }
+fn details_suffix(d: &Option<String>) -> String {
+    d.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
 }
-
-impl std::error::Error for CniError {}
 
 pub type CniResult<T> = Result<T, CniError>;
 
