@@ -216,6 +216,7 @@ mod tests {
 
     #[test]
     fn finds_in_cni_path_and_passes_env_and_stdin() {
+        let _serial = crate::spawn_lock();
         let d = tmpdir("ok");
         script(
             &d,
@@ -240,6 +241,7 @@ mod tests {
 
     #[test]
     fn plugin_errors_keep_their_code() {
+        let _serial = crate::spawn_lock();
         let d = tmpdir("err");
         script(
             &d,

@@ -17,3 +17,14 @@ pub mod state;
 pub mod version;
 
 pub use plugin::{Outcome, dispatch};
+
+/// Tests that write a fake plugin and tests that run one hold this: a fork
+/// in another test thread while a script is open for writing would make its
+/// exec fail with ETXTBSY.
+#[cfg(test)]
+pub(crate) static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+pub(crate) fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
+    SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1079,6 +1079,7 @@ mod tests {
 
     #[test]
     fn status_follows_ready_file_and_ipam() {
+        let _serial = crate::spawn_lock();
         let d = tmp("status");
         fake_ipam(&d, "\"1.0.0\",\"1.1.0\"", 0);
         let ready = d.join("ready");
@@ -1113,6 +1114,7 @@ mod tests {
 
     #[test]
     fn gc_needs_attachments_and_forwards_to_ipam() {
+        let _serial = crate::spawn_lock();
         let d = tmp("gc");
         fake_ipam(&d, "\"1.1.0\"", 0);
         let path = d.display().to_string();
