@@ -54,6 +54,12 @@ pub const DEFAULT_MTU: u32 = 1420;
 /// How many `Outgoing` datagrams may wait for the daemon.
 pub const OUTGOING_CAPACITY: usize = 4096;
 
+/// Whether a datagram on the shared socket is WireGuard's (message types
+/// 1..=4, as opposed to WireHub control messages, which start with 0xFF).
+pub fn is_wireguard_datagram(datagram: &[u8]) -> bool {
+    datagram.len() >= 4 && matches!(datagram[0], 1..=4)
+}
+
 /// One peer as the daemon wants it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {

@@ -70,6 +70,7 @@ pub struct External {
     started_pid: Option<i32>,
     /// Where sockets and netlink requests must be made.
     netns: Netns,
+    destroyed: bool,
 }
 
 fn kind_of(backend: Backend) -> BackendKind {
@@ -170,6 +171,7 @@ impl External {
             runtime: tokio::runtime::Handle::current(),
             started_pid,
             netns,
+            destroyed: false,
         })
     }
 
@@ -361,53 +363,74 @@ impl External {
         }
     }
 
-    pub(crate) async fn destroy(self) -> Result<(), DataPlaneError> {
+    pub(crate) async fn destroy(mut self) -> Result<(), DataPlaneError> {
+        self.destroyed = true;
         self.peers
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        match self.backend {
-            Backend::Userspace => {
-                // Removing the UAPI socket makes wireguard-go exit; make sure.
-                if let Err(e) =
-                    wireguard_control::backends::userspace::delete_interface(&self.iface)
-                {
-                    tracing::debug!("removing UAPI socket: {e}");
-                }
-                if let Some(pid) = self.started_pid {
-                    stop_process(pid, self.link.name()).await;
-                }
+        if self.backend == Backend::Userspace {
+            // Removing the UAPI socket makes wireguard-go exit; make sure.
+            if let Err(e) = wireguard_control::backends::userspace::delete_interface(&self.iface) {
+                tracing::debug!("removing UAPI socket: {e}");
             }
-            Backend::Kernel => {}
+            if let Some(pid) = self.started_pid {
+                stop_process(pid, self.link.name()).await;
+            }
         }
         self.link.delete().await
     }
 }
 
-/// Stops the wireguard-go we started: SIGTERM, then SIGKILL after 2 s.
+impl Drop for External {
+    /// Dropped without `destroy`: still take down what we made, without
+    /// waiting (wireguard-go exits once its UAPI socket is gone, and takes
+    /// its interface with it; a kernel link is deleted).
+    fn drop(&mut self) {
+        if self.destroyed {
+            return;
+        }
+        let result = match self.backend {
+            Backend::Userspace => {
+                wireguard_control::backends::userspace::delete_interface(&self.iface)
+            }
+            Backend::Kernel => self
+                .netns
+                .run(|| wireguard_control::backends::kernel::delete_interface(&self.iface))
+                .and_then(|r| r),
+        };
+        if let Err(e) = result {
+            tracing::debug!(iface = self.link.name(), "cleanup on drop: {e}");
+        }
+    }
+}
+
+/// Stops the wireguard-go we started once its socket is gone: it should
+/// exit by itself; else SIGTERM, then SIGKILL.
 async fn stop_process(pid: i32, iface: &str) {
     let ours = || cmdline(pid).is_some_and(|a| is_wireguard_go_for(&a, iface));
-    for (i, sig) in [libc::SIGTERM, libc::SIGKILL].into_iter().enumerate() {
-        for _ in 0..20 {
+    let wait_exit = |ms: u64| async move {
+        for _ in 0..ms / 20 {
             if !ours() {
-                return;
+                return true;
             }
-            if i == 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                if !ours() {
-                    return;
-                }
-            }
-            // SAFETY: plain syscall; the pid was checked to be our process.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        !ours()
+    };
+    for sig in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+        if let Some(sig) = sig {
+            // SAFETY: plain syscall; the pid was just checked to be the
+            // wireguard-go serving our interface.
             unsafe {
                 libc::kill(pid, sig);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if wait_exit(1000).await {
+            return;
         }
     }
-    if ours() {
-        tracing::warn!(pid, "wireguard-go did not exit");
-    }
+    tracing::warn!(pid, "wireguard-go did not exit");
 }
 
 /// Datagrams WireGuard sends to a peer's proxy go to the peer: directly

@@ -171,7 +171,9 @@ impl Netlink {
     /// Whether the kernel can create WireGuard links: creates a throwaway one
     /// and deletes it again.
     pub async fn kernel_wireguard_available(&self) -> bool {
-        let name = format!("whprobe{}", std::process::id() % 100_000);
+        static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
+        let name = format!("whprobe{}{n}", std::process::id() % 100_000);
         match self.add_wireguard(&name).await {
             Ok(()) => {
                 if let Some(index) = link_index(&name)
