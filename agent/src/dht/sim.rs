@@ -335,10 +335,7 @@ impl Sim {
 
     /// Sends what node `i` queued, arms its timer, collects its events.
     fn flush(&mut self, i: usize) {
-        loop {
-            let Some(tx) = self.nodes[i].dht.as_mut().and_then(|d| d.poll_transmit()) else {
-                break;
-            };
+        while let Some(tx) = self.nodes[i].dht.as_mut().and_then(|d| d.poll_transmit()) {
             let Some(to) = index_of(&tx.to_addr).filter(|&j| j < self.nodes.len()) else {
                 continue;
             };
@@ -377,10 +374,7 @@ impl Sim {
                 },
             );
         }
-        loop {
-            let Some(e) = self.nodes[i].dht.as_mut().and_then(|d| d.poll_event()) else {
-                break;
-            };
+        while let Some(e) = self.nodes[i].dht.as_mut().and_then(|d| d.poll_event()) {
             if let DhtEvent::LookupDone {
                 id,
                 target,
@@ -394,32 +388,13 @@ impl Sim {
                 let want = self.nodes[t as usize].key;
                 debug_assert_eq!(want, target);
                 let ok = found.is_some_and(|r| r.key == want);
-                if !ok && std::env::var("SIM_DEBUG").is_ok() {
-                    let holders = self
-                        .nodes
-                        .iter()
-                        .filter(|n| n.dht.as_ref().is_some_and(|d| d.record_of(&want).is_some()))
-                        .count();
-                    let tl = self.nodes[t as usize].dht.as_ref().map(|d| d.len());
-                    let mut by: Vec<(usize, [u8; 32])> = (0..self.nodes.len())
-                        .map(|j| (j, super::distance(&self.nodes[j].key, &want)))
-                        .collect();
-                    by.sort_by(|a, b| a.1.cmp(&b.1));
-                    let near: Vec<(usize, bool)> = by[1..6]
-                        .iter()
-                        .map(|(j, _)| {
-                            (
-                                *j,
-                                self.nodes[*j]
-                                    .dht
-                                    .as_ref()
-                                    .is_some_and(|d| d.record_of(&want).is_some()),
-                            )
-                        })
-                        .collect();
-                    eprintln!(
-                        "failed lookup node {i} -> {t}: {stats:?} closest {} holders {holders} target table {tl:?} nearest {near:?}",
-                        closest.len()
+                if !ok {
+                    tracing::debug!(
+                        node = i,
+                        target = t,
+                        ?stats,
+                        closest = closest.len(),
+                        "sim: lookup failed"
                     );
                 }
                 self.done.push((

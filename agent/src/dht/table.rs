@@ -18,7 +18,7 @@ pub fn distance(a: &PublicKey, b: &PublicKey) -> [u8; 32] {
 
 /// Sorts a group of equally ranked entries and moves them to `out`, up to `n`.
 fn take<'a>(group: &mut Vec<([u8; 32], &'a Entry)>, out: &mut Vec<&'a Entry>, n: usize) {
-    group.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    group.sort_unstable_by_key(|a| a.0);
     for (_, e) in group.drain(..) {
         if out.len() >= n {
             break;

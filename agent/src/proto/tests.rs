@@ -580,3 +580,53 @@ fn relayed_inner_datagram_opens_at_the_destination() {
     assert_eq!(origin, from);
     assert!(matches!(m, Message::PunchRequest { id: 3, .. }));
 }
+
+/// The example of docs/protocol.md: private keys 0x01.. and 0x02.. (clamped),
+/// namespace "public", nonce 0x07.., timestamp 1 700 000 000 000,
+/// Ping { id: 1, info: None }. Keeps the document honest.
+#[test]
+fn documented_vector() {
+    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+    let a = key_from(1);
+    let b = key_from(2);
+    let (pa, pb) = (a.public_key(), b.public_key());
+    let shared = a.diffie_hellman(&pb);
+    let k = derive_key(&shared, &pa, &pb, "public");
+    let msg = Message::Ping { id: 1, info: None };
+    let mut d = vec![MAGIC, VERSION];
+    d.extend_from_slice(pa.as_bytes());
+    d.extend_from_slice(&[7u8; NONCE_LEN]);
+    d.extend_from_slice(&NOW.to_be_bytes());
+    msg.encode_into(&mut d).unwrap();
+    let mut aad = d[..HEADER_LEN].to_vec();
+    aad.extend_from_slice(pb.as_bytes());
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(&k.into());
+    let tag = cipher
+        .encrypt_in_place_detached(
+            chacha20poly1305::XNonce::from_slice(&[7u8; NONCE_LEN]),
+            &aad,
+            &mut d[HEADER_LEN..],
+        )
+        .unwrap();
+    d.extend_from_slice(&tag);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    println!("A public  {}", hex(pa.as_bytes()));
+    println!("B public  {}", hex(pb.as_bytes()));
+    println!("X25519    {}", hex(&shared));
+    println!("key       {}", hex(&k));
+    println!("datagram  {}", hex(&d));
+    let mut cb = Codec::with_nonce_seed(
+        b,
+        CodecConfig {
+            required_workbits: 0,
+            ..CodecConfig::default()
+        },
+        [0; 32],
+    );
+    assert_eq!(cb.open(NOW, &d).unwrap(), (pa, msg));
+    assert_eq!(hex(&k), VECTOR_KEY);
+    assert_eq!(hex(&d), VECTOR_DATAGRAM);
+}
+
+const VECTOR_KEY: &str = "e8c59dc26b144fb065f32c46a9e6ac98c2b0d5c9a0c896555ca47ab22304ae90";
+const VECTOR_DATAGRAM: &str = "ff01a4e09292b651c278b9772c569f5fa9bb13d906b46ab68c9df9dc2b4409f8a209070707070707070707070707070707070707070707070707df88d1b793f88528acae814b6b9979a15a2fd51789a754d8dbfb24a64348c594bfd3";
