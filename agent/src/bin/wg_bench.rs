@@ -8,8 +8,12 @@
 //! embedded/wireguard-go and embedded/veth.
 //!
 //! ```text
-//! cargo run --release --bin wg-bench -- [--time SECONDS] [--streams N] [--only veth,wggo,embedded]
+//! cargo run --release --bin wg-bench -- [--time SECONDS] [--streams N] [--only veth,wggo,embedded,plain]
 //! ```
+//!
+//! `plain` (not run by default) is the embedded data plane with the TUN
+//! offloads turned off (`WIREHUB_TUN_OFFLOAD=0`): one packet per read and
+//! write, as wireguard-go and boringtun's own device work.
 //!
 //! A lab tool, not part of the product: it spawns `ip`, `wg`, `wireguard-go`
 //! and `iperf3`. Everything it creates carries a per-run prefix and is
@@ -55,14 +59,14 @@ fn parse_args() -> Result<Options> {
             "--only" => {
                 o.only = args
                     .next()
-                    .context("--only veth,wggo,embedded")?
+                    .context("--only veth,wggo,embedded,plain")?
                     .split(',')
                     .map(str::to_string)
                     .collect();
             }
             "--help" | "-h" => {
                 println!(
-                    "wg-bench [--time SECONDS (10)] [--streams N (1)] [--only veth,wggo,embedded]"
+                    "wg-bench [--time SECONDS (10)] [--streams N (1)] [--only veth,wggo,embedded,plain]"
                 );
                 std::process::exit(0);
             }
@@ -311,6 +315,17 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    if want("plain") {
+        // SAFETY: single-threaded at this point: no other thread reads the
+        // environment while it changes (the data planes above are gone).
+        unsafe { std::env::set_var("WIREHUB_TUN_OFFLOAD", "0") };
+        let v = embedded(&tag, ns, &o)?;
+        unsafe { std::env::remove_var("WIREHUB_TUN_OFFLOAD") };
+        println!("embedded, no offloads: {v:10.0} Mbit/s");
+        if let Some(wggo) = wggo {
+            println!("embedded, no offloads / wireguard-go: {:.2}", v / wggo);
+        }
+    }
     if let (Some(ours), Some(wggo)) = (ours, wggo) {
         println!("embedded / wireguard-go: {:.2}", ours / wggo);
     }

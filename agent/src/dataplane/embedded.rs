@@ -309,7 +309,9 @@ impl Embedded {
             name: cfg.name.clone(),
             source,
         };
-        let queues = tun::create(&cfg.name, default_queues(), true).map_err(tun_err)?;
+        // WIREHUB_TUN_OFFLOAD=0 turns TSO/GRO off (diagnosis, benchmarks).
+        let offload = std::env::var("WIREHUB_TUN_OFFLOAD").map_or(true, |v| v != "0");
+        let queues = tun::create(&cfg.name, default_queues(), offload).map_err(tun_err)?;
         let queues: Vec<Arc<AsyncFd<TunQueue>>> = queues
             .into_iter()
             .map(|q| {
@@ -352,6 +354,7 @@ impl Embedded {
         tracing::info!(
             iface = cfg.name,
             queues = shared.queues.len(),
+            offload = shared.vnet_hdr(),
             "embedded WireGuard up"
         );
         Ok(Embedded {
