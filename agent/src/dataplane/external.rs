@@ -107,6 +107,12 @@ fn find_wireguard_go(iface: &str) -> Option<i32> {
         .find(|pid| cmdline(*pid).is_some_and(|args| is_wireguard_go_for(&args, iface)))
 }
 
+/// `::ffff:a.b.c.d` as `a.b.c.d`, so that a dual-stack socket's view of
+/// a source matches the endpoint the daemon configured.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 fn uapi_socket_exists(iface: &str) -> bool {
     ["/var/run/wireguard", "/run/wireguard"]
         .iter()
@@ -250,7 +256,7 @@ impl External {
             let mut by_ep = self.by_endpoint.write().unwrap_or_else(|e| e.into_inner());
             by_ep.retain(|_, k| *k != cfg.key);
             if let Some(ep) = cfg.endpoint {
-                by_ep.insert(ep, cfg.key);
+                by_ep.insert(canonical(ep), cfg.key);
             }
         }
         self.peers
@@ -315,6 +321,7 @@ impl External {
     /// Which peer sent a direct datagram: a handshake initiation names its
     /// sender (decrypted with our key); anything else by source address.
     fn attribute(&self, from: SocketAddr, datagram: &[u8]) -> Option<PublicKey> {
+        let from = canonical(from);
         if let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) {
             let hh = parse_handshake_anon(&self.private, &self.public, &init).ok()?;
             let key = PublicKey(hh.peer_static_public);

@@ -166,16 +166,22 @@ impl GsoSender {
                             Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
                         )
                     {
-                        tracing::info!(
-                            "UDP segmentation offload unavailable ({e}), sending one by one"
-                        );
-                        self.enabled.store(false, Ordering::Relaxed);
+                        // Send them one by one; if that works, the kernel
+                        // (or the route) cannot segment: stop trying.
                         let mut o = off;
+                        let mut sent = 0;
                         for len in &lens[i..j] {
-                            if let Err(e) = send_one(socket, &buf[o..o + len], addr).await {
-                                tracing::debug!(%addr, "send: {e}");
+                            match send_one(socket, &buf[o..o + len], addr).await {
+                                Ok(()) => sent += 1,
+                                Err(e) => tracing::debug!(%addr, "send: {e}"),
                             }
                             o += len;
+                        }
+                        if sent > 0 {
+                            tracing::info!(
+                                "UDP segmentation offload unavailable ({e}), sending one by one"
+                            );
+                            self.enabled.store(false, Ordering::Relaxed);
                         }
                     } else {
                         tracing::debug!(%addr, "send: {e}");
