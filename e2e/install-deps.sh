@@ -5,7 +5,7 @@ packages=(
   iproute2 iputils-ping nftables conntrack procps    # the network-namespace lab
   wireguard-tools wireguard-go iperf3                  # reference WireGuard, benchmarks
   miniupnpd miniupnpd-nftables miniupnpc natpmpc       # UPnP IGD / NAT-PMP in lab routers
-  podman containernetworking-plugins busybox-static runc  # a real CNI runtime
+  podman containernetworking-plugins busybox-static runc iptables util-linux  # a real CNI runtime
 )
 missing=()
 for p in "${packages[@]}"; do

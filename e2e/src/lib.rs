@@ -83,12 +83,27 @@ pub enum Nat {
     Easy,
     /// Endpoint-dependent mapping (`masquerade random`).
     Hard,
+    /// Endpoint-independent mapping, with a UPnP IGD / NAT-PMP server
+    /// (miniupnpd) on the router.
+    Upnp,
+}
+
+impl Nat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Nat::Easy => "easy",
+            Nat::Hard => "hard",
+            Nat::Upnp => "upnp",
+        }
+    }
 }
 
 /// The lab. Dropping it removes everything it made.
 pub struct Lab {
     pub tag: String,
     pub dir: PathBuf,
+    /// Extra environment for every daemon started with [`Lab::wh_up`].
+    pub env: Vec<(String, String)>,
     internet: String,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
@@ -107,6 +122,7 @@ impl Lab {
         let mut lab = Lab {
             tag,
             dir,
+            env: Vec::new(),
             internet: internet.clone(),
             namespaces: Vec::new(),
             children: Vec::new(),
@@ -241,20 +257,93 @@ impl Lab {
         self.exec(&host.netns, &["ip", "link", "set", "eth0", "up"])?;
         self.exec(&host.netns, &["ip", "route", "add", "default", "via", &gw])?;
         let masquerade = match nat {
-            Nat::Easy => "masquerade",
+            Nat::Easy | Nat::Upnp => "masquerade",
             Nat::Hard => "masquerade random",
         };
-        let rules = format!(
-            "table ip nat {{ chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; oifname \"wan\" {masquerade} }} }}\n\
-             table ip filter {{\n\
-               chain input {{ type filter hook input priority filter; policy drop; ct state established,related accept; iifname {{ \"lo\", \"lan\" }} accept }}\n\
-               chain forward {{ type filter hook forward priority filter; policy drop; ct state established,related accept; iifname \"lan\" oifname \"wan\" accept }}\n\
-             }}\n"
-        );
+        let rules = if nat == Nat::Upnp {
+            format!(
+                "table inet filter {{\n\
+                   chain miniupnpd {{\n}}\n\
+                   chain prerouting_miniupnpd {{\n}}\n\
+                   chain postrouting_miniupnpd {{\n}}\n\
+                   chain input {{ type filter hook input priority filter; policy drop; ct state established,related accept; iifname {{ \"lo\", \"lan\" }} accept; }}\n\
+                   chain forward {{ type filter hook forward priority filter; policy drop; ct state established,related accept; jump miniupnpd; iifname \"lan\" oifname \"wan\" accept; }}\n\
+                   chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump prerouting_miniupnpd; }}\n\
+                   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump postrouting_miniupnpd; oifname \"wan\" {masquerade}; }}\n\
+                 }}\n"
+            )
+        } else {
+            format!(
+                "table ip nat {{\n\
+                   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; oifname \"wan\" {masquerade}; }}\n\
+                 }}\n\
+                 table ip filter {{\n\
+                   chain input {{ type filter hook input priority filter; policy drop; ct state established,related accept; iifname {{ \"lo\", \"lan\" }} accept; }}\n\
+                   chain forward {{ type filter hook forward priority filter; policy drop; ct state established,related accept; iifname \"lan\" oifname \"wan\" accept; }}\n\
+                 }}\n"
+            )
+        };
         let path = self.dir.join(format!("{name}-nat.nft"));
         std::fs::write(&path, rules)?;
         self.exec(&router.netns, &["nft", "-f", &path.to_string_lossy()])?;
+        if nat == Nat::Upnp {
+            self.start_miniupnpd(&router)?;
+        }
         Ok((host, router))
+    }
+
+    /// Starts miniupnpd on a router made by [`Lab::home_host`] with [`Nat::Upnp`].
+    pub fn start_miniupnpd(&mut self, router: &Host) -> Result<()> {
+        let conf = router.run_dir.join("miniupnpd.conf");
+        let text = format!(
+            "ext_ifname=wan\next_ip=198.51.101.11\nupnp_table_name=filter\nupnp_nat_table_name=filter\nlistening_ip=lan\nhttp_port=5000\nenable_natpmp=yes\nenable_upnp=yes\n\
+             secure_mode=yes\nsystem_uptime=yes\nuuid=3b1c1c7e-4e44-4f3b-9a57-{:012x}\nlease_file={}\n\
+             allow 1024-65535 198.51.100.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+            std::process::id(),
+            router.run_dir.join("upnp.leases").display()
+        );
+        std::fs::write(&conf, text)?;
+        let log = std::fs::File::create(router.run_dir.join("miniupnpd.log"))?;
+        let log2 = log.try_clone()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &router.netns, "miniupnpd", "-f"])
+            .arg(&conf)
+            .arg("-d")
+            .arg("-P")
+            .arg(router.run_dir.join("miniupnpd.pid"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .context("cannot start miniupnpd")?;
+        self.children.push((router.name.clone(), child));
+        Ok(())
+    }
+
+    /// Adds latency on a router's WAN side (netem). Returns false, adding
+    /// nothing, where the kernel has no netem (`CONFIG_NET_SCH_NETEM`).
+    pub fn add_latency(&self, router: &Host, ms: u32) -> Result<bool> {
+        let delay = format!("{ms}ms");
+        let args = [
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "wan",
+            "root",
+            "netem",
+            "delay",
+            delay.as_str(),
+        ];
+        let out = self.exec_output(&router.netns, &args)?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("qdisc kind is unknown") {
+            return Ok(false);
+        }
+        bail!("tc netem on {} failed: {err}", router.name)
     }
 
     /// Runs `wh ARGS` on a host (with its run directory) and returns its output.
@@ -360,13 +449,23 @@ impl Lab {
         ))
     }
 
-    /// Pings `target` from `host` until one reply comes or `timeout` passes;
-    /// returns the time it took.
+    /// Pings `target` from `host` every 50 ms until one reply comes or
+    /// `timeout` passes; returns the time it took.
     pub fn ping_until(&self, host: &Host, target: &str, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
+        // ping gives up at once while there is no route yet: try again.
         while start.elapsed() < timeout {
-            let out =
-                self.exec_output(&host.netns, &["ping", "-c", "1", "-W", "1", "-n", target])?;
+            let left = timeout
+                .saturating_sub(start.elapsed())
+                .as_secs()
+                .max(1)
+                .to_string();
+            let out = self.exec_output(
+                &host.netns,
+                &[
+                    "ping", "-n", "-q", "-c", "1", "-i", "0.05", "-w", &left, target,
+                ],
+            )?;
             if out.status.success() {
                 return Ok(start.elapsed());
             }

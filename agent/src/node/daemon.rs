@@ -105,10 +105,15 @@ struct Daemon {
     /// where a relay forwards to.
     recent: HashMap<PublicKey, (SocketAddr, Instant)>,
     upnp_mapped: Option<SocketAddr>,
+    waiting: HashMap<PublicKey, std::collections::VecDeque<(Instant, Vec<u8>)>>,
     local_ips: Vec<IpAddr>,
     last_publish: Option<Instant>,
     publish_pending: bool,
 }
+
+/// Datagrams held per peer while it has no path, and for how long.
+const WAITING_PER_PEER: usize = 16;
+const WAITING_TTL: Duration = Duration::from_secs(3);
 
 /// Keys remembered in [`Daemon::recent`].
 const MAX_RECENT: usize = 8192;
@@ -221,6 +226,7 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
         limiter: RelayLimiter::new(RelayLimits::default()),
         recent: HashMap::new(),
         upnp_mapped: None,
+        waiting: HashMap::new(),
         local_ips: Vec::new(),
         last_publish: None,
         publish_pending: false,
@@ -337,6 +343,7 @@ impl Daemon {
 
     fn after_event(&mut self) {
         for key in self.overlay.lookups_due(Instant::now()) {
+            tracing::debug!(target = %key.short(10), "looking up a trusted peer");
             let id = self.dht.lookup(key, Instant::now());
             self.overlay.lookup_started(key, id);
         }
@@ -350,7 +357,19 @@ impl Daemon {
             self.overlay.take_changes();
             return;
         };
+        let mut released = Vec::new();
         for change in self.overlay.take_changes() {
+            match &change.path {
+                Some(PeerPath::Direct(a)) => {
+                    tracing::info!(peer = %change.key.short(10), endpoint = %a, "path: direct")
+                }
+                Some(PeerPath::Relayed(r)) => tracing::info!(
+                    peer = %change.key.short(10),
+                    via = ?r.iter().map(|(k, a)| format!("{}@{a}", k.short(6))).collect::<Vec<_>>(),
+                    "path: relayed"
+                ),
+                None => tracing::info!(peer = %change.key.short(10), "path: none"),
+            }
             let result = match change.path {
                 Some(path) => dp.set_peer(PeerConfig {
                     key: change.key,
@@ -365,6 +384,12 @@ impl Daemon {
             };
             if let Err(e) = result {
                 tracing::warn!(peer = %change.key.short(10), error = %e, "cannot program the peer");
+            }
+            released.push(change.key);
+        }
+        for key in released {
+            if self.overlay.path(&key).is_some() {
+                self.release_waiting(key);
             }
         }
     }
@@ -557,6 +582,14 @@ impl Daemon {
             DhtEvent::LookupDone {
                 id, target, found, ..
             } => {
+                tracing::debug!(
+                    target = %target.short(10),
+                    found = found.is_some(),
+                    endpoints = ?found.as_ref().map(|r| r.endpoints.clone()),
+                    relays = found.as_ref().map_or(0, |r| r.relays.len()),
+                    nat = ?found.as_ref().map(|r| r.nat),
+                    "lookup done"
+                );
                 if let Some(reply) = self.pending_lookups.remove(&id) {
                     let answer = match &found {
                         Some(r) => Response::Ok(record_json(r)),
@@ -656,7 +689,31 @@ impl Daemon {
                 };
                 self.send(relay.0, relay.1, &msg);
             }
-            None => self.count_drop("no-path-to-peer"),
+            None => {
+                // No path yet: hold the datagram briefly (a WireGuard
+                // handshake would otherwise wait 5 s for its retry).
+                let queue = self.waiting.entry(out.to).or_default();
+                let full = queue.len() >= WAITING_PER_PEER;
+                if full {
+                    queue.pop_front();
+                }
+                queue.push_back((Instant::now(), out.datagram));
+                if full {
+                    self.count_drop("no-path-to-peer");
+                }
+            }
+        }
+    }
+
+    /// Sends what waited for a path to `key`, now that it has one.
+    fn release_waiting(&mut self, key: PublicKey) {
+        let Some(queue) = self.waiting.remove(&key) else {
+            return;
+        };
+        for (at, datagram) in queue {
+            if at.elapsed() <= WAITING_TTL {
+                self.on_outgoing(Outgoing { to: key, datagram });
+            }
         }
     }
 
@@ -680,6 +737,10 @@ impl Daemon {
             .map(|(_, r)| r.0)
             .collect();
         self.health.retain(&in_use);
+        self.waiting.retain(|_, q| {
+            q.retain(|(at, _)| at.elapsed() <= WAITING_TTL);
+            !q.is_empty()
+        });
         self.update_own_record(now);
         // Expire control pings that got no answer.
         let expired: Vec<u64> = self

@@ -285,14 +285,17 @@ impl Overlay {
         p.lookup_in_flight = None;
         match found {
             Some(record) => {
-                p.backoff = LOOKUP_RETRY_MIN;
-                // A record that gives no way in yet (the peer is still
-                // learning its NAT) is looked up again soon.
-                p.next_lookup = if record.endpoints.is_empty() && record.relays.is_empty() {
-                    now + UNREACHABLE_RETRY
+                // Until the peer answers directly, look it up again with a
+                // growing pause: its record improves as it learns its NAT
+                // and picks relays. A record that gives no way in at all is
+                // looked up again soon. A direct contact pushes the next
+                // lookup back (see `on_direct_contact`).
+                if record.endpoints.is_empty() && record.relays.is_empty() {
+                    p.next_lookup = now + UNREACHABLE_RETRY;
                 } else {
-                    now + SILENCE
-                };
+                    p.next_lookup = now + p.backoff;
+                    p.backoff = (p.backoff * 2).min(LOOKUP_RETRY_MAX);
+                }
                 let direct = matches!(p.path, Some(PeerPath::Direct(_)));
                 if !direct && !record.relays.is_empty() {
                     let path = Some(PeerPath::Relayed(record.relays.clone()));
@@ -428,6 +431,7 @@ impl Overlay {
             return;
         };
         p.last_contact = Some(now);
+        p.backoff = LOOKUP_RETRY_MIN;
         if p.path != Some(PeerPath::Direct(from)) {
             p.path = Some(PeerPath::Direct(from));
             p.next_lookup = now + SILENCE;

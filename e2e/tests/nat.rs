@@ -1,0 +1,451 @@
+//! Through NATs: every pair of host kinds (public, easy NAT, hard NAT, easy
+//! NAT with UPnP), with a public bootstrap and two public relays, each in its
+//! own lab; and the faults a NAT path must survive.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use wirehub_e2e::{Host, Lab, Nat, require_lab};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Public,
+    Behind(Nat),
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Public => "public",
+            Kind::Behind(n) => n.name(),
+        }
+    }
+}
+
+const KINDS: [Kind; 4] = [
+    Kind::Public,
+    Kind::Behind(Nat::Easy),
+    Kind::Behind(Nat::Hard),
+    Kind::Behind(Nat::Upnp),
+];
+
+struct Scenario {
+    lab: Lab,
+    relays: Vec<Host>,
+    a: Host,
+    b: Host,
+    config: PathBuf,
+    keys: [PathBuf; 2],
+    routers: Vec<Host>,
+}
+
+fn host(lab: &mut Lab, name: &str, kind: Kind, latency: u32, routers: &mut Vec<Host>) -> Host {
+    match kind {
+        Kind::Public => lab.public_host(name).expect("public host"),
+        Kind::Behind(nat) => {
+            let (h, r) = lab.home_host(name, nat).expect("home host");
+            if latency > 0 && !lab.add_latency(&r, latency).expect("netem") {
+                eprintln!("note: this kernel has no netem; no latency added");
+            }
+            routers.push(r);
+            h
+        }
+    }
+}
+
+/// A bootstrap, two relays, and node_a / node_b of the given kinds; the two
+/// nodes are started together at the returned instant.
+fn scenario(ka: Kind, kb: Kind, latency: u32) -> (Scenario, Instant) {
+    let mut lab = Lab::new().expect("lab");
+    lab.env.push(("WH_UPNP_RENEW_SECS".into(), "2".into()));
+    let boot = lab.public_host("boot").expect("boot");
+    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
+    let public = lab
+        .write("public", "name public\nworkbit 8\n")
+        .expect("config");
+    lab.wh_up(&boot, &public, Some(&boot_sk), &["mode", "direct"])
+        .expect("boot up");
+    lab.wait_daemon(&boot, Duration::from_secs(10))
+        .expect("boot answers");
+    let relay_config = lab
+        .write(
+            "relay",
+            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
+        )
+        .expect("config");
+    let mut relays = Vec::new();
+    for i in 0..2 {
+        let r = lab.public_host(&format!("relay{i}")).expect("relay");
+        let (sk, _) = lab.genkey(&format!("relay{i}")).expect("key");
+        lab.wh_up(&r, &relay_config, Some(&sk), &["mode", "direct"])
+            .expect("relay up");
+        relays.push(r);
+    }
+    for r in &relays {
+        lab.wait_daemon(r, Duration::from_secs(10))
+            .expect("relay answers");
+    }
+    let mut routers = Vec::new();
+    let a = host(&mut lab, "node_a", ka, latency, &mut routers);
+    let b = host(&mut lab, "node_b", kb, latency, &mut routers);
+    let (ska, pka) = lab.genkey("node_a").expect("key");
+    let (skb, pkb) = lab.genkey("node_b").expect("key");
+    let config = lab
+        .write(
+            "grid.conf",
+            &format!("name grid\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\ntrust node_a {pka}\ntrust node_b {pkb}\n", boot.ip),
+        )
+        .expect("config");
+    // Give miniupnpd a moment to listen.
+    if routers
+        .iter()
+        .any(|r| r.run_dir.join("miniupnpd.conf").exists())
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let start = Instant::now();
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("a up");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("b up");
+    (
+        Scenario {
+            lab,
+            relays,
+            a,
+            b,
+            config,
+            keys: [ska, skb],
+            routers,
+        },
+        start,
+    )
+}
+
+/// The glyph `wh show` on `from` prints for `peer`: ● ◒ direct, ○ relayed.
+fn path_glyph(lab: &Lab, from: &Host, peer: &str) -> char {
+    let show = lab
+        .wh(from, &["show"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    show.lines()
+        .find(|l| l.contains(peer))
+        .and_then(|l| l.chars().next())
+        .unwrap_or('?')
+}
+
+fn is_direct(g: char) -> bool {
+    g == '●' || g == '◒'
+}
+
+fn wait_direct(lab: &Lab, from: &Host, peer: &str, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if is_direct(path_glyph(lab, from, peer)) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn expected_direct(a: Kind, b: Kind) -> bool {
+    let hard = Kind::Behind(Nat::Hard);
+    let easy = Kind::Behind(Nat::Easy);
+    !((a == hard && b == hard) || (a == hard && b == easy) || (a == easy && b == hard))
+}
+
+#[test]
+fn nat_grid_every_pair_pings_on_the_expected_path() {
+    require_lab!();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for (i, ka) in KINDS.iter().enumerate() {
+        for kb in &KINDS[i..] {
+            // WH_GRID=easy:hard,hard:upnp runs only those pairs (debugging).
+            if let Ok(only) = std::env::var("WH_GRID") {
+                if !only
+                    .split(',')
+                    .any(|p| p == format!("{}:{}", ka.name(), kb.name()))
+                {
+                    continue;
+                }
+            }
+            let (s, start) = scenario(*ka, *kb, 20);
+            let first = s.lab.ping_until(&s.a, "10.0.42.3", Duration::from_secs(15));
+            let first = match first {
+                Ok(_) => start.elapsed(),
+                Err(e) => {
+                    failures.push(format!(
+                        "{} - {}: {e}\n--- a:\n{}\n--- b:\n{}",
+                        ka.name(),
+                        kb.name(),
+                        s.lab.log(&s.a),
+                        s.lab.log(&s.b)
+                    ));
+                    continue;
+                }
+            };
+            let want_direct = expected_direct(*ka, *kb);
+            let direct_after = if want_direct {
+                wait_direct(&s.lab, &s.a, "node_b", Duration::from_secs(6))
+            } else {
+                None
+            };
+            // Let the relayed pairs settle, then read both sides.
+            if !want_direct {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let (ga, gb) = (
+                path_glyph(&s.lab, &s.a, "node_b"),
+                path_glyph(&s.lab, &s.b, "node_a"),
+            );
+            let back = s
+                .lab
+                .ping_until(&s.b, "10.0.42.2", Duration::from_secs(5))
+                .is_ok();
+            let path = if is_direct(ga) && is_direct(gb) {
+                "direct"
+            } else if ga == '○' || gb == '○' {
+                "relayed"
+            } else {
+                "?"
+            };
+            rows.push(format!(
+                "{:<7} {:<7} {:<8} first ping {:>6.0} ms{}",
+                ka.name(),
+                kb.name(),
+                path,
+                first.as_secs_f64() * 1000.0,
+                direct_after
+                    .map(|d| format!(", direct {:.0} ms later", d.as_secs_f64() * 1000.0))
+                    .unwrap_or_default()
+            ));
+            if !back {
+                failures.push(format!(
+                    "{} - {}: node_b cannot ping node_a back",
+                    ka.name(),
+                    kb.name()
+                ));
+            }
+            if want_direct != (path == "direct") {
+                failures.push(format!(
+                    "{} - {}: path {path} ({ga} {gb}), expected {}\n--- a:\n{}\n--- b:\n{}",
+                    ka.name(),
+                    kb.name(),
+                    if want_direct { "direct" } else { "relayed" },
+                    s.lab.log(&s.a),
+                    s.lab.log(&s.b)
+                ));
+            }
+            let _ = (&s.relays, &s.config, &s.keys, &s.routers);
+        }
+    }
+    eprintln!(
+        "\nNAT grid (20 ms per router):\nA       B       path     time\n{}",
+        rows.join("\n")
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The relay in use for a hard-hard pair dies: traffic resumes within 3 s.
+#[test]
+fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
+    require_lab!();
+    let (mut s, _) = scenario(Kind::Behind(Nat::Hard), Kind::Behind(Nat::Hard), 0);
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(15))
+        .expect("first ping");
+    let show = s.lab.wh_ok(&s.a, &["show"]).expect("show");
+    let line = show
+        .lines()
+        .find(|l| l.contains("node_b"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.starts_with('○'), "{show}");
+    // Which relay is in use? Kill that one.
+    let mut victim = None;
+    for r in &s.relays {
+        let out = s.lab.wh_ok(r, &["show"]).expect("relay show");
+        let key = out
+            .lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .unwrap_or_default()
+            .to_string();
+        if line.contains(&key[..10]) {
+            victim = Some(r.clone());
+        }
+    }
+    let victim = victim.unwrap_or_else(|| panic!("no relay matches {line}"));
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.a.netns,
+            "ping",
+            "-n",
+            "-i",
+            "0.1",
+            "-w",
+            "8",
+            "-D",
+            "10.0.42.3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_secs(1));
+    s.lab.kill_daemon(&victim, "-KILL").expect("kill relay");
+    let out = pinger.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Longest gap between consecutive replies.
+    let times: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            l.strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .and_then(|t| t.parse().ok())
+        })
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    eprintln!("longest gap after the relay died: {gap:.2} s");
+    assert!(times.len() > 20, "{text}");
+    assert!(
+        gap < 3.0,
+        "traffic stopped for {gap:.2} s:\n{text}\n--- a:\n{}",
+        s.lab.log(&s.a)
+    );
+}
+
+/// A NAT router flushes its conntrack table, then changes its public port:
+/// the path recovers within 5 s each time.
+#[test]
+fn conntrack_flush_and_port_change_recover_within_5s() {
+    require_lab!();
+    let (s, _) = scenario(Kind::Behind(Nat::Easy), Kind::Behind(Nat::Easy), 0);
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(15))
+        .expect("first ping");
+    assert!(wait_direct(&s.lab, &s.a, "node_b", Duration::from_secs(6)).is_some());
+    let router = &s.routers[0];
+    s.lab.exec(&router.netns, &["conntrack", "-F"]).ok();
+    let t = s
+        .lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(5))
+        .expect("after conntrack flush");
+    eprintln!("after conntrack -F: ping in {t:?}");
+    // New public port: masquerade into another port range, and forget the old mappings.
+    let nft = s
+        .lab
+        .write("portchange.nft", "flush chain ip nat postrouting\nadd rule ip nat postrouting oifname \"wan\" masquerade to :40000-40999\n")
+        .expect("rules");
+    s.lab
+        .exec(&router.netns, &["nft", "-f", &nft.to_string_lossy()])
+        .expect("nft");
+    let rules = s
+        .lab
+        .exec(
+            &router.netns,
+            &["nft", "list", "chain", "ip", "nat", "postrouting"],
+        )
+        .unwrap_or_default();
+    assert!(rules.contains("40000-40999"), "{rules}");
+    s.lab.exec(&router.netns, &["conntrack", "-F"]).ok();
+    let start = Instant::now();
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(5))
+        .expect("a after the port change");
+    s.lab
+        .ping_until(&s.b, "10.0.42.2", Duration::from_secs(5))
+        .expect("b after the port change");
+    eprintln!("after the port change: both ways in {:?}", start.elapsed());
+}
+
+/// A node behind NAT restarts: back within 5 s.
+#[test]
+fn a_node_behind_nat_restarts_and_is_back_within_5s() {
+    require_lab!();
+    let (mut s, _) = scenario(Kind::Behind(Nat::Easy), Kind::Behind(Nat::Hard), 0);
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(15))
+        .expect("first ping");
+    s.lab.kill_daemon(&s.b, "-KILL").expect("kill");
+    let (config, key) = (s.config.clone(), s.keys[1].clone());
+    let start = Instant::now();
+    s.lab
+        .wh_up(&s.b, &config, Some(&key), &[])
+        .expect("restart");
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n--- b:\n{}", s.lab.log(&s.b)));
+    eprintln!("back {:?} after the restart", start.elapsed());
+}
+
+/// The UPnP router restarts: the node maps its port again.
+#[test]
+fn upnp_mapping_is_created_removed_and_recreated() {
+    require_lab!();
+    let (mut s, _) = scenario(Kind::Behind(Nat::Upnp), Kind::Public, 0);
+    let router = s.routers[0].clone();
+    let mapped = |lab: &Lab| {
+        lab.exec(
+            &router.netns,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "filter",
+                "prerouting_miniupnpd",
+            ],
+        )
+        .unwrap_or_default()
+        .contains("62096")
+    };
+    let wait = |lab: &Lab, want: bool, secs: u64| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if mapped(lab) == want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait(&s.lab, true, 10), "no mapping:\n{}", s.lab.log(&s.a));
+    // Restart miniupnpd with its rules gone.
+    s.lab.kill_daemon(&router, "-TERM").expect("stop miniupnpd");
+    s.lab
+        .exec(
+            &router.netns,
+            &[
+                "nft",
+                "flush",
+                "chain",
+                "inet",
+                "filter",
+                "prerouting_miniupnpd",
+            ],
+        )
+        .ok();
+    s.lab
+        .exec(
+            &router.netns,
+            &["nft", "flush", "chain", "inet", "filter", "miniupnpd"],
+        )
+        .ok();
+    assert!(!mapped(&s.lab));
+    s.lab.start_miniupnpd(&router).expect("restart miniupnpd");
+    assert!(
+        wait(&s.lab, true, 15),
+        "mapping not re-created:\n{}",
+        s.lab.log(&s.a)
+    );
+    // wh down removes it.
+    let i = s
+        .lab
+        .wh_ok(&s.a, &["show", "interfaces"])
+        .expect("interfaces")
+        .trim()
+        .to_string();
+    s.lab.wh_ok(&s.a, &["down", &i]).expect("down");
+    assert!(wait(&s.lab, false, 10), "mapping left after wh down");
+}
