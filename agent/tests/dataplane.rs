@@ -349,6 +349,32 @@ fn dataplane_embedded_bulk_tcp_is_intact() {
     assert!(s.tx_bytes > 24 << 20 && s.rx_bytes > 24 << 20, "{s:?}");
 }
 
+/// A persistent keepalive goes out with no traffic, and changing it keeps
+/// the session.
+#[test]
+fn dataplane_embedded_persistent_keepalive() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (a, b) = two_nodes(&mut lab, BackendKind::Embedded, BackendKind::Embedded);
+    a.dp().set_peer(b.peer_config(2, true)).expect("set peer");
+    b.dp().set_peer(a.peer_config(1, true)).expect("set peer");
+    assert_pings(&a, "10.0.42.2", "fd42::2");
+    let hs = a.stats_of(&b.public()).last_handshake;
+    let mut cfg = b.peer_config(2, true);
+    cfg.keepalive = Some(1);
+    a.dp().set_peer(cfg).expect("keepalive");
+    std::thread::sleep(Duration::from_millis(1500));
+    let tx0 = a.stats_of(&b.public()).tx_bytes;
+    let rx0 = b.stats_of(&a.public()).rx_bytes;
+    std::thread::sleep(Duration::from_millis(2500));
+    let tx1 = a.stats_of(&b.public()).tx_bytes;
+    let rx1 = b.stats_of(&a.public()).rx_bytes;
+    // Keepalives are 32-byte WireGuard data messages.
+    assert!(tx1 >= tx0 + 64, "keepalives sent: {tx0} -> {tx1}");
+    assert!(rx1 >= rx0 + 64, "keepalives received: {rx0} -> {rx1}");
+    assert_eq!(a.stats_of(&b.public()).last_handshake, hs);
+}
+
 #[test]
 fn dataplane_embedded_relayed_then_direct_keeps_session() {
     require_root!();

@@ -491,10 +491,22 @@ impl Embedded {
         {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(cookie)) => {
-                if from_key.is_none()
-                    && let Err(e) = shared.socket.try_send_to(cookie, from)
-                {
-                    tracing::debug!(%from, "cookie reply: {e}");
+                // Under load: the sender must prove its address first.
+                match from_key {
+                    None => {
+                        if let Err(e) = shared.socket.try_send_to(cookie, from) {
+                            tracing::debug!(%from, "cookie reply: {e}");
+                        }
+                    }
+                    Some(to) => {
+                        let out = Outgoing {
+                            to,
+                            datagram: cookie.to_vec(),
+                        };
+                        if let Err(e) = shared.outgoing.try_send(out) {
+                            tracing::debug!(peer = ?to, "cookie reply: {e}");
+                        }
+                    }
                 }
                 return;
             }
