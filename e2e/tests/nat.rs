@@ -30,6 +30,7 @@ const KINDS: [Kind; 4] = [
 
 struct Scenario {
     lab: Lab,
+    /// The bootstrap node first, then the two relays: all public DHT nodes.
     relays: Vec<Host>,
     a: Host,
     b: Host,
@@ -72,7 +73,7 @@ fn scenario(ka: Kind, kb: Kind, latency: u32) -> (Scenario, Instant) {
             &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
         )
         .expect("config");
-    let mut relays = Vec::new();
+    let mut relays = vec![boot.clone()];
     for i in 0..2 {
         let r = lab.public_host(&format!("relay{i}")).expect("relay");
         let (sk, _) = lab.genkey(&format!("relay{i}")).expect("key");
@@ -335,7 +336,7 @@ fn conntrack_flush_and_port_change_recover_within_5s() {
     // New public port: masquerade into another port range, and forget the old mappings.
     let nft = s
         .lab
-        .write("portchange.nft", "flush chain ip nat postrouting\nadd rule ip nat postrouting oifname \"wan\" masquerade to :40000-40999\n")
+        .write("portchange.nft", "flush chain ip nat postrouting\nadd rule ip nat postrouting oifname \"wan\" meta l4proto udp masquerade to :40000-40999\nadd rule ip nat postrouting oifname \"wan\" masquerade\n")
         .expect("rules");
     s.lab
         .exec(&router.netns, &["nft", "-f", &nft.to_string_lossy()])
