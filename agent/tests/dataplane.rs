@@ -69,8 +69,40 @@ async fn pump(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
     }
 }
 
+/// The same loop reading with UDP_GRO, as a daemon may (one system call per
+/// run of same-sized datagrams from one source).
+async fn pump_gro(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
+    wirehub::dataplane::udp::enable_gro(&socket).expect("UDP_GRO");
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        loop {
+            match wirehub::dataplane::udp::try_recv_gro(&socket, &mut buf) {
+                Ok((n, from, segment)) => {
+                    for dg in buf[..n].chunks(segment) {
+                        if dg[0] != 0xFF {
+                            dp.receive(from, dg, None);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 impl Node {
-    fn start(ns: &str, iface: &str, kind: BackendKind, underlay: &str, overlay: u8) -> Node {
+    fn start(
+        ns: &str,
+        iface: &str,
+        kind: BackendKind,
+        underlay: &str,
+        overlay: u8,
+        udp_gro: bool,
+    ) -> Node {
         let rt = runtime_in(ns, 2);
         let key = PrivateKey::generate().expect("key");
         let mut cfg = InterfaceConfig::new(iface, key.clone());
@@ -88,7 +120,11 @@ impl Node {
                 .await
                 .expect("create the data plane");
             let dp = Arc::new(dp);
-            let task = tokio::spawn(pump(socket, Arc::clone(&dp)));
+            let task = if udp_gro {
+                tokio::spawn(pump_gro(socket, Arc::clone(&dp)))
+            } else {
+                tokio::spawn(pump(socket, Arc::clone(&dp)))
+            };
             (dp, rx, task)
         });
         Node {
@@ -172,6 +208,15 @@ impl Drop for Node {
 
 /// Two namespaces joined by a veth, a node in each.
 fn two_nodes(lab: &mut Lab, kind_a: BackendKind, kind_b: BackendKind) -> (Node, Node) {
+    two_nodes_with(lab, kind_a, kind_b, false)
+}
+
+fn two_nodes_with(
+    lab: &mut Lab,
+    kind_a: BackendKind,
+    kind_b: BackendKind,
+    udp_gro: bool,
+) -> (Node, Node) {
     let tag = unique_tag("whdp");
     let ns_a = lab.netns(&format!("{tag}a"));
     let ns_b = lab.netns(&format!("{tag}b"));
@@ -191,8 +236,8 @@ fn two_nodes(lab: &mut Lab, kind_a: BackendKind, kind_b: BackendKind) -> (Node, 
     if kind_b == BackendKind::Userspace {
         lab.track_wireguard_go(&if_b);
     }
-    let a = Node::start(&ns_a, &if_a, kind_a, "203.0.113.1", 1);
-    let b = Node::start(&ns_b, &if_b, kind_b, "203.0.113.2", 2);
+    let a = Node::start(&ns_a, &if_a, kind_a, "203.0.113.1", 1, udp_gro);
+    let b = Node::start(&ns_b, &if_b, kind_b, "203.0.113.2", 2, udp_gro);
     (a, b)
 }
 
@@ -315,12 +360,24 @@ fn tcp_transfer(client: &Node, server: &Node, server_addr: SocketAddr, data: Vec
 
 /// Bulk TCP through the tunnel arrives intact: exercises segmentation of
 /// the TUN device's large packets, UDP GSO, and coalescing on receive
-/// (where the kernel no longer checks TCP checksums for us).
+/// (where the kernel no longer checks TCP checksums for us); once with the
+/// plain daemon loop, once with one reading with UDP_GRO.
 #[test]
 fn dataplane_embedded_bulk_tcp_is_intact() {
     require_root!();
+    for udp_gro in [false, true] {
+        bulk_tcp(udp_gro);
+    }
+}
+
+fn bulk_tcp(udp_gro: bool) {
     let mut lab = Lab::new();
-    let (a, b) = two_nodes(&mut lab, BackendKind::Embedded, BackendKind::Embedded);
+    let (a, b) = two_nodes_with(
+        &mut lab,
+        BackendKind::Embedded,
+        BackendKind::Embedded,
+        udp_gro,
+    );
     a.dp().set_peer(b.peer_config(2, true)).expect("set peer");
     b.dp().set_peer(a.peer_config(1, true)).expect("set peer");
     assert_pings(&a, "10.0.42.2", "fd42::2");

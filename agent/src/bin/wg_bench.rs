@@ -39,6 +39,8 @@ struct Options {
     seconds: u32,
     streams: u32,
     only: Vec<String>,
+    /// The daemon loop reads with UDP_GRO (dataplane::udp::try_recv_gro).
+    udp_gro: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Options> {
         seconds: 10,
         streams: 1,
         only: vec!["veth".into(), "wggo".into(), "embedded".into()],
+        udp_gro: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -64,9 +67,10 @@ fn parse_args() -> Result<Options> {
                     .map(str::to_string)
                     .collect();
             }
+            "--udp-gro" => o.udp_gro = true,
             "--help" | "-h" => {
                 println!(
-                    "wg-bench [--time SECONDS (10)] [--streams N (1)] [--only veth,wggo,embedded,plain]"
+                    "wg-bench [--time SECONDS (10)] [--streams N (1)] [--only veth,wggo,embedded,plain] [--udp-gro]"
                 );
                 std::process::exit(0);
             }
@@ -213,13 +217,45 @@ async fn pump(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
     }
 }
 
+/// The same loop reading with UDP_GRO: one system call per run of datagrams.
+async fn pump_gro(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
+    if let Err(e) = wirehub::dataplane::udp::enable_gro(&socket) {
+        eprintln!("UDP_GRO: {e}");
+    }
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        loop {
+            match wirehub::dataplane::udp::try_recv_gro(&socket, &mut buf) {
+                Ok((n, from, segment)) => {
+                    for dg in buf[..n].chunks(segment) {
+                        if dg[0] != 0xFF {
+                            dp.receive(from, dg, None);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 struct EmbeddedNode {
     rt: tokio::runtime::Runtime,
     dp: Arc<DataPlane>,
     pump: tokio::task::JoinHandle<()>,
 }
 
-fn embedded_node(ns: &str, iface: &str, key: PrivateKey, i: u8) -> Result<EmbeddedNode> {
+fn embedded_node(
+    ns: &str,
+    iface: &str,
+    key: PrivateKey,
+    i: u8,
+    udp_gro: bool,
+) -> Result<EmbeddedNode> {
     let rt = runtime_in(ns, 2);
     let mut cfg = InterfaceConfig::new(iface, key);
     cfg.addresses = vec![format!("10.0.42.{i}/24").parse()?];
@@ -228,7 +264,11 @@ fn embedded_node(ns: &str, iface: &str, key: PrivateKey, i: u8) -> Result<Embedd
         let (dp, _outgoing) =
             DataPlane::create(BackendKind::Embedded, cfg, Arc::clone(&socket)).await?;
         let dp = Arc::new(dp);
-        let task = tokio::spawn(pump(socket, Arc::clone(&dp)));
+        let task = if udp_gro {
+            tokio::spawn(pump_gro(socket, Arc::clone(&dp)))
+        } else {
+            tokio::spawn(pump(socket, Arc::clone(&dp)))
+        };
         anyhow::Ok((dp, task))
     })?;
     Ok(EmbeddedNode {
@@ -241,8 +281,8 @@ fn embedded_node(ns: &str, iface: &str, key: PrivateKey, i: u8) -> Result<Embedd
 fn embedded(tag: &str, ns: [&str; 2], o: &Options) -> Result<f64> {
     let keys = [genkey()?, genkey()?];
     let pubs = [keys[0].public_key(), keys[1].public_key()];
-    let a = embedded_node(ns[0], &format!("{tag}e"), keys[0].clone(), 1)?;
-    let b = embedded_node(ns[1], &format!("{tag}f"), keys[1].clone(), 2)?;
+    let a = embedded_node(ns[0], &format!("{tag}e"), keys[0].clone(), 1, o.udp_gro)?;
+    let b = embedded_node(ns[1], &format!("{tag}f"), keys[1].clone(), 2, o.udp_gro)?;
     for (i, node) in [&a, &b].into_iter().enumerate() {
         let other = 1 - i;
         node.dp.set_peer(PeerConfig {

@@ -77,7 +77,7 @@ impl RawAddr {
 
 /// Room for one `cmsghdr` carrying a u16, 8-byte aligned.
 #[repr(C, align(8))]
-struct Control([u8; 32]);
+struct Control([u8; 64]);
 
 /// One `sendmsg` of `buf` cut by the kernel into datagrams of `segment`
 /// bytes (the last may be shorter).
@@ -86,7 +86,7 @@ fn sendmsg_gso(fd: RawFd, buf: &[u8], segment: u16, addr: &RawAddr) -> io::Resul
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut control = Control([0; 32]);
+    let mut control = Control([0; 64]);
     // SAFETY: all-zero is a valid msghdr; every pointer set below outlives
     // the call, and the control buffer is large and aligned enough for one
     // cmsghdr with 2 bytes of data (CMSG_SPACE(2) = 24 on 64-bit Linux).
@@ -221,4 +221,105 @@ async fn send_gso(socket: &UdpSocket, buf: &[u8], segment: u16, addr: &RawAddr) 
             Err(e) => return Err(e),
         }
     }
+}
+
+const UDP_GRO: libc::c_int = 104;
+
+/// Asks the kernel to hand this socket runs of same-sized datagrams from one
+/// source as one buffer (`UDP_GRO`). Only for a receive loop that splits
+/// them again: [`try_recv_gro`].
+pub fn enable_gro(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn from_raw(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::new(
+                IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = Control([0; 64]);
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr; the pointers
+    // set below outlive the call; cmsg headers are read only within
+    // msg_controllen as the kernel filled it, through the CMSG macros.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = control.0.len() as _;
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut segment = n;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let s = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                if s > 0 {
+                    segment = s as usize;
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        let from = from_raw(&storage)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
+        Ok((n, from, segment.max(1)))
+    }
+}
+
+/// Receives without waiting on a socket with [`enable_gro`]: `(bytes,
+/// source, segment size)`; the buffer holds `bytes / segment` datagrams of
+/// `segment` bytes, the last one possibly shorter (split them with
+/// `buf[..bytes].chunks(segment)`). `WouldBlock` when nothing is waiting.
+/// `buf` should hold 64 KiB.
+pub fn try_recv_gro(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    let fd = socket.as_raw_fd();
+    socket.try_io(Interest::READABLE, || recvmsg_gro(fd, buf))
 }
