@@ -172,6 +172,11 @@ pub const COMMANDS: &[Command] = &[
                 value: Value::Number,
                 help: "MTU of the interface (default: 1420)",
             },
+            Keyword {
+                name: "cni-dir",
+                value: Value::File,
+                help: "where a router node writes its CNI configuration (default: /etc/cni/net.d)",
+            },
         ],
         flags: &[(
             "--foreground",

@@ -7,7 +7,8 @@
 //! namespace public              # namespace of the proof of work
 //! boot  [hostname] [static-ip] <key> <endpoint>
 //! trust [hostname] [static-ip] <key> [endpoint]
-//! router|alias|peer [hostname] [static-ip] <key> [endpoint]
+//! router [hostname] [static-ip] <key> [endpoint] [subnet,...]
+//! alias|peer [hostname] [static-ip] <key> [endpoint]
 //! ```
 //!
 //! `#` starts a comment. An endpoint is `host[:port]` (IPv6 literals in
@@ -21,7 +22,7 @@
 //! Nothing here does I/O but [`load`].
 
 use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, KeyError, PublicKey};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -183,6 +184,10 @@ pub struct PeerSpec {
     pub key: PublicKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// Subnets a `router` routes (pod CIDRs, sites behind it): they join its
+    /// WireGuard allowed IPs and get routes into the overlay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
 }
 
 /// A whole network, as the file describes it.
@@ -324,6 +329,10 @@ impl fmt::Display for NetworkSpec {
             write!(f, " {}", p.key)?;
             if let Some(e) = &p.endpoint {
                 write!(f, " {e}")?;
+            }
+            if !p.routes.is_empty() {
+                let nets: Vec<String> = p.routes.iter().map(|n| n.to_string()).collect();
+                write!(f, " {}", nets.join(","))?;
             }
             writeln!(f)?;
         }
@@ -752,6 +761,46 @@ fn parse_peer(
             ok = false;
         }
     }
+    // A router's line may end with the subnets it routes (CIDRs, comma
+    // separated): `router gw KEY [endpoint] 10.244.1.0/24,fd00:1::/64`.
+    let (after, routes_word) = match after.last() {
+        Some(w) if role == Role::Router && w.text.contains('/') => {
+            (&after[..after.len() - 1], Some(*w))
+        }
+        _ => (after, None),
+    };
+    let mut routes = Vec::new();
+    if let Some(w) = routes_word {
+        for part in w.text.split(',') {
+            match part.parse::<IpNet>() {
+                Ok(net) if net.trunc() == net => routes.push(net),
+                Ok(net) => {
+                    p.error(
+                        lineno,
+                        w.column,
+                        format!(
+                            "routed subnet '{part}' has host bits set; did you mean {}?",
+                            net.trunc()
+                        ),
+                    );
+                    ok = false;
+                }
+                Err(_) => {
+                    p.error(
+                        lineno,
+                        w.column,
+                        format!("'{part}' is not a subnet such as 10.244.1.0/24"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    let usage = if role == Role::Router {
+        format!("{usage} [subnet,...]")
+    } else {
+        usage
+    };
     let endpoint = match after {
         [] => None,
         [w] => match Endpoint::parse(w.text) {
@@ -801,6 +850,7 @@ fn parse_peer(
                 static_ip,
                 key,
                 endpoint,
+                routes,
             },
             PeerLine {
                 line: lineno,

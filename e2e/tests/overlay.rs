@@ -467,3 +467,78 @@ fn a_wireguard_go_node_talks_to_embedded_nodes() {
         .count();
     assert_eq!(handshakes, 2, "{wg}");
 }
+
+#[test]
+fn routers_route_their_subnets_and_write_the_cni_configuration() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let boot = lab.public_host("boot").expect("boot");
+    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
+    let public = lab
+        .write("public", "name public\nworkbit 8\n")
+        .expect("config");
+    lab.wh_up(&boot, &public, Some(&boot_sk), &[])
+        .expect("boot up");
+    let a = lab.public_host("node_a").expect("a");
+    let b = lab.public_host("node_b").expect("b");
+    let (ska, pka) = lab.genkey("node_a").expect("key");
+    let (skb, pkb) = lab.genkey("node_b").expect("key");
+    let config = lab
+        .write(
+            "routers.conf",
+            &format!(
+                "name pods\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\nrouter node_a {pka} 10.244.1.0/24\nrouter node_b {pkb} 10.244.2.0/24\n",
+                boot.ip
+            ),
+        )
+        .expect("config");
+    let cni_a = a.run_dir.join("cni");
+    lab.wh_up(
+        &a,
+        &config,
+        Some(&ska),
+        &["cni-dir", &cni_a.to_string_lossy()],
+    )
+    .expect("a up");
+    lab.wh_up(
+        &b,
+        &config,
+        Some(&skb),
+        &["cni-dir", &b.run_dir.join("cni").to_string_lossy()],
+    )
+    .expect("b up");
+    lab.wait_daemon(&a, Duration::from_secs(10))
+        .expect("a answers");
+    // A "pod" address on node_a, reached from node_b through the overlay.
+    lab.exec(
+        &a.netns,
+        &["ip", "addr", "add", "10.244.1.7/32", "dev", "lo"],
+    )
+    .expect("addr");
+    lab.ping_until(&b, "10.244.1.7", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(&b)));
+    let routes = lab.exec(&b.netns, &["ip", "route"]).expect("routes");
+    assert!(routes.contains("10.244.1.0/24 dev wh-"), "{routes}");
+    let conf_path = cni_a.join("10-wirehub.conflist");
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conf_path).expect("conflist"))
+            .expect("json");
+    let plugin = &conf["plugins"][0];
+    assert_eq!(plugin["type"], "wirehub-cni");
+    assert_eq!(plugin["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
+    assert_eq!(
+        plugin["podSubnet"],
+        serde_json::json!(["10.244.1.0/24", "10.244.2.0/24"])
+    );
+    assert_eq!(plugin["overlaySubnet"], "10.0.42.0/24");
+    let i = iface(&lab, &a);
+    lab.wh_ok(&a, &["down", &i]).expect("down");
+    let start = Instant::now();
+    while conf_path.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !conf_path.exists(),
+        "the CNI configuration is left after wh down"
+    );
+}

@@ -285,7 +285,8 @@ prop_compose! {
             let hostname = hostname.map(|h| format!("{h}{i}")).filter(|h| used_names.insert(h.clone()));
             let endpoint = if role == Role::Boot { Some(endpoint.unwrap_or(Endpoint { host: "boot.example".into(), port: 1 })) } else { endpoint };
             let static_ip = (static_ip && role.is_trusted()).then(|| { next_static -= 1; Ipv4Addr::from(next_static + 1) });
-            peers.push(PeerSpec { role, hostname, static_ip, key, endpoint });
+            let routes = if role == Role::Router { vec!["10.244.0.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()] } else { Vec::new() };
+            peers.push(PeerSpec { role, hostname, static_ip, key, endpoint, routes });
         }
         NetworkSpec { name, subnet: Some(subnet), workbits, namespace, peers }
     }
@@ -317,4 +318,31 @@ proptest! {
         let text = lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n");
         let _ = parse(&text);
     }
+}
+
+#[test]
+fn routers_carry_their_routed_subnets() {
+    let text = format!(
+        "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} 203.0.113.5 10.244.1.0/24,fd00:1::/64\nrouter gw2 {KB} 10.244.2.0/24\n"
+    );
+    let spec = parse(&text).unwrap().spec;
+    assert_eq!(spec.peers[0].routes.len(), 2);
+    assert_eq!(spec.peers[0].endpoint.as_ref().unwrap().host, "203.0.113.5");
+    assert_eq!(
+        spec.peers[1].routes,
+        vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert!(spec.peers[1].endpoint.is_none());
+    assert_eq!(parse(&spec.to_string()).unwrap().spec, spec);
+    let errs = errors(&format!(
+        "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} 10.244.1.1/24\n"
+    ));
+    assert!(errs[0].message.contains("host bits"), "{errs:?}");
+    // Only routers route: on a trust line a CIDR is a bad endpoint.
+    assert!(
+        parse(&format!(
+            "name n\nsubnet 10.1.0.0/24\ntrust a {KA} 10.244.1.0/24\n"
+        ))
+        .is_err()
+    );
 }

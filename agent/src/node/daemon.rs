@@ -32,14 +32,19 @@ const RECV_BUFFER: usize = 65536;
 const TICK: Duration = Duration::from_millis(250);
 
 /// Runs the daemon on a fresh tokio runtime until it is told to stop.
-pub fn run_blocking(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Result<()> {
+pub fn run_blocking(
+    opts: UpOptions,
+    spec: NetworkSpec,
+    key: PrivateKey,
+    updates: Option<mpsc::Receiver<SpecUpdate>>,
+) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(opts, spec, key))
+    runtime.block_on(run(opts, spec, key, updates))
 }
 
 fn init_logging() {
@@ -81,6 +86,14 @@ struct PendingPing {
 }
 
 struct Daemon {
+    /// Reloads read the network file (else they come from `updates`).
+    from_file: bool,
+    /// Peers changed: the routes must be checked.
+    routes_dirty: bool,
+    /// Routes into the interface for peers' routed subnets.
+    routes_installed: Vec<ipnet::IpNet>,
+    /// The CNI configuration file this node wrote.
+    cni_written: Option<std::path::PathBuf>,
     opts: UpOptions,
     spec: NetworkSpec,
     public: PublicKey,
@@ -111,6 +124,9 @@ struct Daemon {
     publish_pending: bool,
 }
 
+/// The name of the CNI configuration a router node writes.
+pub const CNI_CONFIG_NAME: &str = "10-wirehub.conflist";
+
 /// Datagrams held per peer while it has no path, and for how long.
 const WAITING_PER_PEER: usize = 16;
 const WAITING_TTL: Duration = Duration::from_secs(3);
@@ -122,7 +138,24 @@ const DIRECT_QUIET: Duration = Duration::from_secs(7);
 /// Own record changes are republished at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
-async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Result<()> {
+/// A new version of the network from another source than the file (the
+/// Kubernetes agent); the answer says what changed, or why nothing did.
+pub struct SpecUpdate {
+    pub spec: NetworkSpec,
+    pub reply: Option<oneshot::Sender<Result<String, String>>>,
+}
+
+/// Runs the node until it is told to stop (`wh down`, SIGTERM, Ctrl-C).
+/// `updates`, when given, replaces the network file as the source of
+/// reloads (`wh reload` then refuses).
+pub async fn run(
+    opts: UpOptions,
+    spec: NetworkSpec,
+    key: PrivateKey,
+    updates: Option<mpsc::Receiver<SpecUpdate>>,
+) -> anyhow::Result<()> {
+    let from_file = updates.is_none();
+    let mut updates = updates.unwrap_or_else(|| mpsc::channel(1).1);
     let public = key.public_key();
     let socket = UdpSocket::bind(SocketAddr::new(
         IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -204,6 +237,10 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
     )
     .map_err(|e| anyhow::anyhow!("no random source for nonces: {e}"))?;
     let mut d = Daemon {
+        from_file,
+        routes_dirty: false,
+        routes_installed: Vec::new(),
+        cni_written: None,
         codec,
         opts,
         spec,
@@ -231,6 +268,7 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
         last_publish: None,
         publish_pending: false,
     };
+    d.publish_cni_config();
     d.resolve_static_endpoints().await;
     d.apply_paths();
     d.flush();
@@ -262,6 +300,15 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
             },
             Some(out) = outgoing.recv() => d.on_outgoing(out),
             Some(ev) = upnp_events.recv() => d.on_upnp(ev),
+            Some(update) = updates.recv() => {
+                let result = d.apply_spec(update.spec);
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "network update refused");
+                }
+                if let Some(reply) = update.reply {
+                    let _ = reply.send(result);
+                }
+            }
             Some((req, reply)) = calls.recv() => d.on_request(req, reply).await,
             _ = tick.tick() => d.on_tick(),
             _ = tokio::time::sleep_until(sleep_until) => {
@@ -272,6 +319,9 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
             _ = term.recv() => { tracing::info!("terminated"); d.stopping = true; }
         }
         d.after_event();
+        if d.routes_dirty {
+            d.sync_routes().await;
+        }
     }
     control_task.abort();
     let _ = upnp_stop.send(true);
@@ -285,6 +335,9 @@ async fn run(opts: UpOptions, spec: NetworkSpec, key: PrivateKey) -> anyhow::Res
     }
     if let Some(dir) = control::socket_path(&d.opts.interface).parent() {
         let _ = std::fs::remove_file(dir.join("ready"));
+    }
+    if let Some(p) = d.cni_written.take() {
+        let _ = std::fs::remove_file(p);
     }
     tracing::info!("node down");
     Ok(())
@@ -358,6 +411,7 @@ impl Daemon {
             return;
         };
         let mut released = Vec::new();
+        let mut routes_wanted = false;
         for change in self.overlay.take_changes() {
             match &change.path {
                 Some(PeerPath::Direct(a)) => {
@@ -386,6 +440,10 @@ impl Daemon {
                 tracing::warn!(peer = %change.key.short(10), error = %e, "cannot program the peer");
             }
             released.push(change.key);
+            routes_wanted = true;
+        }
+        if routes_wanted {
+            self.routes_dirty = true;
         }
         for key in released {
             if self.overlay.path(&key).is_some() {
@@ -705,6 +763,34 @@ impl Daemon {
         }
     }
 
+    /// Routes into the interface every subnet a reachable peer routes, and
+    /// removes the routes of peers gone.
+    async fn sync_routes(&mut self) {
+        self.routes_dirty = false;
+        let Some(dp) = &self.dataplane else {
+            return;
+        };
+        let mut wanted: Vec<ipnet::IpNet> = Vec::new();
+        for p in self.spec.trusted().filter(|p| p.key != self.public) {
+            if self.overlay.path(&p.key).is_some() {
+                wanted.extend(self.overlay.routes_of(&p.key));
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        for n in wanted.iter().filter(|n| !self.routes_installed.contains(n)) {
+            if let Err(e) = dp.add_route(*n).await {
+                tracing::warn!(route = %n, error = %e, "cannot add a route into the overlay");
+            }
+        }
+        for n in self.routes_installed.iter().filter(|n| !wanted.contains(n)) {
+            if let Err(e) = dp.remove_route(*n).await {
+                tracing::debug!(route = %n, error = %e, "cannot remove a route");
+            }
+        }
+        self.routes_installed = wanted;
+    }
+
     /// Sends what waited for a path to `key`, now that it has one.
     fn release_waiting(&mut self, key: PublicKey) {
         let Some(queue) = self.waiting.remove(&key) else {
@@ -905,11 +991,89 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> Result<serde_json::Value, String> {
+        if !self.from_file {
+            return Err("this node takes its network from Kubernetes, not from a file; edit the WireHubNetwork resource instead".into());
+        }
         let spec =
             load_spec(&self.opts.config_path).map_err(|e| format!("{e:#}\nnothing was changed"))?;
+        self.apply_spec(spec).map(|s| json!(s))
+    }
+
+    /// Applies a new version of the network, or refuses it whole.
+    fn apply_spec(&mut self, spec: NetworkSpec) -> Result<String, String> {
         let summary = self.overlay.reload(&spec, Instant::now())?;
         self.spec = spec;
-        Ok(json!(summary))
+        self.publish_cni_config();
+        Ok(summary)
+    }
+
+    /// Writes the node's CNI configuration when it routes a pod CIDR (and
+    /// removes it when it no longer does).
+    fn publish_cni_config(&mut self) {
+        let Some(dir) = self.opts.cni_dir.clone() else {
+            return;
+        };
+        let own = self.overlay.own_routes();
+        let path = dir.join(CNI_CONFIG_NAME);
+        if own.is_empty() {
+            if let Some(p) = self.cni_written.take() {
+                let _ = std::fs::remove_file(p);
+            }
+            return;
+        }
+        let ranges: Vec<serde_json::Value> = own
+            .iter()
+            .map(|n| json!([{"subnet": n.to_string()}]))
+            .collect();
+        let ready = control::socket_path(&self.opts.interface)
+            .parent()
+            .map(|d| d.join("ready").display().to_string())
+            .unwrap_or_default();
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "wirehub",
+            "plugins": [
+                {
+                    "type": "wirehub-cni",
+                    "mtu": self.opts.mtu,
+                    "podSubnet": self.overlay.all_routes().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    "overlaySubnet": self.spec.subnet.map(|s| s.to_string()),
+                    "readyFile": ready,
+                    "ipam": {"type": "host-local", "ranges": ranges},
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+            ],
+        });
+        let Ok(text) = serde_json::to_string_pretty(&conf) else {
+            return;
+        };
+        if std::fs::create_dir_all(&dir).is_err() {
+            tracing::warn!(dir = %dir.display(), "cannot create the CNI configuration directory");
+            return;
+        }
+        // Written aside then renamed, so a runtime never reads half a file.
+        let tmp = dir.join(format!(".{CNI_CONFIG_NAME}.tmp"));
+        match std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            Ok(()) => {
+                if self.cni_written.is_none() {
+                    tracing::info!(path = %path.display(), pod_cidrs = ?own, "CNI configuration written");
+                }
+                self.cni_written = Some(path);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the CNI configuration")
+            }
+        }
+        // Pods' traffic crosses this node: it must forward.
+        let mut files = vec!["/proc/sys/net/ipv4/ip_forward"];
+        if own.iter().any(|n| matches!(n, ipnet::IpNet::V6(_))) {
+            files.push("/proc/sys/net/ipv6/conf/all/forwarding");
+        }
+        for file in files {
+            if let Err(e) = std::fs::write(file, "1") {
+                tracing::warn!(file, error = %e, "cannot enable forwarding");
+            }
+        }
     }
 
     fn status(&self) -> control::Status {

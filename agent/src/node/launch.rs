@@ -44,7 +44,13 @@ pub struct UpOptions {
     pub mode: Mode,
     pub backend: BackendKind,
     pub mtu: u32,
+    /// Where the node writes its CNI configuration when it routes a pod
+    /// CIDR (`None`: never).
+    pub cni_dir: Option<PathBuf>,
 }
+
+/// Default directory of CNI configurations.
+pub const DEFAULT_CNI_DIR: &str = "/etc/cni/net.d";
 
 fn usage(message: String) -> Failure {
     Failure::Usage(crate::cli::Usage {
@@ -146,9 +152,12 @@ pub fn up(args: &Args) -> Outcome {
         mode,
         backend,
         mtu,
+        cni_dir: Some(PathBuf::from(
+            args.get("cni-dir").unwrap_or(DEFAULT_CNI_DIR),
+        )),
     };
     if args.flag("--foreground") {
-        crate::node::daemon::run_blocking(opts, spec, key)?;
+        crate::node::daemon::run_blocking(opts, spec, key, None)?;
         return Ok(0);
     }
     start_background(args, &opts, &key)
@@ -171,7 +180,7 @@ fn start_background(args: &Args, opts: &UpOptions, key: &PrivateKey) -> Outcome 
         .args(["private-key", "-", "interface", &opts.interface])
         .args(["listen-port", &opts.listen_port.to_string()])
         .args(["mtu", &opts.mtu.to_string()]);
-    for k in ["mode", "backend"] {
+    for k in ["mode", "backend", "cni-dir"] {
         if let Some(v) = args.get(k) {
             cmd.args([k, v]);
         }

@@ -62,6 +62,7 @@ impl Peer {
             ips.push(IpNet::V4(Ipv4Net::from(v4)));
         }
         ips.push(IpNet::V6(Ipv6Net::from(self.ipv6)));
+        ips.extend(self.spec.routes.iter().copied());
         ips
     }
 }
@@ -114,6 +115,33 @@ impl Overlay {
         self.has_interface().then_some(self.own_ipv6)
     }
 
+    /// Subnets this node routes (its `router` line): its pod CIDRs.
+    pub fn own_routes(&self) -> Vec<IpNet> {
+        self.own_spec
+            .as_ref()
+            .map(|s| s.routes.clone())
+            .unwrap_or_default()
+    }
+
+    /// Subnets a peer routes.
+    pub fn routes_of(&self, key: &PublicKey) -> Vec<IpNet> {
+        self.peers
+            .get(key)
+            .map(|p| p.spec.routes.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every subnet routed by a member of the network, this node included.
+    pub fn all_routes(&self) -> Vec<IpNet> {
+        let mut v = self.own_routes();
+        for p in self.peers.values() {
+            v.extend(p.spec.routes.iter().copied());
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The interface's addresses: the IPv4 in the subnet, the IPv6 in the /64.
     pub fn own_addresses(&self) -> Vec<IpNet> {
         let mut v = Vec::new();
@@ -147,7 +175,7 @@ impl Overlay {
             let ipv6 = spec.ipv6_of(&m.peer.key);
             match self.peers.get_mut(&m.peer.key) {
                 Some(p) => {
-                    let changed = p.ipv4 != m.ipv4;
+                    let changed = p.ipv4 != m.ipv4 || p.spec.routes != m.peer.routes;
                     p.spec = m.peer.clone();
                     p.ipv4 = m.ipv4;
                     p.ipv6 = ipv6;
