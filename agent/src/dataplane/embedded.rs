@@ -2,13 +2,16 @@
 //! device, our own timers, the daemon's socket.
 //!
 //! Hot paths:
-//! - outbound: one task per TUN queue reads packets, finds the peer by
+//! - outbound: one task per TUN queue reads packets (TSO packets of up to
+//!   64 KiB when offloads are on, cut into segments here), finds the peer by
 //!   longest-prefix match on a snapshot of the peer table (refreshed only when
 //!   its generation changes: no lock), encrypts under the peer's own lock
-//!   into a task-owned buffer, and sends with `try_send_to`;
+//!   into a task-owned buffer, and sends the segments of one packet in one
+//!   `sendmsg` with `UDP_SEGMENT` (or `try_send_to` one by one);
 //! - inbound: [`Embedded::receive`] runs on the daemon's task, finds the peer
 //!   by receiver index under a read lock of the table, decrypts into a
-//!   per-thread buffer and writes to the TUN device directly.
+//!   per-thread buffer, and writes to the TUN device, coalescing consecutive
+//!   TCP segments into one packet (GRO) until the daemon's task yields.
 //!
 //! No allocation per packet on either path, except the `Outgoing` values a
 //! relayed peer needs.
@@ -538,9 +541,6 @@ impl Embedded {
             tracing::trace!(%from, ?from_key, "datagram for no known peer");
             return;
         };
-        peer.rx_bytes
-            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-
         let mut st = peer.lock();
         // Replies to a direct datagram go back where it came from; replies
         // to a relayed one take the peer's configured path.
@@ -550,10 +550,15 @@ impl Embedded {
         };
         let head = if shared.vnet_hdr() { VNET_HDR_LEN } else { 0 };
         let base = buf[head..].as_ptr();
-        let to_tun = match st
+        let result = st
             .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut buf[head..])
-        {
+            .decapsulate(Some(from.ip()), datagram, &mut buf[head..]);
+        if !matches!(result, TunnResult::Err(_)) {
+            // Authenticated (or a cookie reply): count it.
+            peer.rx_bytes
+                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        }
+        let to_tun = match result {
             TunnResult::Done => None,
             TunnResult::Err(e) => {
                 tracing::debug!(peer = ?peer.key, %from, "decapsulate: {e:?}");
