@@ -151,15 +151,40 @@ impl External {
         } else {
             None
         };
-        let device = Device::get(&iface, backend).map_err(wg_err)?;
-        let port = device.listen_port.filter(|p| *p != 0).ok_or_else(|| {
-            wg_err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "WireGuard reports no listen port",
-            ))
-        })?;
-        let netlink = Netlink::new()?;
-        let link = Link::configure(netlink, &cfg).await?;
+        let configured = async {
+            let device = Device::get(&iface, backend).map_err(wg_err)?;
+            let port = device.listen_port.filter(|p| *p != 0).ok_or_else(|| {
+                wg_err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "WireGuard reports no listen port",
+                ))
+            })?;
+            let netlink = Netlink::new()?;
+            let link = Link::configure(netlink, &cfg).await?;
+            Ok::<_, DataPlaneError>((port, link))
+        }
+        .await;
+        let (port, link) = match configured {
+            Ok(r) => r,
+            Err(e) => {
+                // Take down what apply made.
+                let cleanup = match backend {
+                    Backend::Userspace => {
+                        wireguard_control::backends::userspace::delete_interface(&iface)
+                    }
+                    Backend::Kernel => {
+                        wireguard_control::backends::kernel::delete_interface(&iface)
+                    }
+                };
+                if let Err(c) = cleanup {
+                    tracing::debug!("cleanup after failed create: {c}");
+                }
+                if let Some(pid) = started_pid {
+                    stop_process(pid, &cfg.name).await;
+                }
+                return Err(e);
+            }
+        };
         let private = x25519::StaticSecret::from(*cfg.private_key.as_bytes());
         let public = x25519::PublicKey::from(&private);
         tracing::info!(iface = cfg.name, %kind, port, "external WireGuard up");
