@@ -800,7 +800,9 @@ impl Dht {
         };
         if from_key == target {
             l.target_answered = true;
-            l.found = l.candidate_mut(&from_key).map(|c| c.record.clone());
+            if let Some(c) = l.candidate_mut(&from_key) {
+                l.found = Some(c.record.clone());
+            }
         }
         let next_hop = hop.saturating_add(1);
         for r in valid {

@@ -13,6 +13,8 @@ const NOW: u64 = 1_700_000_000_000;
 struct Pair {
     a: Codec,
     b: Codec,
+    /// Milliseconds since NOW: time goes on, one millisecond per input.
+    clock: u64,
 }
 
 static PAIR: Mutex<Option<Pair>> = Mutex::new(None);
@@ -32,22 +34,25 @@ fuzz_target!(|data: &[u8]| {
     let pair = guard.get_or_insert_with(|| Pair {
         a: Codec::with_nonce_seed(PrivateKey::from_bytes([1; 32]), config(), [1; 32]),
         b: Codec::with_nonce_seed(PrivateKey::from_bytes([2; 32]), config(), [2; 32]),
+        clock: 0,
     });
+    pair.clock += 1;
+    let now = NOW + pair.clock;
     // Raw bytes, as received from anyone.
-    assert!(pair.b.open(NOW, data).is_err());
+    assert!(pair.b.open(now, data).is_err());
     let mut forced = data.to_vec();
     if let Some(f) = forced.first_mut() {
         *f = MAGIC;
     }
-    assert!(pair.b.open(NOW, &forced).is_err());
+    assert!(pair.b.open(now, &forced).is_err());
     // The same bytes read as a message, sealed by a real peer.
     if let Ok(msg) = Message::decode(data) {
         let to = pair.b.public_key();
-        if let Ok(sealed) = pair.a.seal(NOW, &to, &msg) {
-            let (from, got) = pair.b.open(NOW, &sealed).expect("a sealed message opens");
+        if let Ok(sealed) = pair.a.seal(now, &to, &msg) {
+            let (from, got) = pair.b.open(now, &sealed).expect("a sealed message opens");
             assert_eq!(from, pair.a.public_key());
             assert_eq!(got, msg);
-            assert_eq!(pair.b.open(NOW, &sealed), Err(OpenError::Replay));
+            assert_eq!(pair.b.open(now, &sealed), Err(OpenError::Replay));
         }
     }
 });

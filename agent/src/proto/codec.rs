@@ -6,7 +6,7 @@ use crate::keys::{Blake2b256, KEY_LEN, PrivateKey, PublicKey};
 use blake2::Digest;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// First byte of every WireHub datagram (WireGuard's are 1 to 4).
 pub const MAGIC: u8 = 0xFF;
@@ -243,51 +243,69 @@ impl KeyCache {
     }
 }
 
-/// Tags of accepted datagrams, in two generations. A generation is retired
-/// after twice the skew window or when it holds half the capacity; the
-/// highest timestamp it held becomes the floor: anything not newer than the
-/// floor is refused, since it may be a replay we no longer remember.
+/// Tags of accepted datagrams, in two generations, each tag with its
+/// timestamp and (the first 8 bytes of) its sender's key. A generation is
+/// retired after twice the skew window (its datagrams are then too old to
+/// pass the window anyway) or, under a flood, when it holds half the
+/// capacity. Retiring a generation early forgets tags that could still be
+/// replayed: for each sender in it, the highest timestamp it had becomes
+/// that sender's *floor*, and a later datagram from that sender whose
+/// timestamp is not above it is refused. Floors are per sender, so one
+/// busy or flooding peer never costs another peer its datagrams; a floor is
+/// dropped once the window has passed it.
 struct ReplayCache {
-    current: HashSet<u128>,
-    current_max_ts: u64,
+    current: HashMap<u128, (u64, u64)>,
     current_since: u64,
-    previous: HashSet<u128>,
-    previous_max_ts: u64,
-    floor: u64,
+    previous: HashMap<u128, (u64, u64)>,
+    floors: HashMap<u64, u64>,
     half: usize,
-    lifetime_ms: u64,
+    skew_ms: u64,
+}
+
+fn sender_id(k: &PublicKey) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k.0[..8]);
+    u64::from_le_bytes(b)
 }
 
 impl ReplayCache {
     fn new(capacity: usize, skew_ms: u64) -> Self {
         ReplayCache {
-            current: HashSet::new(),
-            current_max_ts: 0,
+            current: HashMap::new(),
             current_since: 0,
-            previous: HashSet::new(),
-            previous_max_ts: 0,
-            floor: 0,
+            previous: HashMap::new(),
+            floors: HashMap::new(),
             half: (capacity / 2).max(1),
-            lifetime_ms: 2 * skew_ms,
+            skew_ms,
         }
     }
 
-    fn seen(&self, ts: u64, tag: u128) -> bool {
-        ts <= self.floor || self.current.contains(&tag) || self.previous.contains(&tag)
+    fn seen(&self, sender: &PublicKey, ts: u64, tag: u128) -> bool {
+        self.current.contains_key(&tag)
+            || self.previous.contains_key(&tag)
+            || self
+                .floors
+                .get(&sender_id(sender))
+                .is_some_and(|f| ts <= *f)
     }
 
-    fn insert(&mut self, now: u64, ts: u64, tag: u128) {
-        if self.current.len() >= self.half
-            || now.saturating_sub(self.current_since) >= self.lifetime_ms
-        {
-            self.floor = self.floor.max(self.previous_max_ts);
-            self.previous = std::mem::take(&mut self.current);
-            self.previous_max_ts = self.current_max_ts;
-            self.current_max_ts = 0;
+    fn insert(&mut self, now: u64, sender: &PublicKey, ts: u64, tag: u128) {
+        let aged = now.saturating_sub(self.current_since) >= 2 * self.skew_ms;
+        if aged || self.current.len() >= self.half {
+            let retired = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
             self.current_since = now;
+            let horizon = now.saturating_sub(self.skew_ms);
+            self.floors.retain(|_, f| *f >= horizon);
+            if !aged {
+                for (_, (t, id)) in retired {
+                    if t >= horizon {
+                        let f = self.floors.entry(id).or_insert(0);
+                        *f = (*f).max(t);
+                    }
+                }
+            }
         }
-        self.current.insert(tag);
-        self.current_max_ts = self.current_max_ts.max(ts);
+        self.current.insert(tag, (ts, sender_id(sender)));
     }
 
     fn len(&self) -> usize {
@@ -295,7 +313,9 @@ impl ReplayCache {
     }
 
     fn heap_bytes(&self) -> usize {
-        (self.current.capacity() + self.previous.capacity()) * (std::mem::size_of::<u128>() + 1)
+        let entry = std::mem::size_of::<(u128, (u64, u64))>() + 1;
+        (self.current.capacity() + self.previous.capacity()) * entry
+            + self.floors.capacity() * (std::mem::size_of::<(u64, u64)>() + 1)
     }
 }
 
@@ -547,11 +567,11 @@ impl Codec {
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag_bytes);
         let tag_id = u128::from_le_bytes(t);
-        if self.replay.seen(ts, tag_id) {
+        if self.replay.seen(&sender, ts, tag_id) {
             return Err(OpenError::Replay);
         }
         let msg = Message::decode(&self.scratch[TIMESTAMP_LEN..])?;
-        self.replay.insert(now_ms, ts, tag_id);
+        self.replay.insert(now_ms, &sender, ts, tag_id);
         Ok((sender, msg))
     }
 

@@ -208,6 +208,33 @@ fn replay_cache_is_bounded_and_stays_safe() {
 }
 
 #[test]
+fn a_flooding_peer_does_not_cost_others_their_datagrams() {
+    let mut flood = Codec::with_nonce_seed(key_from(3), cfg(0), [3; 32]);
+    let mut slow = Codec::with_nonce_seed(key_from(1), cfg(0), [1; 32]);
+    let mut b = Codec::with_nonce_seed(
+        key_from(2),
+        CodecConfig {
+            replay_cache: 16,
+            ..cfg(0)
+        },
+        [2; 32],
+    );
+    let pb = b.public_key();
+    for i in 0..200u64 {
+        let d = flood.seal(NOW + i, &pb, &Message::Probe { id: i }).unwrap();
+        assert!(b.open(NOW + i, &d).is_ok());
+    }
+    // A peer whose clock is 10 s behind still gets through.
+    let d = slow
+        .seal(NOW - 10_000, &pb, &Message::Probe { id: 1 })
+        .unwrap();
+    assert!(b.open(NOW + 200, &d).is_ok());
+    // The flooder's own old datagrams are refused: its floor.
+    let old = flood.seal(NOW, &pb, &Message::Probe { id: 0 }).unwrap();
+    assert_eq!(b.open(NOW + 200, &old), Err(OpenError::Replay));
+}
+
+#[test]
 fn replay_generations_expire_with_time() {
     let (mut a, mut b) = pair();
     for i in 0..10u64 {
