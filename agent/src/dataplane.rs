@@ -408,8 +408,13 @@ impl Link {
                 tracing::debug!("removing route {r}: {e}");
             }
         }
-        if netlink::link_index(&self.name) == Some(self.index) {
-            self.netlink.delete_link(self.index).await?;
+        // Only if the name still points at our link (an external WireGuard
+        // may have removed it already, and indices can be reused).
+        if self.netlink.find_link(&self.name).await? == Some(self.index)
+            && let Err(e) = self.netlink.delete_link(self.index).await
+            && self.netlink.find_link(&self.name).await? == Some(self.index)
+        {
+            return Err(e.into());
         }
         Ok(())
     }

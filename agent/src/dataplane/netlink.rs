@@ -143,19 +143,21 @@ impl Netlink {
             .map_err(req(format!("delete link {index}")))
     }
 
-    /// Whether the link exists (by a netlink dump, not a cached index).
-    pub async fn link_exists(&self, name: &str) -> Result<bool, NetlinkError> {
+    /// The index of the link named `name` in this connection's namespace
+    /// (by a netlink dump, whatever thread calls).
+    pub async fn find_link(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
         let mut links = self.handle.link().get().execute();
+        let mut found = None;
         while let Some(msg) = links.try_next().await.map_err(req("list links"))? {
             for attr in &msg.attributes {
                 if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = attr
                     && n == name
                 {
-                    return Ok(true);
+                    found = Some(msg.header.index);
                 }
             }
         }
-        Ok(false)
+        Ok(found)
     }
 
     /// Creates a kernel WireGuard link named `name`.
