@@ -358,6 +358,79 @@ pub const COMMANDS: &[Command] = &[
         details: "Every error of the file is printed with its line and column.",
     },
     Command {
+        name: "agent",
+        summary: "Run the Kubernetes node agent (the WireHub DaemonSet's process).",
+        positionals: &[],
+        keywords: &[
+            Keyword {
+                name: "node",
+                value: Value::Text,
+                help: "this node's name (default: $NODE_NAME)",
+            },
+            Keyword {
+                name: "network",
+                value: Value::Text,
+                help: "the WireHubNetwork to run (default: $WH_NETWORK, else the only one)",
+            },
+            Keyword {
+                name: "key-file",
+                value: Value::File,
+                help: "the node's private key, made on first start (default: $WH_KEY_FILE, else /var/lib/wirehub/private.key)",
+            },
+            Keyword {
+                name: "metrics-address",
+                value: Value::Text,
+                help: "where /healthz, /readyz and /metrics listen (default: $WH_METRICS_ADDRESS, else 0.0.0.0:9796)",
+            },
+            Keyword {
+                name: "cni-dir",
+                value: Value::File,
+                help: "where the node writes its CNI configuration, or none (default: $WH_CNI_DIR, else /etc/cni/net.d)",
+            },
+            Keyword {
+                name: "mtu",
+                value: Value::Number,
+                help: "MTU of the overlay interface (default: $WH_MTU, else 1420)",
+            },
+            Keyword {
+                name: "backend",
+                value: Value::Choice(&["auto", "embedded", "kernel", "userspace"]),
+                help: "WireGuard data plane (default: $WH_BACKEND, else auto)",
+            },
+            Keyword {
+                name: "mode",
+                value: Value::Choice(&["unknown", "direct", "nat"]),
+                help: "skip NAT detection (default: $WH_MODE, else detect)",
+            },
+        ],
+        flags: &[],
+        details: "Needs in-cluster credentials (or $KUBECONFIG). The Lease used to elect the agent that allocates lives in $POD_NAMESPACE (default kube-system). See docs/kubernetes.md.",
+    },
+    Command {
+        name: "crd",
+        summary: "Print the WireHubNetwork CustomResourceDefinition (YAML), generated from the Rust types.",
+        positionals: &[],
+        keywords: &[],
+        flags: &[],
+        details: "crds/wirehubnetwork.yaml is this command's output: wh crd > crds/wirehubnetwork.yaml",
+    },
+    Command {
+        name: "network",
+        summary: "Print a WireHubNetwork as a network file (for hosts outside the cluster), or a network file as a WireHubNetwork.",
+        positionals: &[Positional {
+            name: "SOURCE",
+            value: Value::File,
+            required: false,
+        }],
+        keywords: &[Keyword {
+            name: "cluster",
+            value: Value::Text,
+            help: "read the WireHubNetwork NAME from the cluster ($KUBECONFIG) instead of SOURCE",
+        }],
+        flags: &[],
+        details: "SOURCE is a file or - (stdin): a resource (YAML or JSON, as kubectl get -o yaml prints it, status included) prints as the network file its nodes run; a network file prints as a resource.\nkubectl get wirehubnetwork NAME -o yaml | wh network -",
+    },
+    Command {
         name: "completion",
         summary: "Print a shell completion script.",
         positionals: &[Positional {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod dht;
+pub mod k8s;
 pub mod keys;
 pub mod nat;
 pub mod node;

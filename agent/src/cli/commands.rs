@@ -62,6 +62,9 @@ pub fn dispatch(argv: &[String]) -> Outcome {
         "orchid" => orchid(&args),
         "check" => check(&args),
         "completion" => completion::print(args.positional(0).unwrap_or_default()),
+        "agent" => crate::k8s::agent::run(&args),
+        "crd" => crate::k8s::crd_command(&args),
+        "network" => crate::k8s::network_command(&args),
         other => crate::control::client::run(other, &args),
     }
 }

@@ -1,0 +1,521 @@
+//! Conversions between the `WireHubNetwork` resource and the network file's
+//! [`NetworkSpec`], both ways, and the spec a cluster node runs: every
+//! participating node as a `router` of its pod CIDR, plus the resource's
+//! boot nodes and external peers. No I/O here.
+
+use super::crd::{BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec};
+use super::{ANN_ENDPOINT, ANN_OVERLAY_IP, ANN_POD_CIDR, ANN_PUBLIC_KEY};
+use crate::config::{DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
+use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, PublicKey};
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::Node;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Default prefix length of the pod CIDR blocks the agents allocate.
+pub const DEFAULT_POD_CIDR_PREFIX: u8 = 24;
+
+/// One thing wrong with a resource or the cluster's state, for status and
+/// events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A CamelCase word (the condition's and the event's reason).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// The reason of problems that make the resource unusable as a whole.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// What the agents know of one cluster node (from its Node object).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub key: Option<PublicKey>,
+    pub endpoint: Option<Endpoint>,
+    pub overlay_ip: Option<Ipv4Addr>,
+    /// Node.spec.podCIDR when set (the cluster allocates).
+    pub spec_pod_cidr: Option<Ipv4Net>,
+    /// The pod CIDR the agents recorded (annotation).
+    pub recorded_pod_cidr: Option<Ipv4Net>,
+    /// The Node's InternalIP.
+    pub internal_ip: Option<String>,
+}
+
+impl ClusterNode {
+    /// The pod CIDR the node routes: the cluster's, else the recorded one.
+    pub fn pod_cidr(&self) -> Option<Ipv4Net> {
+        self.spec_pod_cidr.or(self.recorded_pod_cidr)
+    }
+
+    /// Reads what matters from a Node object. Unparsable annotations count
+    /// as missing (they are re-recorded).
+    pub fn from_node(node: &Node) -> ClusterNode {
+        let meta = &node.metadata;
+        let ann = |k: &str| {
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .map(|v| v.trim().to_string())
+        };
+        let spec_pod_cidr = node.spec.as_ref().and_then(|s| {
+            s.pod_cidr
+                .clone()
+                .into_iter()
+                .chain(s.pod_cidrs.clone().unwrap_or_default())
+                .find_map(|c| c.parse::<Ipv4Net>().ok())
+        });
+        let internal_ip = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.clone());
+        ClusterNode {
+            name: meta.name.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            key: ann(ANN_PUBLIC_KEY).and_then(|k| k.parse().ok()),
+            endpoint: ann(ANN_ENDPOINT).and_then(|e| Endpoint::parse(&e).ok()),
+            overlay_ip: ann(ANN_OVERLAY_IP).and_then(|i| i.parse().ok()),
+            spec_pod_cidr,
+            recorded_pod_cidr: ann(ANN_POD_CIDR).and_then(|c| c.parse().ok()),
+            internal_ip,
+        }
+    }
+
+    /// Whether the node takes part in a network with this node selector.
+    pub fn selected(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.labels.get(k).is_some_and(|l| l == v))
+    }
+}
+
+/// A Kubernetes name turned into a name of the network file (letters,
+/// digits, '-', '_', starting with a letter, at most 63): dots become '-',
+/// a leading digit gets an 'n' in front.
+pub fn file_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        s.insert(0, 'n');
+    }
+    s.truncate(crate::config::MAX_HOSTNAME);
+    s
+}
+
+/// The header of the network (name, subnet, workbits, namespace) and the
+/// resource's own peers (boot nodes first, then the external peers), or why
+/// it cannot be used.
+pub fn resource_peers(
+    name: &str,
+    spec: &WireHubNetworkSpec,
+) -> Result<(NetworkSpec, Vec<PeerSpec>, Vec<PeerSpec>), Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut bad = |m: String| problems.push(Problem::new(INVALID_SPEC, m));
+    let mut net = NetworkSpec::new(file_name(name));
+    match spec.subnet.parse::<Ipv4Net>() {
+        Ok(s) if s.trunc() != s => bad(format!(
+            "spec.subnet {} has host bits set; did you mean {}?",
+            spec.subnet,
+            s.trunc()
+        )),
+        Ok(s) if s.prefix_len() > 30 => bad(format!(
+            "spec.subnet {} is too small: use /30 or larger",
+            spec.subnet
+        )),
+        Ok(s) => net.subnet = Some(s),
+        Err(_) => bad(format!(
+            "spec.subnet '{}' is not an IPv4 network such as 10.0.0.0/24",
+            spec.subnet
+        )),
+    }
+    net.workbits = spec.workbits.unwrap_or(DEFAULT_WORKBITS);
+    if net.workbits > 64 {
+        bad(format!("spec.workbits {} is above 64", net.workbits));
+    }
+    net.namespace = spec
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    if net.namespace.is_empty() || net.namespace.contains(char::is_whitespace) {
+        bad(format!(
+            "spec.namespace '{}' must be one word without spaces",
+            net.namespace
+        ));
+    }
+    if let Some(p) = &spec.pod_subnet {
+        match p.parse::<Ipv4Net>() {
+            Ok(n) if n.trunc() == n => {}
+            _ => bad(format!(
+                "spec.podSubnet '{p}' is not a network such as 10.244.0.0/16"
+            )),
+        }
+    }
+    let mut boots = Vec::new();
+    for (i, b) in spec.boot_nodes.iter().enumerate() {
+        match boot_peer(b) {
+            Ok(p) => boots.push(p),
+            Err(e) => bad(format!("spec.bootNodes[{i}]: {e}")),
+        }
+    }
+    let mut externals = Vec::new();
+    for (i, p) in spec.peers.iter().enumerate() {
+        match external_peer(p) {
+            Ok(p) => externals.push(p),
+            Err(e) => bad(format!("spec.peers[{i}]: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok((net, boots, externals))
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_key(k: &str) -> Result<PublicKey, String> {
+    k.parse::<PublicKey>()
+        .map_err(|e| format!("key '{k}' is not a public key: {e}"))
+}
+
+fn boot_peer(b: &BootNode) -> Result<PeerSpec, String> {
+    Ok(PeerSpec {
+        role: Role::Boot,
+        hostname: None,
+        static_ip: None,
+        key: parse_key(&b.key)?,
+        endpoint: Some(Endpoint::parse(&b.endpoint)?),
+        routes: Vec::new(),
+    })
+}
+
+fn external_peer(p: &ExternalPeer) -> Result<PeerSpec, String> {
+    let role = match p.role {
+        Some(PeerRole::Trust) => Role::Trust,
+        Some(PeerRole::Router) => Role::Router,
+        Some(PeerRole::Peer) => Role::Peer,
+        None if p.routes.is_empty() => Role::Trust,
+        None => Role::Router,
+    };
+    if role != Role::Router && !p.routes.is_empty() {
+        return Err(format!("routes are for router peers; this one is '{role}'"));
+    }
+    let static_ip = match &p.static_ip {
+        None => None,
+        Some(ip) => Some(
+            ip.parse::<Ipv4Addr>()
+                .map_err(|_| format!("staticIp '{ip}' is not an IPv4 address"))?,
+        ),
+    };
+    let endpoint = match &p.endpoint {
+        None => None,
+        Some(e) => Some(Endpoint::parse(e)?),
+    };
+    let mut routes = Vec::new();
+    for r in &p.routes {
+        match r.parse::<IpNet>() {
+            Ok(n) if n.trunc() == n => routes.push(n),
+            Ok(n) => {
+                return Err(format!(
+                    "route {r} has host bits set; did you mean {}?",
+                    n.trunc()
+                ));
+            }
+            Err(_) => return Err(format!("route '{r}' is not a network")),
+        }
+    }
+    Ok(PeerSpec {
+        role,
+        hostname: p.hostname.clone(),
+        static_ip,
+        key: parse_key(&p.key)?,
+        endpoint,
+        routes,
+    })
+}
+
+/// The network a cluster runs, built from the resource and the nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub spec: NetworkSpec,
+    /// Names of the nodes in the spec, in its order.
+    pub members: Vec<String>,
+    /// Nodes left out, and why (waiting for a key or an allocation,
+    /// conflicts). Not fatal.
+    pub left_out: Vec<(String, Problem)>,
+}
+
+/// Builds the spec every node of the cluster runs: the resource's boot nodes,
+/// then every selected node that has a key, an overlay address and a pod
+/// CIDR (sorted by name, each a `router` of its pod CIDR with its overlay
+/// address pinned), then the external peers in the resource's order.
+/// `use_selector` is false when the nodes come from the resource's status
+/// (they take part by definition).
+///
+/// Fails, with every reason, when the resource cannot be used as a whole;
+/// the agents then keep running the last good spec.
+pub fn cluster_spec(
+    name: &str,
+    spec: &WireHubNetworkSpec,
+    nodes: &[ClusterNode],
+    use_selector: bool,
+) -> Result<ClusterSpec, Vec<Problem>> {
+    let (mut net, boots, externals) = resource_peers(name, spec)?;
+    let listen_port = spec.listen_port.unwrap_or(DEFAULT_PORT);
+    let mut sorted: Vec<&ClusterNode> = nodes
+        .iter()
+        .filter(|n| !use_selector || n.selected(&spec.node_selector))
+        .collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let external_keys: HashSet<PublicKey> = boots.iter().chain(&externals).map(|p| p.key).collect();
+    let external_ips: HashSet<Ipv4Addr> = externals.iter().filter_map(|p| p.static_ip).collect();
+    let external_names: HashSet<&str> = externals
+        .iter()
+        .filter_map(|p| p.hostname.as_deref())
+        .collect();
+    let mut left_out = Vec::new();
+    let mut members = Vec::new();
+    let mut node_peers = Vec::new();
+    let mut seen_keys: HashMap<PublicKey, String> = HashMap::new();
+    let mut seen_ips: HashMap<Ipv4Addr, String> = HashMap::new();
+    let mut seen_cidrs: Vec<(Ipv4Net, String)> = Vec::new();
+    let mut leave = |n: &ClusterNode, reason: &'static str, m: String| {
+        left_out.push((n.name.clone(), Problem::new(reason, m)));
+    };
+    for n in sorted {
+        let Some(key) = n.key else {
+            leave(
+                n,
+                "WaitingForKey",
+                format!(
+                    "node {} has no WireHub key yet (its agent has not started)",
+                    n.name
+                ),
+            );
+            continue;
+        };
+        let (Some(ip), Some(cidr)) = (n.overlay_ip, n.pod_cidr()) else {
+            leave(
+                n,
+                "WaitingForAllocation",
+                format!("node {} has no overlay address or pod CIDR yet", n.name),
+            );
+            continue;
+        };
+        if external_keys.contains(&key) {
+            leave(
+                n,
+                "KeyConflict",
+                format!(
+                    "node {}'s key {} is also a peer of spec.bootNodes or spec.peers",
+                    n.name,
+                    key.short(10)
+                ),
+            );
+            continue;
+        }
+        if let Some(other) = seen_keys.get(&key) {
+            leave(
+                n,
+                "KeyConflict",
+                format!(
+                    "nodes {other} and {} have the same key {}",
+                    n.name,
+                    key.short(10)
+                ),
+            );
+            continue;
+        }
+        if external_ips.contains(&ip) {
+            leave(
+                n,
+                "AddressConflict",
+                format!(
+                    "node {}'s overlay address {ip} is also a staticIp of spec.peers",
+                    n.name
+                ),
+            );
+            continue;
+        }
+        if let Some(other) = seen_ips.get(&ip) {
+            leave(
+                n,
+                "AddressConflict",
+                format!(
+                    "nodes {other} and {} have the same overlay address {ip}",
+                    n.name
+                ),
+            );
+            continue;
+        }
+        if let Some((_, other)) = seen_cidrs
+            .iter()
+            .find(|(c, _)| c.contains(&cidr.network()) || cidr.contains(&c.network()))
+        {
+            leave(
+                n,
+                "PodCIDRConflict",
+                format!("node {}'s pod CIDR {cidr} overlaps node {other}'s", n.name),
+            );
+            continue;
+        }
+        let hostname = file_name(&n.name);
+        let hostname = (!external_names.contains(hostname.as_str()) && hostname != net.name)
+            .then_some(hostname);
+        let endpoint = n.endpoint.clone().or_else(|| {
+            n.internal_ip
+                .as_ref()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .map(|ip| Endpoint {
+                    host: ip.to_string(),
+                    port: listen_port,
+                })
+        });
+        seen_keys.insert(key, n.name.clone());
+        seen_ips.insert(ip, n.name.clone());
+        seen_cidrs.push((cidr, n.name.clone()));
+        members.push(n.name.clone());
+        node_peers.push(PeerSpec {
+            role: Role::Router,
+            hostname,
+            static_ip: Some(ip),
+            key,
+            endpoint,
+            routes: vec![IpNet::V4(cidr)],
+        });
+    }
+    net.peers = boots;
+    net.peers.extend(node_peers);
+    net.peers.extend(externals);
+    if let Err(errors) = net.validate() {
+        return Err(errors
+            .into_iter()
+            .map(|e| Problem::new(INVALID_SPEC, e))
+            .collect());
+    }
+    Ok(ClusterSpec {
+        spec: net,
+        members,
+        left_out,
+    })
+}
+
+/// The nodes a resource's status lists, as cluster nodes (for printing the
+/// network file of an external host).
+pub fn status_nodes(res: &WireHubNetwork) -> Vec<ClusterNode> {
+    let Some(status) = &res.status else {
+        return Vec::new();
+    };
+    status
+        .nodes
+        .iter()
+        .map(|n| ClusterNode {
+            name: n.name.clone(),
+            key: n.public_key.as_deref().and_then(|k| k.parse().ok()),
+            endpoint: n.endpoint.as_deref().and_then(|e| Endpoint::parse(e).ok()),
+            overlay_ip: n.overlay_ipv4.as_deref().and_then(|i| i.parse().ok()),
+            recorded_pod_cidr: n.pod_cidr.as_deref().and_then(|c| c.parse().ok()),
+            ..ClusterNode::default()
+        })
+        .collect()
+}
+
+/// The network file an external host (an edge host running plain `wh up`,
+/// another cluster's gateway) uses to join this network: the resource's
+/// peers plus every node its status lists.
+pub fn resource_to_network(res: &WireHubNetwork) -> Result<ClusterSpec, Vec<Problem>> {
+    let name = res.metadata.name.clone().unwrap_or_default();
+    cluster_spec(&name, &res.spec, &status_nodes(res), false)
+}
+
+/// A network file as a resource: boot lines become spec.bootNodes; trust,
+/// router and peer lines spec.peers. Alias lines have no place in a
+/// cluster: they are left out, with a warning each.
+pub fn network_to_resource(net: &NetworkSpec) -> Result<(WireHubNetwork, Vec<String>), String> {
+    let Some(subnet) = net.subnet else {
+        return Err(format!(
+            "network {} has no subnet; a WireHubNetwork needs one",
+            net.name
+        ));
+    };
+    let mut warnings = Vec::new();
+    let mut spec = WireHubNetworkSpec {
+        subnet: subnet.to_string(),
+        workbits: (net.workbits != DEFAULT_WORKBITS).then_some(net.workbits),
+        namespace: (net.namespace != DEFAULT_NAMESPACE).then(|| net.namespace.clone()),
+        pod_subnet: None,
+        pod_cidr_prefix: None,
+        listen_port: None,
+        node_selector: BTreeMap::new(),
+        boot_nodes: Vec::new(),
+        peers: Vec::new(),
+    };
+    for p in &net.peers {
+        let role = match p.role {
+            Role::Boot => {
+                match &p.endpoint {
+                    Some(e) => spec.boot_nodes.push(BootNode {
+                        key: p.key.to_string(),
+                        endpoint: e.to_string(),
+                    }),
+                    None => warnings.push(format!(
+                        "boot {} has no endpoint: left out",
+                        p.key.short(10)
+                    )),
+                }
+                continue;
+            }
+            Role::Alias => {
+                warnings.push(format!(
+                    "alias {} has no place in a cluster: left out",
+                    p.key.short(10)
+                ));
+                continue;
+            }
+            Role::Trust => PeerRole::Trust,
+            Role::Router => PeerRole::Router,
+            Role::Peer => PeerRole::Peer,
+        };
+        spec.peers.push(ExternalPeer {
+            hostname: p.hostname.clone(),
+            key: p.key.to_string(),
+            role: Some(role),
+            static_ip: p.static_ip.map(|i| i.to_string()),
+            endpoint: p.endpoint.as_ref().map(|e| e.to_string()),
+            routes: p.routes.iter().map(|r| r.to_string()).collect(),
+        });
+    }
+    let mut res = WireHubNetwork::new(&net.name, spec);
+    res.status = None;
+    Ok((res, warnings))
+}
+
+/// The overlay addresses a spec gives, by key (for allocation).
+pub fn addresses_in_use(spec: &NetworkSpec) -> HashSet<Ipv4Addr> {
+    spec.ipv4_addresses().into_iter().flatten().collect()
+}

@@ -1,0 +1,315 @@
+//! The `WireHubNetwork` custom resource (group `wirehub.io`, version
+//! `v1alpha1`, cluster-scoped): what the network file carries, plus what a
+//! cluster needs. The doc comments of the fields are the descriptions
+//! `kubectl explain` shows; the `crds/wirehubnetwork.yaml` file is generated
+//! from these types by `wh crd` (never edited by hand).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An IPv4 address in dotted decimal.
+pub const IPV4_PATTERN: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
+/// An IPv4 network in CIDR notation.
+pub const IPV4_CIDR_PATTERN: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$";
+/// An IPv4 or IPv6 network in CIDR notation (IPv6 checked loosely here,
+/// exactly by the agent).
+pub const CIDR_PATTERN: &str = r"^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])|[0-9a-fA-F]*:[0-9a-fA-F:.]*/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))$";
+/// A WireHub public key: 43 characters of URL-safe base64.
+pub const KEY_PATTERN: &str = r"^[A-Za-z0-9_-]{43}$";
+/// `host[:port]` or `[ipv6]:port`.
+pub const ENDPOINT_PATTERN: &str =
+    r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?)(:[0-9]{1,5})?$";
+/// A node name of the network file.
+pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
+
+/// A WireHub overlay network for the nodes of this cluster: every
+/// participating node runs the WireHub node (the `wh agent` DaemonSet),
+/// routes its pod CIDR over the overlay and trusts the other nodes plus the
+/// external peers listed here.
+// The printer columns repeat `type_`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "wirehub.io",
+    version = "v1alpha1",
+    kind = "WireHubNetwork",
+    plural = "wirehubnetworks",
+    singular = "wirehubnetwork",
+    shortname = "whn",
+    category = "wirehub",
+    status = "WireHubNetworkStatus",
+    doc = "A WireHub overlay network: the nodes of this cluster and the external peers they trust, over WireGuard with DHT discovery, NAT hole punching and relays.",
+    printcolumn(
+        name = "Subnet",
+        type_ = "string",
+        json_path = ".spec.subnet",
+        description = "the overlay's IPv4 subnet"
+    ),
+    printcolumn(
+        name = "Pod Subnet",
+        type_ = "string",
+        json_path = ".spec.podSubnet",
+        description = "the cluster's pod subnet"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".status.nodeCount",
+        description = "nodes taking part"
+    ),
+    printcolumn(
+        name = "Ready Nodes",
+        type_ = "integer",
+        json_path = ".status.readyNodes",
+        description = "nodes whose overlay is up"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "every node is up and reaches the others"
+    ),
+    printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        description = "why the network is degraded, if it is"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WireHubNetworkSpec {
+    /// The overlay's private IPv4 network (CIDR, /30 or larger). Cluster
+    /// nodes take addresses from the top of it (recorded on each Node, so
+    /// they never change); external peers without staticIp take addresses
+    /// from the bottom (.2, .3, ...) in list order.
+    #[schemars(pattern(IPV4_CIDR_PATTERN))]
+    pub subnet: String,
+
+    /// Proof of work every key of the network must meet: the number of
+    /// leading zero bits of BLAKE2b-256(key || namespace). Nodes drop every
+    /// message from a key below it. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub workbits: Option<u8>,
+
+    /// Namespace of the proof of work. Default "public".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+
+    /// The cluster's pod network (CIDR). Each node routes one block of it:
+    /// Node.spec.podCIDR when the cluster allocates pod CIDRs, else a block
+    /// of podCidrPrefix bits the agents allocate and record on the Node
+    /// (annotation wirehub.io/pod-cidr). Required when the cluster does not
+    /// allocate pod CIDRs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IPV4_CIDR_PATTERN))]
+    pub pod_subnet: Option<String>,
+
+    /// Prefix length of the pod CIDR blocks the agents allocate from
+    /// podSubnet. Default 24.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 30))]
+    pub pod_cidr_prefix: Option<u8>,
+
+    /// The UDP port every node listens on, for WireGuard and WireHub's
+    /// control protocol alike. Default 62096. A change takes effect when the
+    /// agents restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub listen_port: Option<u16>,
+
+    /// Labels a Node must have to take part (all of them). Empty: every
+    /// node where the agent runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// DHT bootstrap nodes (for example public WireHub nodes, or another
+    /// cluster's gateways). Empty: the nodes of this cluster bootstrap each
+    /// other through their endpoints (InternalIP:listenPort).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_nodes: Vec<BootNode>,
+
+    /// Peers outside the cluster: edge hosts running plain `wh up`, another
+    /// cluster's nodes, relays. Trusted peers (role trust or router) get an
+    /// overlay address and a tunnel to every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<ExternalPeer>,
+}
+
+/// A DHT bootstrap node: a `boot` line of the network file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootNode {
+    /// The node's public key (43 characters of URL-safe base64, as `wh
+    /// pubkey` prints it).
+    #[schemars(pattern(KEY_PATTERN))]
+    pub key: String,
+    /// Where it listens: host[:port] (port default 62096), [ipv6]:port.
+    #[schemars(pattern(ENDPOINT_PATTERN))]
+    pub endpoint: String,
+}
+
+/// The peer's role: trust (a member of the overlay: an overlay address
+/// and a tunnel to every node), router (a member that routes the subnets of
+/// routes), or peer (known but untrusted: a relay or DHT node). Default:
+/// router when routes are given, else trust.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerRole {
+    /// A trusted member of the overlay (an overlay address and a tunnel).
+    Trust,
+    /// A trusted member that routes subnets behind it (see routes).
+    Router,
+    /// Known but untrusted: a relay or DHT node with a known endpoint.
+    Peer,
+}
+
+/// A peer outside the cluster: a `trust`, `router` or `peer` line of the
+/// network file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalPeer {
+    /// Its name in the overlay (letters, digits, '-', '_'; starts with a
+    /// letter; at most 63).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(HOSTNAME_PATTERN))]
+    pub hostname: Option<String>,
+    /// Its public key (43 characters of URL-safe base64).
+    #[schemars(pattern(KEY_PATTERN))]
+    pub key: String,
+    /// trust, router or peer (default: router when routes are given, else
+    /// trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<PeerRole>,
+    /// A fixed overlay address inside subnet (trusted peers only).
+    /// Recommended: peers without one are numbered from the bottom of the
+    /// subnet in list order, so inserting a peer before them would renumber
+    /// them (the agents refuse such a change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IPV4_PATTERN))]
+    pub static_ip: Option<String>,
+    /// Where it can be reached, if it has a fixed address: host[:port].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(ENDPOINT_PATTERN))]
+    pub endpoint: Option<String>,
+    /// Subnets it routes (a site's LAN, another cluster's pod CIDR): the
+    /// nodes send traffic for them through it. Router peers only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(CIDR_PATTERN)))]
+    pub routes: Vec<String>,
+}
+
+/// What the agents report.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WireHubNetworkStatus {
+    /// The generation of the spec the conditions are about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes taking part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_count: Option<i32>,
+    /// Nodes whose overlay is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_nodes: Option<i32>,
+    /// Ready: every node is up and reaches the others. Degraded: something
+    /// is wrong (an invalid spec, a refused change, a node down); the
+    /// reason and message say what.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// One entry per node, each written by that node's agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A condition of the network.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready or Degraded.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// A CamelCase word saying why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What a person needs to know, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation of the spec this condition is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One node of the network, as its agent sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The Node's name.
+    pub name: String,
+    /// The node's WireHub public key (also on the Node, annotation
+    /// wirehub.io/public-key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// InternalIP:listenPort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The node's overlay IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_ipv4: Option<String>,
+    /// The node's overlay IPv6 address (derived from its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_ipv6: Option<String>,
+    /// The pod CIDR the node routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// The NAT the node found itself behind: PUBLIC, EASY (endpoint-
+    /// independent mapping), HARD (symmetric), UNKNOWN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
+    /// The node's overlay is up and reaches every other node.
+    #[serde(default)]
+    pub ready: bool,
+    /// What is wrong on this node, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The generation of the spec this node runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the agent last wrote this entry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
+    /// How this node reaches each trusted peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerPath>,
+}
+
+/// How a node reaches one peer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPath {
+    /// The peer's node name or hostname (else the start of its key).
+    pub name: String,
+    /// direct, relayed or unknown.
+    pub path: String,
+    /// The endpoint (direct) or the relay in use (relayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Seconds since the last WireGuard handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake_seconds: Option<u64>,
+}

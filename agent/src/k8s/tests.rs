@@ -1,0 +1,388 @@
+use super::alloc::{next_overlay_ip, next_pod_cidr, plan};
+use super::convert::{
+    ClusterNode, INVALID_SPEC, cluster_spec, file_name, network_to_resource, resource_to_network,
+};
+use super::crd::{ExternalPeer, NodeStatus, PeerRole, WireHubNetwork, WireHubNetworkSpec};
+use super::*;
+use crate::config::{self, Role};
+use crate::keys::PrivateKey;
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+fn key(seed: u8) -> crate::keys::PublicKey {
+    PrivateKey::from_bytes([seed; 32]).public_key()
+}
+
+fn spec() -> WireHubNetworkSpec {
+    WireHubNetworkSpec {
+        subnet: "10.0.0.0/24".into(),
+        workbits: Some(0),
+        namespace: None,
+        pod_subnet: Some("10.244.0.0/16".into()),
+        pod_cidr_prefix: None,
+        listen_port: None,
+        node_selector: BTreeMap::new(),
+        boot_nodes: Vec::new(),
+        peers: vec![ExternalPeer {
+            hostname: Some("edge".into()),
+            key: key(9).to_string(),
+            role: None,
+            static_ip: None,
+            endpoint: None,
+            routes: Vec::new(),
+        }],
+    }
+}
+
+fn node(name: &str, seed: u8, ip: &str, cidr: &str) -> ClusterNode {
+    ClusterNode {
+        name: name.into(),
+        key: Some(key(seed)),
+        overlay_ip: ip.parse().ok(),
+        recorded_pod_cidr: cidr.parse().ok(),
+        internal_ip: Some(format!("203.0.113.{seed}")),
+        ..ClusterNode::default()
+    }
+}
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let generated = crd_yaml().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for path in [
+        "crds/wirehubnetwork.yaml",
+        "charts/wirehub/crds/wirehubnetwork.yaml",
+    ] {
+        let committed = std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} differs from what the Rust types generate: run `wh crd > {path}`"
+        );
+    }
+}
+
+#[test]
+fn crd_has_the_shape_kubernetes_needs() {
+    let yaml = crd_yaml().unwrap();
+    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(v["spec"]["scope"].as_str(), Some("Cluster"));
+    assert_eq!(v["spec"]["group"].as_str(), Some("wirehub.io"));
+    let version = &v["spec"]["versions"][0];
+    assert_eq!(version["name"].as_str(), Some("v1alpha1"));
+    assert!(version["subresources"]["status"].is_mapping());
+    let cols = version["additionalPrinterColumns"].as_sequence().unwrap();
+    assert!(cols.iter().any(|c| c["name"].as_str() == Some("Ready")));
+    let schema = &version["schema"]["openAPIV3Schema"];
+    let spec = &schema["properties"]["spec"];
+    assert!(spec["description"].as_str().is_some());
+    assert!(spec["properties"]["subnet"]["pattern"].as_str().is_some());
+    assert!(
+        spec["properties"]["subnet"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("IPv4")
+    );
+    assert_eq!(
+        spec["properties"]["listenPort"]["maximum"].as_f64(),
+        Some(65535.0)
+    );
+    let peer = &spec["properties"]["peers"]["items"];
+    assert!(peer["properties"]["key"]["pattern"].as_str().is_some());
+    assert!(
+        peer["properties"]["routes"]["items"]["pattern"]
+            .as_str()
+            .is_some()
+    );
+    let nodes = &schema["properties"]["status"]["properties"]["nodes"];
+    assert_eq!(nodes["x-kubernetes-list-type"].as_str(), Some("map"));
+    // Structural: no $ref, no anyOf/oneOf at all.
+    assert!(
+        !yaml.contains("$ref") && !yaml.contains("anyOf") && !yaml.contains("oneOf"),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn schema_patterns_accept_and_refuse_what_they_should() {
+    use super::crd::*;
+    let re = regex_lite;
+    let cidr = re(IPV4_CIDR_PATTERN);
+    assert!(
+        cidr("10.244.0.0/16")
+            && cidr("0.0.0.0/0")
+            && !cidr("10.244.0.0")
+            && !cidr("300.1.1.1/8")
+            && !cidr("10.0.0.0/33")
+    );
+    let any = re(CIDR_PATTERN);
+    assert!(any("fd00:1::/64") && any("10.1.0.0/24") && !any("fd00::/129") && !any("x/1"));
+    let k = re(KEY_PATTERN);
+    assert!(k(&key(1).to_string()) && !k("short"));
+    let e = re(ENDPOINT_PATTERN);
+    assert!(e("203.0.113.1:62096") && e("gw.example.org") && e("[fd00::1]:5") && !e("a b"));
+}
+
+/// The schema's patterns, as the API server (RE2) reads them; these
+/// patterns use nothing RE2 and the regex crate read differently.
+fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool + use<> {
+    let re = regex::Regex::new(pattern).unwrap();
+    move |s: &str| re.is_match(s)
+}
+
+#[test]
+fn cluster_spec_has_nodes_then_external_peers() {
+    let nodes = vec![
+        node("n2", 2, "10.0.0.253", "10.244.1.0/24"),
+        node("n1", 1, "10.0.0.254", "10.244.0.0/24"),
+        ClusterNode {
+            name: "n3".into(),
+            ..ClusterNode::default()
+        },
+    ];
+    let cs = cluster_spec("lab", &spec(), &nodes, true).unwrap();
+    assert_eq!(cs.members, vec!["n1", "n2"]);
+    assert_eq!(cs.left_out.len(), 1);
+    assert_eq!(cs.left_out[0].1.reason, "WaitingForKey");
+    let s = &cs.spec;
+    assert_eq!(s.peers.len(), 3);
+    assert_eq!(s.peers[0].role, Role::Router);
+    assert_eq!(s.peers[0].hostname.as_deref(), Some("n1"));
+    assert_eq!(s.peers[0].routes[0].to_string(), "10.244.0.0/24");
+    assert_eq!(
+        s.peers[0].endpoint.as_ref().unwrap().to_string(),
+        "203.0.113.1:62096"
+    );
+    assert_eq!(s.peers[2].role, Role::Trust);
+    // The external peer without static IP takes .2; the nodes keep theirs.
+    let ips = s.ipv4_addresses();
+    assert_eq!(ips[0], Some(Ipv4Addr::new(10, 0, 0, 254)));
+    assert_eq!(ips[2], Some(Ipv4Addr::new(10, 0, 0, 2)));
+    // Printed and parsed back: the same network.
+    let parsed = config::parse(&s.to_string()).unwrap();
+    assert_eq!(&parsed.spec, s);
+}
+
+#[test]
+fn adding_a_node_renumbers_nobody() {
+    let mut nodes = vec![node("b", 2, "10.0.0.254", "10.244.1.0/24")];
+    let before = cluster_spec("lab", &spec(), &nodes, true).unwrap().spec;
+    nodes.push(node("a", 1, "10.0.0.253", "10.244.0.0/24"));
+    let after = cluster_spec("lab", &spec(), &nodes, true).unwrap().spec;
+    let addr = |s: &crate::config::NetworkSpec, k| {
+        s.members()
+            .iter()
+            .find(|m| m.peer.key == k)
+            .and_then(|m| m.ipv4)
+    };
+    for k in [key(2), key(9)] {
+        assert_eq!(addr(&before, k), addr(&after, k));
+    }
+}
+
+#[test]
+fn invalid_resources_are_refused_with_reasons() {
+    let mut s = spec();
+    s.peers[0].static_ip = Some("10.9.9.9".into());
+    let e = cluster_spec("lab", &s, &[], true).unwrap_err();
+    assert_eq!(e[0].reason, INVALID_SPEC);
+    assert!(e[0].message.contains("outside the subnet"), "{e:?}");
+    let mut s = spec();
+    s.subnet = "10.0.0.1/24".into();
+    let e = cluster_spec("lab", &s, &[], true).unwrap_err();
+    assert!(e[0].message.contains("host bits"), "{e:?}");
+    let mut s = spec();
+    s.peers[0].routes = vec!["10.1.0.0/16".into()];
+    s.peers[0].role = Some(PeerRole::Trust);
+    let e = cluster_spec("lab", &s, &[], true).unwrap_err();
+    assert!(e[0].message.contains("router"), "{e:?}");
+}
+
+#[test]
+fn conflicting_nodes_are_left_out_not_fatal() {
+    let s = spec();
+    let nodes = vec![
+        node("a", 1, "10.0.0.254", "10.244.0.0/24"),
+        node("b", 2, "10.0.0.254", "10.244.1.0/24"),
+        node("c", 3, "10.0.0.252", "10.244.0.0/25"),
+        node("d", 9, "10.0.0.251", "10.244.3.0/24"),
+    ];
+    let cs = cluster_spec("lab", &s, &nodes, true).unwrap();
+    assert_eq!(cs.members, vec!["a"]);
+    let reasons: Vec<&str> = cs.left_out.iter().map(|(_, p)| p.reason).collect();
+    assert_eq!(
+        reasons,
+        vec!["AddressConflict", "PodCIDRConflict", "KeyConflict"]
+    );
+}
+
+#[test]
+fn node_selector_picks_nodes() {
+    let mut s = spec();
+    s.node_selector.insert("wirehub".into(), "yes".into());
+    let mut a = node("a", 1, "10.0.0.254", "10.244.0.0/24");
+    a.labels.insert("wirehub".into(), "yes".into());
+    let b = node("b", 2, "10.0.0.253", "10.244.1.0/24");
+    let cs = cluster_spec("lab", &s, &[a, b], true).unwrap();
+    assert_eq!(cs.members, vec!["a"]);
+}
+
+#[test]
+fn allocation_takes_addresses_from_the_top_and_blocks_from_the_bottom() {
+    let subnet = "10.0.0.0/24".parse().unwrap();
+    let mut taken = HashSet::new();
+    assert_eq!(
+        next_overlay_ip(subnet, &taken),
+        Some(Ipv4Addr::new(10, 0, 0, 254))
+    );
+    taken.insert(Ipv4Addr::new(10, 0, 0, 254));
+    assert_eq!(
+        next_overlay_ip(subnet, &taken),
+        Some(Ipv4Addr::new(10, 0, 0, 253))
+    );
+    let tiny = "10.0.0.0/30".parse().unwrap();
+    assert_eq!(
+        next_overlay_ip(tiny, &HashSet::new()),
+        Some(Ipv4Addr::new(10, 0, 0, 2))
+    );
+    let mut full = HashSet::new();
+    full.insert(Ipv4Addr::new(10, 0, 0, 2));
+    assert_eq!(next_overlay_ip(tiny, &full), None);
+
+    let pool = "10.244.0.0/16".parse().unwrap();
+    assert_eq!(
+        next_pod_cidr(pool, 24, &[]).unwrap().to_string(),
+        "10.244.0.0/24"
+    );
+    let used = [
+        "10.244.0.0/24".parse().unwrap(),
+        "10.244.1.0/25".parse().unwrap(),
+    ];
+    assert_eq!(
+        next_pod_cidr(pool, 24, &used).unwrap().to_string(),
+        "10.244.2.0/24"
+    );
+    assert!(next_pod_cidr(pool, 8, &[]).is_none());
+
+    let a = node("a", 1, "", "");
+    let mut b = node("b", 2, "10.0.0.254", "");
+    b.spec_pod_cidr = Some("10.244.0.0/24".parse().unwrap());
+    let c = ClusterNode {
+        name: "c".into(),
+        ..ClusterNode::default()
+    };
+    let (p, problems) = plan(subnet, Some(pool), 24, &[&a, &b, &c], &HashSet::new());
+    assert!(problems.is_empty());
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].node, "a");
+    assert_eq!(p[0].overlay_ip, Some(Ipv4Addr::new(10, 0, 0, 253)));
+    assert_eq!(p[0].pod_cidr.unwrap().to_string(), "10.244.1.0/24");
+    let (_, problems) = plan(subnet, None, 24, &[&a], &HashSet::new());
+    assert_eq!(problems[0].reason, "AllocationFailed");
+}
+
+#[test]
+fn names_become_file_names() {
+    assert_eq!(file_name("node-1.example.org"), "node-1-example-org");
+    assert_eq!(file_name("1node"), "n1node");
+    assert_eq!(file_name(&"x".repeat(100)).len(), 63);
+}
+
+#[test]
+fn resource_and_file_convert_both_ways() {
+    let text = format!(
+        "name lab\nsubnet 10.0.0.0/24\nworkbit 4\nnamespace corp\nboot {} 203.0.113.5:62096\ntrust edge 10.0.0.9 {} 198.51.100.7\nrouter site {} 10.1.0.0/16\npeer {}\n",
+        key(1),
+        key(2),
+        key(3),
+        key(4)
+    );
+    let net = config::parse(&text).unwrap().spec;
+    let (res, warnings) = network_to_resource(&net).unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(res.metadata.name.as_deref(), Some("lab"));
+    assert_eq!(res.spec.boot_nodes.len(), 1);
+    assert_eq!(res.spec.peers.len(), 3);
+    assert_eq!(res.spec.peers[1].role, Some(PeerRole::Router));
+    // YAML round trip through the resource type.
+    let yaml = serde_yaml::to_string(&res).unwrap();
+    let back = parse_resource(&yaml).unwrap().unwrap();
+    assert_eq!(back.spec, res.spec);
+    let cs = resource_to_network(&back).unwrap();
+    assert_eq!(cs.spec, net);
+}
+
+#[test]
+fn the_edge_file_lists_the_nodes_of_the_status() {
+    let mut res = WireHubNetwork::new("lab", spec());
+    res.status = Some(super::crd::WireHubNetworkStatus {
+        nodes: vec![NodeStatus {
+            name: "n1".into(),
+            public_key: Some(key(1).to_string()),
+            endpoint: Some("203.0.113.11:62096".into()),
+            overlay_ipv4: Some("10.0.0.254".into()),
+            pod_cidr: Some("10.244.0.0/24".into()),
+            ready: true,
+            ..NodeStatus::default()
+        }],
+        ..Default::default()
+    });
+    let cs = resource_to_network(&res).unwrap();
+    let text = cs.spec.to_string();
+    assert!(
+        text.contains(&format!(
+            "router n1 10.0.0.254 {} 203.0.113.11:62096 10.244.0.0/24",
+            key(1)
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("trust edge {}", key(9))), "{text}");
+    // kubectl's List form is understood too.
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}",
+        serde_yaml::to_string(&vec![&res]).unwrap()
+    );
+    assert!(parse_resource(&list).unwrap().is_some());
+    assert!(
+        parse_resource("name lab\nsubnet 10.0.0.0/24\n")
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn keys_are_made_once_and_kept() {
+    let dir = std::env::temp_dir().join(format!("wh-k8s-key-{}", std::process::id()));
+    let path = dir.join("sub/private.key");
+    let (k1, made) = agent::load_or_create_key(&path, 4, "public").unwrap();
+    assert!(made);
+    assert!(k1.public_key().workbits("public") >= 4);
+    let (k2, made) = agent::load_or_create_key(&path, 4, "public").unwrap();
+    assert!(!made);
+    assert_eq!(k1.public_key(), k2.public_key());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0);
+    std::fs::write(&path, "garbage").unwrap();
+    assert!(agent::load_or_create_key(&path, 4, "public").is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nodes_are_read_from_node_objects() {
+    let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n1", "labels": {"a": "b"}, "annotations": {
+            ANN_PUBLIC_KEY: key(1).to_string(),
+            ANN_ENDPOINT: "203.0.113.11:62096",
+            ANN_OVERLAY_IP: "10.0.0.254",
+            ANN_POD_CIDR: "10.244.7.0/24",
+        }},
+        "spec": {"podCIDR": "10.244.0.0/24"},
+        "status": {"addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "203.0.113.11"}]}
+    }))
+    .unwrap();
+    let c = ClusterNode::from_node(&n);
+    assert_eq!(c.key, Some(key(1)));
+    assert_eq!(c.pod_cidr().unwrap().to_string(), "10.244.0.0/24");
+    assert_eq!(c.internal_ip.as_deref(), Some("203.0.113.11"));
+    assert_eq!(c.overlay_ip, Some(Ipv4Addr::new(10, 0, 0, 254)));
+}
