@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod dht;
 pub mod k8s;
 pub mod keys;
+pub mod names;
 pub mod nat;
 pub mod node;
 pub mod proto;
