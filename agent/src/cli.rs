@@ -290,6 +290,18 @@ pub const COMMANDS: &[Command] = &[
         details: "",
     },
     Command {
+        name: "nc",
+        summary: "Zero-netcat: an encrypted peer-to-peer pipe from one invitation (also '0nc').",
+        positionals: &[Positional {
+            name: "INVITATION",
+            value: Value::Text,
+            required: false,
+        }],
+        keywords: &[],
+        flags: &[],
+        details: "Without INVITATION: listen, print an invitation alone on one line of stderr, and pipe stdin/stdout with the one peer that uses it.\nWith INVITATION: join that listener. 'boot KEY HOST:PORT' (repeatable) replaces config/public's bootstrap nodes.\nExit codes: 0 the other side closed, 1 failure, 3 invitation damaged or refused (already used), 4 timeout.",
+    },
+    Command {
         name: "genkey",
         summary: "Print a new private key (standard base64, as wg genkey).",
         positionals: &[Positional {

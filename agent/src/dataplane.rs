@@ -307,6 +307,15 @@ impl DataPlane {
         }
     }
 
+    /// WireGuard datagrams dropped on receive (malformed, unknown peer,
+    /// failed authentication); the external backends do not report it.
+    pub fn dropped(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(b) => b.dropped(),
+            Backend::External(_) => 0,
+        }
+    }
+
     pub fn stats(&self) -> Vec<PeerStats> {
         match &self.backend {
             Backend::Embedded(b) => b.stats(),

@@ -424,6 +424,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Waits (up to `timeout`) for the daemons a host runs to exit by
+    /// themselves (after `wh down`), and reaps them.
+    pub fn wait_exit(&mut self, host: &Host, timeout: Duration) -> bool {
+        let start = Instant::now();
+        let mut all = true;
+        for (name, child) in &mut self.children {
+            if *name != host.name {
+                continue;
+            }
+            let mut exited = false;
+            while start.elapsed() < timeout {
+                if let Ok(Some(_)) = child.try_wait() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            all &= exited;
+        }
+        all
+    }
+
     /// The daemon log of a host, for failure messages.
     pub fn log(&self, host: &Host) -> String {
         std::fs::read_to_string(host.run_dir.join("daemon.log")).unwrap_or_default()

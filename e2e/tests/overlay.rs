@@ -283,9 +283,21 @@ fn down_leaves_nothing_and_a_killed_daemon_comes_back() {
     let (sk, config) = (net.keys[1].0.clone(), net.config.clone());
     let restart = Instant::now();
     net.lab.wh_up(&b, &config, Some(&sk), &[]).expect("restart");
-    net.lab
-        .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
-        .expect("a pings b after restart");
+    if let Err(e) = net.lab.ping_until(&a, "10.0.42.3", Duration::from_secs(5)) {
+        let show = |h: &Host| {
+            net.lab
+                .wh(h, &["show"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        panic!(
+            "{e}\n--- a:\n{}{}\n--- b:\n{}{}",
+            show(&a),
+            net.lab.log(&a),
+            show(&b),
+            net.lab.log(&b)
+        );
+    }
     eprintln!("back {:?} after restart", restart.elapsed());
     // wh down removes interface, socket and process.
     let i = iface(&net.lab, &b);
@@ -299,10 +311,8 @@ fn down_leaves_nothing_and_a_killed_daemon_comes_back() {
     let routes = net.lab.exec(&b.netns, &["ip", "route"]).expect("routes");
     assert!(!routes.contains("10.0.42"), "{routes}");
     assert!(!b.run_dir.join(format!("{i}.sock")).exists());
-    let pids = net
-        .lab
-        .exec(&b.netns, &["ip", "netns", "pids", &b.netns])
-        .unwrap_or_default();
+    net.lab.wait_exit(&b, Duration::from_secs(5));
+    let pids = wirehub_e2e::sh("ip", &["netns", "pids", &b.netns]).unwrap_or_default();
     assert!(pids.trim().is_empty(), "processes left: {pids}");
 }
 

@@ -52,6 +52,10 @@ pub fn dispatch(argv: &[String]) -> Outcome {
     if rest.iter().any(|w| w == "--help" || w == "-h") {
         return help(Some(cmd.name));
     }
+    // `boot KEY HOST:PORT` takes two values: nc parses its own words.
+    if cmd.name == "nc" {
+        return crate::nc::main(rest);
+    }
     let args = parse_args(cmd, rest)?;
     match cmd.name {
         "help" => help(args.positional(0)),

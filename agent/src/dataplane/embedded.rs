@@ -127,6 +127,9 @@ struct Shared {
     /// daemon's task yields (that is, when its socket is drained).
     gro: Mutex<TcpCoalescer>,
     gro_notify: tokio::sync::Notify,
+    /// Datagrams dropped on receive: malformed, for no known peer, failing
+    /// authentication, or with a source outside the peer's allowed IPs.
+    dropped: AtomicU64,
 }
 
 /// Where a datagram for a peer goes.
@@ -345,6 +348,7 @@ impl Embedded {
             ticks: AtomicU64::new(0),
             gro: Mutex::new(TcpCoalescer::new()),
             gro_notify: tokio::sync::Notify::new(),
+            dropped: AtomicU64::new(0),
         });
         let mut tasks = Vec::new();
         for q in &shared.queues {
@@ -428,6 +432,24 @@ impl Embedded {
             t.by_key.insert(cfg.key, peer);
             t.rebuild_allowed();
         });
+        // Handshake at once with a new peer rather than at its first packet:
+        // a peer that restarted (and lost its session) is told so now, not
+        // after the other side's rekey timeout.
+        if let Some(peer) = self.shared.snapshot().by_key.get(&cfg.key).cloned() {
+            let mut buf = [0u8; 256];
+            let mut st = peer.lock();
+            let dest = Dest::of(st.endpoint);
+            match st.tunn.format_handshake_initiation(&mut buf, false) {
+                TunnResult::WriteToNetwork(out) => {
+                    tracing::debug!(peer = ?peer.key, "handshake initiated with a new peer");
+                    self.shared.send_now(&peer, dest, out);
+                }
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = ?peer.key, "cannot initiate a handshake: {e:?}")
+                }
+                _ => tracing::debug!(peer = ?peer.key, "no handshake initiation needed"),
+            }
+        }
         Ok(())
     }
 
@@ -445,6 +467,11 @@ impl Embedded {
         } else {
             Err(DataPlaneError::NoSuchPeer(*key))
         }
+    }
+
+    /// Datagrams dropped on receive.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stats(&self) -> Vec<PeerStats> {
@@ -515,6 +542,7 @@ impl Embedded {
             }
             Err(_) => {
                 tracing::trace!(%from, len = datagram.len(), "not a WireGuard datagram");
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -529,6 +557,7 @@ impl Embedded {
                     Ok(hh) => table.by_key.get(&PublicKey(hh.peer_static_public)),
                     Err(e) => {
                         tracing::debug!(%from, "handshake initiation: {e:?}");
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }
@@ -539,6 +568,7 @@ impl Embedded {
         };
         let Some(peer) = peer else {
             tracing::trace!(%from, ?from_key, "datagram for no known peer");
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let mut st = peer.lock();
@@ -562,6 +592,7 @@ impl Embedded {
             TunnResult::Done => None,
             TunnResult::Err(e) => {
                 tracing::debug!(peer = ?peer.key, %from, "decapsulate: {e:?}");
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             TunnResult::WriteToNetwork(out) => {

@@ -86,6 +86,10 @@ struct PendingPing {
 }
 
 struct Daemon {
+    /// Our alias proof for a listener, until it acknowledges.
+    join: Option<AliasJoin>,
+    joined: Option<oneshot::Sender<()>>,
+    last_join_attempt: Option<Instant>,
     /// Reloads read the network file (else they come from `updates`).
     from_file: bool,
     /// Peers changed: the routes must be checked.
@@ -131,6 +135,16 @@ pub const CNI_CONFIG_NAME: &str = "10-wirehub.conflist";
 const WAITING_PER_PEER: usize = 16;
 const WAITING_TTL: Duration = Duration::from_secs(3);
 
+/// How often the alias proof is resent until the listener answers.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// How to reach a peer with a control message.
+#[derive(Debug, Clone, Copy)]
+enum ReplyVia {
+    Direct(SocketAddr),
+    Relay((PublicKey, SocketAddr)),
+}
+
 /// Keys remembered in [`Daemon::recent`].
 const MAX_RECENT: usize = 8192;
 /// A direct path silent this long falls back to relays.
@@ -145,6 +159,26 @@ pub struct SpecUpdate {
     pub reply: Option<oneshot::Sender<Result<String, String>>>,
 }
 
+/// What an embedding program (zero-netcat) adds to a node.
+#[derive(Default)]
+pub struct Extras {
+    /// Join a network through an alias: send this proof to the listener
+    /// until it acknowledges.
+    pub join: Option<AliasJoin>,
+    /// Turns true to stop the node (besides `wh down` and signals).
+    pub stop: Option<watch::Receiver<bool>>,
+    /// Told once the listener accepted our alias proof.
+    pub joined: Option<oneshot::Sender<()>>,
+}
+
+/// An alias proof for a listener: `alias` vouches for our own key.
+#[derive(Debug, Clone, Copy)]
+pub struct AliasJoin {
+    pub listener: PublicKey,
+    pub alias: PublicKey,
+    pub proof: [u8; 32],
+}
+
 /// Runs the node until it is told to stop (`wh down`, SIGTERM, Ctrl-C).
 /// `updates`, when given, replaces the network file as the source of
 /// reloads (`wh reload` then refuses).
@@ -154,7 +188,19 @@ pub async fn run(
     key: PrivateKey,
     updates: Option<mpsc::Receiver<SpecUpdate>>,
 ) -> anyhow::Result<()> {
+    run_with(opts, spec, key, updates, Extras::default()).await
+}
+
+/// [`run`], with what an embedding program adds.
+pub async fn run_with(
+    mut opts: UpOptions,
+    spec: NetworkSpec,
+    key: PrivateKey,
+    updates: Option<mpsc::Receiver<SpecUpdate>>,
+    extras: Extras,
+) -> anyhow::Result<()> {
     let from_file = updates.is_none();
+    let mut stop = extras.stop.unwrap_or_else(|| watch::channel(false).1);
     let mut updates = updates.unwrap_or_else(|| mpsc::channel(1).1);
     let public = key.public_key();
     let socket = UdpSocket::bind(SocketAddr::new(
@@ -163,6 +209,10 @@ pub async fn run(
     ))
     .await
     .with_context(|| format!("cannot bind UDP port {}", opts.listen_port))?;
+    // `listen-port 0` asks for any free port: the rest uses the real one.
+    if let Ok(local) = socket.local_addr() {
+        opts.listen_port = local.port();
+    }
     let socket = Arc::new(socket);
     let control_socket =
         ControlSocket::bind(&opts.interface, &control::socket_path(&opts.interface))?;
@@ -237,6 +287,9 @@ pub async fn run(
     )
     .map_err(|e| anyhow::anyhow!("no random source for nonces: {e}"))?;
     let mut d = Daemon {
+        join: extras.join,
+        joined: extras.joined,
+        last_join_attempt: None,
         from_file,
         routes_dirty: false,
         routes_installed: Vec::new(),
@@ -317,6 +370,7 @@ pub async fn run(
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); d.stopping = true; }
             _ = term.recv() => { tracing::info!("terminated"); d.stopping = true; }
+            Ok(()) = stop.changed() => if *stop.borrow() { d.stopping = true; },
         }
         d.after_event();
         if d.routes_dirty {
@@ -533,6 +587,22 @@ impl Daemon {
             Message::Relayed { from: src, inner } => {
                 self.on_relayed_control(*src, inner, (key, from), now);
             }
+            Message::AliasAuth { alias, real, proof } => {
+                let (alias, real, proof) = (*alias, *real, *proof);
+                if real == key {
+                    self.on_alias_auth(alias, real, &proof, ReplyVia::Direct(from));
+                } else {
+                    self.count_drop("alias-auth-not-from-its-key");
+                }
+            }
+            Message::AliasAck { alias } => {
+                if self
+                    .join
+                    .is_some_and(|j| j.listener == key && j.alias == *alias)
+                {
+                    self.on_alias_ack();
+                }
+            }
             Message::RelayedWg { from: src, packet } => {
                 if self.overlay.is_trusted(src) {
                     self.overlay.on_relayed_contact(*src, (key, from), now);
@@ -622,8 +692,28 @@ impl Daemon {
             Ok(v) => v,
             Err(_) => return,
         };
-        if sender != src || !self.overlay.is_trusted(&src) {
+        if sender != src {
             self.count_drop("relayed-control-mismatch");
+            return;
+        }
+        match msg {
+            Message::AliasAuth { alias, real, proof } if real == src => {
+                self.on_alias_auth(alias, real, &proof, ReplyVia::Relay(relay));
+                return;
+            }
+            Message::AliasAck { alias } => {
+                if self
+                    .join
+                    .is_some_and(|j| j.listener == src && j.alias == alias)
+                {
+                    self.on_alias_ack();
+                }
+                return;
+            }
+            _ => {}
+        }
+        if !self.overlay.is_trusted(&src) {
+            self.count_drop("relayed-control-from-untrusted");
             return;
         }
         self.overlay.on_relayed_contact(src, relay, now);
@@ -675,6 +765,95 @@ impl Daemon {
                 self.relays.on_pong(&key, Some(rtt), now);
             }
             _ => {}
+        }
+    }
+
+    /// Someone proves it holds the secret of one of our `alias` keys: the
+    /// alias is bound to its real key (once: the alias line is consumed).
+    fn on_alias_auth(
+        &mut self,
+        alias: PublicKey,
+        real: PublicKey,
+        proof: &[u8; 32],
+        via: ReplyVia,
+    ) {
+        let Some(index) = self
+            .spec
+            .peers
+            .iter()
+            .position(|p| p.role == crate::config::Role::Alias && p.key == alias)
+        else {
+            tracing::info!(alias = %alias.short(10), from = %real.short(10), "refused an alias proof: no such alias (already used?)");
+            self.count_drop("alias-unknown-or-used");
+            return;
+        };
+        if !self.codec.verify_alias(&alias, &real, proof) {
+            tracing::warn!(alias = %alias.short(10), from = %real.short(10), "refused a bad alias proof");
+            self.count_drop("alias-bad-proof");
+            return;
+        }
+        let mut spec = self.spec.clone();
+        let line = &mut spec.peers[index];
+        line.role = crate::config::Role::Trust;
+        line.key = real;
+        match self.apply_spec(spec) {
+            Ok(_) => {
+                tracing::info!(alias = %alias.short(10), real = %real.short(10), "alias bound")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot bind the alias");
+                return;
+            }
+        }
+        let ack = Message::AliasAck { alias };
+        self.send_to_peer(real, via, &ack);
+    }
+
+    fn on_alias_ack(&mut self) {
+        if let Some(j) = self.join.take() {
+            tracing::info!(listener = %j.listener.short(10), "the listener accepted our alias proof");
+            if let Some(tx) = self.joined.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Sends our alias proof to the listener while it has not answered.
+    fn try_join(&mut self, now: Instant) {
+        let Some(j) = self.join else {
+            return;
+        };
+        if self
+            .last_join_attempt
+            .is_some_and(|t| now.duration_since(t) < JOIN_RETRY)
+        {
+            return;
+        }
+        let via = match self.overlay.path(&j.listener) {
+            Some(PeerPath::Direct(a)) => ReplyVia::Direct(a),
+            Some(PeerPath::Relayed(r)) => match r.first() {
+                Some(first) => ReplyVia::Relay(*first),
+                None => return,
+            },
+            None => return,
+        };
+        self.last_join_attempt = Some(now);
+        let msg = Message::AliasAuth {
+            alias: j.alias,
+            real: self.public,
+            proof: j.proof,
+        };
+        self.send_to_peer(j.listener, via, &msg);
+    }
+
+    /// Sends a control message to `to`, straight or sealed inside a relay request.
+    fn send_to_peer(&mut self, to: PublicKey, via: ReplyVia, msg: &Message) {
+        match via {
+            ReplyVia::Direct(addr) => self.send(to, addr, msg),
+            ReplyVia::Relay((relay, addr)) => match self.codec.seal(now_ms(), &to, msg) {
+                Ok(inner) => self.send(relay, addr, &Message::Relay { to, inner }),
+                Err(e) => tracing::debug!(error = %e, "cannot seal a relayed message"),
+            },
         }
     }
 
@@ -828,6 +1007,7 @@ impl Daemon {
             !q.is_empty()
         });
         self.update_own_record(now);
+        self.try_join(now);
         // Expire control pings that got no answer.
         let expired: Vec<u64> = self
             .pending_pings
@@ -1121,6 +1301,8 @@ impl Daemon {
             "drops": self.drops,
             "dht_size": self.dht.nodes().count(),
             "dht_counters": self.dht.counters(),
+            "dataplane": {"dropped": self.dataplane.as_ref().map_or(0, |d| d.dropped())},
+            "relay": self.limiter.counters,
             "wireguard_peers": self
                 .dataplane
                 .as_ref()
