@@ -13,6 +13,7 @@ pub mod k8s;
 pub mod keys;
 pub mod names;
 pub mod nat;
+pub mod nc;
 pub mod node;
 pub mod proto;
 pub mod relay;
