@@ -399,6 +399,7 @@ impl Lab {
                 "WH_LOG",
                 std::env::var("WH_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

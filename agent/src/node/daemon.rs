@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Largest datagram read from the socket.
 const RECV_BUFFER: usize = 65536;
 
+/// Datagrams handled in a row before the loop's bookkeeping runs.
+const BATCH: usize = 64;
+
 /// How often the overlay's timers run.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -86,6 +89,9 @@ struct PendingPing {
 }
 
 struct Daemon {
+    /// `WH_FORCE_RELAY=1`: never use direct paths to trusted peers (for
+    /// measuring relayed paths between hosts that could talk directly).
+    force_relay: bool,
     /// Our alias proof for a listener, until it acknowledges.
     join: Option<AliasJoin>,
     joined: Option<oneshot::Sender<()>>,
@@ -287,6 +293,7 @@ pub async fn run_with(
     )
     .map_err(|e| anyhow::anyhow!("no random source for nonces: {e}"))?;
     let mut d = Daemon {
+        force_relay: std::env::var("WH_FORCE_RELAY").is_ok_and(|v| v == "1"),
         join: extras.join,
         joined: extras.joined,
         last_join_attempt: None,
@@ -330,6 +337,8 @@ pub async fn run_with(
     let control_task = tokio::spawn(control_socket.serve(calls_tx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch SIGINT")?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; RECV_BUFFER];
@@ -348,10 +357,27 @@ pub async fn run_with(
             .unwrap_or_else(|| tokio::time::Instant::now() + TICK);
         tokio::select! {
             r = d.socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => d.on_datagram(from, &buf[..n]),
+                Ok((n, from)) => {
+                    d.on_datagram(from, &buf[..n]);
+                    // Drain what else is queued before the bookkeeping.
+                    for _ in 0..BATCH {
+                        match d.socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => d.on_datagram(from, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "recv failed"),
             },
-            Some(out) = outgoing.recv() => d.on_outgoing(out),
+            Some(out) = outgoing.recv() => {
+                d.on_outgoing(out);
+                for _ in 0..BATCH {
+                    match outgoing.try_recv() {
+                        Ok(out) => d.on_outgoing(out),
+                        Err(_) => break,
+                    }
+                }
+            }
             Some(ev) = upnp_events.recv() => d.on_upnp(ev),
             Some(update) = updates.recv() => {
                 let result = d.apply_spec(update.spec);
@@ -368,7 +394,7 @@ pub async fn run_with(
                 d.dht.handle_timeout(Instant::now());
                 d.punch(Instant::now());
             }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); d.stopping = true; }
+            _ = interrupt.recv() => { tracing::info!("interrupted"); d.stopping = true; }
             _ = term.recv() => { tracing::info!("terminated"); d.stopping = true; }
             Ok(()) = stop.changed() => if *stop.borrow() { d.stopping = true; },
         }
@@ -612,11 +638,13 @@ impl Daemon {
                 } else {
                     self.count_drop("relayed-wireguard-from-untrusted");
                 }
+                // Data, not news for the DHT.
+                return;
             }
             _ => {}
         }
         // Any authenticated message straight from a trusted peer proves a direct path.
-        if self.overlay.is_trusted(&key) {
+        if self.overlay.is_trusted(&key) && !self.force_relay {
             self.overlay.on_direct_contact(key, from, now);
             self.puncher.stop(&key);
         }
@@ -1033,7 +1061,7 @@ impl Daemon {
             self.publish_pending = true;
         }
         let verdict = self.nat.verdict(now);
-        let behind_nat = verdict.kind != NatKind::Public;
+        let behind_nat = verdict.kind != NatKind::Public || self.force_relay;
         if behind_nat {
             let candidates: Vec<Candidate> = self
                 .dht
