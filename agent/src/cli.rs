@@ -548,14 +548,13 @@ pub fn parse_args(cmd: &'static Command, words: &[String]) -> Result<Args, Usage
                     value_name(k.value, k.name)
                 )));
             };
-            if let Value::Choice(choices) = k.value {
-                if !choices.contains(&v.as_str()) {
+            if let Value::Choice(choices) = k.value
+                && !choices.contains(&v.as_str()) {
                     return Err(usage(format!(
                         "'{w}' is one of {}, not '{v}'",
                         choices.join(", ")
                     )));
                 }
-            }
             if args.keywords.insert(k.name, v.clone()).is_some() {
                 return Err(usage(format!("'{w}' is given twice")));
             }

@@ -842,7 +842,7 @@ fn parse_peer(
         );
         ok = false;
     }
-    ok.then(|| {
+    ok.then_some({
         (
             PeerSpec {
                 role,

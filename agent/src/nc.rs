@@ -79,6 +79,13 @@ pub struct Invitation {
     pub alias_secret: PrivateKey,
 }
 
+impl std::fmt::Debug for Invitation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the alias secret.
+        f.debug_struct("Invitation").field("listener", &self.listener).finish_non_exhaustive()
+    }
+}
+
 fn checksum(body: &[u8]) -> [u8; 4] {
     let mut h = Blake2b256::new();
     h.update(b"wirehub invitation v1");

@@ -73,8 +73,8 @@ impl RelayLimiter {
 
     /// May `source` have `bytes` forwarded now? Counts the decision.
     pub fn allow(&mut self, source: PublicKey, bytes: usize, now: Instant) -> bool {
-        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES {
-            if let Some(oldest) = self
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES
+            && let Some(oldest) = self
                 .buckets
                 .iter()
                 .min_by_key(|(_, b)| b.last)
@@ -82,7 +82,6 @@ impl RelayLimiter {
             {
                 self.buckets.remove(&oldest);
             }
-        }
         let l = self.limits;
         let b = self.buckets.entry(source).or_insert(Bucket {
             bytes: l.burst_bytes as f64,
@@ -218,11 +217,10 @@ impl RelaySet {
             if k.last_ping
                 .is_none_or(|t| now.duration_since(t) >= RELAY_KEEPALIVE)
             {
-                if let Some(t) = k.last_ping {
-                    if k.last_pong.is_none_or(|p| p < t) {
+                if let Some(t) = k.last_ping
+                    && k.last_pong.is_none_or(|p| p < t) {
                         k.misses += 1;
                     }
-                }
                 k.last_ping = Some(now);
                 ping.push((k.key, k.addr));
             }

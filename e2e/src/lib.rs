@@ -456,13 +456,12 @@ impl Lab {
     pub fn wait_daemon(&self, host: &Host, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Ok(out) = self.wh(host, &["show"]) {
-                if out.status.success()
+            if let Ok(out) = self.wh(host, &["show"])
+                && out.status.success()
                     && String::from_utf8_lossy(&out.stdout).contains("public key")
                 {
                     return Ok(());
                 }
-            }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(anyhow!(

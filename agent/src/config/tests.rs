@@ -148,7 +148,7 @@ fn each_listed_mistake_is_named() {
             4,
             9,
         ),
-        (format!("subnet 10.0.0.0/24\n"), "no 'name' line", 1, 1),
+        ("subnet 10.0.0.0/24\n".to_string(), "no 'name' line", 1, 1),
         (
             format!("name n\nsubnet 10.0.0.0/24\ntrust a b c {KA}\n"),
             "one word too many before the key",
@@ -167,7 +167,7 @@ fn each_listed_mistake_is_named() {
             3,
             6,
         ),
-        (format!("name n\nworkbit lots\n"), "not a number", 2, 9),
+        ("name n\nworkbit lots\n".to_string(), "not a number", 2, 9),
         (
             format!("name n\nsubnet 10.0.0.0/24\ntrust 9a {KA}\n"),
             "does not start with a letter",
@@ -175,7 +175,7 @@ fn each_listed_mistake_is_named() {
             7,
         ),
         (
-            format!("name n\nsubnet 10.0.0.0/24\ntrust a\n"),
+            "name n\nsubnet 10.0.0.0/24\ntrust a\n".to_string(),
             "no public key",
             3,
             7,
@@ -187,7 +187,7 @@ fn each_listed_mistake_is_named() {
             9,
         ),
         (
-            format!("name n\nsubnet nope\n"),
+            "name n\nsubnet nope\n".to_string(),
             "not an IPv4 network",
             2,
             8,

@@ -256,11 +256,10 @@ pub async fn run_with(
         if boot.key == public {
             continue;
         }
-        if let Some(e) = &boot.endpoint {
-            if let Some(addr) = resolve(e).await {
+        if let Some(e) = &boot.endpoint
+            && let Some(addr) = resolve(e).await {
                 dht.add_bootstrap(boot.key, addr);
             }
-        }
     }
     let own_record = NodeRecord {
         key: public,
@@ -408,11 +407,10 @@ pub async fn run_with(
     if let Some(task) = upnp_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
-    if let Some(dp) = d.dataplane.take() {
-        if let Err(e) = dp.destroy().await {
+    if let Some(dp) = d.dataplane.take()
+        && let Err(e) = dp.destroy().await {
             tracing::warn!(error = %e, "cannot remove the interface");
         }
-    }
     if let Some(dir) = control::socket_path(&d.opts.interface).parent() {
         let _ = std::fs::remove_file(dir.join("ready"));
     }
@@ -621,14 +619,13 @@ impl Daemon {
                     self.count_drop("alias-auth-not-from-its-key");
                 }
             }
-            Message::AliasAck { alias } => {
+            Message::AliasAck { alias }
                 if self
                     .join
                     .is_some_and(|j| j.listener == key && j.alias == *alias)
-                {
+                => {
                     self.on_alias_ack();
                 }
-            }
             Message::RelayedWg { from: src, packet } => {
                 if self.overlay.is_trusted(src) {
                     self.overlay.on_relayed_contact(*src, (key, from), now);
@@ -653,8 +650,8 @@ impl Daemon {
 
     /// Remembers where `key` talks from (a relay forwards there).
     fn remember(&mut self, key: PublicKey, from: SocketAddr, now: Instant) {
-        if !self.recent.contains_key(&key) && self.recent.len() >= MAX_RECENT {
-            if let Some(oldest) = self
+        if !self.recent.contains_key(&key) && self.recent.len() >= MAX_RECENT
+            && let Some(oldest) = self
                 .recent
                 .iter()
                 .min_by_key(|(_, (_, t))| *t)
@@ -662,7 +659,6 @@ impl Daemon {
             {
                 self.recent.remove(&oldest);
             }
-        }
         self.recent.insert(key, (from, now));
     }
 
@@ -674,14 +670,13 @@ impl Daemon {
         else {
             return;
         };
-        if s.connect(peer).is_ok() {
-            if let Ok(local) = s.local_addr() {
+        if s.connect(peer).is_ok()
+            && let Ok(local) = s.local_addr() {
                 self.local_ips.retain(|ip| *ip != local.ip());
                 self.local_ips.push(local.ip());
                 self.local_ips.truncate(8);
                 self.nat.set_local_ips(self.local_ips.clone());
             }
-        }
     }
 
     /// Relays a sealed message from `source` to `to`, within limits.
@@ -776,8 +771,8 @@ impl Daemon {
                     };
                     let _ = reply.send(answer);
                 }
-                if let Some(record) = self.overlay.lookup_done(now, target, found) {
-                    if !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_))) {
+                if let Some(record) = self.overlay.lookup_done(now, target, found)
+                    && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_))) {
                         self.puncher.start(
                             target,
                             record.endpoints.clone(),
@@ -786,7 +781,6 @@ impl Daemon {
                         );
                         self.punch(now);
                     }
-                }
             }
             DhtEvent::Pong { key, observed, rtt } => {
                 self.observed = Some(observed);

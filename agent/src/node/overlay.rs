@@ -473,8 +473,8 @@ impl Overlay {
 
     pub fn on_tick(&mut self, now: Instant) {
         for p in self.peers.values_mut() {
-            if let Some(PeerPath::Direct(addr)) = p.path {
-                if p.last_keepalive
+            if let Some(PeerPath::Direct(addr)) = p.path
+                && p.last_keepalive
                     .is_none_or(|t| now.duration_since(t) >= KEEPALIVE)
                 {
                     p.last_keepalive = Some(now);
@@ -488,7 +488,6 @@ impl Overlay {
                         },
                     ));
                 }
-            }
         }
     }
 
