@@ -33,11 +33,21 @@ struct Net {
     nodes: Vec<Host>,
     /// The nodes' public keys.
     keys: Vec<String>,
+    config: PathBuf,
+    /// Dropped after the lab (fields drop in order): the daemons are gone
+    /// before their files.
+    _etc: Vec<NetnsEtc>,
 }
 
 /// A bootstrap node and the two trusted nodes, all up (as in overlay.rs),
 /// with extra `wh up` arguments for some nodes (by index).
 fn network_with(extra: &[(usize, &[&str])]) -> Net {
+    network_prepared(extra, |_| Vec::new())
+}
+
+/// Like [`network_with`]; `prepare` runs for each node before its daemon
+/// starts (files under `/etc/netns` must exist before `ip netns exec`).
+fn network_prepared(extra: &[(usize, &[&str])], prepare: impl Fn(&Host) -> Vec<NetnsEtc>) -> Net {
     let mut lab = Lab::new().expect("lab");
     let boot = lab.public_host("boot").expect("boot host");
     let (boot_sk, boot_pk) = lab.genkey("boot").expect("boot key");
@@ -62,11 +72,13 @@ fn network_with(extra: &[(usize, &[&str])]) -> Net {
         text += &format!("trust {} {pk}\n", NAMES[i]);
     }
     let config = lab.write("lab.conf", &text).expect("config");
+    let mut etc = Vec::new();
     for (i, (host, (sk, _))) in nodes.iter().zip(&keys).enumerate() {
         let args = extra
             .iter()
             .find(|(j, _)| *j == i)
             .map_or(&[][..], |(_, a)| *a);
+        etc.extend(prepare(host));
         lab.wh_up(host, &config, Some(sk), args).expect("wh up");
     }
     for host in &nodes {
@@ -74,26 +86,39 @@ fn network_with(extra: &[(usize, &[&str])]) -> Net {
             .expect("daemon answers");
     }
     let keys = keys.into_iter().map(|(_, pk)| pk).collect();
-    Net { lab, nodes, keys }
-}
-
-/// `/etc/netns/NS/resolv.conf`, removed (with its directory) when dropped,
-/// also when the test fails.
-struct ResolvConf {
-    dir: PathBuf,
-}
-
-impl ResolvConf {
-    fn new(netns: &str, text: &str) -> ResolvConf {
-        let dir = PathBuf::from("/etc/netns").join(netns);
-        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-        let conf = ResolvConf { dir };
-        std::fs::write(conf.dir.join("resolv.conf"), text).expect("write resolv.conf");
-        conf
+    Net {
+        lab,
+        nodes,
+        keys,
+        config,
+        _etc: etc,
     }
 }
 
-impl Drop for ResolvConf {
+/// `/etc/netns/NS/`, whose files `ip netns exec NS` bind-mounts over
+/// `/etc/`: removed when dropped, also when the test fails.
+struct NetnsEtc {
+    dir: PathBuf,
+}
+
+impl NetnsEtc {
+    fn new(netns: &str) -> NetnsEtc {
+        let dir = PathBuf::from("/etc/netns").join(netns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        NetnsEtc { dir }
+    }
+
+    fn write(self, file: &str, text: &str) -> NetnsEtc {
+        std::fs::write(self.dir.join(file), text).expect("write a file in /etc/netns/NS");
+        self
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for NetnsEtc {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         // /etc/netns itself only when no other test uses it.
@@ -115,7 +140,7 @@ fn probe(lab: &Lab, host: &Host, job: Value) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("PROBE "))
+        .find_map(|l| l.split_once("PROBE ").map(|(_, r)| r))
         .unwrap_or_else(|| {
             panic!(
                 "the probe on {} said nothing: {stdout}{}\n--- log:\n{}",
@@ -174,8 +199,8 @@ fn names_resolve_through_the_responder_and_survive_a_flood() {
     let lab = &net.lab;
     let (a, b) = (&net.nodes[0], &net.nodes[1]);
     let server = format!("{IP_A}:53");
-    let _resolv = ResolvConf::new(
-        &a.netns,
+    let _resolv = NetnsEtc::new(&a.netns).write(
+        "resolv.conf",
         &format!("nameserver {IP_A}\nsearch lab\noptions timeout:1 attempts:3\n"),
     );
     wait_responder(lab, a, &server);
@@ -257,7 +282,7 @@ fn names_resolve_through_the_responder_and_survive_a_flood() {
     let report = String::from_utf8_lossy(&out.stdout);
     let report: Value = report
         .lines()
-        .find_map(|l| l.strip_prefix("PROBE "))
+        .find_map(|l| l.split_once("PROBE ").map(|(_, r)| r))
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("flood report: {report}"));
     eprintln!("flood: {report}; node_a answered {answered} queries meanwhile");
@@ -288,6 +313,72 @@ fn dns_off_serves_nothing() {
         json!({"server": format!("{IP_B}:53"), "queries": [["node_a.lab", 1]], "timeout_ms": 500, "tries": 2}),
     );
     assert!(r["answers"][0]["rcode"].is_null(), "{r}");
+}
+
+const USER_HOSTS: &str = "127.0.0.1\tlocalhost\n# the user's own lines\n192.0.2.7 printer\n";
+
+#[test]
+#[ignore = "needs the daemon's /etc/hosts management (`wh up ... hosts on`), which the integrator wires in after the names module"]
+fn hosts_block_follows_up_reload_and_down() {
+    require_lab!();
+    let real_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    // node_a's /etc/hosts is /etc/netns/NS/hosts (a bind mount, so the
+    // daemon rewrites it in place); it must exist before the daemon starts.
+    let mut net = network_prepared(&[(0, &["hosts", "on"])], |h| {
+        if h.name == "node_a" {
+            vec![NetnsEtc::new(&h.netns).write("hosts", USER_HOSTS)]
+        } else {
+            Vec::new()
+        }
+    });
+    let a = net.nodes[0].clone();
+    let etc = &net._etc[0];
+    let start = Instant::now();
+    while !etc.read("hosts").contains("# END wirehub lab")
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = etc.read("hosts");
+    assert!(text.starts_with(USER_HOSTS), "{text}");
+    assert!(
+        text.contains("# BEGIN wirehub lab\n10.0.42.2\tnode_a.lab node_a\n"),
+        "{text}"
+    );
+    assert!(text.contains("10.0.42.3\tnode_b.lab node_b\n"), "{text}");
+    // The system resolver reads it (files come before dns).
+    let out = getent(&net.lab, &a, &["ahostsv4", "node_b"]).expect("getent through the hosts file");
+    assert!(out.contains(IP_B), "{out}");
+
+    // Reload with a third node: the block is replaced, not duplicated.
+    let (_, c_key) = net.lab.genkey("node_c").expect("key c");
+    let third = format!("trust node_c {c_key}\n");
+    let mut config = std::fs::read_to_string(&net.config).expect("config");
+    config.push_str(&third);
+    std::fs::write(&net.config, &config).expect("write config");
+    let iface = net
+        .lab
+        .wh_ok(&a, &["show", "interfaces"])
+        .expect("interfaces")
+        .lines()
+        .next()
+        .expect("one interface")
+        .to_string();
+    let out = net.lab.wh_ok(&a, &["reload", &iface]).expect("reload");
+    assert!(out.contains("node_c"), "{out}");
+    let text = etc.read("hosts");
+    assert!(text.contains("10.0.42.4\tnode_c.lab node_c\n"), "{text}");
+    assert_eq!(text.matches("# BEGIN wirehub lab").count(), 1, "{text}");
+    assert!(text.starts_with(USER_HOSTS), "{text}");
+
+    // Down: the block is gone, the user's lines are as they were.
+    net.lab.kill_daemon(&a, "-TERM").expect("stop node_a");
+    assert_eq!(etc.read("hosts"), USER_HOSTS);
+    assert_eq!(
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        real_hosts,
+        "the real /etc/hosts was touched"
+    );
 }
 
 /// Not a test: the probe that [`probe`] runs inside a namespace. Without
@@ -330,11 +421,11 @@ fn dns_probe() {
                     let Ok((n, _)) = sock.recv_from(&mut buf) else {
                         break;
                     };
-                    if let Some((rid, rcode, ancount)) = decode_header(&buf[..n]) {
-                        if rid == id {
-                            got = json!({"name": name, "rcode": rcode, "ancount": ancount});
-                            break 'tries;
-                        }
+                    if let Some((rid, rcode, ancount)) = decode_header(&buf[..n])
+                        && rid == id
+                    {
+                        got = json!({"name": name, "rcode": rcode, "ancount": ancount});
+                        break 'tries;
                     }
                 }
             }
