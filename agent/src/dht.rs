@@ -126,6 +126,13 @@ pub enum DhtEvent {
         closest: Vec<NodeRecord>,
         stats: LookupStats,
     },
+    /// A user lookup learned a record of its target from another node
+    /// (unverified); the lookup goes on and ends with `LookupDone`.
+    RecordSeen {
+        id: LookupId,
+        target: PublicKey,
+        record: NodeRecord,
+    },
     /// The bootstrap self-lookup is over; `nodes` are in the table.
     Bootstrapped {
         nodes: usize,
@@ -805,8 +812,19 @@ impl Dht {
             }
         }
         let next_hop = hop.saturating_add(1);
+        // The first record of the target another node gives: tell the
+        // caller now, while the lookup goes on (the target itself may never
+        // answer, being behind a NAT; its relays are in the record).
+        let early = (l.purpose == Purpose::User && !l.record_reported)
+            .then(|| valid.iter().find(|r| r.key == target).cloned())
+            .flatten();
         for r in valid {
             l.add(r, next_hop);
+        }
+        if let Some(record) = early {
+            l.record_reported = true;
+            let id = l.id;
+            self.push_event(DhtEvent::RecordSeen { id, target, record });
         }
         self.step_lookup(idx, t);
     }

@@ -167,9 +167,9 @@ fn nat_grid_every_pair_pings_on_the_expected_path() {
                 && !only
                     .split(',')
                     .any(|p| p == format!("{}:{}", ka.name(), kb.name()))
-                {
-                    continue;
-                }
+            {
+                continue;
+            }
             let (s, start) = scenario(*ka, *kb, 20);
             let first = s.lab.ping_until(&s.a, "10.0.42.3", Duration::from_secs(15));
             let first = match first {
@@ -185,6 +185,15 @@ fn nat_grid_every_pair_pings_on_the_expected_path() {
                     continue;
                 }
             };
+            if std::env::var_os("WH_GRID_LOGS").is_some() {
+                eprintln!(
+                    "--- {} a:\n{}\n--- {} b:\n{}",
+                    ka.name(),
+                    s.lab.log(&s.a),
+                    kb.name(),
+                    s.lab.log(&s.b)
+                );
+            }
             let want_direct = expected_direct(*ka, *kb);
             let direct_after = if want_direct {
                 wait_direct(&s.lab, &s.a, "node_b", Duration::from_secs(6))

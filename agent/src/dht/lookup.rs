@@ -70,6 +70,8 @@ pub(crate) struct Lookup {
     pub found: Option<NodeRecord>,
     pub found_hop: Option<u8>,
     pub target_answered: bool,
+    /// A [`crate::dht::DhtEvent::RecordSeen`] was emitted for this lookup.
+    pub record_reported: bool,
     pub stats: LookupStats,
     /// Most candidates that are neither failed nor in flight.
     cap: usize,
@@ -94,6 +96,7 @@ impl Lookup {
             found: None,
             found_hop: None,
             target_answered: false,
+            record_reported: false,
             stats: LookupStats::default(),
             cap: 2 * k,
         }

@@ -257,9 +257,10 @@ pub async fn run_with(
             continue;
         }
         if let Some(e) = &boot.endpoint
-            && let Some(addr) = resolve(e).await {
-                dht.add_bootstrap(boot.key, addr);
-            }
+            && let Some(addr) = resolve(e).await
+        {
+            dht.add_bootstrap(boot.key, addr);
+        }
     }
     let own_record = NodeRecord {
         key: public,
@@ -408,9 +409,10 @@ pub async fn run_with(
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     if let Some(dp) = d.dataplane.take()
-        && let Err(e) = dp.destroy().await {
-            tracing::warn!(error = %e, "cannot remove the interface");
-        }
+        && let Err(e) = dp.destroy().await
+    {
+        tracing::warn!(error = %e, "cannot remove the interface");
+    }
     if let Some(dir) = control::socket_path(&d.opts.interface).parent() {
         let _ = std::fs::remove_file(dir.join("ready"));
     }
@@ -622,10 +624,10 @@ impl Daemon {
             Message::AliasAck { alias }
                 if self
                     .join
-                    .is_some_and(|j| j.listener == key && j.alias == *alias)
-                => {
-                    self.on_alias_ack();
-                }
+                    .is_some_and(|j| j.listener == key && j.alias == *alias) =>
+            {
+                self.on_alias_ack();
+            }
             Message::RelayedWg { from: src, packet } => {
                 if self.overlay.is_trusted(src) {
                     self.overlay.on_relayed_contact(*src, (key, from), now);
@@ -650,15 +652,16 @@ impl Daemon {
 
     /// Remembers where `key` talks from (a relay forwards there).
     fn remember(&mut self, key: PublicKey, from: SocketAddr, now: Instant) {
-        if !self.recent.contains_key(&key) && self.recent.len() >= MAX_RECENT
+        if !self.recent.contains_key(&key)
+            && self.recent.len() >= MAX_RECENT
             && let Some(oldest) = self
                 .recent
                 .iter()
                 .min_by_key(|(_, (_, t))| *t)
                 .map(|(k, _)| *k)
-            {
-                self.recent.remove(&oldest);
-            }
+        {
+            self.recent.remove(&oldest);
+        }
         self.recent.insert(key, (from, now));
     }
 
@@ -671,12 +674,13 @@ impl Daemon {
             return;
         };
         if s.connect(peer).is_ok()
-            && let Ok(local) = s.local_addr() {
-                self.local_ips.retain(|ip| *ip != local.ip());
-                self.local_ips.push(local.ip());
-                self.local_ips.truncate(8);
-                self.nat.set_local_ips(self.local_ips.clone());
-            }
+            && let Ok(local) = s.local_addr()
+        {
+            self.local_ips.retain(|ip| *ip != local.ip());
+            self.local_ips.push(local.ip());
+            self.local_ips.truncate(8);
+            self.nat.set_local_ips(self.local_ips.clone());
+        }
     }
 
     /// Relays a sealed message from `source` to `to`, within limits.
@@ -772,15 +776,27 @@ impl Daemon {
                     let _ = reply.send(answer);
                 }
                 if let Some(record) = self.overlay.lookup_done(now, target, found)
-                    && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_))) {
-                        self.puncher.start(
-                            target,
-                            record.endpoints.clone(),
-                            record.relays.clone(),
-                            now,
-                        );
-                        self.punch(now);
-                    }
+                    && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_)))
+                {
+                    self.puncher.start(
+                        target,
+                        record.endpoints.clone(),
+                        record.relays.clone(),
+                        now,
+                    );
+                    self.punch(now);
+                }
+            }
+            DhtEvent::RecordSeen { target, record, .. } => {
+                if self.overlay.record_seen(target, &record) {
+                    self.puncher.start(
+                        target,
+                        record.endpoints.clone(),
+                        record.relays.clone(),
+                        now,
+                    );
+                    self.punch(now);
+                }
             }
             DhtEvent::Pong { key, observed, rtt } => {
                 self.observed = Some(observed);

@@ -347,6 +347,28 @@ impl Overlay {
         }
     }
 
+    /// A lookup still running learned the peer's record from another node:
+    /// use its relays at once (the peer itself may never answer the lookup,
+    /// being behind a NAT). Returns true when the record is worth punching.
+    pub fn record_seen(&mut self, target: PublicKey, record: &NodeRecord) -> bool {
+        let Some(p) = self.peers.get_mut(&target) else {
+            return false;
+        };
+        if matches!(p.path, Some(PeerPath::Direct(_))) {
+            return false;
+        }
+        if !record.relays.is_empty() && p.path.is_none() {
+            p.path = Some(PeerPath::Relayed(record.relays.clone()));
+            self.changes.push(PathChange {
+                key: target,
+                allowed_ips: p.allowed_ips(),
+                path: p.path.clone(),
+            });
+        }
+        p.record = Some(record.clone());
+        !record.endpoints.is_empty() || !record.relays.is_empty()
+    }
+
     /// A message from `key` came through `relay`: without a direct path,
     /// answer through the same relay (it can reach the peer).
     pub fn on_relayed_contact(
@@ -476,18 +498,18 @@ impl Overlay {
             if let Some(PeerPath::Direct(addr)) = p.path
                 && p.last_keepalive
                     .is_none_or(|t| now.duration_since(t) >= KEEPALIVE)
-                {
-                    p.last_keepalive = Some(now);
-                    self.next_ping += 1;
-                    self.transmits.push((
-                        p.spec.key,
-                        addr,
-                        Message::Ping {
-                            id: self.next_ping,
-                            info: None,
-                        },
-                    ));
-                }
+            {
+                p.last_keepalive = Some(now);
+                self.next_ping += 1;
+                self.transmits.push((
+                    p.spec.key,
+                    addr,
+                    Message::Ping {
+                        id: self.next_ping,
+                        info: None,
+                    },
+                ));
+            }
         }
     }
 
