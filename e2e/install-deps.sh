@@ -6,6 +6,7 @@ packages=(
   wireguard-tools wireguard-go iperf3                  # reference WireGuard, benchmarks
   miniupnpd miniupnpd-nftables miniupnpc natpmpc       # UPnP IGD / NAT-PMP in lab routers
   podman containernetworking-plugins busybox-static runc iptables util-linux  # a real CNI runtime
+  containerd etcd-server etcd-client openssl binutils  # the Kubernetes lab (e2e/tests/k8s.rs; the binaries: e2e/k8s/build-k8s.sh)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,9 @@
 set -euo pipefail
 CACHE=${WH_K8S_CACHE:-/var/cache/wirehub-k8s}
 BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# kubectl comes with most machines (any version from 1.19 on talks to 1.20);
+# build it too where there is none.
+command -v kubectl >/dev/null 2>&1 || BINS+=(kubectl)
 
 complete() { # dir
   local d=$1

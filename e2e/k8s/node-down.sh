@@ -11,7 +11,7 @@ alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 # the ones whose /proc/PID/root and cmdline show this node's files.
 mine() { # name pattern
   for p in $(awk -v n="$1" '$2 == n {print $1}' "$DIR/pids" 2>/dev/null); do
-    tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -q -- "$2" && echo "$p"
+    { tr '\0' ' ' < /proc/$p/cmdline; } 2>/dev/null | grep -q -- "$2" && echo "$p"
   done
 }
 KUBELET=$(mine kubelet "$D/kubelet")
@@ -19,7 +19,7 @@ PROXY=$(mine kube-proxy "$DIR/cp/proxy.kubeconfig.*--hostname-override=$N ")
 [ -n "$PROXY" ] || PROXY=$(mine kube-proxy "hostname-override=$N")
 CONTAINERD=$(mine containerd "$D/containerd/config.toml")
 for p in $KUBELET $PROXY; do kill "$p" 2>/dev/null; done
-SHIMS=$(for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q -- "containerd-shim.*-address $SOCK" && basename $p; done)
+SHIMS=$(for p in /proc/[0-9]*; do { tr '\0' ' ' < $p/cmdline; } 2>/dev/null | grep -q -- "containerd-shim.*-address $SOCK" && basename $p; done)
 CHILD=$(for s in $SHIMS; do pgrep -P $s; done)
 [ -n "$CHILD" ] && kill -9 $CHILD 2>/dev/null
 for p in $CONTAINERD; do kill "$p" 2>/dev/null; done

@@ -6,6 +6,8 @@
 //! per-run tag and removed when the [`Lab`] is dropped, also when a test
 //! panics. Traffic never leaves the lab's namespaces.
 
+pub mod nat;
+
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -458,10 +460,10 @@ impl Lab {
         while start.elapsed() < timeout {
             if let Ok(out) = self.wh(host, &["show"])
                 && out.status.success()
-                    && String::from_utf8_lossy(&out.stdout).contains("public key")
-                {
-                    return Ok(());
-                }
+                && String::from_utf8_lossy(&out.stdout).contains("public key")
+            {
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(anyhow!(

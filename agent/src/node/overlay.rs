@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 /// First delay before a failed lookup is retried; it doubles up to the maximum.
-const LOOKUP_RETRY_MIN: Duration = Duration::from_secs(1);
+const LOOKUP_RETRY_MIN: Duration = Duration::from_millis(250);
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);

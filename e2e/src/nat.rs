@@ -1,0 +1,147 @@
+//! NAT scenarios shared by the NAT tests and the NAT benchmark: a public
+//! bootstrap, two public relays, and two nodes of given kinds.
+
+use crate::{Host, Lab, Nat};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Public,
+    Behind(Nat),
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Public => "public",
+            Kind::Behind(n) => n.name(),
+        }
+    }
+}
+
+pub const KINDS: [Kind; 4] = [
+    Kind::Public,
+    Kind::Behind(Nat::Easy),
+    Kind::Behind(Nat::Hard),
+    Kind::Behind(Nat::Upnp),
+];
+
+pub struct Scenario {
+    pub lab: Lab,
+    /// The bootstrap node first, then the two relays: all public DHT nodes.
+    pub relays: Vec<Host>,
+    pub a: Host,
+    pub b: Host,
+    pub config: PathBuf,
+    pub keys: [PathBuf; 2],
+    pub routers: Vec<Host>,
+}
+
+fn host(lab: &mut Lab, name: &str, kind: Kind, latency: u32, routers: &mut Vec<Host>) -> Host {
+    match kind {
+        Kind::Public => lab.public_host(name).expect("public host"),
+        Kind::Behind(nat) => {
+            let (h, r) = lab.home_host(name, nat).expect("home host");
+            if latency > 0 && !lab.add_latency(&r, latency).expect("netem") {
+                eprintln!("note: this kernel has no netem; no latency added");
+            }
+            routers.push(r);
+            h
+        }
+    }
+}
+
+/// A bootstrap, two relays, and node_a / node_b of the given kinds; the two
+/// nodes are started together at the returned instant.
+pub fn scenario(ka: Kind, kb: Kind, latency: u32) -> (Scenario, Instant) {
+    let mut lab = Lab::new().expect("lab");
+    lab.env.push(("WH_UPNP_RENEW_SECS".into(), "2".into()));
+    let boot = lab.public_host("boot").expect("boot");
+    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
+    let public = lab
+        .write("public", "name public\nworkbit 8\n")
+        .expect("config");
+    lab.wh_up(&boot, &public, Some(&boot_sk), &["mode", "direct"])
+        .expect("boot up");
+    lab.wait_daemon(&boot, Duration::from_secs(10))
+        .expect("boot answers");
+    let relay_config = lab
+        .write(
+            "relay",
+            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
+        )
+        .expect("config");
+    let mut relays = vec![boot.clone()];
+    for i in 0..2 {
+        let r = lab.public_host(&format!("relay{i}")).expect("relay");
+        let (sk, _) = lab.genkey(&format!("relay{i}")).expect("key");
+        lab.wh_up(&r, &relay_config, Some(&sk), &["mode", "direct"])
+            .expect("relay up");
+        relays.push(r);
+    }
+    for r in &relays {
+        lab.wait_daemon(r, Duration::from_secs(10))
+            .expect("relay answers");
+    }
+    let mut routers = Vec::new();
+    let a = host(&mut lab, "node_a", ka, latency, &mut routers);
+    let b = host(&mut lab, "node_b", kb, latency, &mut routers);
+    let (ska, pka) = lab.genkey("node_a").expect("key");
+    let (skb, pkb) = lab.genkey("node_b").expect("key");
+    let config = lab
+        .write(
+            "grid.conf",
+            &format!("name grid\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\ntrust node_a {pka}\ntrust node_b {pkb}\n", boot.ip),
+        )
+        .expect("config");
+    // Give miniupnpd a moment to listen.
+    if routers
+        .iter()
+        .any(|r| r.run_dir.join("miniupnpd.conf").exists())
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let start = Instant::now();
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("a up");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("b up");
+    (
+        Scenario {
+            lab,
+            relays,
+            a,
+            b,
+            config,
+            keys: [ska, skb],
+            routers,
+        },
+        start,
+    )
+}
+
+/// The glyph `wh show` on `from` prints for `peer`: ● ◒ direct, ○ relayed.
+pub fn path_glyph(lab: &Lab, from: &Host, peer: &str) -> char {
+    let show = lab
+        .wh(from, &["show"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    show.lines()
+        .find(|l| l.contains(peer))
+        .and_then(|l| l.chars().next())
+        .unwrap_or('?')
+}
+
+pub fn is_direct(g: char) -> bool {
+    g == '●' || g == '◒'
+}
+
+pub fn wait_direct(lab: &Lab, from: &Host, peer: &str, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if is_direct(path_glyph(lab, from, peer)) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}

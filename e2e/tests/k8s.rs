@@ -1,0 +1,979 @@
+//! WireHub on a real Kubernetes cluster in the lab: kube-apiserver,
+//! kube-controller-manager, kube-scheduler, and three nodes (containerd,
+//! kubelet, kube-proxy), built from Debian's `kubernetes` source package and
+//! cached outside the repository (e2e/k8s/build-k8s.sh). The control plane
+//! sits on the lab's internet; one node has a public address, one is behind
+//! an easy NAT, one behind a hard (symmetric) NAT; an edge host outside the
+//! cluster runs plain `wh up` with the network file printed from the
+//! resource. WireHub is installed with the Helm chart's own templates,
+//! rendered here (there is no helm binary; see `render_chart`).
+//!
+//! Skipped (with a message) when not root. Needs the packages of
+//! e2e/install-deps.sh (containerd, etcd-server, kubectl, ...).
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wirehub_e2e::{Host, Lab, Nat, wh_bin};
+
+/// Host-wide sysctls kubelet (and kube-proxy) may change: saved before,
+/// restored after.
+const SYSCTLS: &[&str] = &[
+    "vm.overcommit_memory",
+    "vm.panic_on_oom",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
+    "net.netfilter.nf_conntrack_max",
+];
+
+const NETWORK: &str = "lab";
+const AGENT_NS: &str = "kube-system";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn log(t0: Instant, what: &str) {
+    eprintln!("[k8s {:6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `f` until it gives a value or `timeout` passes.
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    let mut last_err = String::new();
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = format!("{e:#}"),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} {last_err}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+// ---------------------------------------------------------------- the chart
+
+/// A Helm-template renderer for the subset the chart keeps to: `{{ PATH }}`
+/// (`.Values.…`, `.Release.Name`, `.Release.Namespace`, `.Chart.Name`,
+/// `.Chart.AppVersion`), pipelines through `quote`, `toYaml`, `nindent N`,
+/// `indent N`, `if PATH` / `else` / `end`, and the `{{-` / `-}}` whitespace
+/// trimming, all with helm's semantics.
+mod chart {
+    use super::*;
+
+    enum Node {
+        Text(String),
+        Action(String),
+        If(String, Vec<Node>, Vec<Node>),
+    }
+
+    fn tokens(src: &str) -> Result<Vec<(bool, String)>> {
+        // (is_action, text) with trimming applied.
+        let mut out: Vec<(bool, String)> = Vec::new();
+        let mut rest = src;
+        let mut trim_next = false;
+        while let Some(open) = rest.find("{{") {
+            let mut text = rest[..open].to_string();
+            if trim_next {
+                text = text.trim_start().to_string();
+            }
+            let after = &rest[open + 2..];
+            let close = after.find("}}").ok_or_else(|| anyhow!("unclosed {{{{"))?;
+            let mut inner = &after[..close];
+            if let Some(i) = inner.strip_prefix('-') {
+                text = text.trim_end().to_string();
+                inner = i;
+            }
+            trim_next = false;
+            if let Some(i) = inner.strip_suffix('-') {
+                trim_next = true;
+                inner = i;
+            }
+            out.push((false, text));
+            out.push((true, inner.trim().to_string()));
+            rest = &after[close + 2..];
+        }
+        let mut text = rest.to_string();
+        if trim_next {
+            text = text.trim_start().to_string();
+        }
+        out.push((false, text));
+        Ok(out)
+    }
+
+    fn parse(tokens: &mut std::vec::IntoIter<(bool, String)>, until_end: bool) -> Result<(Vec<Node>, Vec<Node>)> {
+        let mut then = Vec::new();
+        let mut els = Vec::new();
+        let mut in_else = false;
+        while let Some((is_action, text)) = tokens.next() {
+            let target = if in_else { &mut els } else { &mut then };
+            if !is_action {
+                target.push(Node::Text(text));
+                continue;
+            }
+            if let Some(cond) = text.strip_prefix("if ") {
+                let (t, e) = parse(tokens, true)?;
+                target.push(Node::If(cond.trim().to_string(), t, e));
+            } else if text == "else" {
+                in_else = true;
+            } else if text == "end" {
+                if !until_end {
+                    bail!("'end' without 'if'");
+                }
+                return Ok((then, els));
+            } else if text.starts_with("/*") {
+                // comment
+            } else {
+                target.push(Node::Action(text));
+            }
+        }
+        if until_end {
+            bail!("'if' without 'end'");
+        }
+        Ok((then, els))
+    }
+
+    fn lookup(ctx: &Value, path: &str) -> Result<Value> {
+        let path = path
+            .strip_prefix('.')
+            .ok_or_else(|| anyhow!("unsupported expression '{path}'"))?;
+        let mut v = ctx;
+        for part in path.split('.') {
+            v = v.get(part).unwrap_or(&Value::Null);
+        }
+        Ok(v.clone())
+    }
+
+    fn truthy(v: &Value) -> bool {
+        match v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        }
+    }
+
+    fn text_of(v: &Value) -> String {
+        match v {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn to_yaml(v: &Value) -> Result<String> {
+        let y = serde_yaml::to_string(v)?;
+        Ok(y.trim_end_matches('\n').to_string())
+    }
+
+    fn indent(s: &str, n: usize) -> String {
+        let pad = " ".repeat(n);
+        s.lines()
+            .map(|l| format!("{pad}{l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn eval(ctx: &Value, pipeline: &str) -> Result<String> {
+        let mut stages = pipeline.split('|').map(str::trim);
+        let first = stages.next().unwrap_or_default();
+        let mut words = first.split_whitespace();
+        let head = words.next().unwrap_or_default();
+        // A value, as text or as data (for toYaml).
+        let mut data: Option<Value> = None;
+        let mut text = match head {
+            "toYaml" => {
+                let arg = words.next().ok_or_else(|| anyhow!("toYaml needs an argument"))?;
+                to_yaml(&lookup(ctx, arg)?)?
+            }
+            "quote" => {
+                let arg = words.next().ok_or_else(|| anyhow!("quote needs an argument"))?;
+                format!("{:?}", text_of(&lookup(ctx, arg)?))
+            }
+            p => {
+                let v = lookup(ctx, p)?;
+                let t = text_of(&v);
+                data = Some(v);
+                t
+            }
+        };
+        for stage in stages {
+            let mut w = stage.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("quote"), None) => text = serde_json::to_string(&text)?,
+                (Some("toYaml"), None) => {
+                    text = to_yaml(data.as_ref().unwrap_or(&Value::String(text.clone())))?
+                }
+                (Some("nindent"), Some(n)) => text = format!("\n{}", indent(&text, n.parse()?)),
+                (Some("indent"), Some(n)) => text = indent(&text, n.parse()?),
+                _ => bail!("unsupported pipeline stage '{stage}'"),
+            }
+            data = None;
+        }
+        Ok(text)
+    }
+
+    fn render_nodes(ctx: &Value, nodes: &[Node], out: &mut String) -> Result<()> {
+        for n in nodes {
+            match n {
+                Node::Text(t) => out.push_str(t),
+                Node::Action(a) => out.push_str(&eval(ctx, a)?),
+                Node::If(cond, then, els) => {
+                    let v = lookup(ctx, cond)?;
+                    render_nodes(ctx, if truthy(&v) { then } else { els }, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn render(template: &str, ctx: &Value) -> Result<String> {
+        let toks = tokens(template)?;
+        let (nodes, _) = parse(&mut toks.into_iter(), false)?;
+        let mut out = String::new();
+        render_nodes(ctx, &nodes, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn merge(base: &mut Value, over: &Value) {
+        match (base, over) {
+            (Value::Object(b), Value::Object(o)) => {
+                for (k, v) in o {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (b, o) => *b = o.clone(),
+        }
+    }
+
+    /// Renders every template of the chart with its values.yaml merged
+    /// with `overrides`; returns the manifests (NOTES.txt and partials
+    /// left out) and the CRD files of crds/.
+    pub fn render_chart(dir: &Path, overrides: &Value, namespace: &str) -> Result<(String, Vec<PathBuf>)> {
+        let values: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
+        let mut values: Value = serde_json::to_value(values)?;
+        merge(&mut values, overrides);
+        let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml"))?)?;
+        let chart: Value = serde_json::to_value(chart)?;
+        let ctx = json!({
+            "Values": values,
+            "Release": {"Name": "wirehub", "Namespace": namespace, "Service": "Helm"},
+            "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
+        });
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("templates"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        names.sort();
+        let mut out = String::new();
+        for p in names {
+            let text = render(&std::fs::read_to_string(&p)?, &ctx)
+                .with_context(|| format!("rendering {}", p.display()))?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            out.push_str(&format!("---\n# Source: {}\n", p.display()));
+            out.push_str(&text);
+            out.push('\n');
+        }
+        let mut crds: Vec<PathBuf> = std::fs::read_dir(dir.join("crds"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        crds.sort();
+        Ok((out, crds))
+    }
+}
+
+#[test]
+fn chart_renders_like_helm() {
+    let t = "a:\n  {{- if .Values.on }}\n  b: {{ .Values.x | quote }}\n  {{- else }}\n  c: 1\n  {{- end }}\nl: {{- toYaml .Values.l | nindent 2 }}\nn: {{ .Release.Namespace }}\n";
+    let ctx = json!({"Values": {"on": true, "x": "y", "l": [{"k": "v"}]}, "Release": {"Namespace": "ns"}});
+    assert_eq!(
+        chart::render(t, &ctx).unwrap(),
+        "a:\n  b: \"y\"\nl:\n  - k: v\nn: ns\n"
+    );
+    let ctx = json!({"Values": {"on": false, "l": []}, "Release": {"Namespace": "ns"}});
+    assert_eq!(chart::render(t, &ctx).unwrap(), "a:\n  c: 1\nl:\n  []\nn: ns\n");
+    // The whole chart renders, and every document is valid YAML.
+    let (text, crds) = chart::render_chart(&repo().join("charts/wirehub"), &json!({}), "kube-system").unwrap();
+    assert_eq!(crds.len(), 1);
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+        if let Some(k) = v.get("kind").and_then(|k| k.as_str()) {
+            kinds.push(k.to_string());
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec!["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount", "WireHubNetwork"]
+    );
+    assert!(text.contains("add: [NET_ADMIN]"), "{text}");
+}
+
+// ---------------------------------------------------------------- the cluster
+
+struct NodeInfo {
+    name: String,
+    host: Host,
+}
+
+/// The cluster; dropping it stops and removes everything it started
+/// (before the [`Lab`] removes the namespaces).
+struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    cp: Host,
+    nodes: Vec<NodeInfo>,
+    sysctls: Vec<(String, String)>,
+    kubectl: String,
+}
+
+impl Cluster {
+    fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.cp.netns, &self.kubectl, "--kubeconfig"])
+            .arg(self.dir.join("cp/admin.kubeconfig"))
+            .args(["--request-timeout=20s"])
+            .args(args);
+        c
+    }
+
+    fn k(&self, args: &[&str]) -> Result<String> {
+        run(&mut self.kubectl_cmd(args))
+    }
+
+    fn k_stdin(&self, args: &[&str], input: &str) -> Result<String> {
+        let mut c = self.kubectl_cmd(args);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn()?;
+        if let Some(mut s) = child.stdin.take() {
+            use std::io::Write;
+            s.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.k(&a)?)?)
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+
+    /// The Ready condition of each node: name -> (status, message).
+    fn node_ready(&self) -> Result<BTreeMap<String, (String, String)>> {
+        let v = self.json(&["get", "nodes"])?;
+        let mut m = BTreeMap::new();
+        for n in v["items"].as_array().cloned().unwrap_or_default() {
+            let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let cond = n["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+                .unwrap_or(Value::Null);
+            m.insert(
+                name,
+                (
+                    cond["status"].as_str().unwrap_or("Unknown").to_string(),
+                    cond["message"].as_str().unwrap_or_default().to_string(),
+                ),
+            );
+        }
+        Ok(m)
+    }
+
+    /// PIDs of the containers of a node (from its containerd).
+    fn task_pids(&self, node: &str) -> Result<Vec<u32>> {
+        let sock = self.node_dir(node).join("containerd/containerd.sock");
+        let out = run(Command::new("ctr")
+            .arg("-a")
+            .arg(&sock)
+            .args(["-n", "k8s.io", "task", "ls"]))?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains("RUNNING"))
+            .filter_map(|l| l.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+            .collect())
+    }
+
+    /// A PID in the network namespace of the pod with address `ip` on `node`.
+    fn pod_pid(&self, node: &str, ip: &str) -> Result<u32> {
+        for pid in self.task_pids(node)? {
+            let out = Command::new("nsenter")
+                .args(["-t", &pid.to_string(), "-n", "ip", "-4", "-o", "addr", "show"])
+                .output();
+            if let Ok(o) = out
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")) {
+                    return Ok(pid);
+                }
+        }
+        bail!("no container on {node} has address {ip}")
+    }
+
+    /// One ping from a pod's namespace.
+    fn ping_from(&self, pid: u32, target: &str, wait_s: u32) -> bool {
+        Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "ping", "-n", "-q", "-c", "1", "-W"])
+            .arg(wait_s.to_string())
+            .arg(target)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn agent_logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            let pods = self
+                .k(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent", "--field-selector", &format!("spec.nodeName={}", n.name), "-o", "name"])
+                .unwrap_or_default();
+            for p in pods.lines() {
+                s += &format!("==== {} {p}\n", n.name);
+                // The kubelet of a NAT'd node is not reachable for `kubectl logs`:
+                // read the container logs from the node's directory instead.
+                let _ = p;
+            }
+            let logdir = self.node_dir(&n.name).join("mnt/varlogpods");
+            if let Ok(out) = run(Command::new("sh").arg("-c").arg(format!(
+                "for f in {}/kube-system_wirehub-agent-*/agent/*.log; do echo \"-- $f\"; tail -n 60 \"$f\"; done 2>/dev/null",
+                logdir.display()
+            ))) {
+                s += &out;
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        eprintln!("[k8s] tearing the cluster down");
+        // Pods first, gracefully, so the runtime removes what it made.
+        let _ = Command::new("timeout")
+            .args(["25", "ip"])
+            .args(self.kubectl_cmd(&["delete", "daemonsets,deployments,pods", "--all", "-n", "default", "--grace-period=2", "--wait=true"]).get_args())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let down = repo().join("e2e/k8s/node-down.sh");
+        for n in &self.nodes {
+            let _ = Command::new("bash").arg(&down).arg(&self.dir).arg(&n.name).status();
+        }
+        // The control plane, by PID.
+        if let Ok(pids) = std::fs::read_to_string(self.dir.join("pids")) {
+            for line in pids.lines().rev() {
+                let mut w = line.split_whitespace();
+                if let (Some(pid), Some(name)) = (w.next(), w.next())
+                    && ["sched", "cm", "apiserver", "etcd"].contains(&name) {
+                        let _ = Command::new("kill").arg(pid).status();
+                    }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            for line in pids.lines() {
+                if let Some(pid) = line.split_whitespace().next() {
+                    let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
+                }
+            }
+        }
+        for (k, v) in &self.sysctls {
+            let _ = Command::new("sysctl").args(["-qw", &format!("{k}={v}")]).status();
+        }
+        if let Ok(dirs) = std::fs::read_to_string(self.dir.join("created-host-dirs")) {
+            let mut dirs: Vec<&str> = dirs.lines().collect();
+            dirs.sort();
+            dirs.dedup();
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sysctl(k: &str) -> Option<String> {
+    let out = Command::new("sysctl").args(["-n", k]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+// ---------------------------------------------------------------- the test
+
+#[test]
+fn wirehub_on_a_real_cluster() {
+    if !wirehub_e2e::available() {
+        eprintln!("skipped: the Kubernetes lab needs root (network namespaces, containerd, kubelet)");
+        return;
+    }
+    if let Err(e) = scenario() {
+        panic!("{e:#}");
+    }
+}
+
+fn scenario() -> Result<()> {
+    let t0 = Instant::now();
+    for tool in ["containerd", "ctr", "etcd", "etcdctl", "runc", "openssl", "nsenter", "unshare", "nft", "iptables", "strip"] {
+        if !have(tool) {
+            bail!("{tool} is missing: run e2e/install-deps.sh");
+        }
+    }
+    // The Kubernetes binaries: built once, cached outside the repository.
+    let build = repo().join("e2e/k8s/build-k8s.sh");
+    let status = Command::new("bash").arg(&build).status().context("cannot run build-k8s.sh")?;
+    if !status.success() {
+        bail!("building Kubernetes failed ({status})");
+    }
+    let cache = std::env::var("WH_K8S_CACHE").unwrap_or_else(|_| "/var/cache/wirehub-k8s".into());
+    let bin = PathBuf::from(cache).join("current/bin");
+    let kubectl = if bin.join("kubectl").exists() {
+        bin.join("kubectl").display().to_string()
+    } else if have("kubectl") {
+        "kubectl".to_string()
+    } else {
+        bail!("no kubectl (build-k8s.sh builds one when the machine has none)");
+    };
+    log(t0, "Kubernetes binaries ready");
+
+    let wh = wh_bin();
+    let cni = wh.with_file_name("wirehub-cni");
+    for b in [&wh, &cni] {
+        if !b.exists() {
+            bail!("{} is missing: cargo build --workspace --bins", b.display());
+        }
+    }
+    run(Command::new(&wh).args(["help", "agent"]))
+        .with_context(|| format!("{} has no 'agent' command (a stale build?)", wh.display()))?;
+
+    let mut lab = Lab::new()?;
+    let dir = lab.dir.join("k8s");
+    std::fs::create_dir_all(&dir)?;
+    let images = dir.join("images");
+    run(Command::new("bash")
+        .arg(repo().join("e2e/k8s/images.sh"))
+        .arg(&images)
+        .arg(&wh)
+        .arg(&cni)
+        .arg(bin.join("pause")))?;
+    log(t0, "images built");
+
+    let cp = lab.public_host("cp")?;
+    let n1 = lab.public_host("n1")?;
+    let (n2, _r2) = lab.home_host("n2", Nat::Easy)?;
+    let (n3, _r3) = lab.home_host("n3", Nat::Hard)?;
+    let edge = lab.public_host("edge")?;
+    let sysctls = SYSCTLS
+        .iter()
+        .filter_map(|k| sysctl(k).map(|v| (k.to_string(), v)))
+        .collect();
+    let cluster = Cluster {
+        dir: dir.clone(),
+        bin: bin.clone(),
+        cp: cp.clone(),
+        nodes: vec![
+            NodeInfo { name: "n1".into(), host: n1 },
+            NodeInfo { name: "n2".into(), host: n2 },
+            NodeInfo { name: "n3".into(), host: n3 },
+        ],
+        sysctls,
+        kubectl,
+    };
+    let result = exercise(&mut lab, &cluster, &edge, t0);
+    if result.is_err() {
+        eprintln!("{}", cluster.agent_logs());
+        if let Ok(s) = cluster.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"]) {
+            eprintln!("{s}");
+        }
+        eprintln!("edge daemon log:\n{}", lab.log(&edge));
+    }
+    drop(cluster);
+    log(t0, "cluster removed");
+    result
+}
+
+fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> {
+    let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut cp_args: Vec<String> = vec![
+        c.dir.display().to_string(),
+        c.cp.netns.clone(),
+        c.cp.ip.clone(),
+        c.bin.display().to_string(),
+    ];
+    cp_args.extend(names.iter().map(|s| s.to_string()));
+    run(Command::new("bash").arg(repo().join("e2e/k8s/cp-up.sh")).args(&cp_args))?;
+    log(t0, "control plane up");
+    for n in &c.nodes {
+        run(Command::new("bash")
+            .arg(repo().join("e2e/k8s/node-up.sh"))
+            .arg(&c.dir)
+            .arg(&n.name)
+            .arg(&n.host.netns)
+            .arg(&n.host.ip)
+            .arg(&c.bin)
+            .arg(c.dir.join("images")))?;
+    }
+    // Registered, but NotReady: no CNI configuration yet.
+    let ready = wait_for(Duration::from_secs(120), "the three nodes to register", || {
+        let r = c.node_ready()?;
+        Ok((r.len() == 3).then_some(r))
+    })?;
+    log(t0, &format!("nodes registered: {ready:?}"));
+    std::thread::sleep(Duration::from_secs(5));
+    for (name, (status, message)) in c.node_ready()? {
+        if status == "True" {
+            bail!("node {name} is Ready before WireHub is installed");
+        }
+        if !(message.contains("cni") || message.contains("network")) {
+            bail!("node {name} is NotReady for another reason than its network: {message}");
+        }
+    }
+    log(t0, "all nodes NotReady: network plugin not initialized");
+
+    // Install the chart's own templates, rendered here.
+    let overrides = json!({
+        "image": {"repository": "localhost/wirehub-agent", "tag": "e2e", "pullPolicy": "Never"},
+        "network": {"name": NETWORK, "subnet": "10.99.0.0/24", "podSubnet": "10.244.0.0/16"},
+        "agent": {
+            "kubernetesServiceHost": c.cp.ip,
+            "kubernetesServicePort": "6443",
+            "logLevel": "info",
+        },
+        "nodeSelector": {},
+    });
+    let (manifests, crds) = chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;
+    std::fs::write(c.dir.join("chart.yaml"), &manifests)?;
+    for crd in &crds {
+        c.k_stdin(&["apply", "-f", "-"], &std::fs::read_to_string(crd)?)?;
+    }
+    c.k(&["wait", "--for=condition=Established", "--timeout=60s", "crd/wirehubnetworks.wirehub.io"])?;
+    // The schema refuses what it can tell is wrong.
+    let bad = "apiVersion: wirehub.io/v1alpha1\nkind: WireHubNetwork\nmetadata: {name: bad}\nspec: {subnet: 10.99.0.0/33, peers: [{key: short}]}\n".to_string();
+    match c.k_stdin(&["apply", "-f", "-"], &bad) {
+        Ok(_) => bail!("the API server accepted an invalid WireHubNetwork"),
+        Err(e) => {
+            let e = e.to_string();
+            if !(e.contains("spec.subnet") && e.contains("spec.peers")) {
+                bail!("unexpected refusal: {e}");
+            }
+        }
+    }
+    // The CRD's schema reaches the published OpenAPI a few seconds later.
+    let explain = wait_for(Duration::from_secs(60), "kubectl explain to show the descriptions", || {
+        let e = c.k(&["explain", "wirehubnetwork.spec"])?;
+        Ok((e.contains("podSubnet") && e.contains("overlay")).then_some(e))
+    })?;
+    log(t0, &format!("kubectl explain wirehubnetwork.spec: {} lines", explain.lines().count()));
+    c.k_stdin(&["apply", "-f", "-"], &manifests)?;
+    log(t0, "chart applied");
+
+    // Nodes turn Ready once the DaemonSet installed the plugin and its configuration.
+    wait_for(Duration::from_secs(180), "every node Ready", || {
+        let r = c.node_ready()?;
+        Ok(r.values().all(|(s, _)| s == "True").then_some(()))
+    })?;
+    for n in &c.nodes {
+        let d = c.node_dir(&n.name);
+        for f in [d.join("cni/bin/wirehub-cni"), d.join("cni/bin/host-local"), d.join("cni/net.d/10-wirehub.conflist")] {
+            if !f.exists() {
+                bail!("node {} is Ready without {}", n.name, f.display());
+            }
+        }
+    }
+    log(t0, "all nodes Ready, with wirehub-cni and 10-wirehub.conflist installed");
+
+    // Keys on the Nodes, and the status lists the three nodes with paths.
+    let keys = wait_for(Duration::from_secs(60), "public keys on the Nodes", || {
+        let v = c.json(&["get", "nodes"])?;
+        let mut keys = BTreeMap::new();
+        for n in v["items"].as_array().cloned().unwrap_or_default() {
+            if let Some(k) = n["metadata"]["annotations"]["wirehub.io/public-key"].as_str() {
+                keys.insert(n["metadata"]["name"].as_str().unwrap_or_default().to_string(), k.to_string());
+            }
+        }
+        Ok((keys.len() == 3).then_some(keys))
+    })?;
+    let status = wait_for(Duration::from_secs(120), "the status to list three ready nodes with paths", || {
+        let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
+        let nodes = v["status"]["nodes"].as_array().cloned().unwrap_or_default();
+        let complete = nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n["ready"] == true
+                    && n["peers"].as_array().is_some_and(|p| {
+                        p.len() >= 2 && p.iter().all(|p| p["path"] == "direct" || p["path"] == "relayed")
+                    })
+            });
+        let ready = v["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        Ok((complete && ready).then_some(v))
+    })?;
+    for n in status["status"]["nodes"].as_array().cloned().unwrap_or_default() {
+        let name = n["name"].as_str().unwrap_or_default();
+        if keys.get(name).map(String::as_str) != n["publicKey"].as_str() {
+            bail!("node {name}: the status key differs from the Node's annotation");
+        }
+        let paths: Vec<String> = n["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| format!("{}={}", p["name"].as_str().unwrap_or("?"), p["path"].as_str().unwrap_or("?")))
+            .collect();
+        log(t0, &format!("status {name}: nat {} pod {} overlay {} paths {}", n["nat"], n["podCidr"], n["overlayIpv4"], paths.join(" ")));
+    }
+    let n3 = status["status"]["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "n3").cloned())
+        .unwrap_or(Value::Null);
+    let n3_relayed = n3["peers"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["path"] == "relayed"));
+    if !n3_relayed {
+        bail!("the hard-NAT node reaches every node directly; expected a relay: {n3}");
+    }
+    let printed = c.k(&["get", "wirehubnetworks"])?;
+    if !printed.contains("SUBNET") || !printed.contains("10.99.0.0/24") || !printed.contains("True") {
+        bail!("kubectl get wirehubnetworks lacks the printer columns:\n{printed}");
+    }
+    log(t0, &format!("kubectl get wirehubnetworks:\n{printed}"));
+
+    // Pods of a DaemonSet on the three nodes reach each other.
+    let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: pinger}\nspec:\n  selector: {matchLabels: {app: pinger}}\n  template:\n    metadata: {labels: {app: pinger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: bb\n        image: localhost/busybox:1.35\n        imagePullPolicy: Never\n        env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]\n        command: [sh, -c, 'echo $NODE > /www/index.html && exec httpd -f -p 8080 -h /www']\n";
+    c.k_stdin(&["apply", "-f", "-"], ds)?;
+    let pods = wait_for(Duration::from_secs(120), "three pinger pods running", || {
+        let v = c.json(&["get", "pods", "-l", "app=pinger"])?;
+        let mut pods = BTreeMap::new();
+        for p in v["items"].as_array().cloned().unwrap_or_default() {
+            if p["status"]["phase"] == "Running"
+                && let (Some(n), Some(ip)) = (p["spec"]["nodeName"].as_str(), p["status"]["podIP"].as_str()) {
+                    pods.insert(n.to_string(), ip.to_string());
+                }
+        }
+        Ok((pods.len() == 3).then_some(pods))
+    })?;
+    log(t0, &format!("pinger pods: {pods:?}"));
+    let pids: BTreeMap<String, u32> = pods
+        .iter()
+        .map(|(n, ip)| Ok((n.clone(), wait_for(Duration::from_secs(30), "the pod's process", || Ok(c.pod_pid(n, ip).ok()))?)))
+        .collect::<Result<_>>()?;
+    for (from, pid) in &pids {
+        for (to, ip) in &pods {
+            if from == to {
+                continue;
+            }
+            let start = Instant::now();
+            wait_for(Duration::from_secs(30), &format!("pod on {from} to ping pod on {to} ({ip})"), || {
+                Ok(c.ping_from(*pid, ip, 1).then_some(()))
+            })?;
+            log(t0, &format!("pod on {from} -> pod on {to} ({ip}): ok in {:.1}s", start.elapsed().as_secs_f64()));
+        }
+    }
+
+    // A ClusterIP service backed by the pod on n3, from the pod on n1 (kube-proxy).
+    let svc = "apiVersion: v1\nkind: Pod\nmetadata: {name: backend, labels: {app: backend}}\nspec:\n  nodeName: n3\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: localhost/busybox:1.35\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo backend-on-n3 > /www/index.html && exec httpd -f -p 8080 -h /www']\n---\napiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: 8080}]\n";
+    c.k_stdin(&["apply", "-f", "-"], svc)?;
+    let cluster_ip = c.k(&["get", "service", "backend", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let n1_pid = pids.get("n1").copied().ok_or_else(|| anyhow!("no pod on n1"))?;
+    let answer = wait_for(Duration::from_secs(60), "the ClusterIP service to answer from n1", || {
+        let out = Command::new("nsenter")
+            .args(["-t", &n1_pid.to_string(), "-n", "timeout", "3", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{cluster_ip}/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        Ok(text.contains("backend-on-n3").then_some(text))
+    })?;
+    log(t0, &format!("ClusterIP {cluster_ip} from the pod on n1 answered from n3 ({} bytes)", answer.len()));
+
+    // An edge host outside the cluster joins with plain `wh up`, without
+    // restarting any agent.
+    let agents_before = c.json(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent"])?;
+    let uid_restarts = |v: &Value| -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+                    p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let (edge_sk, edge_pk) = lab.genkey("edge")?;
+    let patch = json!({"spec": {"peers": [{"hostname": "edge", "key": edge_pk, "staticIp": "10.99.0.50", "endpoint": format!("{}:62096", edge.ip)}]}});
+    c.k(&["patch", "wirehubnetwork", NETWORK, "--type", "merge", "-p", &patch.to_string()])?;
+    let yaml = c.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"])?;
+    let file = Command::new(wh_bin())
+        .args(["network", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            if let Some(mut s) = ch.stdin.take() {
+                s.write_all(yaml.as_bytes())?;
+            }
+            ch.wait_with_output()
+        })?;
+    if !file.status.success() {
+        bail!("wh network failed: {}", String::from_utf8_lossy(&file.stderr));
+    }
+    let file = String::from_utf8_lossy(&file.stdout).to_string();
+    log(t0, &format!("network file for the edge host:\n{file}"));
+    for n in ["n1", "n2", "n3"] {
+        if !file.contains(&format!("router {n} ")) {
+            bail!("the printed file lacks node {n}");
+        }
+    }
+    let conf = lab.write("edge.conf", &file)?;
+    lab.wh_up(edge, &conf, Some(&edge_sk), &[])?;
+    lab.wait_daemon(edge, Duration::from_secs(20))?;
+    for (node, ip) in &pods {
+        let took = lab.ping_until(edge, ip, Duration::from_secs(60))?;
+        log(t0, &format!("edge -> pod on {node} ({ip}): ok in {:.1}s", took.as_secs_f64()));
+    }
+    let agents_after = c.json(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent"])?;
+    if uid_restarts(&agents_before) != uid_restarts(&agents_after) {
+        bail!("an agent restarted when the edge host was added");
+    }
+    log(t0, "edge host added without restarting any agent");
+
+    // An invalid edit: reported in status and events, the network keeps running.
+    let bad_key = lab.genkey("bad")?.1;
+    let bad = json!([{"op": "add", "path": "/spec/peers/-", "value": {"hostname": "bad", "key": bad_key, "staticIp": "10.98.0.5"}}]);
+    c.k(&["patch", "wirehubnetwork", NETWORK, "--type", "json", "-p", &bad.to_string()])?;
+    let degraded = wait_for(Duration::from_secs(60), "Degraded=InvalidSpec on the status", || {
+        let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
+        let cond = v["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+            .unwrap_or(Value::Null);
+        Ok((cond["status"] == "True" && cond["reason"] == "InvalidSpec").then_some(cond))
+    })?;
+    log(t0, &format!("invalid edit reported: {}", degraded["message"]));
+    let event = wait_for(Duration::from_secs(60), "an InvalidSpec event", || {
+        let v = c.json(&["get", "events.v1.events.k8s.io", "-n", "default"])?;
+        Ok(v["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["reason"] == "InvalidSpec" && e["regarding"]["name"] == NETWORK).cloned()))
+    })?;
+    log(t0, &format!("event: {} {}", event["type"], event["note"]));
+    for (from, pid) in &pids {
+        for (to, ip) in &pods {
+            if from != to && !c.ping_from(*pid, ip, 2) {
+                bail!("after the invalid edit, the pod on {from} cannot reach the pod on {to}");
+            }
+        }
+    }
+    lab.ping_until(edge, &pods["n3"], Duration::from_secs(10))?;
+    log(t0, "the network kept running");
+    let fix = json!([{"op": "remove", "path": "/spec/peers/1"}]);
+    c.k(&["patch", "wirehubnetwork", NETWORK, "--type", "json", "-p", &fix.to_string()])?;
+    wait_for(Duration::from_secs(60), "Degraded to clear", || {
+        let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
+        Ok(v["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Degraded" && c["status"] == "False"))
+            .then_some(()))
+    })?;
+    log(t0, "fixed: Degraded=False");
+
+    // Deleting an agent pod: recreated, same key and pod CIDR, traffic back within 10 s.
+    let victim = "n3";
+    let node_before = c.json(&["get", "node", victim])?;
+    let ann = |v: &Value, k: &str| v["metadata"]["annotations"][k].as_str().unwrap_or_default().to_string();
+    let old_pod = c.k(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent", "--field-selector", &format!("spec.nodeName={victim}"), "-o", "jsonpath={.items[0].metadata.name}"])?;
+    let from_pid = pids["n1"];
+    let target = pods[victim].clone();
+    let deleted = Instant::now();
+    c.k(&["-n", AGENT_NS, "delete", "pod", &old_pod, "--wait=false"])?;
+    // Wait until traffic is actually broken (the old node is gone) or the
+    // new agent is there, then until it flows again.
+    let new_pod = wait_for(Duration::from_secs(60), "the agent pod to be recreated", || {
+        let name = c.k(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent", "--field-selector", &format!("spec.nodeName={victim}"), "-o", "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}"])?;
+        let name = name.trim().to_string();
+        Ok((!name.is_empty() && name != old_pod).then_some(name))
+    })?;
+    let recreated = deleted.elapsed();
+    let recovered_at = wait_for(Duration::from_secs(30), "pod traffic to recover", || {
+        Ok(c.ping_from(from_pid, &target, 1).then(Instant::now))
+    })?;
+    let since_delete = recovered_at - deleted;
+    log(t0, &format!("agent pod {old_pod} -> {new_pod}: recreated after {:.1}s, traffic from n1 to the pod on {victim} back {:.1}s after the deletion", recreated.as_secs_f64(), since_delete.as_secs_f64()));
+    if since_delete > Duration::from_secs(10) {
+        bail!("pod traffic took {since_delete:?} to recover (more than 10 s)");
+    }
+    let node_after = c.json(&["get", "node", victim])?;
+    for k in ["wirehub.io/public-key", "wirehub.io/pod-cidr", "wirehub.io/overlay-ipv4"] {
+        if ann(&node_before, k) != ann(&node_after, k) || ann(&node_after, k).is_empty() {
+            bail!("{k} of {victim} changed across the agent's restart: {} -> {}", ann(&node_before, k), ann(&node_after, k));
+        }
+    }
+    let key_file = c.node_dir(victim).join("mnt/varlibwirehub/private.key");
+    if !key_file.exists() {
+        bail!("the key is not in the node's host path ({})", key_file.display());
+    }
+    log(t0, "kept its key and pod CIDR");
+    // Metrics and readiness endpoints of an agent (n1's, from its namespace).
+    let metrics = run(Command::new("ip")
+        .args(["netns", "exec", &c.nodes[0].host.netns, "bash", "-c"])
+        .arg("exec 3<>/dev/tcp/127.0.0.1/9796; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"))?;
+    for m in ["wirehub_peers{path=\"direct\"}", "wirehub_dht_nodes", "wirehub_peer_last_handshake_seconds"] {
+        if !metrics.contains(m) {
+            bail!("metrics lack {m}:\n{metrics}");
+        }
+    }
+    log(t0, "metrics served");
+    Ok(())
+}
