@@ -1304,10 +1304,19 @@ impl Daemon {
             interface: self.opts.interface.clone(),
             network: self.spec.name.clone(),
             node: self.overlay.own_hostname(),
-            nat: match self.opts.mode {
-                Mode::Direct => "DIRECT".into(),
-                Mode::Nat => "NAT".into(),
-                Mode::Unknown => format!("{:?}", self.own_record.nat).to_uppercase(),
+            nat: {
+                let kind = match (self.opts.mode, self.nat.verdict(Instant::now()).kind) {
+                    (Mode::Direct, _) | (_, NatKind::Public) => "DIRECT",
+                    (_, NatKind::EndpointIndependent) => "NAT easy",
+                    (_, NatKind::EndpointDependent) => "NAT hard",
+                    (_, NatKind::Unreachable) => "UNREACHABLE",
+                    (Mode::Nat, NatKind::Unknown) => "NAT",
+                    (Mode::Unknown, NatKind::Unknown) => "UNKNOWN",
+                };
+                match self.upnp_mapped {
+                    Some(m) => format!("{kind}, UPnP {m}"),
+                    None => kind.to_string(),
+                }
             },
             public_key: self.public.to_string(),
             listen_port: self.opts.listen_port,

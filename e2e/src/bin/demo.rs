@@ -74,6 +74,8 @@ fn main() -> Result<()> {
             }
         }
     }
+    // Give the nodes a moment to learn their NAT from their peers' pongs.
+    std::thread::sleep(Duration::from_millis(1500));
     println!("\n[node_a] $ wh");
     print!("{}", lab.wh_ok(&hosts[0], &["show"])?);
     println!("\n[node_a] $ ping -c 3 node_c (10.0.42.4)");
