@@ -417,6 +417,7 @@ impl Lab {
             if name == host.name {
                 let _ = Command::new("kill")
                     .args([signal, &child.id().to_string()])
+                    .stderr(Stdio::null())
                     .status();
                 let _ = child.wait();
             } else {
@@ -530,6 +531,7 @@ impl Drop for Lab {
         for (_, child) in &mut self.children {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         let deadline = Instant::now() + Duration::from_secs(3);
