@@ -200,3 +200,73 @@ pub fn resolve_text(resolver: &dyn Resolver, text: &str) -> Result<Vec<String>, 
         Lookup::NotFound | Lookup::NotOurs => Ok(Vec::new()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NetworkSpec, PeerSpec, Role};
+    use crate::keys::PrivateKey;
+
+    fn network(name: &str, subnet: &str, hosts: &[&str], seed: u8) -> ConfigNames {
+        let mut s = NetworkSpec::new(name);
+        s.subnet = Some(subnet.parse().unwrap());
+        for (i, h) in hosts.iter().enumerate() {
+            s.peers.push(PeerSpec {
+                role: Role::Trust,
+                hostname: Some(h.to_string()),
+                static_ip: None,
+                key: PrivateKey::from_bytes([seed + i as u8; 32]).public_key(),
+                endpoint: None,
+                routes: Vec::new(),
+            });
+        }
+        let own = s.peers[0].key;
+        ConfigNames::new(&s, own)
+    }
+
+    #[test]
+    fn chain_asks_in_order_and_unites_zones() {
+        let lab = network("lab", "10.0.42.0/24", &["node_a", "node_b"], 1);
+        let home = network("home", "10.0.7.0/24", &["nas", "node_b"], 50);
+        let chain = Chain::new(vec![Arc::new(lab), Arc::new(home)]);
+        let addrs = |name: &str| match chain.lookup(name) {
+            Lookup::Found(h) => h.addrs[0].to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(addrs("nas.home"), "10.0.7.2");
+        assert_eq!(addrs("node_b.home"), "10.0.7.3");
+        // A bare name: the first resolver that knows it wins.
+        assert_eq!(addrs("node_b"), "10.0.42.3");
+        // Unknown in the first, not ours in the second: unknown.
+        assert_eq!(chain.lookup("nobody.lab"), Lookup::NotFound);
+        assert_eq!(chain.lookup("x.example"), Lookup::NotOurs);
+        assert_eq!(
+            chain.reverse("10.0.7.2".parse().unwrap()),
+            Reverse::Found(vec!["nas.home".into()])
+        );
+        assert_eq!(
+            chain.reverse("10.0.7.99".parse().unwrap()),
+            Reverse::NotFound
+        );
+        assert_eq!(
+            chain.reverse("192.0.2.1".parse().unwrap()),
+            Reverse::NotOurs
+        );
+        let z = chain.zones();
+        assert_eq!(z.forward, vec!["lab".to_string(), "home".to_string()]);
+        assert_eq!(z.reverse.len(), 4);
+        assert_eq!(chain.entries().len(), 8);
+        assert_eq!(
+            resolve_text(&chain, "nas").unwrap(),
+            chain_addrs(&chain, "nas.home")
+        );
+        assert!(resolve_text(&chain, "nobody").unwrap().is_empty());
+    }
+
+    fn chain_addrs(r: &dyn Resolver, name: &str) -> Vec<String> {
+        match r.lookup(name) {
+            Lookup::Found(h) => h.addrs.iter().map(IpAddr::to_string).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
