@@ -177,6 +177,21 @@ pub const COMMANDS: &[Command] = &[
                 value: Value::File,
                 help: "where a router node writes its CNI configuration (default: /etc/cni/net.d)",
             },
+            Keyword {
+                name: "dns",
+                value: Value::Choice(&["on", "off"]),
+                help: "DNS responder for the network's names on the overlay IPv4 (default: on)",
+            },
+            Keyword {
+                name: "dns-port",
+                value: Value::Number,
+                help: "port of the DNS responder (default: 53)",
+            },
+            Keyword {
+                name: "hosts",
+                value: Value::Choice(&["on", "off"]),
+                help: "keep the network's names in a block of /etc/hosts (default: off)",
+            },
         ],
         flags: &[(
             "--foreground",
@@ -549,12 +564,13 @@ pub fn parse_args(cmd: &'static Command, words: &[String]) -> Result<Args, Usage
                 )));
             };
             if let Value::Choice(choices) = k.value
-                && !choices.contains(&v.as_str()) {
-                    return Err(usage(format!(
-                        "'{w}' is one of {}, not '{v}'",
-                        choices.join(", ")
-                    )));
-                }
+                && !choices.contains(&v.as_str())
+            {
+                return Err(usage(format!(
+                    "'{w}' is one of {}, not '{v}'",
+                    choices.join(", ")
+                )));
+            }
             if args.keywords.insert(k.name, v.clone()).is_some() {
                 return Err(usage(format!("'{w}' is given twice")));
             }

@@ -82,7 +82,9 @@ pub struct Invitation {
 impl std::fmt::Debug for Invitation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the alias secret.
-        f.debug_struct("Invitation").field("listener", &self.listener).finish_non_exhaustive()
+        f.debug_struct("Invitation")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
     }
 }
 
@@ -207,6 +209,9 @@ fn options(key: &PublicKey) -> UpOptions {
         backend: crate::dataplane::BackendKind::Auto,
         mtu: DEFAULT_MTU,
         cni_dir: None,
+        dns: false,
+        dns_port: 53,
+        hosts_file: None,
     }
 }
 

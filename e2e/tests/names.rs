@@ -192,7 +192,6 @@ fn wait_responder(lab: &Lab, host: &Host, server: &str) {
 }
 
 #[test]
-#[ignore = "needs the daemon's DNS responder (`wh up ... dns on|off`), which the integrator wires in after the names module"]
 fn names_resolve_through_the_responder_and_survive_a_flood() {
     require_lab!();
     let net = network_with(&[]);
@@ -297,7 +296,6 @@ fn names_resolve_through_the_responder_and_survive_a_flood() {
 }
 
 #[test]
-#[ignore = "needs the daemon's DNS responder (`wh up ... dns on|off`), which the integrator wires in after the names module"]
 fn dns_off_serves_nothing() {
     require_lab!();
     let net = network_with(&[(1, &["dns", "off"])]);
@@ -318,7 +316,6 @@ fn dns_off_serves_nothing() {
 const USER_HOSTS: &str = "127.0.0.1\tlocalhost\n# the user's own lines\n192.0.2.7 printer\n";
 
 #[test]
-#[ignore = "needs the daemon's /etc/hosts management (`wh up ... hosts on`), which the integrator wires in after the names module"]
 fn hosts_block_follows_up_reload_and_down() {
     require_lab!();
     let real_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();

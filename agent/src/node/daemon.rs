@@ -132,6 +132,10 @@ struct Daemon {
     local_ips: Vec<IpAddr>,
     last_publish: Option<Instant>,
     publish_pending: bool,
+    /// The names the DNS responder answers from (updated on reload).
+    names_tx: watch::Sender<crate::names::SharedResolver>,
+    /// The DNS responder, while it runs.
+    dns: Option<crate::names::DnsHandle>,
 }
 
 /// The name of the CNI configuration a router node writes.
@@ -241,6 +245,29 @@ pub async fn run_with(
         (None, rx)
     };
 
+    let names: crate::names::SharedResolver =
+        Arc::new(crate::names::ConfigNames::new(&spec, public));
+    let (names_tx, names_rx) = watch::channel(names);
+    let dns = match overlay.own_ipv4() {
+        Some(ip) if opts.dns => {
+            let bind = SocketAddr::new(IpAddr::V4(ip), opts.dns_port);
+            match crate::names::serve_dns(bind, names_rx).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(%bind, error = %e, "DNS responder not started");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(path) = &opts.hosts_file {
+        let entries = names_tx.borrow().entries();
+        if let Err(e) = crate::names::hosts::apply(path, &spec.name, &entries) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the hosts block");
+        }
+    }
+
     let now = Instant::now();
     let dht_config = DhtConfig {
         required_workbits: spec.workbits,
@@ -327,6 +354,8 @@ pub async fn run_with(
         local_ips: Vec::new(),
         last_publish: None,
         publish_pending: false,
+        names_tx,
+        dns,
     };
     d.publish_cni_config();
     d.resolve_static_endpoints().await;
@@ -404,6 +433,15 @@ pub async fn run_with(
         }
     }
     control_task.abort();
+    if let Some(dns) = d.dns.take() {
+        tracing::info!(counters = ?dns.counters(), "DNS responder down");
+        dns.shutdown().await;
+    }
+    if let Some(path) = &d.opts.hosts_file
+        && let Err(e) = crate::names::hosts::remove(path, &d.spec.name)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the hosts block");
+    }
     let _ = upnp_stop.send(true);
     if let Some(task) = upnp_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
@@ -1221,6 +1259,14 @@ impl Daemon {
     fn apply_spec(&mut self, spec: NetworkSpec) -> Result<String, String> {
         let summary = self.overlay.reload(&spec, Instant::now())?;
         self.spec = spec;
+        let names: crate::names::SharedResolver =
+            Arc::new(crate::names::ConfigNames::new(&self.spec, self.public));
+        if let Some(path) = &self.opts.hosts_file
+            && let Err(e) = crate::names::hosts::apply(path, &self.spec.name, &names.entries())
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot update the hosts block");
+        }
+        self.names_tx.send_replace(names);
         self.publish_cni_config();
         Ok(summary)
     }

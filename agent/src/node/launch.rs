@@ -47,6 +47,12 @@ pub struct UpOptions {
     /// Where the node writes its CNI configuration when it routes a pod
     /// CIDR (`None`: never).
     pub cni_dir: Option<PathBuf>,
+    /// Serve DNS for the network's names on the overlay IPv4 (`dns on|off`).
+    pub dns: bool,
+    /// Port of the DNS responder (`dns-port`, default 53).
+    pub dns_port: u16,
+    /// Keep the network's names in a block of this hosts file (`hosts on`).
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// Default directory of CNI configurations.
@@ -155,6 +161,9 @@ pub fn up(args: &Args) -> Outcome {
         cni_dir: Some(PathBuf::from(
             args.get("cni-dir").unwrap_or(DEFAULT_CNI_DIR),
         )),
+        dns: args.get("dns") != Some("off"),
+        dns_port: args.number::<u16>("dns-port")?.unwrap_or(53),
+        hosts_file: (args.get("hosts") == Some("on")).then(|| PathBuf::from("/etc/hosts")),
     };
     if args.flag("--foreground") {
         crate::node::daemon::run_blocking(opts, spec, key, None)?;
@@ -180,7 +189,7 @@ fn start_background(args: &Args, opts: &UpOptions, key: &PrivateKey) -> Outcome 
         .args(["private-key", "-", "interface", &opts.interface])
         .args(["listen-port", &opts.listen_port.to_string()])
         .args(["mtu", &opts.mtu.to_string()]);
-    for k in ["mode", "backend", "cni-dir"] {
+    for k in ["mode", "backend", "cni-dir", "dns", "dns-port", "hosts"] {
         if let Some(v) = args.get(k) {
             cmd.args([k, v]);
         }
