@@ -19,17 +19,18 @@ pub fn candidates(index: usize, words: &[String]) -> Vec<String> {
     };
     let before = &words[1..(index - 1).min(words.len())];
     if let Some(prev) = before.last()
-        && let Some(k) = cmd.keywords.iter().find(|k| k.name == prev) {
-            // The value of a keyword, unless the keyword itself was a value.
-            let pairs_before = before.len() >= 2
-                && cmd
-                    .keywords
-                    .iter()
-                    .any(|k| k.name == before[before.len() - 2]);
-            if !pairs_before {
-                return values(k.value, words);
-            }
+        && let Some(k) = cmd.keywords.iter().find(|k| k.name == prev)
+    {
+        // The value of a keyword, unless the keyword itself was a value.
+        let pairs_before = before.len() >= 2
+            && cmd
+                .keywords
+                .iter()
+                .any(|k| k.name == before[before.len() - 2]);
+        if !pairs_before {
+            return values(k.value, words);
         }
+    }
     // Count positionals already given, skipping keyword/value pairs.
     let mut used = Vec::new();
     let mut positionals = 0;
