@@ -73,15 +73,16 @@ impl RelayLimiter {
 
     /// May `source` have `bytes` forwarded now? Counts the decision.
     pub fn allow(&mut self, source: PublicKey, bytes: usize, now: Instant) -> bool {
-        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES
+        if !self.buckets.contains_key(&source)
+            && self.buckets.len() >= MAX_SOURCES
             && let Some(oldest) = self
                 .buckets
                 .iter()
                 .min_by_key(|(_, b)| b.last)
                 .map(|(k, _)| *k)
-            {
-                self.buckets.remove(&oldest);
-            }
+        {
+            self.buckets.remove(&oldest);
+        }
         let l = self.limits;
         let b = self.buckets.entry(source).or_insert(Bucket {
             bytes: l.burst_bytes as f64,
@@ -218,9 +219,10 @@ impl RelaySet {
                 .is_none_or(|t| now.duration_since(t) >= RELAY_KEEPALIVE)
             {
                 if let Some(t) = k.last_ping
-                    && k.last_pong.is_none_or(|p| p < t) {
-                        k.misses += 1;
-                    }
+                    && k.last_pong.is_none_or(|p| p < t)
+                {
+                    k.misses += 1;
+                }
                 k.last_ping = Some(now);
                 ping.push((k.key, k.addr));
             }

@@ -140,14 +140,14 @@ fn resolve(name: &str) -> Outcome {
             &Request::Resolve {
                 name: name.to_string(),
             },
-        )
-            && let Some(list) = v.as_array()
-                && !list.is_empty() {
-                    for item in list {
-                        println!("{}", item.as_str().unwrap_or_default());
-                    }
-                    return Ok(0);
-                }
+        ) && let Some(list) = v.as_array()
+            && !list.is_empty()
+        {
+            for item in list {
+                println!("{}", item.as_str().unwrap_or_default());
+            }
+            return Ok(0);
+        }
     }
     Err(anyhow!("'{name}' is not a name or address of any running network").into())
 }
