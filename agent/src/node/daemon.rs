@@ -1289,10 +1289,11 @@ impl Daemon {
             .iter()
             .map(|n| json!([{"subnet": n.to_string()}]))
             .collect();
-        let ready = control::socket_path(&self.opts.interface)
-            .parent()
-            .map(|d| d.join("ready").display().to_string())
-            .unwrap_or_default();
+        let run_dir = control::run_dir();
+        let ready = run_dir.join("ready").display().to_string();
+        // IPAM and plugin state live beside the node's other run-time state.
+        let ipam_dir = run_dir.join("cni-ipam").display().to_string();
+        let state_dir = run_dir.join("cni-state").display().to_string();
         let conf = json!({
             "cniVersion": "1.0.0",
             "name": "wirehub",
@@ -1303,7 +1304,8 @@ impl Daemon {
                     "podSubnet": self.overlay.all_routes().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                     "overlaySubnet": self.spec.subnet.map(|s| s.to_string()),
                     "readyFile": ready,
-                    "ipam": {"type": "host-local", "ranges": ranges},
+                    "stateDir": state_dir,
+                    "ipam": {"type": "host-local", "ranges": ranges, "dataDir": ipam_dir},
                 },
                 {"type": "portmap", "capabilities": {"portMappings": true}},
             ],
