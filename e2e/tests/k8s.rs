@@ -46,7 +46,9 @@ fn log(t0: Instant, what: &str) {
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}{}",
@@ -59,7 +61,11 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// Polls `f` until it gives a value or `timeout` passes.
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = Instant::now();
     let mut last_err = String::new();
     loop {
@@ -125,7 +131,10 @@ mod chart {
         Ok(out)
     }
 
-    fn parse(tokens: &mut std::vec::IntoIter<(bool, String)>, until_end: bool) -> Result<(Vec<Node>, Vec<Node>)> {
+    fn parse(
+        tokens: &mut std::vec::IntoIter<(bool, String)>,
+        until_end: bool,
+    ) -> Result<(Vec<Node>, Vec<Node>)> {
         let mut then = Vec::new();
         let mut els = Vec::new();
         let mut in_else = false;
@@ -209,11 +218,15 @@ mod chart {
         let mut data: Option<Value> = None;
         let mut text = match head {
             "toYaml" => {
-                let arg = words.next().ok_or_else(|| anyhow!("toYaml needs an argument"))?;
+                let arg = words
+                    .next()
+                    .ok_or_else(|| anyhow!("toYaml needs an argument"))?;
                 to_yaml(&lookup(ctx, arg)?)?
             }
             "quote" => {
-                let arg = words.next().ok_or_else(|| anyhow!("quote needs an argument"))?;
+                let arg = words
+                    .next()
+                    .ok_or_else(|| anyhow!("quote needs an argument"))?;
                 format!("{:?}", text_of(&lookup(ctx, arg)?))
             }
             p => {
@@ -275,11 +288,17 @@ mod chart {
     /// Renders every template of the chart with its values.yaml merged
     /// with `overrides`; returns the manifests (NOTES.txt and partials
     /// left out) and the CRD files of crds/.
-    pub fn render_chart(dir: &Path, overrides: &Value, namespace: &str) -> Result<(String, Vec<PathBuf>)> {
-        let values: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
+    pub fn render_chart(
+        dir: &Path,
+        overrides: &Value,
+        namespace: &str,
+    ) -> Result<(String, Vec<PathBuf>)> {
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
         let mut values: Value = serde_json::to_value(values)?;
         merge(&mut values, overrides);
-        let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml"))?)?;
+        let chart: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml"))?)?;
         let chart: Value = serde_json::to_value(chart)?;
         let ctx = json!({
             "Values": values,
@@ -319,9 +338,13 @@ fn chart_renders_like_helm() {
         "a:\n  b: \"y\"\nl:\n  - k: v\nn: ns\n"
     );
     let ctx = json!({"Values": {"on": false, "l": []}, "Release": {"Namespace": "ns"}});
-    assert_eq!(chart::render(t, &ctx).unwrap(), "a:\n  c: 1\nl:\n  []\nn: ns\n");
+    assert_eq!(
+        chart::render(t, &ctx).unwrap(),
+        "a:\n  c: 1\nl:\n  []\nn: ns\n"
+    );
     // The whole chart renders, and every document is valid YAML.
-    let (text, crds) = chart::render_chart(&repo().join("charts/wirehub"), &json!({}), "kube-system").unwrap();
+    let (text, crds) =
+        chart::render_chart(&repo().join("charts/wirehub"), &json!({}), "kube-system").unwrap();
     assert_eq!(crds.len(), 1);
     let mut kinds = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -333,7 +356,17 @@ fn chart_renders_like_helm() {
     kinds.sort();
     assert_eq!(
         kinds,
-        vec!["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount", "WireHubNetwork"]
+        vec![
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
+            "ServiceAccount",
+            "WireHubNetwork"
+        ]
     );
     assert!(text.contains("add: [NET_ADMIN]"), "{text}");
 }
@@ -359,10 +392,16 @@ struct Cluster {
 impl Cluster {
     fn kubectl_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.cp.netns, &self.kubectl, "--kubeconfig"])
-            .arg(self.dir.join("cp/admin.kubeconfig"))
-            .args(["--request-timeout=20s"])
-            .args(args);
+        c.args([
+            "netns",
+            "exec",
+            &self.cp.netns,
+            &self.kubectl,
+            "--kubeconfig",
+        ])
+        .arg(self.dir.join("cp/admin.kubeconfig"))
+        .args(["--request-timeout=20s"])
+        .args(args);
         c
     }
 
@@ -372,7 +411,9 @@ impl Cluster {
 
     fn k_stdin(&self, args: &[&str], input: &str) -> Result<String> {
         let mut c = self.kubectl_cmd(args);
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn()?;
         if let Some(mut s) = child.stdin.take() {
             use std::io::Write;
@@ -405,7 +446,10 @@ impl Cluster {
         let v = self.json(&["get", "nodes"])?;
         let mut m = BTreeMap::new();
         for n in v["items"].as_array().cloned().unwrap_or_default() {
-            let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let cond = n["status"]["conditions"]
                 .as_array()
                 .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
@@ -440,12 +484,22 @@ impl Cluster {
     fn pod_pid(&self, node: &str, ip: &str) -> Result<u32> {
         for pid in self.task_pids(node)? {
             let out = Command::new("nsenter")
-                .args(["-t", &pid.to_string(), "-n", "ip", "-4", "-o", "addr", "show"])
+                .args([
+                    "-t",
+                    &pid.to_string(),
+                    "-n",
+                    "ip",
+                    "-4",
+                    "-o",
+                    "addr",
+                    "show",
+                ])
                 .output();
             if let Ok(o) = out
-                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")) {
-                    return Ok(pid);
-                }
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/"))
+            {
+                return Ok(pid);
+            }
         }
         bail!("no container on {node} has address {ip}")
     }
@@ -453,7 +507,17 @@ impl Cluster {
     /// One ping from a pod's namespace.
     fn ping_from(&self, pid: u32, target: &str, wait_s: u32) -> bool {
         Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-n", "ping", "-n", "-q", "-c", "1", "-W"])
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "1",
+                "-W",
+            ])
             .arg(wait_s.to_string())
             .arg(target)
             .stdout(Stdio::null())
@@ -466,7 +530,18 @@ impl Cluster {
         let mut s = String::new();
         for n in &self.nodes {
             let pods = self
-                .k(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent", "--field-selector", &format!("spec.nodeName={}", n.name), "-o", "name"])
+                .k(&[
+                    "-n",
+                    AGENT_NS,
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/name=wirehub-agent",
+                    "--field-selector",
+                    &format!("spec.nodeName={}", n.name),
+                    "-o",
+                    "name",
+                ])
                 .unwrap_or_default();
             for p in pods.lines() {
                 s += &format!("==== {} {p}\n", n.name);
@@ -492,32 +567,53 @@ impl Drop for Cluster {
         // Pods first, gracefully, so the runtime removes what it made.
         let _ = Command::new("timeout")
             .args(["25", "ip"])
-            .args(self.kubectl_cmd(&["delete", "daemonsets,deployments,pods", "--all", "-n", "default", "--grace-period=2", "--wait=true"]).get_args())
+            .args(
+                self.kubectl_cmd(&[
+                    "delete",
+                    "daemonsets,deployments,pods",
+                    "--all",
+                    "-n",
+                    "default",
+                    "--grace-period=2",
+                    "--wait=true",
+                ])
+                .get_args(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         let down = repo().join("e2e/k8s/node-down.sh");
         for n in &self.nodes {
-            let _ = Command::new("bash").arg(&down).arg(&self.dir).arg(&n.name).status();
+            let _ = Command::new("bash")
+                .arg(&down)
+                .arg(&self.dir)
+                .arg(&n.name)
+                .status();
         }
         // The control plane, by PID.
         if let Ok(pids) = std::fs::read_to_string(self.dir.join("pids")) {
             for line in pids.lines().rev() {
                 let mut w = line.split_whitespace();
                 if let (Some(pid), Some(name)) = (w.next(), w.next())
-                    && ["sched", "cm", "apiserver", "etcd"].contains(&name) {
-                        let _ = Command::new("kill").arg(pid).status();
-                    }
+                    && ["sched", "cm", "apiserver", "etcd"].contains(&name)
+                {
+                    let _ = Command::new("kill").arg(pid).status();
+                }
             }
             std::thread::sleep(Duration::from_millis(500));
             for line in pids.lines() {
                 if let Some(pid) = line.split_whitespace().next() {
-                    let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
+                    let _ = Command::new("kill")
+                        .args(["-9", pid])
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
         }
         for (k, v) in &self.sysctls {
-            let _ = Command::new("sysctl").args(["-qw", &format!("{k}={v}")]).status();
+            let _ = Command::new("sysctl")
+                .args(["-qw", &format!("{k}={v}")])
+                .status();
         }
         if let Ok(dirs) = std::fs::read_to_string(self.dir.join("created-host-dirs")) {
             let mut dirs: Vec<&str> = dirs.lines().collect();
@@ -541,7 +637,9 @@ fn have(cmd: &str) -> bool {
 
 fn sysctl(k: &str) -> Option<String> {
     let out = Command::new("sysctl").args(["-n", k]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 // ---------------------------------------------------------------- the test
@@ -549,7 +647,9 @@ fn sysctl(k: &str) -> Option<String> {
 #[test]
 fn wirehub_on_a_real_cluster() {
     if !wirehub_e2e::available() {
-        eprintln!("skipped: the Kubernetes lab needs root (network namespaces, containerd, kubelet)");
+        eprintln!(
+            "skipped: the Kubernetes lab needs root (network namespaces, containerd, kubelet)"
+        );
         return;
     }
     if let Err(e) = scenario() {
@@ -559,14 +659,29 @@ fn wirehub_on_a_real_cluster() {
 
 fn scenario() -> Result<()> {
     let t0 = Instant::now();
-    for tool in ["containerd", "ctr", "etcd", "etcdctl", "runc", "openssl", "nsenter", "unshare", "nft", "iptables", "strip"] {
+    for tool in [
+        "containerd",
+        "ctr",
+        "etcd",
+        "etcdctl",
+        "runc",
+        "openssl",
+        "nsenter",
+        "unshare",
+        "nft",
+        "iptables",
+        "strip",
+    ] {
         if !have(tool) {
             bail!("{tool} is missing: run e2e/install-deps.sh");
         }
     }
     // The Kubernetes binaries: built once, cached outside the repository.
     let build = repo().join("e2e/k8s/build-k8s.sh");
-    let status = Command::new("bash").arg(&build).status().context("cannot run build-k8s.sh")?;
+    let status = Command::new("bash")
+        .arg(&build)
+        .status()
+        .context("cannot run build-k8s.sh")?;
     if !status.success() {
         bail!("building Kubernetes failed ({status})");
     }
@@ -617,9 +732,18 @@ fn scenario() -> Result<()> {
         bin: bin.clone(),
         cp: cp.clone(),
         nodes: vec![
-            NodeInfo { name: "n1".into(), host: n1 },
-            NodeInfo { name: "n2".into(), host: n2 },
-            NodeInfo { name: "n3".into(), host: n3 },
+            NodeInfo {
+                name: "n1".into(),
+                host: n1,
+            },
+            NodeInfo {
+                name: "n2".into(),
+                host: n2,
+            },
+            NodeInfo {
+                name: "n3".into(),
+                host: n3,
+            },
         ],
         sysctls,
         kubectl,
@@ -646,7 +770,9 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         c.bin.display().to_string(),
     ];
     cp_args.extend(names.iter().map(|s| s.to_string()));
-    run(Command::new("bash").arg(repo().join("e2e/k8s/cp-up.sh")).args(&cp_args))?;
+    run(Command::new("bash")
+        .arg(repo().join("e2e/k8s/cp-up.sh"))
+        .args(&cp_args))?;
     log(t0, "control plane up");
     for n in &c.nodes {
         run(Command::new("bash")
@@ -659,10 +785,14 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             .arg(c.dir.join("images")))?;
     }
     // Registered, but NotReady: no CNI configuration yet.
-    let ready = wait_for(Duration::from_secs(120), "the three nodes to register", || {
-        let r = c.node_ready()?;
-        Ok((r.len() == 3).then_some(r))
-    })?;
+    let ready = wait_for(
+        Duration::from_secs(120),
+        "the three nodes to register",
+        || {
+            let r = c.node_ready()?;
+            Ok((r.len() == 3).then_some(r))
+        },
+    )?;
     log(t0, &format!("nodes registered: {ready:?}"));
     std::thread::sleep(Duration::from_secs(5));
     for (name, (status, message)) in c.node_ready()? {
@@ -686,12 +816,18 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         },
         "nodeSelector": {},
     });
-    let (manifests, crds) = chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;
+    let (manifests, crds) =
+        chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;
     std::fs::write(c.dir.join("chart.yaml"), &manifests)?;
     for crd in &crds {
         c.k_stdin(&["apply", "-f", "-"], &std::fs::read_to_string(crd)?)?;
     }
-    c.k(&["wait", "--for=condition=Established", "--timeout=60s", "crd/wirehubnetworks.wirehub.io"])?;
+    c.k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/wirehubnetworks.wirehub.io",
+    ])?;
     // The schema refuses what it can tell is wrong.
     let bad = "apiVersion: wirehub.io/v1alpha1\nkind: WireHubNetwork\nmetadata: {name: bad}\nspec: {subnet: 10.99.0.0/33, peers: [{key: short}]}\n".to_string();
     match c.k_stdin(&["apply", "-f", "-"], &bad) {
@@ -704,11 +840,21 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         }
     }
     // The CRD's schema reaches the published OpenAPI a few seconds later.
-    let explain = wait_for(Duration::from_secs(60), "kubectl explain to show the descriptions", || {
-        let e = c.k(&["explain", "wirehubnetwork.spec"])?;
-        Ok((e.contains("podSubnet") && e.contains("overlay")).then_some(e))
-    })?;
-    log(t0, &format!("kubectl explain wirehubnetwork.spec: {} lines", explain.lines().count()));
+    let explain = wait_for(
+        Duration::from_secs(60),
+        "kubectl explain to show the descriptions",
+        || {
+            let e = c.k(&["explain", "wirehubnetwork.spec"])?;
+            Ok((e.contains("podSubnet") && e.contains("overlay")).then_some(e))
+        },
+    )?;
+    log(
+        t0,
+        &format!(
+            "kubectl explain wirehubnetwork.spec: {} lines",
+            explain.lines().count()
+        ),
+    );
     c.k_stdin(&["apply", "-f", "-"], &manifests)?;
     log(t0, "chart applied");
 
@@ -719,13 +865,20 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     })?;
     for n in &c.nodes {
         let d = c.node_dir(&n.name);
-        for f in [d.join("cni/bin/wirehub-cni"), d.join("cni/bin/host-local"), d.join("cni/net.d/10-wirehub.conflist")] {
+        for f in [
+            d.join("cni/bin/wirehub-cni"),
+            d.join("cni/bin/host-local"),
+            d.join("cni/net.d/10-wirehub.conflist"),
+        ] {
             if !f.exists() {
                 bail!("node {} is Ready without {}", n.name, f.display());
             }
         }
     }
-    log(t0, "all nodes Ready, with wirehub-cni and 10-wirehub.conflist installed");
+    log(
+        t0,
+        "all nodes Ready, with wirehub-cni and 10-wirehub.conflist installed",
+    );
 
     // Keys on the Nodes, and the status lists the three nodes with paths.
     let keys = wait_for(Duration::from_secs(60), "public keys on the Nodes", || {
@@ -733,27 +886,44 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         let mut keys = BTreeMap::new();
         for n in v["items"].as_array().cloned().unwrap_or_default() {
             if let Some(k) = n["metadata"]["annotations"]["wirehub.io/public-key"].as_str() {
-                keys.insert(n["metadata"]["name"].as_str().unwrap_or_default().to_string(), k.to_string());
+                keys.insert(
+                    n["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    k.to_string(),
+                );
             }
         }
         Ok((keys.len() == 3).then_some(keys))
     })?;
-    let status = wait_for(Duration::from_secs(120), "the status to list three ready nodes with paths", || {
-        let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
-        let nodes = v["status"]["nodes"].as_array().cloned().unwrap_or_default();
-        let complete = nodes.len() == 3
-            && nodes.iter().all(|n| {
-                n["ready"] == true
-                    && n["peers"].as_array().is_some_and(|p| {
-                        p.len() >= 2 && p.iter().all(|p| p["path"] == "direct" || p["path"] == "relayed")
-                    })
+    let status = wait_for(
+        Duration::from_secs(120),
+        "the status to list three ready nodes with paths",
+        || {
+            let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
+            let nodes = v["status"]["nodes"].as_array().cloned().unwrap_or_default();
+            let complete = nodes.len() == 3
+                && nodes.iter().all(|n| {
+                    n["ready"] == true
+                        && n["peers"].as_array().is_some_and(|p| {
+                            p.len() >= 2
+                                && p.iter()
+                                    .all(|p| p["path"] == "direct" || p["path"] == "relayed")
+                        })
+                });
+            let ready = v["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
             });
-        let ready = v["status"]["conditions"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-        Ok((complete && ready).then_some(v))
-    })?;
-    for n in status["status"]["nodes"].as_array().cloned().unwrap_or_default() {
+            Ok((complete && ready).then_some(v))
+        },
+    )?;
+    for n in status["status"]["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let name = n["name"].as_str().unwrap_or_default();
         if keys.get(name).map(String::as_str) != n["publicKey"].as_str() {
             bail!("node {name}: the status key differs from the Node's annotation");
@@ -763,9 +933,24 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             .cloned()
             .unwrap_or_default()
             .iter()
-            .map(|p| format!("{}={}", p["name"].as_str().unwrap_or("?"), p["path"].as_str().unwrap_or("?")))
+            .map(|p| {
+                format!(
+                    "{}={}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["path"].as_str().unwrap_or("?")
+                )
+            })
             .collect();
-        log(t0, &format!("status {name}: nat {} pod {} overlay {} paths {}", n["nat"], n["podCidr"], n["overlayIpv4"], paths.join(" ")));
+        log(
+            t0,
+            &format!(
+                "status {name}: nat {} pod {} overlay {} paths {}",
+                n["nat"],
+                n["podCidr"],
+                n["overlayIpv4"],
+                paths.join(" ")
+            ),
+        );
     }
     let n3 = status["status"]["nodes"]
         .as_array()
@@ -778,7 +963,8 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         bail!("the hard-NAT node reaches every node directly; expected a relay: {n3}");
     }
     let printed = c.k(&["get", "wirehubnetworks"])?;
-    if !printed.contains("SUBNET") || !printed.contains("10.99.0.0/24") || !printed.contains("True") {
+    if !printed.contains("SUBNET") || !printed.contains("10.99.0.0/24") || !printed.contains("True")
+    {
         bail!("kubectl get wirehubnetworks lacks the printer columns:\n{printed}");
     }
     log(t0, &format!("kubectl get wirehubnetworks:\n{printed}"));
@@ -786,21 +972,36 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     // Pods of a DaemonSet on the three nodes reach each other.
     let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: pinger}\nspec:\n  selector: {matchLabels: {app: pinger}}\n  template:\n    metadata: {labels: {app: pinger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: bb\n        image: localhost/busybox:1.35\n        imagePullPolicy: Never\n        env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]\n        command: [sh, -c, 'echo $NODE > /www/index.html && exec httpd -f -p 8080 -h /www']\n";
     c.k_stdin(&["apply", "-f", "-"], ds)?;
-    let pods = wait_for(Duration::from_secs(120), "three pinger pods running", || {
-        let v = c.json(&["get", "pods", "-l", "app=pinger"])?;
-        let mut pods = BTreeMap::new();
-        for p in v["items"].as_array().cloned().unwrap_or_default() {
-            if p["status"]["phase"] == "Running"
-                && let (Some(n), Some(ip)) = (p["spec"]["nodeName"].as_str(), p["status"]["podIP"].as_str()) {
+    let pods = wait_for(
+        Duration::from_secs(120),
+        "three pinger pods running",
+        || {
+            let v = c.json(&["get", "pods", "-l", "app=pinger"])?;
+            let mut pods = BTreeMap::new();
+            for p in v["items"].as_array().cloned().unwrap_or_default() {
+                if p["status"]["phase"] == "Running"
+                    && let (Some(n), Some(ip)) = (
+                        p["spec"]["nodeName"].as_str(),
+                        p["status"]["podIP"].as_str(),
+                    )
+                {
                     pods.insert(n.to_string(), ip.to_string());
                 }
-        }
-        Ok((pods.len() == 3).then_some(pods))
-    })?;
+            }
+            Ok((pods.len() == 3).then_some(pods))
+        },
+    )?;
     log(t0, &format!("pinger pods: {pods:?}"));
     let pids: BTreeMap<String, u32> = pods
         .iter()
-        .map(|(n, ip)| Ok((n.clone(), wait_for(Duration::from_secs(30), "the pod's process", || Ok(c.pod_pid(n, ip).ok()))?)))
+        .map(|(n, ip)| {
+            Ok((
+                n.clone(),
+                wait_for(Duration::from_secs(30), "the pod's process", || {
+                    Ok(c.pod_pid(n, ip).ok())
+                })?,
+            ))
+        })
         .collect::<Result<_>>()?;
     for (from, pid) in &pids {
         for (to, ip) in &pods {
@@ -808,31 +1009,65 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
                 continue;
             }
             let start = Instant::now();
-            wait_for(Duration::from_secs(30), &format!("pod on {from} to ping pod on {to} ({ip})"), || {
-                Ok(c.ping_from(*pid, ip, 1).then_some(()))
-            })?;
-            log(t0, &format!("pod on {from} -> pod on {to} ({ip}): ok in {:.1}s", start.elapsed().as_secs_f64()));
+            wait_for(
+                Duration::from_secs(30),
+                &format!("pod on {from} to ping pod on {to} ({ip})"),
+                || Ok(c.ping_from(*pid, ip, 1).then_some(())),
+            )?;
+            log(
+                t0,
+                &format!(
+                    "pod on {from} -> pod on {to} ({ip}): ok in {:.1}s",
+                    start.elapsed().as_secs_f64()
+                ),
+            );
         }
     }
 
     // A ClusterIP service backed by the pod on n3, from the pod on n1 (kube-proxy).
     let svc = "apiVersion: v1\nkind: Pod\nmetadata: {name: backend, labels: {app: backend}}\nspec:\n  nodeName: n3\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: localhost/busybox:1.35\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo backend-on-n3 > /www/index.html && exec httpd -f -p 8080 -h /www']\n---\napiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: 8080}]\n";
     c.k_stdin(&["apply", "-f", "-"], svc)?;
-    let cluster_ip = c.k(&["get", "service", "backend", "-o", "jsonpath={.spec.clusterIP}"])?;
-    let n1_pid = pids.get("n1").copied().ok_or_else(|| anyhow!("no pod on n1"))?;
-    let answer = wait_for(Duration::from_secs(60), "the ClusterIP service to answer from n1", || {
-        let out = Command::new("nsenter")
+    let cluster_ip = c.k(&[
+        "get",
+        "service",
+        "backend",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let n1_pid = pids
+        .get("n1")
+        .copied()
+        .ok_or_else(|| anyhow!("no pod on n1"))?;
+    let answer = wait_for(
+        Duration::from_secs(60),
+        "the ClusterIP service to answer from n1",
+        || {
+            let out = Command::new("nsenter")
             .args(["-t", &n1_pid.to_string(), "-n", "timeout", "3", "bash", "-c"])
             .arg(format!("exec 3<>/dev/tcp/{cluster_ip}/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"))
             .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        Ok(text.contains("backend-on-n3").then_some(text))
-    })?;
-    log(t0, &format!("ClusterIP {cluster_ip} from the pod on n1 answered from n3 ({} bytes)", answer.len()));
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            Ok(text.contains("backend-on-n3").then_some(text))
+        },
+    )?;
+    log(
+        t0,
+        &format!(
+            "ClusterIP {cluster_ip} from the pod on n1 answered from n3 ({} bytes)",
+            answer.len()
+        ),
+    );
 
     // An edge host outside the cluster joins with plain `wh up`, without
     // restarting any agent.
-    let agents_before = c.json(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent"])?;
+    let agents_before = c.json(&[
+        "-n",
+        AGENT_NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=wirehub-agent",
+    ])?;
     let uid_restarts = |v: &Value| -> Vec<(String, i64)> {
         let mut out: Vec<(String, i64)> = v["items"]
             .as_array()
@@ -841,8 +1076,13 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             .iter()
             .map(|p| {
                 (
-                    p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
-                    p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(-1),
+                    p["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(-1),
                 )
             })
             .collect();
@@ -851,7 +1091,15 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     };
     let (edge_sk, edge_pk) = lab.genkey("edge")?;
     let patch = json!({"spec": {"peers": [{"hostname": "edge", "key": edge_pk, "staticIp": "10.99.0.50", "endpoint": format!("{}:62096", edge.ip)}]}});
-    c.k(&["patch", "wirehubnetwork", NETWORK, "--type", "merge", "-p", &patch.to_string()])?;
+    c.k(&[
+        "patch",
+        "wirehubnetwork",
+        NETWORK,
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ])?;
     let yaml = c.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"])?;
     let file = Command::new(wh_bin())
         .args(["network", "-"])
@@ -867,7 +1115,10 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             ch.wait_with_output()
         })?;
     if !file.status.success() {
-        bail!("wh network failed: {}", String::from_utf8_lossy(&file.stderr));
+        bail!(
+            "wh network failed: {}",
+            String::from_utf8_lossy(&file.stderr)
+        );
     }
     let file = String::from_utf8_lossy(&file.stdout).to_string();
     log(t0, &format!("network file for the edge host:\n{file}"));
@@ -881,9 +1132,22 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     lab.wait_daemon(edge, Duration::from_secs(20))?;
     for (node, ip) in &pods {
         let took = lab.ping_until(edge, ip, Duration::from_secs(60))?;
-        log(t0, &format!("edge -> pod on {node} ({ip}): ok in {:.1}s", took.as_secs_f64()));
+        log(
+            t0,
+            &format!(
+                "edge -> pod on {node} ({ip}): ok in {:.1}s",
+                took.as_secs_f64()
+            ),
+        );
     }
-    let agents_after = c.json(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent"])?;
+    let agents_after = c.json(&[
+        "-n",
+        AGENT_NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=wirehub-agent",
+    ])?;
     if uid_restarts(&agents_before) != uid_restarts(&agents_after) {
         bail!("an agent restarted when the edge host was added");
     }
@@ -892,21 +1156,38 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     // An invalid edit: reported in status and events, the network keeps running.
     let bad_key = lab.genkey("bad")?.1;
     let bad = json!([{"op": "add", "path": "/spec/peers/-", "value": {"hostname": "bad", "key": bad_key, "staticIp": "10.98.0.5"}}]);
-    c.k(&["patch", "wirehubnetwork", NETWORK, "--type", "json", "-p", &bad.to_string()])?;
-    let degraded = wait_for(Duration::from_secs(60), "Degraded=InvalidSpec on the status", || {
-        let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
-        let cond = v["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
-            .unwrap_or(Value::Null);
-        Ok((cond["status"] == "True" && cond["reason"] == "InvalidSpec").then_some(cond))
-    })?;
-    log(t0, &format!("invalid edit reported: {}", degraded["message"]));
+    c.k(&[
+        "patch",
+        "wirehubnetwork",
+        NETWORK,
+        "--type",
+        "json",
+        "-p",
+        &bad.to_string(),
+    ])?;
+    let degraded = wait_for(
+        Duration::from_secs(60),
+        "Degraded=InvalidSpec on the status",
+        || {
+            let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
+            let cond = v["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+                .unwrap_or(Value::Null);
+            Ok((cond["status"] == "True" && cond["reason"] == "InvalidSpec").then_some(cond))
+        },
+    )?;
+    log(
+        t0,
+        &format!("invalid edit reported: {}", degraded["message"]),
+    );
     let event = wait_for(Duration::from_secs(60), "an InvalidSpec event", || {
         let v = c.json(&["get", "events.v1.events.k8s.io", "-n", "default"])?;
-        Ok(v["items"]
-            .as_array()
-            .and_then(|a| a.iter().find(|e| e["reason"] == "InvalidSpec" && e["regarding"]["name"] == NETWORK).cloned()))
+        Ok(v["items"].as_array().and_then(|a| {
+            a.iter()
+                .find(|e| e["reason"] == "InvalidSpec" && e["regarding"]["name"] == NETWORK)
+                .cloned()
+        }))
     })?;
     log(t0, &format!("event: {} {}", event["type"], event["note"]));
     for (from, pid) in &pids {
@@ -919,12 +1200,23 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     lab.ping_until(edge, &pods["n3"], Duration::from_secs(10))?;
     log(t0, "the network kept running");
     let fix = json!([{"op": "remove", "path": "/spec/peers/1"}]);
-    c.k(&["patch", "wirehubnetwork", NETWORK, "--type", "json", "-p", &fix.to_string()])?;
+    c.k(&[
+        "patch",
+        "wirehubnetwork",
+        NETWORK,
+        "--type",
+        "json",
+        "-p",
+        &fix.to_string(),
+    ])?;
     wait_for(Duration::from_secs(60), "Degraded to clear", || {
         let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
         Ok(v["status"]["conditions"]
             .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Degraded" && c["status"] == "False"))
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Degraded" && c["status"] == "False")
+            })
             .then_some(()))
     })?;
     log(t0, "fixed: Degraded=False");
@@ -932,44 +1224,97 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     // Deleting an agent pod: recreated, same key and pod CIDR, traffic back within 10 s.
     let victim = "n3";
     let node_before = c.json(&["get", "node", victim])?;
-    let ann = |v: &Value, k: &str| v["metadata"]["annotations"][k].as_str().unwrap_or_default().to_string();
-    let old_pod = c.k(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent", "--field-selector", &format!("spec.nodeName={victim}"), "-o", "jsonpath={.items[0].metadata.name}"])?;
+    let ann = |v: &Value, k: &str| {
+        v["metadata"]["annotations"][k]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let old_pod = c.k(&[
+        "-n",
+        AGENT_NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=wirehub-agent",
+        "--field-selector",
+        &format!("spec.nodeName={victim}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
     let from_pid = pids["n1"];
     let target = pods[victim].clone();
     let deleted = Instant::now();
     c.k(&["-n", AGENT_NS, "delete", "pod", &old_pod, "--wait=false"])?;
     // Wait until traffic is actually broken (the old node is gone) or the
     // new agent is there, then until it flows again.
-    let new_pod = wait_for(Duration::from_secs(60), "the agent pod to be recreated", || {
-        let name = c.k(&["-n", AGENT_NS, "get", "pods", "-l", "app.kubernetes.io/name=wirehub-agent", "--field-selector", &format!("spec.nodeName={victim}"), "-o", "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}"])?;
-        let name = name.trim().to_string();
-        Ok((!name.is_empty() && name != old_pod).then_some(name))
-    })?;
+    let new_pod = wait_for(
+        Duration::from_secs(60),
+        "the agent pod to be recreated",
+        || {
+            let name = c.k(&[
+                "-n",
+                AGENT_NS,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=wirehub-agent",
+                "--field-selector",
+                &format!("spec.nodeName={victim}"),
+                "-o",
+                "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}",
+            ])?;
+            let name = name.trim().to_string();
+            Ok((!name.is_empty() && name != old_pod).then_some(name))
+        },
+    )?;
     let recreated = deleted.elapsed();
     let recovered_at = wait_for(Duration::from_secs(30), "pod traffic to recover", || {
         Ok(c.ping_from(from_pid, &target, 1).then(Instant::now))
     })?;
     let since_delete = recovered_at - deleted;
-    log(t0, &format!("agent pod {old_pod} -> {new_pod}: recreated after {:.1}s, traffic from n1 to the pod on {victim} back {:.1}s after the deletion", recreated.as_secs_f64(), since_delete.as_secs_f64()));
+    log(
+        t0,
+        &format!(
+            "agent pod {old_pod} -> {new_pod}: recreated after {:.1}s, traffic from n1 to the pod on {victim} back {:.1}s after the deletion",
+            recreated.as_secs_f64(),
+            since_delete.as_secs_f64()
+        ),
+    );
     if since_delete > Duration::from_secs(10) {
         bail!("pod traffic took {since_delete:?} to recover (more than 10 s)");
     }
     let node_after = c.json(&["get", "node", victim])?;
-    for k in ["wirehub.io/public-key", "wirehub.io/pod-cidr", "wirehub.io/overlay-ipv4"] {
+    for k in [
+        "wirehub.io/public-key",
+        "wirehub.io/pod-cidr",
+        "wirehub.io/overlay-ipv4",
+    ] {
         if ann(&node_before, k) != ann(&node_after, k) || ann(&node_after, k).is_empty() {
-            bail!("{k} of {victim} changed across the agent's restart: {} -> {}", ann(&node_before, k), ann(&node_after, k));
+            bail!(
+                "{k} of {victim} changed across the agent's restart: {} -> {}",
+                ann(&node_before, k),
+                ann(&node_after, k)
+            );
         }
     }
     let key_file = c.node_dir(victim).join("mnt/varlibwirehub/private.key");
     if !key_file.exists() {
-        bail!("the key is not in the node's host path ({})", key_file.display());
+        bail!(
+            "the key is not in the node's host path ({})",
+            key_file.display()
+        );
     }
     log(t0, "kept its key and pod CIDR");
     // Metrics and readiness endpoints of an agent (n1's, from its namespace).
     let metrics = run(Command::new("ip")
         .args(["netns", "exec", &c.nodes[0].host.netns, "bash", "-c"])
         .arg("exec 3<>/dev/tcp/127.0.0.1/9796; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"))?;
-    for m in ["wirehub_peers{path=\"direct\"}", "wirehub_dht_nodes", "wirehub_peer_last_handshake_seconds"] {
+    for m in [
+        "wirehub_peers{path=\"direct\"}",
+        "wirehub_dht_nodes",
+        "wirehub_peer_last_handshake_seconds",
+    ] {
         if !metrics.contains(m) {
             bail!("metrics lack {m}:\n{metrics}");
         }
