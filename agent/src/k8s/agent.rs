@@ -786,6 +786,9 @@ impl Agent {
             backend: self.opts.backend,
             mtu: self.opts.mtu,
             cni_dir: self.opts.cni_dir.clone(),
+            dns: false,
+            dns_port: 53,
+            hosts_file: None,
         };
         let (updates, rx) = mpsc::channel(4);
         let (done_tx, done) = oneshot::channel();
