@@ -825,16 +825,12 @@ impl Daemon {
                     self.punch(now);
                 }
             }
-            DhtEvent::RecordSeen { target, record, .. } => {
-                if self.overlay.record_seen(target, &record) {
-                    self.puncher.start(
-                        target,
-                        record.endpoints.clone(),
-                        record.relays.clone(),
-                        now,
-                    );
-                    self.punch(now);
-                }
+            DhtEvent::RecordSeen { target, record, .. }
+                if self.overlay.record_seen(target, &record) =>
+            {
+                self.puncher
+                    .start(target, record.endpoints.clone(), record.relays.clone(), now);
+                self.punch(now);
             }
             DhtEvent::Pong { key, observed, rtt } => {
                 self.observed = Some(observed);
