@@ -3,7 +3,7 @@
 # archives in OUT: localhost/pause:3.2, localhost/busybox:1.35 (Debian's
 # static busybox) and localhost/wirehub-agent:e2e, laid out as
 # images/agent/Containerfile builds it (/usr/local/bin/wh with the shared
-# libraries it needs, /opt/wirehub/cni/bin/{wirehub-cni,host-local,portmap},
+# libraries it needs, /opt/wirehub/cni/bin/{wirehub-cni,host-local,portmap,loopback},
 # /bin/sh), with the debug information stripped.
 set -euo pipefail
 OUT=$1; WH=$2; CNI=$3; PAUSE=$4
@@ -21,7 +21,7 @@ echo "root:x:0:0:root:/:/bin/sh" > "$R/etc/passwd"
 R=$W/agent; mkdir -p "$R"/{bin,usr/local/bin,opt/wirehub/cni/bin,proc,sys,dev,etc,tmp,run,var/lib/wirehub}
 strip --strip-debug -o "$R/usr/local/bin/wh" "$WH"
 strip --strip-debug -o "$R/opt/wirehub/cni/bin/wirehub-cni" "$CNI"
-cp /usr/lib/cni/host-local /usr/lib/cni/portmap "$R/opt/wirehub/cni/bin/"
+cp /usr/lib/cni/host-local /usr/lib/cni/portmap /usr/lib/cni/loopback "$R/opt/wirehub/cni/bin/"
 cp /bin/busybox "$R/bin/busybox"
 for a in sh cp mv basename echo ls cat; do ln -s busybox "$R/bin/$a"; done
 for lib in $(ldd "$WH" | awk '/=> \// {print $3} /^[ \t]*\// {print $1}'); do

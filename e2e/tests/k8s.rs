@@ -750,12 +750,42 @@ fn scenario() -> Result<()> {
     };
     let result = exercise(&mut lab, &cluster, &edge, t0);
     if result.is_err() {
+        for args in [
+            &["get", "pods", "-A", "-o", "wide"][..],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+        ] {
+            if let Ok(s) = cluster.k(args) {
+                eprintln!("$ kubectl {}\n{s}", args.join(" "));
+            }
+        }
+        for n in &cluster.nodes {
+            let log = cluster.node_dir(&n.name).join("logs/kubelet.log");
+            if let Ok(out) = run(Command::new("sh").arg("-c").arg(format!(
+                "grep -E '^E|CNI|cni' {} | tail -n 15",
+                log.display()
+            ))) {
+                eprintln!("== kubelet {} errors:\n{out}", n.name);
+            }
+        }
         eprintln!("{}", cluster.agent_logs());
         if let Ok(s) = cluster.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"]) {
             eprintln!("{s}");
         }
         eprintln!("edge daemon log:\n{}", lab.log(&edge));
     }
+    // Every log of the run (the last run's), kept for a look after the
+    // namespaces are gone: target/tmp/k8s-logs.
+    let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("k8s-logs");
+    let _ = std::fs::remove_dir_all(&keep);
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+        "mkdir -p {k} && cd {d} && find . -name '*.log' | while read f; do mkdir -p {k}/$(dirname $f); cp $f {k}/$f; done",
+        k = keep.display(),
+        d = cluster.dir.display()
+        ))
+        .status();
+    eprintln!("logs kept in {}", keep.display());
     drop(cluster);
     log(t0, "cluster removed");
     result
@@ -1182,14 +1212,21 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         &format!("invalid edit reported: {}", degraded["message"]),
     );
     let event = wait_for(Duration::from_secs(60), "an InvalidSpec event", || {
-        let v = c.json(&["get", "events.v1.events.k8s.io", "-n", "default"])?;
+        let v = c.json(&["get", "events", "-n", "default"])?;
         Ok(v["items"].as_array().and_then(|a| {
             a.iter()
-                .find(|e| e["reason"] == "InvalidSpec" && e["regarding"]["name"] == NETWORK)
+                .find(|e| e["reason"] == "InvalidSpec" && e["involvedObject"]["name"] == NETWORK)
                 .cloned()
         }))
     })?;
-    log(t0, &format!("event: {} {}", event["type"], event["note"]));
+    log(
+        t0,
+        &format!("event: {} {}", event["type"], event["message"]),
+    );
+    let described = c.k(&["describe", "wirehubnetwork", NETWORK])?;
+    if !described.contains("InvalidSpec") {
+        bail!("kubectl describe does not show the InvalidSpec event:\n{described}");
+    }
     for (from, pid) in &pids {
         for (to, ip) in &pods {
             if from != to && !c.ping_from(*pid, ip, 2) {
@@ -1244,45 +1281,134 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     ])?;
     let from_pid = pids["n1"];
     let target = pods[victim].clone();
+    // A pinger from the pod on n1 to the pod on the victim node, every
+    // 200 ms, for the whole restart: the outage is the longest run of lost
+    // pings.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = std::sync::Arc::clone(&stop);
+        let target = target.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let sent = start.elapsed();
+                let ok = Command::new("nsenter")
+                    .args([
+                        "-t",
+                        &from_pid.to_string(),
+                        "-n",
+                        "ping",
+                        "-n",
+                        "-q",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                    ])
+                    .arg(&target)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                samples.push((sent, ok));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (start, samples)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
     let deleted = Instant::now();
     c.k(&["-n", AGENT_NS, "delete", "pod", &old_pod, "--wait=false"])?;
-    // Wait until traffic is actually broken (the old node is gone) or the
-    // new agent is there, then until it flows again.
+    let pods_on_victim = || -> Result<Vec<(String, String)>> {
+        let v = c.json(&[
+            "-n",
+            AGENT_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=wirehub-agent",
+            "--field-selector",
+            &format!("spec.nodeName={victim}"),
+        ])?;
+        Ok(v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["status"]["phase"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect())
+    };
+    let old_gone = wait_for(Duration::from_secs(60), "the old agent pod to go", || {
+        Ok((!pods_on_victim()?.iter().any(|(n, _)| *n == old_pod)).then(|| deleted.elapsed()))
+    })?;
     let new_pod = wait_for(
         Duration::from_secs(60),
         "the agent pod to be recreated",
         || {
-            let name = c.k(&[
-                "-n",
-                AGENT_NS,
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/name=wirehub-agent",
-                "--field-selector",
-                &format!("spec.nodeName={victim}"),
-                "-o",
-                "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}",
-            ])?;
-            let name = name.trim().to_string();
-            Ok((!name.is_empty() && name != old_pod).then_some(name))
+            Ok(pods_on_victim()?
+                .into_iter()
+                .find(|(n, phase)| *n != old_pod && phase == "Running")
+                .map(|(n, _)| n))
         },
     )?;
     let recreated = deleted.elapsed();
-    let recovered_at = wait_for(Duration::from_secs(30), "pod traffic to recover", || {
-        Ok(c.ping_from(from_pid, &target, 1).then(Instant::now))
+    wait_for(Duration::from_secs(30), "pod traffic to recover", || {
+        Ok(c.ping_from(from_pid, &target, 1).then_some(()))
     })?;
-    let since_delete = recovered_at - deleted;
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ping_start, samples) = pinger
+        .join()
+        .map_err(|_| anyhow!("the pinger thread panicked"))?;
+    let offset = deleted.saturating_duration_since(ping_start);
+    let mut outage = Duration::ZERO;
+    let mut lost_since: Option<Duration> = None;
+    let mut first_lost: Option<Duration> = None;
+    let mut back: Option<Duration> = None;
+    for (t, ok) in &samples {
+        match (ok, lost_since) {
+            (false, None) => {
+                lost_since = Some(*t);
+                first_lost.get_or_insert(*t);
+            }
+            (true, Some(since)) => {
+                outage = outage.max(t.saturating_sub(since));
+                back = Some(*t);
+                lost_since = None;
+            }
+            _ => {}
+        }
+    }
+    let rel = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.1}s", d.as_secs_f64() - offset.as_secs_f64())
+        })
+    };
     log(
         t0,
         &format!(
-            "agent pod {old_pod} -> {new_pod}: recreated after {:.1}s, traffic from n1 to the pod on {victim} back {:.1}s after the deletion",
+            "agent pod {old_pod} deleted: gone after {:.1}s, {new_pod} running after {:.1}s; pings lost from {} to {} after the deletion: outage {:.1}s",
+            old_gone.as_secs_f64(),
             recreated.as_secs_f64(),
-            since_delete.as_secs_f64()
+            rel(first_lost),
+            rel(back),
+            outage.as_secs_f64()
         ),
     );
-    if since_delete > Duration::from_secs(10) {
-        bail!("pod traffic took {since_delete:?} to recover (more than 10 s)");
+    if outage > Duration::from_secs(10) {
+        bail!("pod traffic took {outage:?} to recover (more than 10 s)");
     }
     let node_after = c.json(&["get", "node", victim])?;
     for k in [

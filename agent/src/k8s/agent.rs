@@ -35,16 +35,15 @@ use crate::node::launch::{DEFAULT_MTU, Mode, UpOptions};
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +62,22 @@ const RESYNC: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// A node entry older than this counts as not ready.
 const STALE: Duration = Duration::from_secs(90);
+/// Normal or Warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
 /// The field manager of the network-wide status.
 const LEADER_MANAGER: &str = "wirehub-leader";
 
@@ -218,7 +233,31 @@ struct Daemon {
     listen_port: u16,
     /// The last spec the node accepted.
     running: NetworkSpec,
+    started_at: Instant,
+    /// Endpoints of the other nodes and boot nodes when it started.
+    bootstrap: BTreeSet<String>,
 }
+
+/// Endpoints the node core pings when it starts (it learns its DHT
+/// neighbours from their answers): boot nodes and peers with an endpoint,
+/// except itself.
+fn bootstrap_endpoints(spec: &NetworkSpec, own: &PublicKey) -> BTreeSet<String> {
+    spec.peers
+        .iter()
+        .filter(|p| &p.key != own)
+        .filter_map(|p| p.endpoint.as_ref().map(|e| format!("{}@{e}", p.key)))
+        .collect()
+}
+
+/// How long a node waits for other nodes before it starts alone.
+const ALONE_GRACE: Duration = Duration::from_secs(5);
+/// A node with an empty DHT this long after its start is started again to
+/// ping the other nodes' endpoints anew: the node core pings them only when
+/// it starts (another node may not have been listening yet), and an
+/// isolated node carries no traffic anyway. Repeated with a doubling delay
+/// up to `ISOLATED_MAX`, and at once when endpoints it never tried appear.
+const ISOLATED_AFTER: Duration = Duration::from_secs(3);
+const ISOLATED_MAX: Duration = Duration::from_secs(120);
 
 /// Everything the agent's loop keeps between rounds.
 struct Agent {
@@ -227,7 +266,6 @@ struct Agent {
     nodes: Store<Node>,
     networks: Store<WireHubNetwork>,
     shared: Arc<Shared>,
-    recorder: Recorder,
     key: Option<(PrivateKey, PublicKey)>,
     daemon: Option<Daemon>,
     leader: bool,
@@ -241,6 +279,12 @@ struct Agent {
     last_status: Option<(NodeStatus, Instant)>,
     last_conditions: Vec<Condition>,
     stopping: bool,
+    /// The node core was told to stop so that it starts again.
+    restarting: bool,
+    /// Restarts in a row of an isolated node (for the back-off).
+    isolated_restarts: u32,
+    /// Since when the node could have started (alone).
+    could_start: Option<Instant>,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -278,20 +322,12 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         "wirehubnetworks",
     ));
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "wirehub-agent".into(),
-            instance: Some(opts.node_name.clone()),
-        },
-    );
     let mut agent = Agent {
         opts,
         client,
         nodes,
         networks,
         shared,
-        recorder,
         key: None,
         daemon: None,
         leader: false,
@@ -302,6 +338,9 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         last_status: None,
         last_conditions: Vec::new(),
         stopping: false,
+        restarting: false,
+        isolated_restarts: 0,
+        could_start: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
@@ -333,6 +372,11 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
                 agent.shared.set_daemon_running(false);
                 match result {
                     Ok(()) if agent.stopping => break,
+                    Ok(()) if agent.restarting => {
+                        agent.restarting = false;
+                        tracing::info!("node stopped for a restart");
+                        agent.reconcile().await;
+                    }
                     Ok(()) => {
                         tracing::warn!("the node stopped (wh down?); stopping the agent, the DaemonSet restarts it");
                         break;
@@ -753,6 +797,20 @@ impl Agent {
                     d.running = cs.spec;
                     self.shared.count_update(true);
                     self.shared.set_generation(generation);
+                    if self.leader {
+                        self.event_once(
+                            net,
+                            "updated",
+                            EventType::Normal,
+                            "Updated",
+                            "Reload",
+                            format!(
+                                "generation {generation} applied on {}: {summary}",
+                                self.opts.node_name
+                            ),
+                        )
+                        .await;
+                    }
                 }
                 Ok(Ok(Err(why))) => {
                     tracing::warn!(generation, "network update refused: {why}");
@@ -775,6 +833,17 @@ impl Agent {
                 _ => tracing::warn!("the node did not answer an update"),
             }
             return;
+        }
+        if self.restarting {
+            return;
+        }
+        if cs.members.len() < 2 {
+            // Alone so far: the other agents may be starting too; give the
+            // allocation a moment so the node starts knowing them.
+            let since = *self.could_start.get_or_insert_with(Instant::now);
+            if since.elapsed() < ALONE_GRACE {
+                return;
+            }
         }
         let listen_port = net.spec.listen_port.unwrap_or(DEFAULT_PORT);
         let interface = format!("wh-{}", public.short(8));
@@ -810,7 +879,9 @@ impl Agent {
             done,
             interface: interface.clone(),
             listen_port,
+            bootstrap: bootstrap_endpoints(&cs.spec, &public),
             running: cs.spec,
+            started_at: Instant::now(),
         });
         self.shared.set_daemon_running(true);
         self.shared
@@ -829,11 +900,54 @@ impl Agent {
             control::client::request(&interface, &Request::Inspect)
         })
         .await;
-        match answer {
-            Ok(Ok(v)) => self.shared.set_inspect(v),
-            Ok(Err(e)) => tracing::debug!(error = %e, "node state"),
-            Err(_) => {}
+        let v = match answer {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "node state");
+                return;
+            }
+            Err(_) => return,
+        };
+        let dht_size = v.get("dht_size").and_then(|n| n.as_u64()).unwrap_or(0);
+        self.shared.set_inspect(v);
+        let Some((_, public)) = &self.key else {
+            return;
+        };
+        let Some(d) = &self.daemon else {
+            return;
+        };
+        if dht_size > 0 {
+            self.isolated_restarts = 0;
+            return;
         }
+        if self.restarting || d.started_at.elapsed() < ISOLATED_AFTER {
+            return;
+        }
+        // Isolated: nobody answered its pings and nobody found it. Start it
+        // again when endpoints it never tried appeared, else now and then
+        // (the others may not have been listening yet when it pinged them),
+        // backing off up to ISOLATED_MAX.
+        let now = bootstrap_endpoints(&d.running, public);
+        let untried = now.difference(&d.bootstrap).count();
+        let backoff = ISOLATED_AFTER
+            .saturating_mul(1 << self.isolated_restarts.min(6))
+            .min(ISOLATED_MAX);
+        if untried == 0 && (now.is_empty() || d.started_at.elapsed() < backoff) {
+            return;
+        }
+        tracing::info!(
+            untried,
+            endpoints = now.len(),
+            after = ?d.started_at.elapsed(),
+            "the node found nobody (no DHT node answered, none contacted it); starting it again to ping the other nodes"
+        );
+        self.isolated_restarts += 1;
+        self.restarting = true;
+        let interface = d.interface.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            control::client::request(&interface, &Request::Down)
+        })
+        .await;
     }
 
     /// Who a key is, for the status: a node name or a peer's hostname.
@@ -1195,6 +1309,10 @@ impl Agent {
     }
 
     /// Publishes an Event about the network once per `key` and generation.
+    /// A core/v1 Event in the namespace `default` (where events about a
+    /// cluster-scoped object go): Kubernetes before 1.22 refuses an
+    /// events.k8s.io/v1 Event about a cluster-scoped object, and `kubectl
+    /// describe` finds these.
     async fn event_once(
         &mut self,
         net: &WireHubNetwork,
@@ -1208,17 +1326,34 @@ impl Agent {
         if self.events_sent.get(key) == Some(&generation) {
             return;
         }
-        let note: String = note.chars().take(1000).collect();
-        let reference = net.object_ref(&());
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
+        let now = Timestamp::now();
+        let mut reference = net.object_ref(&());
+        reference.namespace = None;
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", net.name_any(), now.as_nanosecond())),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            involved_object: reference,
+            reason: Some(reason.into()),
+            message: Some(note.chars().take(1000).collect()),
+            type_: Some(type_.as_str().into()),
+            action: Some(action.into()),
+            count: Some(1),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            source: Some(EventSource {
+                component: Some("wirehub-agent".into()),
+                host: Some(self.opts.node_name.clone()),
+            }),
+            reporting_component: Some("wirehub-agent".into()),
+            reporting_instance: Some(self.opts.node_name.clone()),
+            ..CoreEvent::default()
         };
-        match self.recorder.publish(&ev, &reference).await {
-            Ok(()) => {
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
                 self.events_sent.insert(key.to_string(), generation);
             }
             Err(e) => tracing::warn!(error = %e, "cannot publish an event"),
