@@ -1373,3 +1373,194 @@ impl Agent {
         self.write_own_status(&net, None).await;
     }
 }
+
+/// Error paths a real API server does not produce on demand, against
+/// kube-rs's mock service: conflicts, refusals and failures are reported
+/// and never crash the agent or touch the running node.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request as HttpRequest, Response as HttpResponse, StatusCode};
+    use kube::client::Body;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<HttpRequest<Body>, HttpResponse<Body>>;
+
+    fn agent(client: Client) -> Agent {
+        let (nodes, _) = reflector::store::<Node>();
+        let (networks, _) = reflector::store::<WireHubNetwork>();
+        Agent {
+            opts: AgentOptions {
+                node_name: "n1".into(),
+                network: Some("lab".into()),
+                key_file: PathBuf::from("/nonexistent/key"),
+                namespace: "kube-system".into(),
+                metrics_addr: "127.0.0.1:0".parse().unwrap(),
+                cni_dir: None,
+                mtu: DEFAULT_MTU,
+                backend: BackendKind::Auto,
+                mode: Mode::Unknown,
+            },
+            client,
+            nodes,
+            networks,
+            shared: Arc::new(Shared::default()),
+            key: None,
+            daemon: None,
+            leader: false,
+            lease_renewed: None,
+            node_problems: Vec::new(),
+            network_problems: Vec::new(),
+            events_sent: HashMap::new(),
+            last_status: None,
+            last_conditions: Vec::new(),
+            stopping: false,
+            restarting: false,
+            isolated_restarts: 0,
+            could_start: None,
+        }
+    }
+
+    fn mock_agent() -> (Agent, Handle) {
+        let (service, handle) = mock::pair::<HttpRequest<Body>, HttpResponse<Body>>();
+        (agent(Client::new(service, "default")), handle)
+    }
+
+    fn reply(status: StatusCode, body: serde_json::Value) -> HttpResponse<Body> {
+        HttpResponse::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    fn status_error(code: StatusCode, reason: &str) -> HttpResponse<Body> {
+        reply(
+            code,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": format!("mock: {reason}"), "reason": reason, "code": code.as_u16()}),
+        )
+    }
+
+    fn lease(holder: &str, renewed: Timestamp) -> serde_json::Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "wirehub-lab", "namespace": "kube-system", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS,
+                     "renewTime": MicroTime(renewed)}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_by_another_agent_is_left_alone() {
+        let (mut a, mut handle) = mock_agent();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "GET");
+            assert!(
+                req.uri().path().ends_with("/leases/wirehub-lab"),
+                "{}",
+                req.uri()
+            );
+            send.send_response(reply(StatusCode::OK, lease("n2", Timestamp::now())));
+            // Nothing else: the agent must not try to take it.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+                    .await
+                    .is_err()
+            );
+        });
+        a.renew_lease("lab").await;
+        assert!(!a.leader);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
+        let (mut a, mut handle) = mock_agent();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
+            send.send_response(reply(StatusCode::OK, lease("n2", old)));
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "PUT");
+            send.send_response(status_error(StatusCode::CONFLICT, "Conflict"));
+        });
+        a.renew_lease("lab").await;
+        assert!(
+            !a.leader,
+            "a conflict on the replace means someone else won"
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_and_held() {
+        let (mut a, mut handle) = mock_agent();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(status_error(StatusCode::NOT_FOUND, "NotFound"));
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "POST");
+            send.send_response(reply(StatusCode::CREATED, lease("n1", Timestamp::now())));
+        });
+        a.renew_lease("lab").await;
+        assert!(a.leader);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn failed_status_writes_and_events_are_retried_later() {
+        let (mut a, mut handle) = mock_agent();
+        let net = WireHubNetwork::new(
+            "lab",
+            serde_json::from_value(json!({"subnet": "10.99.0.0/24"})).unwrap(),
+        );
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (req, send) = handle.next_request().await.unwrap();
+                match req.method().as_str() {
+                    "PATCH" => {
+                        assert!(req.uri().path().ends_with("/wirehubnetworks/lab/status"));
+                        assert!(
+                            req.uri()
+                                .query()
+                                .unwrap_or_default()
+                                .contains("fieldManager=wirehub-agent-n1"),
+                            "{}",
+                            req.uri()
+                        );
+                        send.send_response(status_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                        ));
+                    }
+                    "POST" => {
+                        assert!(req.uri().path().ends_with("/namespaces/default/events"));
+                        send.send_response(status_error(StatusCode::FORBIDDEN, "Forbidden"));
+                    }
+                    m => panic!("unexpected {m} {}", req.uri()),
+                }
+            }
+        });
+        a.write_own_status(&net, None).await;
+        assert!(
+            a.last_status.is_none(),
+            "a failed write is written again next round"
+        );
+        a.event_once(
+            &net,
+            "k",
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            "x".into(),
+        )
+        .await;
+        assert!(
+            a.events_sent.is_empty(),
+            "a refused event is sent again next round"
+        );
+        server.await.unwrap();
+    }
+}
