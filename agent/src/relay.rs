@@ -246,9 +246,9 @@ impl RelaySet {
 }
 
 /// A relay in use is pinged this often while traffic goes through it.
-pub const IN_USE_PING: Duration = Duration::from_millis(250);
+pub const IN_USE_PING: Duration = Duration::from_millis(150);
 /// No pong for this long: the relay in use is dead, the next one is used.
-pub const IN_USE_DEAD: Duration = Duration::from_millis(1000);
+pub const IN_USE_DEAD: Duration = Duration::from_millis(600);
 
 #[derive(Debug, Clone, Copy)]
 struct Watch {

@@ -123,6 +123,30 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
     s.lab
         .ping_until(&s.a, "10.0.42.3", Duration::from_secs(15))
         .expect("first ping");
+    // Steady state: both nodes publish two relays (right after start a
+    // node may have picked only one).
+    let iface = |h| {
+        s.lab
+            .wh_ok(h, &["show", "interfaces"])
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let (ia, ib) = (iface(&s.a), iface(&s.b));
+    let relays_of = |h, i: &str, peer: &str| {
+        s.lab
+            .wh_ok(h, &["lookup", i, peer])
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["relays"].as_array().map(|r| r.len()))
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while (relays_of(&s.a, &ia, "node_b") < 2 || relays_of(&s.b, &ib, "node_a") < 2)
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let show = s.lab.wh_ok(&s.a, &["show"]).expect("show");
     let line = show
         .lines()
@@ -177,7 +201,12 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
         .collect();
     let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     eprintln!("longest gap after the relay died: {gap:.2} s");
-    assert!(times.len() > 20, "{text}");
+    assert!(
+        times.len() > 20,
+        "{text}\n--- a:\n{}\n--- b:\n{}",
+        s.lab.log(&s.a),
+        s.lab.log(&s.b)
+    );
     assert!(
         gap < 3.0,
         "traffic stopped for {gap:.2} s:\n{text}\n--- a:\n{}",

@@ -384,6 +384,11 @@ impl Overlay {
         if matches!(p.path, Some(PeerPath::Direct(_))) {
             return;
         }
+        // Know the relays the peer publishes: they are the fallbacks if this
+        // relay dies.
+        if p.record.is_none() && p.lookup_in_flight.is_none() && p.next_lookup > now {
+            p.next_lookup = now;
+        }
         let first = match &p.path {
             Some(PeerPath::Relayed(r)) => r.first().copied(),
             _ => None,
@@ -393,6 +398,15 @@ impl Overlay {
             if let Some(PeerPath::Relayed(r)) = &p.path {
                 relays.extend(r.iter().filter(|x| **x != relay).copied());
             }
+            // The relays the peer published are the fallbacks.
+            if let Some(r) = &p.record {
+                for x in &r.relays {
+                    if !relays.contains(x) {
+                        relays.push(*x);
+                    }
+                }
+            }
+            relays.truncate(crate::proto::MAX_RELAYS * 2);
             p.path = Some(PeerPath::Relayed(relays));
             self.changes.push(PathChange {
                 key,
@@ -416,6 +430,21 @@ impl Overlay {
         };
         relays.retain(|(k, _)| k != dead);
         p.next_lookup = now;
+        if relays.is_empty() {
+            // Fall back on the relays the peer published, but the dead one.
+            let published: Vec<(PublicKey, SocketAddr)> = p
+                .record
+                .as_ref()
+                .map(|r| {
+                    r.relays
+                        .iter()
+                        .filter(|(k, _)| k != dead)
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            relays.extend(published);
+        }
         if relays.is_empty() {
             p.path = None;
             return None;
