@@ -1463,6 +1463,21 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         bail!("pod traffic was lost for {outage:?}");
     }
     let node_after = c.json(&["get", "node", victim])?;
+    // The node stayed Ready: the agent keeps its CNI configuration across
+    // its own restart.
+    let ready_since = |v: &Value| {
+        v["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            .map(|c| (c["status"].clone(), c["lastTransitionTime"].clone()))
+    };
+    if ready_since(&node_before) != ready_since(&node_after) {
+        bail!(
+            "{victim} went through NotReady while its agent restarted: {:?} -> {:?}",
+            ready_since(&node_before),
+            ready_since(&node_after)
+        );
+    }
     for k in [
         "wirehub.io/public-key",
         "wirehub.io/pod-cidr",

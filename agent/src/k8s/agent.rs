@@ -30,7 +30,7 @@ use crate::config::{DEFAULT_PORT, NetworkSpec};
 use crate::control::{self, PathStatus, Request};
 use crate::dataplane::BackendKind;
 use crate::keys::{PrivateKey, PublicKey, search};
-use crate::node::daemon::SpecUpdate;
+use crate::node::daemon::{CNI_CONFIG_NAME, SpecUpdate};
 use crate::node::launch::{DEFAULT_MTU, Mode, UpOptions};
 use anyhow::Context;
 use futures::StreamExt;
@@ -283,6 +283,8 @@ struct Agent {
     restarting: bool,
     /// Restarts in a row of an isolated node (for the back-off).
     isolated_restarts: u32,
+    /// The node's CNI configuration as the node core last wrote it.
+    cni_config: Option<String>,
     /// Since when the node could have started (alone).
     could_start: Option<Instant>,
 }
@@ -303,7 +305,14 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     )
     .default_backoff()
     .touched_objects();
-    tokio::spawn(forward_changes(node_stream, Arc::clone(&changed), "nodes"));
+    // Only what the network is built from counts: not the kubelets'
+    // heartbeats.
+    tokio::spawn(forward_changes(
+        node_stream,
+        Arc::clone(&changed),
+        "nodes",
+        |n: &Node| format!("{:?}", ClusterNode::from_node(n)),
+    ));
 
     let (networks, networks_writer) = reflector::store::<WireHubNetwork>();
     let mut net_config = watcher::Config::default();
@@ -320,6 +329,13 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         net_stream,
         Arc::clone(&changed),
         "wirehubnetworks",
+        |n: &WireHubNetwork| {
+            format!(
+                "{}/{:?}",
+                n.metadata.resource_version.as_deref().unwrap_or_default(),
+                n.metadata.uid
+            )
+        },
     ));
 
     let mut agent = Agent {
@@ -340,6 +356,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         stopping: false,
         restarting: false,
         isolated_restarts: 0,
+        cni_config: None,
         could_start: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -399,6 +416,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
                 if let Some(d) = agent.daemon.take() {
                     let _ = tokio::time::timeout(Duration::from_secs(15), d.done).await;
                 }
+                agent.keep_cni_config();
                 break;
             }
         }
@@ -407,15 +425,28 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn forward_changes<S, T, E>(stream: S, changed: Arc<Notify>, what: &'static str)
-where
+/// Wakes the agent's loop when an object changed in a way that matters
+/// (its `fingerprint` differs from the last one seen under its name).
+async fn forward_changes<S, T, E>(
+    stream: S,
+    changed: Arc<Notify>,
+    what: &'static str,
+    fingerprint: impl Fn(&T) -> String,
+) where
     S: futures::Stream<Item = Result<T, E>>,
+    T: ResourceExt,
     E: std::fmt::Display,
 {
+    let mut seen: HashMap<String, String> = HashMap::new();
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         match item {
-            Ok(_) => changed.notify_one(),
+            Ok(obj) => {
+                let print = fingerprint(&obj);
+                if seen.insert(obj.name_any(), print.clone()).as_ref() != Some(&print) {
+                    changed.notify_one();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "watching {what}"),
         }
     }
@@ -909,6 +940,11 @@ impl Agent {
             Err(_) => return,
         };
         let dht_size = v.get("dht_size").and_then(|n| n.as_u64()).unwrap_or(0);
+        if let Some(dir) = &self.opts.cni_dir
+            && let Ok(text) = std::fs::read_to_string(dir.join(CNI_CONFIG_NAME))
+        {
+            self.cni_config = Some(text);
+        }
         self.shared.set_inspect(v);
         let Some((_, public)) = &self.key else {
             return;
@@ -1360,6 +1396,27 @@ impl Agent {
         }
     }
 
+    /// On SIGTERM (a restart, an upgrade): puts the node's CNI configuration
+    /// back after the node core removed it, so that the node stays Ready
+    /// while its agent is replaced (pods created meanwhile get their
+    /// addresses and are reached once the agent is back). Uninstalling
+    /// WireHub leaves the file: remove it from the nodes then.
+    fn keep_cni_config(&self) {
+        let (Some(dir), Some(text)) = (&self.opts.cni_dir, &self.cni_config) else {
+            return;
+        };
+        let path = dir.join(CNI_CONFIG_NAME);
+        let tmp = dir.join(format!(".{CNI_CONFIG_NAME}.agent"));
+        match std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "CNI configuration kept for the next agent")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the CNI configuration")
+            }
+        }
+    }
+
     /// The node failed: say so on the status before exiting.
     async fn report_down(&mut self, why: &str) {
         let Some(net) = self.network() else {
@@ -1417,6 +1474,7 @@ mod tests {
             stopping: false,
             restarting: false,
             isolated_restarts: 0,
+            cni_config: None,
             could_start: None,
         }
     }
