@@ -856,7 +856,6 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             "kubernetesServicePort": "6443",
             "logLevel": "info",
         },
-        "nodeSelector": {},
     });
     let (manifests, crds) =
         chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;

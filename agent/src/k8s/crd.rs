@@ -277,8 +277,10 @@ pub struct NodeStatus {
     /// The pod CIDR the node routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
-    /// The NAT the node found itself behind: PUBLIC, EASY (endpoint-
-    /// independent mapping), HARD (symmetric), UNKNOWN.
+    /// The NAT the node found itself behind, as `wh show` says it: DIRECT
+    /// (a public address), NAT easy (endpoint-independent mapping), NAT
+    /// hard (symmetric), UNKNOWN (not decided yet); with the UPnP mapping
+    /// when the router gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<String>,
     /// The node's overlay is up and reaches every other node.
