@@ -1182,12 +1182,20 @@ impl Agent {
         let fresh = |e: &NodeStatus| age_of(e.last_update.as_deref()).is_some_and(|a| a < STALE);
         let entries: BTreeMap<&str, &NodeStatus> =
             status.nodes.iter().map(|e| (e.name.as_str(), e)).collect();
-        let with_key: Vec<&&ClusterNode> = selected.iter().filter(|n| n.key.is_some()).collect();
-        let node_count = selected.len() as i32;
+        // Nodes take part once their agent published a key: a selected
+        // node where no agent runs (the DaemonSet's own nodeSelector, a
+        // node being set up) is named, but does not hold the network back.
+        let without_agent: Vec<String> = selected
+            .iter()
+            .filter(|n| n.key.is_none())
+            .map(|n| n.name.clone())
+            .collect();
+        let members: Vec<&&ClusterNode> = selected.iter().filter(|n| n.key.is_some()).collect();
+        let node_count = members.len() as i32;
         let mut ready = 0;
         let mut not_ready = Vec::new();
         let mut node_messages = Vec::new();
-        for n in &selected {
+        for n in &members {
             match entries.get(n.name.as_str()) {
                 Some(e) if e.ready && fresh(e) => ready += 1,
                 Some(e) => {
@@ -1199,6 +1207,11 @@ impl Agent {
                 None => not_ready.push(n.name.clone()),
             }
         }
+        let no_agent_note = if without_agent.is_empty() {
+            String::new()
+        } else {
+            format!(" (no agent yet on {})", without_agent.join(", "))
+        };
         let invalid: Vec<&Problem> = self
             .network_problems
             .iter()
@@ -1206,17 +1219,17 @@ impl Agent {
             .collect();
         let (ready_status, ready_reason, ready_message) = if node_count == 0 {
             ("False", "NoNodes", "no node takes part yet".to_string())
-        } else if not_ready.is_empty() && with_key.len() == selected.len() {
+        } else if not_ready.is_empty() {
             (
                 "True",
                 "AllNodesReady",
-                format!("{ready} of {node_count} nodes are up and reach each other"),
+                format!("{ready} of {node_count} nodes are up and reach each other{no_agent_note}"),
             )
         } else {
             (
                 "False",
                 "NodesNotReady",
-                format!("not ready: {}", not_ready.join(", ")),
+                format!("not ready: {}{no_agent_note}", not_ready.join(", ")),
             )
         };
         let (deg_status, deg_reason, deg_message) = if !invalid.is_empty() {
