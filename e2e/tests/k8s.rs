@@ -669,6 +669,16 @@ fn wirehub_on_a_real_cluster() {
 
 fn scenario() -> Result<()> {
     let t0 = Instant::now();
+    // One cluster at a time on a machine: the runs share host mount points
+    // (/run/wirehub, /var/lib/wirehub, ...) that each removes when done,
+    // and the host sysctls it restores.
+    let cache = std::env::var("WH_K8S_CACHE").unwrap_or_else(|_| "/var/cache/wirehub-k8s".into());
+    std::fs::create_dir_all(&cache)?;
+    let lock = std::fs::File::create(Path::new(&cache).join("e2e.lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("[k8s] another Kubernetes lab runs on this machine; waiting for it");
+        lock.lock()?;
+    }
     for tool in [
         "containerd",
         "ctr",
@@ -695,8 +705,7 @@ fn scenario() -> Result<()> {
     if !status.success() {
         bail!("building Kubernetes failed ({status})");
     }
-    let cache = std::env::var("WH_K8S_CACHE").unwrap_or_else(|_| "/var/cache/wirehub-k8s".into());
-    let bin = PathBuf::from(cache).join("current/bin");
+    let bin = PathBuf::from(&cache).join("current/bin");
     let kubectl = if bin.join("kubectl").exists() {
         bin.join("kubectl").display().to_string()
     } else if have("kubectl") {
