@@ -348,6 +348,32 @@ impl Lab {
         bail!("tc netem on {} failed: {err}", router.name)
     }
 
+    /// A public DHT: a bootstrap node and `relays` relay nodes, all public
+    /// (`mode direct`), up and answering. Returns the bootstrap's key and
+    /// the hosts, the bootstrap first.
+    pub fn public_dht(&mut self, relays: usize) -> Result<(String, Vec<Host>)> {
+        let boot = self.public_host("boot")?;
+        let (boot_sk, boot_pk) = self.genkey("boot")?;
+        let public = self.write("public", "name public\nworkbit 8\n")?;
+        self.wh_up(&boot, &public, Some(&boot_sk), &["mode", "direct"])?;
+        self.wait_daemon(&boot, Duration::from_secs(10))?;
+        let relay_config = self.write(
+            "relay",
+            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
+        )?;
+        let mut hosts = vec![boot];
+        for i in 0..relays {
+            let r = self.public_host(&format!("relay{i}"))?;
+            let (sk, _) = self.genkey(&format!("relay{i}"))?;
+            self.wh_up(&r, &relay_config, Some(&sk), &["mode", "direct"])?;
+            hosts.push(r);
+        }
+        for r in &hosts[1..] {
+            self.wait_daemon(r, Duration::from_secs(10))?;
+        }
+        Ok((boot_pk, hosts))
+    }
+
     /// Runs `wh ARGS` on a host (with its run directory) and returns its output.
     pub fn wh(&self, host: &Host, args: &[&str]) -> Result<Output> {
         Command::new("ip")

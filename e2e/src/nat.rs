@@ -57,33 +57,8 @@ fn host(lab: &mut Lab, name: &str, kind: Kind, latency: u32, routers: &mut Vec<H
 pub fn scenario(ka: Kind, kb: Kind, latency: u32) -> (Scenario, Instant) {
     let mut lab = Lab::new().expect("lab");
     lab.env.push(("WH_UPNP_RENEW_SECS".into(), "2".into()));
-    let boot = lab.public_host("boot").expect("boot");
-    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
-    let public = lab
-        .write("public", "name public\nworkbit 8\n")
-        .expect("config");
-    lab.wh_up(&boot, &public, Some(&boot_sk), &["mode", "direct"])
-        .expect("boot up");
-    lab.wait_daemon(&boot, Duration::from_secs(10))
-        .expect("boot answers");
-    let relay_config = lab
-        .write(
-            "relay",
-            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
-        )
-        .expect("config");
-    let mut relays = vec![boot.clone()];
-    for i in 0..2 {
-        let r = lab.public_host(&format!("relay{i}")).expect("relay");
-        let (sk, _) = lab.genkey(&format!("relay{i}")).expect("key");
-        lab.wh_up(&r, &relay_config, Some(&sk), &["mode", "direct"])
-            .expect("relay up");
-        relays.push(r);
-    }
-    for r in &relays {
-        lab.wait_daemon(r, Duration::from_secs(10))
-            .expect("relay answers");
-    }
+    let (boot_pk, relays) = lab.public_dht(2).expect("public DHT");
+    let boot = relays[0].clone();
     let mut routers = Vec::new();
     let a = host(&mut lab, "node_a", ka, latency, &mut routers);
     let b = host(&mut lab, "node_b", kb, latency, &mut routers);

@@ -45,27 +45,8 @@ fn invitation(child: &mut Child) -> String {
 fn zero_netcat_pipes_10_mib_between_two_nats_once_per_invitation() {
     require_lab!();
     let mut lab = Lab::new().expect("lab");
-    let boot = lab.public_host("boot").expect("boot");
-    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
-    let public = lab
-        .write("public", "name public\nworkbit 8\n")
-        .expect("config");
-    lab.wh_up(&boot, &public, Some(&boot_sk), &["mode", "direct"])
-        .expect("boot up");
-    let relay_config = lab
-        .write(
-            "relay",
-            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
-        )
-        .expect("config");
-    for i in 0..2 {
-        let r = lab.public_host(&format!("relay{i}")).expect("relay");
-        let (sk, _) = lab.genkey(&format!("relay{i}")).expect("key");
-        lab.wh_up(&r, &relay_config, Some(&sk), &["mode", "direct"])
-            .expect("relay up");
-    }
-    lab.wait_daemon(&boot, Duration::from_secs(10))
-        .expect("boot answers");
+    let (boot_pk, dht) = lab.public_dht(2).expect("public DHT");
+    let boot = dht[0].clone();
     let (a, _) = lab.home_host("alice", Nat::Easy).expect("alice");
     let (b, _) = lab.home_host("bob", Nat::Hard).expect("bob");
     let (c, _) = lab.home_host("carol", Nat::Easy).expect("carol");

@@ -137,25 +137,8 @@ fn pods_on_two_nated_hosts_reach_each_other_and_the_internet() {
         return;
     }
     let mut lab = Lab::new().expect("lab");
-    let boot = lab.public_host("boot").expect("boot");
-    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
-    let public = lab
-        .write("public", "name public\nworkbit 8\n")
-        .expect("config");
-    lab.wh_up(&boot, &public, Some(&boot_sk), &["mode", "direct"])
-        .expect("boot up");
-    let relay_config = lab
-        .write(
-            "relay",
-            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
-        )
-        .expect("config");
-    for i in 0..2 {
-        let r = lab.public_host(&format!("relay{i}")).expect("relay");
-        let (sk, _) = lab.genkey(&format!("relay{i}")).expect("key");
-        lab.wh_up(&r, &relay_config, Some(&sk), &["mode", "direct"])
-            .expect("relay up");
-    }
+    let (boot_pk, dht) = lab.public_dht(2).expect("public DHT");
+    let boot = dht[0].clone();
     let web = lab.public_host("web").expect("web");
     let (a, _) = lab.home_host("node_a", Nat::Easy).expect("a");
     let (b, _) = lab.home_host("node_b", Nat::Hard).expect("b");
