@@ -444,13 +444,8 @@ pub fn main(words: &[String]) -> Result<i32, crate::cli::commands::Failure> {
         }
     };
     let boot = boot_peers(&boot).map_err(Failure::Runtime)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    // Quiet by default: stderr carries the invitation.
+    crate::node::daemon::init_logging("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -155,7 +155,7 @@ pub fn run(args: &Args) -> Outcome {
             message: format!("{e:#}"),
         })
     })?;
-    init_logging();
+    crate::node::daemon::init_logging("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,16 +163,6 @@ pub fn run(args: &Args) -> Outcome {
         .context("cannot start the async runtime")?;
     runtime.block_on(main(opts))?;
     Ok(0)
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }
 
 /// Reads the node's key, or makes one meeting `workbits` and keeps it.

@@ -41,7 +41,7 @@ pub fn run_blocking(
     key: PrivateKey,
     updates: Option<mpsc::Receiver<SpecUpdate>>,
 ) -> anyhow::Result<()> {
-    init_logging();
+    init_logging("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,9 +50,11 @@ pub fn run_blocking(
     runtime.block_on(run(opts, spec, key, updates))
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `WH_LOG` (else `default_level`). A second
+/// call in the same process changes nothing.
+pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
