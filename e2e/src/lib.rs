@@ -7,6 +7,7 @@
 //! panics. Traffic never leaves the lab's namespaces.
 
 pub mod nat;
+pub mod wire;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,52 @@ impl Nat {
     }
 }
 
+/// What a router's WAN link adds, in each direction: the one-way delay of
+/// the link (so a round trip through one such router takes `2 * delay_ms`
+/// more) and the fraction of frames lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    pub delay_ms: u32,
+    /// Fraction of frames dropped each way, 0.0 to 1.0.
+    pub loss: f64,
+}
+
+impl Link {
+    /// A link with this one-way delay and no loss.
+    pub fn delay(ms: u32) -> Link {
+        Link {
+            delay_ms: ms,
+            loss: 0.0,
+        }
+    }
+
+    fn is_plain(&self) -> bool {
+        self.delay_ms == 0 && self.loss == 0.0
+    }
+}
+
+/// How a [`Link`] was put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shaper {
+    /// Nothing to add: a plain veth.
+    None,
+    /// `tc netem` on both ends of the veth.
+    Netem,
+    /// The kernel has no netem (or `WH_LAB_WIRE=1`): the veth was replaced
+    /// by a [`wire::Wire`], two TAP devices and the lab's threads between.
+    Wire,
+}
+
+/// A router's link to the internet bridge.
+struct Wan {
+    netns: String,
+    ip: String,
+    /// The internet side's interface name (veth or TAP), in the internet
+    /// namespace; the router side is always `wan`.
+    outer: String,
+    wire: Option<wire::Wire>,
+}
+
 /// The lab. Dropping it removes everything it made.
 pub struct Lab {
     pub tag: String,
@@ -109,6 +156,7 @@ pub struct Lab {
     internet: String,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
+    wans: Vec<Wan>,
     next_public: u8,
     next_home: u8,
 }
@@ -128,6 +176,7 @@ impl Lab {
             internet: internet.clone(),
             namespaces: Vec::new(),
             children: Vec::new(),
+            wans: Vec::new(),
             next_public: 10,
             next_home: 1,
         };
@@ -160,8 +209,9 @@ impl Lab {
             .context("cannot run ip netns exec")
     }
 
-    /// Connects namespace `ns` to the internet bridge with address `ip`/24.
-    fn plug_into_internet(&mut self, ns: &str, ifname: &str, ip: &str) -> Result<()> {
+    /// Connects namespace `ns` to the internet bridge with address `ip`/24;
+    /// returns the name of the veth's end on the bridge.
+    fn plug_into_internet(&mut self, ns: &str, ifname: &str, ip: &str) -> Result<String> {
         let idx = self.namespaces.len();
         let outer = format!("{}v{idx}", self.tag);
         sh(
@@ -190,7 +240,7 @@ impl Lab {
             &["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname],
         )?;
         self.exec(ns, &["ip", "link", "set", ifname, "up"])?;
-        Ok(())
+        Ok(outer)
     }
 
     fn new_host(&mut self, name: &str, ip: String) -> Result<Host> {
@@ -218,10 +268,25 @@ impl Lab {
     /// A host behind its own NAT router: the router has a public address, the
     /// host 198.51.100.x/28 on the home network behind it.
     pub fn home_host(&mut self, name: &str, nat: Nat) -> Result<(Host, Host)> {
+        self.home_host_with(name, nat, Link::default())
+    }
+
+    /// Like [`Lab::home_host`], the router's WAN link adding `link`'s delay
+    /// and loss (see [`Lab::set_link`]) from the start.
+    pub fn home_host_with(&mut self, name: &str, nat: Nat, link: Link) -> Result<(Host, Host)> {
         let router_ip = format!("203.0.113.{}", self.next_public);
         self.next_public += 1;
         let router = self.new_host(&format!("{name}r"), router_ip.clone())?;
-        self.plug_into_internet(&router.netns.clone(), "wan", &router_ip)?;
+        let outer = self.plug_into_internet(&router.netns.clone(), "wan", &router_ip)?;
+        self.wans.push(Wan {
+            netns: router.netns.clone(),
+            ip: router_ip.clone(),
+            outer,
+            wire: None,
+        });
+        if !link.is_plain() {
+            self.set_link(&router, link)?;
+        }
         let home = self.next_home;
         self.next_home += 1;
         // Each home network is its own /28 so routers never overlap.
@@ -322,30 +387,82 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds latency on a router's WAN side (netem). Returns false, adding
-    /// nothing, where the kernel has no netem (`CONFIG_NET_SCH_NETEM`).
-    pub fn add_latency(&self, router: &Host, ms: u32) -> Result<bool> {
-        let delay = format!("{ms}ms");
-        let args = [
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "wan",
-            "root",
-            "netem",
-            "delay",
-            delay.as_str(),
-        ];
-        let out = self.exec_output(&router.netns, &args)?;
-        if out.status.success() {
-            return Ok(true);
+    /// Adds `ms` of one-way delay, each way, on a router's WAN link: see
+    /// [`Lab::set_link`].
+    pub fn add_latency(&mut self, router: &Host, ms: u32) -> Result<Shaper> {
+        self.set_link(router, Link::delay(ms))
+    }
+
+    /// Makes a router's WAN link (made by [`Lab::home_host`]) add `link`'s
+    /// delay and loss in each direction, replacing what it added before.
+    /// With `tc netem` where the kernel has it, on both ends of the veth;
+    /// otherwise (or with `WH_LAB_WIRE=1` in the environment) the veth is
+    /// replaced by a delay wire: the router's `wan` and the bridge port
+    /// become TAP devices with the lab's frame-copying threads between them.
+    /// The router keeps its address; its rules name `wan` and still apply.
+    pub fn set_link(&mut self, router: &Host, link: Link) -> Result<Shaper> {
+        let Some(i) = self.wans.iter().position(|w| w.netns == router.netns) else {
+            bail!("{} is not a router of this lab", router.name);
+        };
+        let force_wire = std::env::var_os("WH_LAB_WIRE").is_some_and(|v| v == "1");
+        if self.wans[i].wire.is_none() && !force_wire {
+            match self.netem(i, link)? {
+                true if link.is_plain() => return Ok(Shaper::None),
+                true => return Ok(Shaper::Netem),
+                false => {}
+            }
         }
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("qdisc kind is unknown") {
-            return Ok(false);
+        // The wire: the old veth (or wire) goes, the TAP devices take its names.
+        let (netns, ip, outer) = {
+            let w = &self.wans[i];
+            (w.netns.clone(), w.ip.clone(), w.outer.clone())
+        };
+        match self.wans[i].wire.take() {
+            Some(old) => drop(old),
+            None => {
+                self.exec(&self.internet, &["ip", "link", "del", &outer])?;
+            }
         }
-        bail!("tc netem on {} failed: {err}", router.name)
+        let inner_tap = wire::open_tap_in(&netns, "wan")?;
+        let outer_tap = wire::open_tap_in(&self.internet, &outer)?;
+        self.exec(
+            &netns,
+            &["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan"],
+        )?;
+        self.exec(&netns, &["ip", "link", "set", "wan", "up"])?;
+        self.exec(
+            &self.internet,
+            &["ip", "link", "set", &outer, "master", "br0", "up"],
+        )?;
+        let shape = wire::Shape {
+            delay: Duration::from_millis(link.delay_ms.into()),
+            loss: link.loss,
+        };
+        self.wans[i].wire = Some(wire::Wire::start(inner_tap, outer_tap, shape)?);
+        Ok(Shaper::Wire)
+    }
+
+    /// netem on both ends of WAN link `i`; false where the kernel has none.
+    fn netem(&self, i: usize, link: Link) -> Result<bool> {
+        let w = &self.wans[i];
+        let delay = format!("{}ms", link.delay_ms);
+        let loss = format!("{}%", link.loss * 100.0);
+        for (ns, dev) in [(&w.netns, "wan"), (&self.internet, w.outer.as_str())] {
+            let args = [
+                "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", &delay, "loss",
+                &loss,
+            ];
+            let out = self.exec_output(ns, &args)?;
+            if out.status.success() {
+                continue;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("qdisc kind is unknown") || err.contains("Unknown qdisc") {
+                return Ok(false);
+            }
+            bail!("tc netem on {dev} in {ns} failed: {err}")
+        }
+        Ok(true)
     }
 
     /// A public DHT: a bootstrap node and `relays` relay nodes, all public
@@ -570,6 +687,10 @@ impl Drop for Lab {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Stop the wires' threads; closing their TAP devices removes them.
+        for w in &mut self.wans {
+            w.wire.take();
         }
         // Background daemons started with plain `wh up` live in the namespaces:
         // kill whatever still runs there, then remove the namespaces.

@@ -1,7 +1,7 @@
 //! NAT scenarios shared by the NAT tests and the NAT benchmark: a public
 //! bootstrap, two public relays, and two nodes of given kinds.
 
-use crate::{Host, Lab, Nat};
+use crate::{Host, Lab, Link, Nat};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,9 @@ fn host(lab: &mut Lab, name: &str, kind: Kind, latency: u32, routers: &mut Vec<H
     match kind {
         Kind::Public => lab.public_host(name).expect("public host"),
         Kind::Behind(nat) => {
-            let (h, r) = lab.home_host(name, nat).expect("home host");
-            if latency > 0 && !lab.add_latency(&r, latency).expect("netem") {
-                eprintln!("note: this kernel has no netem; no latency added");
-            }
+            let (h, r) = lab
+                .home_host_with(name, nat, Link::delay(latency))
+                .expect("home host");
             routers.push(r);
             h
         }
@@ -53,7 +52,9 @@ fn host(lab: &mut Lab, name: &str, kind: Kind, latency: u32, routers: &mut Vec<H
 }
 
 /// A bootstrap, two relays, and node_a / node_b of the given kinds; the two
-/// nodes are started together at the returned instant.
+/// nodes are started together at the returned instant. Each router's WAN
+/// link adds `latency` ms of one-way delay each way (netem, or the lab's
+/// delay wire where the kernel has no netem).
 pub fn scenario(ka: Kind, kb: Kind, latency: u32) -> (Scenario, Instant) {
     let mut lab = Lab::new().expect("lab");
     lab.env.push(("WH_UPNP_RENEW_SECS".into(), "2".into()));

@@ -3,6 +3,9 @@
 //!   (public - easy NAT) and a relayed pair (hard NAT - hard NAT);
 //! - time for a pair of easy NATs to have a direct path.
 //!
+//! Each router's WAN link adds LATENCY_MS (default 20) of one-way delay each
+//! way (netem where the kernel has it, else the lab's delay wire).
+//!
 //! Run as root: `cargo run --release -p wirehub-e2e --bin nat-bench [-- TRIALS [LATENCY_MS]]`
 //! (with `WH_BIN` pointing at a release `wh`).
 
@@ -62,7 +65,7 @@ fn main() -> Result<()> {
             .join(" ")
     };
     println!(
-        "trials: {trials}, latency asked per router: {latency} ms (added only where the kernel has netem)"
+        "trials: {trials}, one-way delay per router WAN link, each way: {latency} ms (netem, or the lab's delay wire)"
     );
     println!(
         "first ping, direct pair (public - easy): median {:.0} ms  [{}]",
