@@ -5,7 +5,10 @@
 //! own network namespace, and two threads of the lab's process that copy
 //! Ethernet frames between them, one thread per direction. Each frame is held
 //! for the configured delay and a configured fraction is dropped; frames
-//! leave in the order they came (one FIFO per direction, one delay). The
+//! leave in the order they came (one FIFO per direction, one delay). ARP
+//! frames alone go through at once and are never lost: the lab's internet is
+//! one flat Ethernet, where a router resolves every host it talks to, while a
+//! real router resolves only its upstream gateway, once. The
 //! threads sleep in `ppoll` until a frame arrives or the oldest held frame
 //! is due: an idle wire costs nothing.
 //!
@@ -243,15 +246,28 @@ fn pump(from: &OwnedFd, to: &OwnedFd, stop: &OwnedFd, shape: Shape, mut rng: u64
                 if n == 0 {
                     return;
                 }
+                let frame = &scratch[..n as usize];
+                if is_arp(frame) {
+                    // Address resolution is the link's own business, not
+                    // the path's: a router resolves its upstream once, not
+                    // every host it talks to across the internet. ARP goes
+                    // through at once, never lost (and may pass held frames).
+                    // SAFETY: `frame` is a readable buffer of its length.
+                    let w =
+                        unsafe { libc::write(to.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+                    let counter = if w < 0 { &c.dropped } else { &c.passed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if (shape.loss > 0.0 && uniform(&mut rng) < shape.loss) || held.len() >= QUEUE_LIMIT
                 {
                     c.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let mut frame = spare.pop().unwrap_or_default();
-                frame.clear();
-                frame.extend_from_slice(&scratch[..n as usize]);
-                held.push_back((now + shape.delay, frame));
+                let mut held_frame = spare.pop().unwrap_or_default();
+                held_frame.clear();
+                held_frame.extend_from_slice(frame);
+                held.push_back((now + shape.delay, held_frame));
             }
         }
         let now = Instant::now();
@@ -275,6 +291,11 @@ fn pump(from: &OwnedFd, to: &OwnedFd, stop: &OwnedFd, shape: Shape, mut rng: u64
     }
 }
 
+/// An Ethernet frame carrying ARP (EtherType 0x0806, untagged).
+fn is_arp(frame: &[u8]) -> bool {
+    frame.len() >= 14 && frame[12..14] == [0x08, 0x06]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +307,16 @@ mod tests {
         assert!(v.iter().all(|x| (0.0..1.0).contains(x)));
         let below = v.iter().filter(|x| **x < 0.25).count();
         assert!((2_000..3_000).contains(&below), "{below}");
+    }
+
+    #[test]
+    fn arp_is_told_apart() {
+        let mut f = [0u8; 42];
+        f[12] = 0x08;
+        f[13] = 0x06;
+        assert!(is_arp(&f));
+        f[13] = 0x00;
+        assert!(!is_arp(&f));
+        assert!(!is_arp(&f[..10]));
     }
 }
