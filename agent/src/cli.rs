@@ -192,6 +192,11 @@ pub const COMMANDS: &[Command] = &[
                 value: Value::Choice(&["on", "off"]),
                 help: "keep the network's names in a block of /etc/hosts (default: off)",
             },
+            Keyword {
+                name: "relay-limit",
+                value: Value::Number,
+                help: "Mbit/s this node relays for each source (default: 2000)",
+            },
         ],
         flags: &[(
             "--foreground",

@@ -73,12 +73,31 @@ pub struct PeerConfig {
     pub keepalive: Option<u16>,
 }
 
-/// A WireGuard datagram for a peer without a direct path: the daemon
-/// delivers it (through a relay).
+/// WireGuard datagrams for a peer without a direct path: the daemon
+/// delivers them (through a relay). Several datagrams of one packet travel
+/// together, laid end to end, each `segment` bytes long but the last (which
+/// may be shorter), so that the daemon can send them in one system call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub to: PublicKey,
-    pub datagram: Vec<u8>,
+    pub datagrams: Vec<u8>,
+    pub segment: usize,
+}
+
+impl Outgoing {
+    /// One datagram.
+    pub fn one(to: PublicKey, datagram: Vec<u8>) -> Outgoing {
+        Outgoing {
+            to,
+            segment: datagram.len(),
+            datagrams: datagram,
+        }
+    }
+
+    /// The datagrams, one by one.
+    pub fn iter(&self) -> std::slice::Chunks<'_, u8> {
+        self.datagrams.chunks(self.segment.max(1))
+    }
 }
 
 /// What the data plane knows about a peer.

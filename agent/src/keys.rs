@@ -74,6 +74,13 @@ impl PublicKey {
         &self.0
     }
 
+    /// The first 8 bytes, big-endian: how relayed data names its sender.
+    pub fn prefix(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(b)
+    }
+
     /// URL-safe base64 without padding: 43 characters.
     pub fn to_base64(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)

@@ -212,6 +212,7 @@ fn options(key: &PublicKey) -> UpOptions {
         dns: false,
         dns_port: 53,
         hosts_file: None,
+        relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
     }
 }
 

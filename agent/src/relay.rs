@@ -7,6 +7,11 @@
 //!   its record: at least two public DHT nodes, diverse and quick.
 //! - [`RelayHealth`]: liveness of the relays a node sends through, so traffic
 //!   moves to another relay within seconds when one dies.
+//! - [`channel`]: once a relayed flow is established, its WireGuard
+//!   datagrams travel through the relay on an announced channel, unsealed
+//!   (WireGuard protects them end to end).
+
+pub mod channel;
 
 use crate::keys::PublicKey;
 use crate::proto::NatKind;
@@ -28,13 +33,27 @@ pub struct RelayLimits {
     pub packets_per_sec: u64,
 }
 
+/// Default per-source rate a node relays, in Mbit/s (`wh up relay-limit`).
+pub const DEFAULT_RELAY_MBIT: u32 = 2000;
+
+impl RelayLimits {
+    /// Limits for a sustained `mbit` Mbit/s per source: a burst of an
+    /// eighth of a second (at least 1 MiB), and a datagram rate that
+    /// allows full-sized WireGuard datagrams (a flood of small ones hits it
+    /// first).
+    pub fn from_mbit(mbit: u32) -> RelayLimits {
+        let bytes_per_sec = u64::from(mbit.max(1)) * 125_000;
+        RelayLimits {
+            bytes_per_sec,
+            burst_bytes: (bytes_per_sec / 8).max(1024 * 1024),
+            packets_per_sec: (bytes_per_sec / 1000).max(1000),
+        }
+    }
+}
+
 impl Default for RelayLimits {
     fn default() -> Self {
-        RelayLimits {
-            bytes_per_sec: 25 * 1024 * 1024,
-            burst_bytes: 4 * 1024 * 1024,
-            packets_per_sec: 40_000,
-        }
+        RelayLimits::from_mbit(DEFAULT_RELAY_MBIT)
     }
 }
 
@@ -73,6 +92,18 @@ impl RelayLimiter {
 
     /// May `source` have `bytes` forwarded now? Counts the decision.
     pub fn allow(&mut self, source: PublicKey, bytes: usize, now: Instant) -> bool {
+        self.allow_many(source, bytes, 1, now)
+    }
+
+    /// May `source` have `packets` datagrams of `bytes` in all forwarded
+    /// now (a batch the kernel coalesced)? Counts the decision.
+    pub fn allow_many(
+        &mut self,
+        source: PublicKey,
+        bytes: usize,
+        packets: usize,
+        now: Instant,
+    ) -> bool {
         if !self.buckets.contains_key(&source)
             && self.buckets.len() >= MAX_SOURCES
             && let Some(oldest) = self
@@ -93,10 +124,11 @@ impl RelayLimiter {
         b.last = now;
         b.bytes = (b.bytes + dt * l.bytes_per_sec as f64).min(l.burst_bytes as f64);
         b.packets = (b.packets + dt * l.packets_per_sec as f64).min(l.packets_per_sec as f64);
-        if b.bytes >= bytes as f64 && b.packets >= 1.0 {
+        let n = packets as f64;
+        if b.bytes >= bytes as f64 && b.packets >= n {
             b.bytes -= bytes as f64;
-            b.packets -= 1.0;
-            self.counters.forwarded += 1;
+            b.packets -= n;
+            self.counters.forwarded += packets as u64;
             self.counters.forwarded_bytes += bytes as u64;
             true
         } else {

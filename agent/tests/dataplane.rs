@@ -250,12 +250,11 @@ fn relay(from: &mut Node, to: &Node) -> JoinHandle<()> {
     let relay_addr: SocketAddr = "203.0.113.254:62096".parse().expect("addr");
     from.rt.spawn(async move {
         while let Some(out) = rx.recv().await {
-            assert_eq!(
-                out.datagram.first().map(|b| (1..=4).contains(b)),
-                Some(true)
-            );
             let Some(dp) = dp.upgrade() else { return };
-            dp.receive(relay_addr, &out.datagram, Some(from_key));
+            for datagram in out.iter() {
+                assert_eq!(datagram.first().map(|b| (1..=4).contains(b)), Some(true));
+                dp.receive(relay_addr, datagram, Some(from_key));
+            }
         }
     })
 }

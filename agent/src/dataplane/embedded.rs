@@ -161,10 +161,7 @@ impl Shared {
                 }
             }
             Dest::Relay => {
-                let out = Outgoing {
-                    to: peer.key,
-                    datagram: datagram.to_vec(),
-                };
+                let out = Outgoing::one(peer.key, datagram.to_vec());
                 if let Err(e) = self.outgoing.try_send(out) {
                     tracing::debug!(peer = ?peer.key, "outgoing channel: {e}");
                 }
@@ -187,10 +184,7 @@ impl Shared {
                 Err(e) => tracing::debug!(peer = ?peer.key, %addr, "send: {e}"),
             },
             Dest::Relay => {
-                let out = Outgoing {
-                    to: peer.key,
-                    datagram: datagram.to_vec(),
-                };
+                let out = Outgoing::one(peer.key, datagram.to_vec());
                 if self.outgoing.send(out).await.is_err() {
                     tracing::debug!(peer = ?peer.key, "outgoing channel closed");
                 }
@@ -529,10 +523,7 @@ impl Embedded {
                         }
                     }
                     Some(to) => {
-                        let out = Outgoing {
-                            to,
-                            datagram: cookie.to_vec(),
-                        };
+                        let out = Outgoing::one(to, cookie.to_vec());
                         if let Err(e) = shared.outgoing.try_send(out) {
                             tracing::debug!(peer = ?to, "cookie reply: {e}");
                         }
@@ -826,12 +817,32 @@ impl Tx {
                     .await;
             }
             Dest::Relay => {
-                let mut off = 0;
-                for len in &self.lens {
-                    self.shared
-                        .send(&peer, dest, &self.out[off..off + len])
-                        .await;
-                    off += len;
+                // The segments of one packet go to the daemon together: all
+                // of one size but the last, so that it can send them to the
+                // relay in one system call.
+                let segment = self.lens[0];
+                let uniform = self.lens[..self.lens.len() - 1]
+                    .iter()
+                    .all(|l| *l == segment)
+                    && self.lens[self.lens.len() - 1] <= segment;
+                if uniform {
+                    peer.tx_bytes.fetch_add(pos as u64, Ordering::Relaxed);
+                    let out = Outgoing {
+                        to: peer.key,
+                        datagrams: self.out[..pos].to_vec(),
+                        segment,
+                    };
+                    if self.shared.outgoing.send(out).await.is_err() {
+                        tracing::debug!(peer = ?peer.key, "outgoing channel closed");
+                    }
+                } else {
+                    let mut off = 0;
+                    for len in &self.lens {
+                        self.shared
+                            .send(&peer, dest, &self.out[off..off + len])
+                            .await;
+                        off += len;
+                    }
                 }
             }
         }

@@ -504,10 +504,7 @@ async fn proxy_loop(
                 Err(e) => tracing::debug!(peer = ?key, %addr, "send: {e}"),
             },
             None => {
-                let out = Outgoing {
-                    to: key,
-                    datagram: datagram.to_vec(),
-                };
+                let out = Outgoing::one(key, datagram.to_vec());
                 if outgoing.send(out).await.is_err() {
                     return;
                 }

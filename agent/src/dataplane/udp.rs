@@ -202,6 +202,50 @@ impl GsoSender {
     }
 }
 
+/// Sends `buf` to `addr` as datagrams of `segment` bytes (the last may be
+/// shorter) in as few system calls as the kernel allows (`UDP_SEGMENT`, up
+/// to 64 datagrams and 64 KB per call), else one by one; never waits (a
+/// full socket buffer drops, as UDP may).
+pub fn try_send_segments(
+    socket: &UdpSocket,
+    buf: &[u8],
+    segment: usize,
+    addr: SocketAddr,
+) -> io::Result<()> {
+    if segment == 0 || buf.len() <= segment {
+        return socket.try_send_to(buf, addr).map(drop);
+    }
+    let per_call = (MAX_GSO_BYTES / segment).min(MAX_SEGMENTS);
+    let Ok(seg) = u16::try_from(segment) else {
+        return send_each(socket, buf, segment, addr);
+    };
+    if per_call < 2 {
+        return send_each(socket, buf, segment, addr);
+    }
+    let raw = RawAddr::new(addr, socket.local_addr().is_ok_and(|a| a.is_ipv6()));
+    let fd = socket.as_raw_fd();
+    for group in buf.chunks(per_call * segment) {
+        if group.len() <= segment {
+            socket.try_send_to(group, addr)?;
+            continue;
+        }
+        match socket.try_io(Interest::WRITABLE, || sendmsg_gso(fd, group, seg, &raw)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            // EIO / EINVAL: no segmentation offload here; one by one.
+            Err(_) => send_each(socket, group, segment, addr)?,
+        }
+    }
+    Ok(())
+}
+
+fn send_each(socket: &UdpSocket, buf: &[u8], segment: usize, addr: SocketAddr) -> io::Result<()> {
+    for chunk in buf.chunks(segment) {
+        socket.try_send_to(chunk, addr)?;
+    }
+    Ok(())
+}
+
 async fn send_one(socket: &UdpSocket, buf: &[u8], addr: SocketAddr) -> io::Result<()> {
     match socket.try_send_to(buf, addr) {
         Ok(_) => Ok(()),

@@ -879,6 +879,7 @@ impl Agent {
             dns: false,
             dns_port: 53,
             hosts_file: None,
+            relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
         };
         let (updates, rx) = mpsc::channel(4);
         let (done_tx, done) = oneshot::channel();

@@ -8,13 +8,14 @@ use super::overlay::{Overlay, PeerPath};
 use crate::config::{Endpoint, NetworkSpec};
 use crate::control::server::{Call, ControlSocket};
 use crate::control::{self, Request, Response};
-use crate::dataplane::{DataPlane, InterfaceConfig, Outgoing, PeerConfig};
+use crate::dataplane::{DataPlane, InterfaceConfig, Outgoing, PeerConfig, udp};
 use crate::dht::{Dht, DhtConfig, DhtEvent};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::nat::punch::PunchAction;
 use crate::nat::upnp::{self, UpnpEvent};
 use crate::nat::{NatDetector, Puncher};
 use crate::proto::{Codec, CodecConfig, Message, NatKind, NodeRecord};
+use crate::relay::channel::{self, ChannelBook, RelayChannels};
 use crate::relay::{Candidate, RelayHealth, RelayLimiter, RelayLimits, RelaySet};
 use anyhow::Context;
 use serde_json::json;
@@ -126,11 +127,17 @@ struct Daemon {
     relays: RelaySet,
     health: RelayHealth,
     limiter: RelayLimiter,
+    /// As a relay: the channels of the flows we forward.
+    channels: RelayChannels,
+    /// As an end of relayed flows: the channels relays announced to us.
+    book: ChannelBook,
+    /// Reused to frame relay-data datagrams.
+    frame_buf: Vec<u8>,
     /// Where each key last sent us an authenticated message from (bounded):
     /// where a relay forwards to.
     recent: HashMap<PublicKey, (SocketAddr, Instant)>,
     upnp_mapped: Option<SocketAddr>,
-    waiting: HashMap<PublicKey, std::collections::VecDeque<(Instant, Vec<u8>)>>,
+    waiting: HashMap<PublicKey, std::collections::VecDeque<(Instant, Outgoing)>>,
     local_ips: Vec<IpAddr>,
     last_publish: Option<Instant>,
     publish_pending: bool,
@@ -224,6 +231,11 @@ pub async fn run_with(
     // `listen-port 0` asks for any free port: the rest uses the real one.
     if let Ok(local) = socket.local_addr() {
         opts.listen_port = local.port();
+    }
+    // Runs of datagrams from one source come as one buffer (fewer system
+    // calls; a relay forwards them in one send). Without it, one by one.
+    if let Err(e) = udp::enable_gro(&socket) {
+        tracing::debug!(error = %e, "no UDP GRO on this kernel");
     }
     let socket = Arc::new(socket);
     let control_socket =
@@ -321,6 +333,7 @@ pub async fn run_with(
         },
     )
     .map_err(|e| anyhow::anyhow!("no random source for nonces: {e}"))?;
+    let limits = RelayLimits::from_mbit(opts.relay_mbit);
     let mut d = Daemon {
         force_relay: std::env::var("WH_FORCE_RELAY").is_ok_and(|v| v == "1"),
         join: extras.join,
@@ -349,7 +362,10 @@ pub async fn run_with(
         puncher: Puncher::new(),
         relays: RelaySet::new(),
         health: RelayHealth::new(),
-        limiter: RelayLimiter::new(RelayLimits::default()),
+        limiter: RelayLimiter::new(limits),
+        channels: RelayChannels::new(),
+        book: ChannelBook::new(),
+        frame_buf: Vec::with_capacity(2048),
         recent: HashMap::new(),
         upnp_mapped: None,
         waiting: HashMap::new(),
@@ -387,14 +403,18 @@ pub async fn run_with(
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + TICK);
         tokio::select! {
-            r = d.socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    d.on_datagram(from, &buf[..n]);
-                    // Drain what else is queued before the bookkeeping.
+            r = d.socket.readable() => match r {
+                // Drain what is queued (runs of datagrams the kernel
+                // coalesced come as one buffer) before the bookkeeping.
+                Ok(()) => {
                     for _ in 0..BATCH {
-                        match d.socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => d.on_datagram(from, &buf[..n]),
-                            Err(_) => break,
+                        match udp::try_recv_gro(&d.socket, &mut buf) {
+                            Ok((n, from, segment)) => d.on_datagrams(from, &mut buf[..n], segment),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "recv failed");
+                                break;
+                            }
                         }
                     }
                 }
@@ -572,6 +592,114 @@ impl Daemon {
         }
     }
 
+    /// Datagrams of `segment` bytes (the last may be shorter) from `from`.
+    fn on_datagrams(&mut self, from: SocketAddr, bytes: &mut [u8], segment: usize) {
+        let segment = segment.clamp(1, bytes.len().max(1));
+        match bytes.first() {
+            Some(&channel::RELAY_DATA) => self.on_relay_data(from, bytes, segment),
+            Some(&channel::RELAYED_DATA) => self.on_relayed_data(from, bytes, segment),
+            _ => {
+                for d in bytes.chunks(segment) {
+                    self.on_datagram(from, d);
+                }
+            }
+        }
+    }
+
+    /// As a relay: relay-data datagrams to forward. A run of one channel
+    /// goes on in one send, its headers rewritten to name the sender.
+    fn on_relay_data(&mut self, from: SocketAddr, bytes: &mut [u8], segment: usize) {
+        let first = channel::parse(bytes).map(|(id, _)| id);
+        let uniform = first.is_some_and(|id| {
+            bytes.chunks(segment).all(|d| {
+                d.first() == Some(&channel::RELAY_DATA)
+                    && channel::parse(d).is_some_and(|(c, _)| c == id)
+            })
+        });
+        let Some(id) = first.filter(|_| uniform) else {
+            // Mixed (or malformed): one by one.
+            for d in bytes.chunks_mut(segment) {
+                match d.first() {
+                    Some(&channel::RELAY_DATA) if channel::parse(d).is_some() => {
+                        let n = d.len();
+                        self.on_relay_data(from, d, n);
+                    }
+                    Some(&channel::RELAY_DATA) => self.count_drop("relay-data-malformed"),
+                    Some(&channel::RELAYED_DATA) => {
+                        let n = d.len();
+                        self.on_relayed_data(from, d, n);
+                    }
+                    _ => self.on_datagram(from, d),
+                }
+            }
+            return;
+        };
+        let now = Instant::now();
+        let (source, to) = match self.channels.route(id, from, now) {
+            Ok(r) => r,
+            Err(e) => return self.count_drop(e.reason()),
+        };
+        let packets = bytes.len().div_ceil(segment);
+        let payload = bytes.len().saturating_sub(packets * channel::HEADER_LEN);
+        if !self.limiter.allow_many(source, payload, packets, now) {
+            return;
+        }
+        channel::rewrite_as_relayed(bytes, segment, &source);
+        if let Err(e) = udp::try_send_segments(&self.socket, bytes, segment, to) {
+            tracing::debug!(error = %e, %to, "relay-data send failed");
+        }
+    }
+
+    /// As an end: relayed-data, WireGuard datagrams a relay delivers from
+    /// the trusted peer its header names.
+    fn on_relayed_data(&mut self, from: SocketAddr, bytes: &[u8], segment: usize) {
+        let now = Instant::now();
+        let mut last: Option<(u64, PublicKey)> = None;
+        for d in bytes.chunks(segment) {
+            if d.first() != Some(&channel::RELAYED_DATA) {
+                self.on_datagram(from, d);
+                continue;
+            }
+            let Some((prefix, wireguard)) = channel::parse(d) else {
+                self.count_drop("relayed-data-malformed");
+                continue;
+            };
+            let peer = match last {
+                Some((p, k)) if p == prefix => k,
+                _ => {
+                    let Some(k) = self.overlay.trusted_by_prefix(prefix) else {
+                        self.count_drop("relayed-data-from-untrusted");
+                        continue;
+                    };
+                    // Once per run: the reply path goes through this relay.
+                    if let Some(relay) = self.relay_at(&k, from) {
+                        self.overlay.on_relayed_contact(k, (relay, from), now);
+                    }
+                    last = Some((prefix, k));
+                    k
+                }
+            };
+            match &self.dataplane {
+                Some(dp) => dp.receive(from, wireguard, Some(peer)),
+                None => self.count_drop("wireguard-without-interface"),
+            }
+        }
+    }
+
+    /// The key of the relay at `addr` that delivers `peer`'s traffic: one of
+    /// the peer's path, else any key that talked to us from there.
+    fn relay_at(&self, peer: &PublicKey, addr: SocketAddr) -> Option<PublicKey> {
+        if let Some(PeerPath::Relayed(relays)) = self.overlay.path(peer)
+            && let Some(r) = relays.iter().find(|r| r.1 == addr)
+        {
+            return Some(r.0);
+        }
+        self.recent
+            .iter()
+            .find(|(_, (a, _))| *a == addr)
+            .map(|(k, _)| *k)
+    }
+
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         match bytes.first() {
             Some(0xFF) => self.on_control(from, bytes),
@@ -644,10 +772,13 @@ impl Daemon {
             }
             Message::RelayWg { to, packet } => {
                 let packet = packet.clone();
-                self.forward(key, *to, packet.len(), |from| Message::RelayedWg {
+                let to = *to;
+                if self.forward(key, to, packet.len(), |from| Message::RelayedWg {
                     from,
                     packet,
-                });
+                }) {
+                    self.open_channel((key, from), to, now);
+                }
                 return;
             }
             Message::Relayed { from: src, inner } => {
@@ -667,6 +798,14 @@ impl Daemon {
                     .is_some_and(|j| j.listener == key && j.alias == *alias) =>
             {
                 self.on_alias_ack();
+            }
+            Message::RelayChannel { peer, channel } => {
+                if self.overlay.is_trusted(peer) {
+                    self.book.learn(key, *peer, *channel, now);
+                } else {
+                    self.count_drop("relay-channel-for-untrusted");
+                }
+                return;
             }
             Message::RelayedWg { from: src, packet } => {
                 if self.overlay.is_trusted(src) {
@@ -702,7 +841,11 @@ impl Daemon {
         {
             self.recent.remove(&oldest);
         }
-        self.recent.insert(key, (from, now));
+        if let Some((old, _)) = self.recent.insert(key, (from, now))
+            && old != from
+        {
+            self.channels.rebind(&key, from);
+        }
     }
 
     /// Our own address towards `peer`, so the NAT detector can tell an
@@ -724,13 +867,14 @@ impl Daemon {
     }
 
     /// Relays a sealed message from `source` to `to`, within limits.
+    /// Returns whether it went out.
     fn forward(
         &mut self,
         source: PublicKey,
         to: PublicKey,
         len: usize,
         wrap: impl FnOnce(PublicKey) -> Message,
-    ) {
+    ) -> bool {
         let dest = self.recent.get(&to).map(|(a, _)| *a).or_else(|| {
             self.dht
                 .record_of(&to)
@@ -738,13 +882,29 @@ impl Daemon {
         });
         let Some(addr) = dest else {
             self.limiter.counters.dropped_unknown_destination += 1;
-            return;
+            return false;
         };
         if !self.limiter.allow(source, len, Instant::now()) {
-            return;
+            return false;
         }
         let msg = wrap(source);
         self.send(to, addr, &msg);
+        true
+    }
+
+    /// After forwarding sealed WireGuard traffic from `source` to `to`:
+    /// open (or refresh) their channel when both addresses are
+    /// authenticated, and tell both ends.
+    fn open_channel(&mut self, source: (PublicKey, SocketAddr), to: PublicKey, now: Instant) {
+        let Some(&(to_addr, _)) = self.recent.get(&to) else {
+            return;
+        };
+        let announcements = self
+            .channels
+            .on_sealed_forward(source, (to, to_addr), now, random_u64);
+        for (key, addr, msg) in announcements {
+            self.send(key, addr, &msg);
+        }
     }
 
     /// A control message `src` sent us through `relay`.
@@ -966,7 +1126,7 @@ impl Daemon {
     fn on_outgoing(&mut self, out: Outgoing) {
         match self.overlay.path(&out.to) {
             Some(PeerPath::Direct(addr)) => {
-                let _ = self.socket.try_send_to(&out.datagram, addr);
+                let _ = udp::try_send_segments(&self.socket, &out.datagrams, out.segment, addr);
             }
             Some(PeerPath::Relayed(relays)) => {
                 let now = Instant::now();
@@ -976,6 +1136,7 @@ impl Daemon {
                 if self.health.is_dead(&relay.0, now) {
                     tracing::info!(peer = %out.to.short(10), relay = %relay.0.short(10), "relay in use is silent; moving to the next");
                     self.health.forget(&relay.0);
+                    self.book.forget_relay(&relay.0);
                     match self.overlay.rotate_relay(&out.to, &relay.0, now) {
                         Some(next) => relay = next,
                         None => {
@@ -994,11 +1155,37 @@ impl Daemon {
                         },
                     );
                 }
-                let msg = Message::RelayWg {
-                    to: out.to,
-                    packet: out.datagram,
+                let route = self.book.send_via(relay.0, out.to, now);
+                // Sealed: every datagram without a channel, else the first
+                // when the channel's refresh is due.
+                let sealed = match route.channel {
+                    None => usize::MAX,
+                    Some(_) => usize::from(route.seal_first),
                 };
-                self.send(relay.0, relay.1, &msg);
+                for d in out.iter().take(sealed) {
+                    let msg = Message::RelayWg {
+                        to: out.to,
+                        packet: d.to_vec(),
+                    };
+                    self.send(relay.0, relay.1, &msg);
+                }
+                let rest = out
+                    .datagrams
+                    .get(sealed.saturating_mul(out.segment)..)
+                    .unwrap_or_default();
+                if let Some(id) = route.channel
+                    && !rest.is_empty()
+                {
+                    channel::frame(&mut self.frame_buf, id, rest, out.segment);
+                    if let Err(e) = udp::try_send_segments(
+                        &self.socket,
+                        &self.frame_buf,
+                        out.segment + channel::HEADER_LEN,
+                        relay.1,
+                    ) {
+                        tracing::debug!(error = %e, "relay-data send failed");
+                    }
+                }
             }
             None => {
                 // No path yet: hold the datagram briefly (a WireGuard
@@ -1008,7 +1195,7 @@ impl Daemon {
                 if full {
                     queue.pop_front();
                 }
-                queue.push_back((Instant::now(), out.datagram));
+                queue.push_back((Instant::now(), out));
                 if full {
                     self.count_drop("no-path-to-peer");
                 }
@@ -1049,9 +1236,9 @@ impl Daemon {
         let Some(queue) = self.waiting.remove(&key) else {
             return;
         };
-        for (at, datagram) in queue {
+        for (at, out) in queue {
             if at.elapsed() <= WAITING_TTL {
-                self.on_outgoing(Outgoing { to: key, datagram });
+                self.on_outgoing(out);
             }
         }
     }
@@ -1076,6 +1263,8 @@ impl Daemon {
             .map(|(_, r)| r.0)
             .collect();
         self.health.retain(&in_use);
+        self.channels.expire(now);
+        self.book.expire(now);
         self.waiting.retain(|_, q| {
             q.retain(|(at, _)| at.elapsed() <= WAITING_TTL);
             !q.is_empty()
@@ -1396,6 +1585,7 @@ impl Daemon {
             "dht_counters": self.dht.counters(),
             "dataplane": {"dropped": self.dataplane.as_ref().map_or(0, |d| d.dropped())},
             "relay": self.limiter.counters,
+            "relay_channels": {"forwarding": self.channels.len(), "ours": self.book.len()},
             "wireguard_peers": self
                 .dataplane
                 .as_ref()
@@ -1412,4 +1602,13 @@ fn record_json(r: &NodeRecord) -> serde_json::Value {
         "nat": r.nat,
         "relays": r.relays.iter().map(|(k, a)| json!({"key": k.to_string(), "endpoint": a.to_string()})).collect::<Vec<_>>(),
     })
+}
+
+/// A random 64-bit number (channel ids); falls back to the clock.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        return now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    u64::from_be_bytes(b)
 }

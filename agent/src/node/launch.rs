@@ -53,6 +53,8 @@ pub struct UpOptions {
     pub dns_port: u16,
     /// Keep the network's names in a block of this hosts file (`hosts on`).
     pub hosts_file: Option<PathBuf>,
+    /// Per-source rate this node relays for others, Mbit/s (`relay-limit`).
+    pub relay_mbit: u32,
 }
 
 /// Default directory of CNI configurations.
@@ -92,7 +94,7 @@ pub fn load_spec(path: &Path) -> anyhow::Result<NetworkSpec> {
     Ok(parsed.spec)
 }
 
-/// `wh up CONFIG [private-key F] [interface I] [listen-port P] [mode M] [backend B] [mtu N] [--foreground]`
+/// `wh up CONFIG [private-key F] [interface I] [listen-port P] [mode M] [backend B] [mtu N] [relay-limit MBIT] [--foreground]`
 pub fn up(args: &Args) -> Outcome {
     let config_path = PathBuf::from(args.positional(0).unwrap_or_default());
     let spec = load_spec(&config_path)?;
@@ -100,6 +102,14 @@ pub fn up(args: &Args) -> Outcome {
     let mtu = args.number::<u32>("mtu")?.unwrap_or(DEFAULT_MTU);
     if !(1280..=9000).contains(&mtu) && !(576..1280).contains(&mtu) {
         return Err(usage(format!("mtu {mtu} is out of range; use 576 to 9000")));
+    }
+    let relay_mbit = args
+        .number::<u32>("relay-limit")?
+        .unwrap_or(crate::relay::DEFAULT_RELAY_MBIT);
+    if !(1..=1_000_000).contains(&relay_mbit) {
+        return Err(usage(format!(
+            "relay-limit {relay_mbit} is out of range; use 1 to 1000000 (Mbit/s)"
+        )));
     }
     let mode = match args.get("mode") {
         Some("direct") => Mode::Direct,
@@ -164,6 +174,7 @@ pub fn up(args: &Args) -> Outcome {
         dns: args.get("dns") != Some("off"),
         dns_port: args.number::<u16>("dns-port")?.unwrap_or(53),
         hosts_file: (args.get("hosts") == Some("on")).then(|| PathBuf::from("/etc/hosts")),
+        relay_mbit,
     };
     if args.flag("--foreground") {
         crate::node::daemon::run_blocking(opts, spec, key, None)?;
@@ -189,7 +200,15 @@ fn start_background(args: &Args, opts: &UpOptions, key: &PrivateKey) -> Outcome 
         .args(["private-key", "-", "interface", &opts.interface])
         .args(["listen-port", &opts.listen_port.to_string()])
         .args(["mtu", &opts.mtu.to_string()]);
-    for k in ["mode", "backend", "cni-dir", "dns", "dns-port", "hosts"] {
+    for k in [
+        "mode",
+        "backend",
+        "cni-dir",
+        "dns",
+        "dns-port",
+        "hosts",
+        "relay-limit",
+    ] {
         if let Some(v) = args.get(k) {
             cmd.args([k, v]);
         }

@@ -76,6 +76,9 @@ pub struct Overlay {
     own_ipv4: Option<(Ipv4Addr, u8)>,
     own_ipv6: Ipv6Addr,
     peers: HashMap<PublicKey, Peer>,
+    /// Trusted peers by the first 8 bytes of their key (relayed data names
+    /// its sender so).
+    by_prefix: HashMap<u64, PublicKey>,
     changes: Vec<PathChange>,
     transmits: Vec<(PublicKey, SocketAddr, Message)>,
     next_ping: u64,
@@ -90,6 +93,7 @@ impl Overlay {
             own_ipv4: None,
             own_ipv6: spec.ipv6_of(&own),
             peers: HashMap::new(),
+            by_prefix: HashMap::new(),
             changes: Vec::new(),
             transmits: Vec::new(),
             next_ping: 1 << 63,
@@ -226,7 +230,13 @@ impl Overlay {
                 });
             }
         }
+        self.by_prefix = self.peers.keys().map(|k| (k.prefix(), *k)).collect();
         (added, removed)
+    }
+
+    /// The trusted peer whose key starts with these 8 bytes.
+    pub fn trusted_by_prefix(&self, prefix: u64) -> Option<PublicKey> {
+        self.by_prefix.get(&prefix).copied()
     }
 
     /// Applies a new version of the file. Refused, changing nothing, when it

@@ -123,6 +123,11 @@ pub enum Message {
     RelayWg { to: PublicKey, packet: Vec<u8> },
     /// 0x23: a relay delivers a WireGuard datagram from `from`.
     RelayedWg { from: PublicKey, packet: Vec<u8> },
+    /// 0x24: a relay tells both ends of a relayed flow the channel that
+    /// carries it: from now on, relay-data datagrams (first byte 0xFE) with
+    /// `channel` travel between the receiver and `peer` through the sender
+    /// (the relay), in both directions, without sealing.
+    RelayChannel { peer: PublicKey, channel: u64 },
     /// 0x30: I (the sender, `real`) hold the secret of `alias`; `proof` is
     /// [`crate::proto::alias_proof`] computed for the receiver.
     AliasAuth {
@@ -147,6 +152,7 @@ pub mod types {
     pub const RELAYED: u8 = 0x21;
     pub const RELAY_WG: u8 = 0x22;
     pub const RELAYED_WG: u8 = 0x23;
+    pub const RELAY_CHANNEL: u8 = 0x24;
     pub const ALIAS_AUTH: u8 = 0x30;
     pub const ALIAS_ACK: u8 = 0x31;
 }
@@ -271,6 +277,7 @@ impl Message {
             Message::Relayed { .. } => RELAYED,
             Message::RelayWg { .. } => RELAY_WG,
             Message::RelayedWg { .. } => RELAYED_WG,
+            Message::RelayChannel { .. } => RELAY_CHANNEL,
             Message::AliasAuth { .. } => ALIAS_AUTH,
             Message::AliasAck { .. } => ALIAS_ACK,
         }
@@ -290,6 +297,7 @@ impl Message {
             Message::Relayed { .. } => "relayed",
             Message::RelayWg { .. } => "relay-wg",
             Message::RelayedWg { .. } => "relayed-wg",
+            Message::RelayChannel { .. } => "relay-channel",
             Message::AliasAuth { .. } => "alias-auth",
             Message::AliasAck { .. } => "alias-ack",
         }
@@ -313,6 +321,7 @@ impl Message {
             | Message::Relayed { inner: p, .. }
             | Message::RelayWg { packet: p, .. }
             | Message::RelayedWg { packet: p, .. } => KEY_LEN + 2 + p.len(),
+            Message::RelayChannel { .. } => KEY_LEN + 8,
             Message::AliasAuth { .. } => 2 * KEY_LEN + PROOF_LEN,
             Message::AliasAck { .. } => KEY_LEN,
         }
@@ -371,6 +380,10 @@ impl Message {
             | Message::RelayedWg { from: k, packet: p } => {
                 out.extend_from_slice(k.as_bytes());
                 put_payload(out, "relayed payload", p)?;
+            }
+            Message::RelayChannel { peer, channel } => {
+                out.extend_from_slice(peer.as_bytes());
+                out.extend_from_slice(&channel.to_be_bytes());
             }
             Message::AliasAuth { alias, real, proof } => {
                 out.extend_from_slice(alias.as_bytes());
@@ -436,6 +449,10 @@ impl Message {
             RELAYED_WG => Message::RelayedWg {
                 from: r.key()?,
                 packet: r.payload()?,
+            },
+            RELAY_CHANNEL => Message::RelayChannel {
+                peer: r.key()?,
+                channel: r.u64()?,
             },
             ALIAS_AUTH => Message::AliasAuth {
                 alias: r.key()?,

@@ -78,6 +78,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (arb_key(), arb_payload()).prop_map(|(from, inner)| Message::Relayed { from, inner }),
         (arb_key(), arb_payload()).prop_map(|(to, packet)| Message::RelayWg { to, packet }),
         (arb_key(), arb_payload()).prop_map(|(from, packet)| Message::RelayedWg { from, packet }),
+        (arb_key(), any::<u64>())
+            .prop_map(|(peer, channel)| Message::RelayChannel { peer, channel }),
         (arb_key(), arb_key(), any::<[u8; 32]>())
             .prop_map(|(alias, real, proof)| Message::AliasAuth { alias, real, proof }),
         arb_key().prop_map(|alias| Message::AliasAck { alias }),
