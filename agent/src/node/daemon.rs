@@ -538,7 +538,7 @@ impl Daemon {
         for key in self.overlay.lookups_due(Instant::now()) {
             tracing::debug!(target = %key.short(10), "looking up a trusted peer");
             let id = self.dht.lookup(key, Instant::now());
-            self.overlay.lookup_started(key, id);
+            self.overlay.lookup_started(key, id, Instant::now());
         }
         self.flush();
         self.apply_paths();
@@ -975,7 +975,7 @@ impl Daemon {
                     };
                     let _ = reply.send(answer);
                 }
-                if let Some(record) = self.overlay.lookup_done(now, target, found)
+                if let Some(record) = self.overlay.lookup_done(now, id, target, found)
                     && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_)))
                 {
                     self.puncher.start(

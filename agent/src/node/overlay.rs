@@ -16,6 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// First delay before a failed lookup is retried; it doubles up to the maximum.
 const LOOKUP_RETRY_MIN: Duration = Duration::from_millis(250);
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A peer without a path is looked up again this long after the last lookup
+/// started, even if that one still runs.
+const LOOKUP_OVERLAP: Duration = Duration::from_millis(500);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
 /// Control pings to direct peers keep NAT mappings and liveness fresh.
@@ -50,7 +53,8 @@ struct Peer {
     last_contact: Option<Instant>,
     last_relayed: Option<Instant>,
     last_keepalive: Option<Instant>,
-    lookup_in_flight: Option<LookupId>,
+    /// The latest lookup started, and when.
+    lookup_in_flight: Option<(LookupId, Instant)>,
     next_lookup: Instant,
     backoff: Duration,
 }
@@ -294,7 +298,16 @@ impl Overlay {
     pub fn lookups_due(&mut self, now: Instant) -> Vec<PublicKey> {
         self.peers
             .values()
-            .filter(|p| p.lookup_in_flight.is_none() && p.next_lookup <= now)
+            .filter(|p| p.next_lookup <= now)
+            .filter(|p| match p.lookup_in_flight {
+                None => true,
+                // Without any path, a lookup stuck waiting for the peer
+                // itself (behind NAT, it never answers) does not hold the
+                // next one back: records improve as peers pick relays.
+                Some((_, started)) => {
+                    p.path.is_none() && now.saturating_duration_since(started) >= LOOKUP_OVERLAP
+                }
+            })
             .filter(|p| {
                 p.last_contact
                     .is_none_or(|t| now.duration_since(t) > SILENCE)
@@ -303,9 +316,9 @@ impl Overlay {
             .collect()
     }
 
-    pub fn lookup_started(&mut self, key: PublicKey, id: LookupId) {
+    pub fn lookup_started(&mut self, key: PublicKey, id: LookupId, now: Instant) {
         if let Some(p) = self.peers.get_mut(&key) {
-            p.lookup_in_flight = Some(id);
+            p.lookup_in_flight = Some((id, now));
         }
     }
 
@@ -316,11 +329,14 @@ impl Overlay {
     pub fn lookup_done(
         &mut self,
         now: Instant,
+        id: LookupId,
         target: PublicKey,
         found: Option<NodeRecord>,
     ) -> Option<NodeRecord> {
         let p = self.peers.get_mut(&target)?;
-        p.lookup_in_flight = None;
+        if p.lookup_in_flight.is_some_and(|(latest, _)| latest == id) {
+            p.lookup_in_flight = None;
+        }
         match found {
             Some(record) => {
                 // Until the peer answers directly, look it up again with a
@@ -747,11 +763,36 @@ mod tests {
         let k = keys(2);
         let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
         let now = Instant::now();
-        o.lookup_done(now, k[1], None);
+        o.lookup_started(k[1], LookupId(1), now);
+        o.lookup_done(now, LookupId(1), k[1], None);
         assert!(o.lookups_due(now).is_empty());
         assert_eq!(o.lookups_due(now + LOOKUP_RETRY_MIN), vec![k[1]]);
-        o.lookup_done(now, k[1], None);
+        o.lookup_done(now, LookupId(1), k[1], None);
         assert!(o.lookups_due(now + LOOKUP_RETRY_MIN).is_empty());
+    }
+
+    #[test]
+    fn a_stuck_lookup_does_not_hold_back_the_next_while_there_is_no_path() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let t0 = Instant::now();
+        assert_eq!(o.lookups_due(t0), vec![k[1]]);
+        o.lookup_started(k[1], LookupId(1), t0);
+        assert!(
+            o.lookups_due(t0).is_empty(),
+            "one lookup at a time at first"
+        );
+        let t1 = t0 + LOOKUP_OVERLAP;
+        assert_eq!(o.lookups_due(t1), vec![k[1]], "no path: overlap");
+        o.lookup_started(k[1], LookupId(2), t1);
+        assert!(o.lookups_due(t1).is_empty());
+        // The old lookup ending does not clear the newer one.
+        o.lookup_done(t1, LookupId(1), k[1], None);
+        assert!(o.lookups_due(t1 + LOOKUP_OVERLAP / 2).is_empty());
+        // With a path, lookups never overlap.
+        o.on_direct_contact(k[1], "203.0.113.3:1".parse().unwrap(), t1);
+        o.lookup_started(k[1], LookupId(3), t1);
+        assert!(o.lookups_due(t1 + SILENCE * 4).is_empty());
     }
 
     #[test]
