@@ -189,6 +189,11 @@ impl RelaySet {
     }
 
     /// The relays kept now, quickest first: what the node publishes.
+    /// The kept relay at `addr`.
+    pub fn key_at(&self, addr: SocketAddr) -> Option<PublicKey> {
+        self.kept.iter().find(|k| k.addr == addr).map(|k| k.key)
+    }
+
     pub fn relays(&self) -> Vec<(PublicKey, SocketAddr)> {
         let mut v = self.kept.clone();
         v.sort_by_key(|k| k.rtt.unwrap_or(Duration::MAX));

@@ -598,10 +598,19 @@ impl Daemon {
         match bytes.first() {
             Some(&channel::RELAY_DATA) => self.on_relay_data(from, bytes, segment),
             Some(&channel::RELAYED_DATA) => self.on_relayed_data(from, bytes, segment),
-            _ => {
-                for d in bytes.chunks(segment) {
-                    self.on_datagram(from, d);
-                }
+            _ => self.each_datagram(from, bytes, segment),
+        }
+    }
+
+    /// Datagrams one by one, each by its own first byte (a run the kernel
+    /// coalesced may mix kinds of one size).
+    fn each_datagram(&mut self, from: SocketAddr, bytes: &mut [u8], segment: usize) {
+        for d in bytes.chunks_mut(segment) {
+            let n = d.len();
+            match d.first() {
+                Some(&channel::RELAY_DATA) => self.on_relay_data(from, d, n),
+                Some(&channel::RELAYED_DATA) => self.on_relayed_data(from, d, n),
+                _ => self.on_datagram(from, d),
             }
         }
     }
@@ -617,22 +626,10 @@ impl Daemon {
             })
         });
         let Some(id) = first.filter(|_| uniform) else {
-            // Mixed (or malformed): one by one.
-            for d in bytes.chunks_mut(segment) {
-                match d.first() {
-                    Some(&channel::RELAY_DATA) if channel::parse(d).is_some() => {
-                        let n = d.len();
-                        self.on_relay_data(from, d, n);
-                    }
-                    Some(&channel::RELAY_DATA) => self.count_drop("relay-data-malformed"),
-                    Some(&channel::RELAYED_DATA) => {
-                        let n = d.len();
-                        self.on_relayed_data(from, d, n);
-                    }
-                    _ => self.on_datagram(from, d),
-                }
+            if segment >= bytes.len() {
+                return self.count_drop("relay-data-malformed");
             }
-            return;
+            return self.each_datagram(from, bytes, segment);
         };
         let now = Instant::now();
         let (source, to) = match self.channels.route(id, from, now) {
@@ -641,24 +638,44 @@ impl Daemon {
         };
         let packets = bytes.len().div_ceil(segment);
         let payload = bytes.len().saturating_sub(packets * channel::HEADER_LEN);
-        if !self.limiter.allow_many(source, payload, packets, now) {
+        if self.limiter.allow_many(source, payload, packets, now) {
+            channel::rewrite_as_relayed(bytes, segment, &source);
+            if let Err(e) = udp::try_send_segments(&self.socket, bytes, segment, to) {
+                tracing::debug!(error = %e, %to, "relay-data send failed");
+            }
             return;
         }
-        channel::rewrite_as_relayed(bytes, segment, &source);
-        if let Err(e) = udp::try_send_segments(&self.socket, bytes, segment, to) {
-            tracing::debug!(error = %e, %to, "relay-data send failed");
+        // Over the limit as a run: what fits goes on, one by one.
+        for d in bytes.chunks_mut(segment) {
+            if self
+                .limiter
+                .allow(source, d.len().saturating_sub(channel::HEADER_LEN), now)
+            {
+                channel::rewrite_as_relayed(d, d.len(), &source);
+                if let Err(e) = self.socket.try_send_to(d, to) {
+                    tracing::debug!(error = %e, %to, "relay-data send failed");
+                }
+            }
         }
     }
 
     /// As an end: relayed-data, WireGuard datagrams a relay delivers from
     /// the trusted peer its header names.
-    fn on_relayed_data(&mut self, from: SocketAddr, bytes: &[u8], segment: usize) {
+    fn on_relayed_data(&mut self, from: SocketAddr, bytes: &mut [u8], segment: usize) {
         let now = Instant::now();
         let mut last: Option<(u64, PublicKey)> = None;
-        for d in bytes.chunks(segment) {
-            if d.first() != Some(&channel::RELAYED_DATA) {
-                self.on_datagram(from, d);
-                continue;
+        for d in bytes.chunks_mut(segment) {
+            match d.first() {
+                Some(&channel::RELAYED_DATA) => {}
+                Some(&channel::RELAY_DATA) => {
+                    let n = d.len();
+                    self.on_relay_data(from, d, n);
+                    continue;
+                }
+                _ => {
+                    self.on_datagram(from, d);
+                    continue;
+                }
             }
             let Some((prefix, wireguard)) = channel::parse(d) else {
                 self.count_drop("relayed-data-malformed");
@@ -671,7 +688,8 @@ impl Daemon {
                         self.count_drop("relayed-data-from-untrusted");
                         continue;
                     };
-                    // Once per run: the reply path goes through this relay.
+                    // Once per run: replies go back through this relay, if
+                    // it is one of ours or of the peer's path.
                     if let Some(relay) = self.relay_at(&k, from) {
                         self.overlay.on_relayed_contact(k, (relay, from), now);
                     }
@@ -686,18 +704,18 @@ impl Daemon {
         }
     }
 
-    /// The key of the relay at `addr` that delivers `peer`'s traffic: one of
-    /// the peer's path, else any key that talked to us from there.
+    /// The key of the relay at `addr` delivering `peer`'s traffic, if it is
+    /// one we keep (peers send through the relays we publish) or one of our
+    /// path to the peer. Relayed traffic from any other address does not
+    /// steer our replies.
     fn relay_at(&self, peer: &PublicKey, addr: SocketAddr) -> Option<PublicKey> {
-        if let Some(PeerPath::Relayed(relays)) = self.overlay.path(peer)
-            && let Some(r) = relays.iter().find(|r| r.1 == addr)
-        {
-            return Some(r.0);
+        if let Some(key) = self.relays.key_at(addr) {
+            return Some(key);
         }
-        self.recent
-            .iter()
-            .find(|(_, (a, _))| *a == addr)
-            .map(|(k, _)| *k)
+        match self.overlay.path(peer) {
+            Some(PeerPath::Relayed(relays)) => relays.iter().find(|r| r.1 == addr).map(|r| r.0),
+            _ => None,
+        }
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
@@ -809,7 +827,9 @@ impl Daemon {
             }
             Message::RelayedWg { from: src, packet } => {
                 if self.overlay.is_trusted(src) {
-                    self.overlay.on_relayed_contact(*src, (key, from), now);
+                    if self.relay_at(src, from) == Some(key) {
+                        self.overlay.on_relayed_contact(*src, (key, from), now);
+                    }
                     if let Some(dp) = &self.dataplane {
                         dp.receive(from, packet, Some(*src));
                     }
