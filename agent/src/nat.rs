@@ -1,9 +1,10 @@
 //! Getting through NATs: learning the node's reflexive endpoint and NAT kind
 //! from what peers report seeing ([`detect`]), asking the home router for a
-//! port mapping ([`upnp`], the only part here that does I/O), and the
+//! port mapping ([`upnp`] and [`natpmp`], the only parts here that do I/O), and the
 //! hole-punching schedule ([`punch`]).
 
 pub mod detect;
+pub mod natpmp;
 pub mod punch;
 pub mod upnp;
 

@@ -361,11 +361,24 @@ impl Lab {
 
     /// Starts miniupnpd on a router made by [`Lab::home_host`] with [`Nat::Upnp`].
     pub fn start_miniupnpd(&mut self, router: &Host) -> Result<()> {
+        self.start_miniupnpd_serving(router, true, true)
+    }
+
+    /// Starts miniupnpd answering UPnP IGD and/or NAT-PMP.
+    pub fn start_miniupnpd_serving(
+        &mut self,
+        router: &Host,
+        upnp: bool,
+        natpmp: bool,
+    ) -> Result<()> {
+        let yes = |b: bool| if b { "yes" } else { "no" };
         let conf = router.run_dir.join("miniupnpd.conf");
         let text = format!(
-            "ext_ifname=wan\next_ip=198.51.101.11\nupnp_table_name=filter\nupnp_nat_table_name=filter\nlistening_ip=lan\nhttp_port=5000\nenable_natpmp=yes\nenable_upnp=yes\n\
+            "ext_ifname=wan\next_ip=198.51.101.11\nupnp_table_name=filter\nupnp_nat_table_name=filter\nlistening_ip=lan\nhttp_port=5000\nenable_natpmp={}\nenable_upnp={}\n\
              secure_mode=yes\nsystem_uptime=yes\nuuid=3b1c1c7e-4e44-4f3b-9a57-{:012x}\nlease_file={}\n\
              allow 1024-65535 198.51.100.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+            yes(natpmp),
+            yes(upnp),
             std::process::id(),
             router.run_dir.join("upnp.leases").display()
         );

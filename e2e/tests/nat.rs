@@ -278,73 +278,123 @@ fn a_node_behind_nat_restarts_and_is_back_within_5s() {
     eprintln!("back {:?} after the restart", start.elapsed());
 }
 
+/// Whether miniupnpd on `router` forwards the WireHub port.
+fn port_mapped(lab: &Lab, router: &wirehub_e2e::Host) -> bool {
+    lab.exec(
+        &router.netns,
+        &[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "filter",
+            "prerouting_miniupnpd",
+        ],
+    )
+    .unwrap_or_default()
+    .contains("62096")
+}
+
+/// Waits up to `secs` for the mapping to be there (or gone).
+fn wait_mapped(lab: &Lab, router: &wirehub_e2e::Host, want: bool, secs: u64) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if port_mapped(lab, router) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Stops miniupnpd and removes the rules it made.
+fn stop_miniupnpd(lab: &mut Lab, router: &wirehub_e2e::Host) {
+    lab.kill_daemon(router, "-TERM").expect("stop miniupnpd");
+    for chain in ["prerouting_miniupnpd", "miniupnpd"] {
+        lab.exec(
+            &router.netns,
+            &["nft", "flush", "chain", "inet", "filter", chain],
+        )
+        .ok();
+    }
+    assert!(!port_mapped(lab, router));
+}
+
+/// `wh down` on a host (its only interface).
+fn wh_down(lab: &Lab, host: &wirehub_e2e::Host) {
+    let i = lab
+        .wh_ok(host, &["show", "interfaces"])
+        .expect("interfaces")
+        .trim()
+        .to_string();
+    lab.wh_ok(host, &["down", &i]).expect("down");
+}
+
 /// The UPnP router restarts: the node maps its port again.
 #[test]
 fn upnp_mapping_is_created_removed_and_recreated() {
     require_lab!();
     let (mut s, _) = scenario(Kind::Behind(Nat::Upnp), Kind::Public, 0);
     let router = s.routers[0].clone();
-    let mapped = |lab: &Lab| {
-        lab.exec(
-            &router.netns,
-            &[
-                "nft",
-                "list",
-                "chain",
-                "inet",
-                "filter",
-                "prerouting_miniupnpd",
-            ],
-        )
-        .unwrap_or_default()
-        .contains("62096")
-    };
-    let wait = |lab: &Lab, want: bool, secs: u64| {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(secs) {
-            if mapped(lab) == want {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    };
-    assert!(wait(&s.lab, true, 10), "no mapping:\n{}", s.lab.log(&s.a));
+    assert!(
+        wait_mapped(&s.lab, &router, true, 10),
+        "no mapping:\n{}",
+        s.lab.log(&s.a)
+    );
     // Restart miniupnpd with its rules gone.
-    s.lab.kill_daemon(&router, "-TERM").expect("stop miniupnpd");
-    s.lab
-        .exec(
-            &router.netns,
-            &[
-                "nft",
-                "flush",
-                "chain",
-                "inet",
-                "filter",
-                "prerouting_miniupnpd",
-            ],
-        )
-        .ok();
-    s.lab
-        .exec(
-            &router.netns,
-            &["nft", "flush", "chain", "inet", "filter", "miniupnpd"],
-        )
-        .ok();
-    assert!(!mapped(&s.lab));
+    stop_miniupnpd(&mut s.lab, &router);
     s.lab.start_miniupnpd(&router).expect("restart miniupnpd");
     assert!(
-        wait(&s.lab, true, 15),
+        wait_mapped(&s.lab, &router, true, 15),
         "mapping not re-created:\n{}",
         s.lab.log(&s.a)
     );
     // wh down removes it.
-    let i = s
-        .lab
-        .wh_ok(&s.a, &["show", "interfaces"])
-        .expect("interfaces")
-        .trim()
-        .to_string();
-    s.lab.wh_ok(&s.a, &["down", &i]).expect("down");
-    assert!(wait(&s.lab, false, 10), "mapping left after wh down");
+    wh_down(&s.lab, &s.a);
+    assert!(
+        wait_mapped(&s.lab, &router, false, 10),
+        "mapping left after wh down"
+    );
+}
+
+/// A router that speaks NAT-PMP but not UPnP IGD: the node maps its port
+/// with NAT-PMP, publishes it, and removes it on `wh down`.
+#[test]
+fn natpmp_maps_the_port_when_the_router_has_no_upnp() {
+    require_lab!();
+    let (mut s, _) = scenario(Kind::Behind(Nat::Upnp), Kind::Public, 0);
+    let router = s.routers[0].clone();
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(15))
+        .expect("first ping");
+    s.lab.kill_daemon(&s.a, "-TERM").expect("stop a");
+    assert!(
+        wait_mapped(&s.lab, &router, false, 10),
+        "the UPnP mapping outlived the node"
+    );
+    stop_miniupnpd(&mut s.lab, &router);
+    s.lab
+        .start_miniupnpd_serving(&router, false, true)
+        .expect("miniupnpd, NAT-PMP only");
+    std::thread::sleep(Duration::from_millis(300));
+    let (config, key) = (s.config.clone(), s.keys[0].clone());
+    s.lab.wh_up(&s.a, &config, Some(&key), &[]).expect("a up");
+    assert!(
+        wait_mapped(&s.lab, &router, true, 15),
+        "no NAT-PMP mapping:\n{}",
+        s.lab.log(&s.a)
+    );
+    let log = s.lab.log(&s.a);
+    assert!(log.contains("NAT-PMP port mapping added"), "{log}");
+    // `wh show` names the mapping and the protocol.
+    let show = s.lab.wh_ok(&s.a, &["show"]).unwrap_or_default();
+    assert!(show.contains("NAT-PMP 198.51.101.11:62096"), "{show}");
+    s.lab
+        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(10))
+        .expect("ping with the NAT-PMP mapping");
+    wh_down(&s.lab, &s.a);
+    assert!(
+        wait_mapped(&s.lab, &router, false, 10),
+        "NAT-PMP mapping left after wh down"
+    );
 }

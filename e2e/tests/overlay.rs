@@ -183,6 +183,43 @@ fn iface(lab: &Lab, host: &Host) -> String {
         .to_string()
 }
 
+/// Without any DHT, a node that reloads its file with a new peer and that
+/// peer's static endpoint reaches it at once: the reload pings the endpoint.
+#[test]
+fn reload_pings_the_static_endpoint_of_a_new_peer() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let a = lab.public_host("node_a").expect("host a");
+    let b = lab.public_host("node_b").expect("host b");
+    let (ska, pka) = lab.genkey("node_a").expect("key a");
+    let (skb, pkb) = lab.genkey("node_b").expect("key b");
+    // b trusts a but knows no endpoint of it; a does not know b yet.
+    let only_a = lab
+        .write(
+            "a.conf",
+            &format!("name pair\nsubnet 10.0.42.0/24\ntrust node_a {pka}\n"),
+        )
+        .expect("a config");
+    let both = format!(
+        "name pair\nsubnet 10.0.42.0/24\ntrust node_a {pka}\ntrust node_b {pkb} {}\n",
+        b.ip
+    );
+    let b_conf = lab.write("b.conf", &both).expect("b config");
+    lab.wh_up(&a, &only_a, Some(&ska), &[]).expect("a up");
+    lab.wh_up(&b, &b_conf, Some(&skb), &[]).expect("b up");
+    lab.wait_daemon(&a, Duration::from_secs(10))
+        .expect("a answers");
+    lab.wait_daemon(&b, Duration::from_secs(10))
+        .expect("b answers");
+    std::fs::write(&only_a, &both).expect("rewrite a's file");
+    let i = iface(&lab, &a);
+    lab.wh_ok(&a, &["reload", &i]).expect("reload");
+    let t = lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n--- a:\n{}", lab.log(&a)));
+    eprintln!("first ping {t:?} after the reload");
+}
+
 #[test]
 fn reload_with_errors_or_renumbering_changes_nothing() {
     require_lab!();

@@ -1,7 +1,9 @@
-//! UPnP IGD: maps the node's UDP port on the home router when one answers,
+//! Port mapping on the home router: UPnP IGD (igd-next), else NAT-PMP
+//! ([`super::natpmp`]). Maps the node's UDP port when a gateway answers,
 //! renews the lease before it expires, and removes the mapping on shutdown.
 //! No gateway, or a refusal, is logged once and costs nothing else.
 
+use super::natpmp;
 use igd_next::aio::tokio::search_gateway;
 use igd_next::{PortMappingProtocol, SearchOptions};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -30,8 +32,12 @@ const RETRY: Duration = Duration::from_secs(60);
 /// What the mapping task reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpnpEvent {
-    /// The router forwards `external` (its address, our port) to us.
-    Mapped { external: SocketAddr },
+    /// The router forwards `external` (its address, our port) to us; `via`
+    /// names the protocol ("UPnP" or "NAT-PMP").
+    Mapped {
+        external: SocketAddr,
+        via: &'static str,
+    },
     /// The mapping is gone (router restarted, refused renewal).
     Lost,
 }
@@ -44,7 +50,8 @@ fn local_ip_towards(gateway: SocketAddr) -> Option<IpAddr> {
 }
 
 /// Runs until `stop` turns true: searches a gateway, maps `port`, renews,
-/// and removes the mapping when stopping.
+/// and removes the mapping when stopping. A UPnP IGD is tried first, then
+/// NAT-PMP on the default gateway.
 pub async fn run(port: u16, events: mpsc::Sender<UpnpEvent>, mut stop: watch::Receiver<bool>) {
     let mut logged_absent = false;
     loop {
@@ -55,71 +62,152 @@ pub async fn run(port: u16, events: mpsc::Sender<UpnpEvent>, mut stop: watch::Re
             g = search_gateway(options) => g,
             _ = stop.changed() => return,
         };
-        let gateway = match gateway {
-            Ok(g) => g,
+        let igd_error = match gateway {
+            Ok(g) => return igd_session(g, port, &events, &mut stop).await,
+            Err(e) => e,
+        };
+        match natpmp_session(port, &events, &mut stop).await {
+            Ok(Ended::Stopped) => return,
+            Ok(Ended::Lost) => continue,
             Err(e) => {
                 if !logged_absent {
-                    tracing::info!(error = %e, "no UPnP gateway answered; the node will rely on hole punching and relays");
+                    tracing::info!(upnp = %igd_error, nat_pmp = %e, "no UPnP IGD or NAT-PMP gateway answered; the node will rely on hole punching and relays");
                     logged_absent = true;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY) => continue,
-                    _ = stop.changed() => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How a NAT-PMP session that had a mapping ended.
+enum Ended {
+    Stopped,
+    Lost,
+}
+
+/// Maps `port` with NAT-PMP and keeps it until `stop` (then removes it) or
+/// until a renewal fails. An error: no mapping was made.
+async fn natpmp_session(
+    port: u16,
+    events: &mpsc::Sender<UpnpEvent>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended, natpmp::NatPmpError> {
+    let gateway = natpmp::default_gateway()?;
+    let (external, granted) = tokio::select! {
+        r = natpmp::map(gateway, port, LEASE) => r?,
+        _ = stop.changed() => return Ok(Ended::Stopped),
+    };
+    tracing::info!(%external, %gateway, lease_s = granted.as_secs(), "NAT-PMP port mapping added");
+    let _ = events
+        .send(UpnpEvent::Mapped {
+            external,
+            via: "NAT-PMP",
+        })
+        .await;
+    let mut current = external;
+    let mut lease = granted;
+    loop {
+        let wait = renew_every().min(lease / 2).max(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {
+                match natpmp::unmap(gateway, port).await {
+                    Ok(()) => tracing::info!("NAT-PMP port mapping removed"),
+                    Err(e) => tracing::warn!(error = %e, "cannot remove the NAT-PMP port mapping"),
+                }
+                return Ok(Ended::Stopped);
+            }
+        }
+        match natpmp::map(gateway, port, LEASE).await {
+            Ok((external, granted)) => {
+                lease = granted;
+                if external != current {
+                    tracing::info!(%external, "NAT-PMP mapping moved");
+                    current = external;
+                    let _ = events
+                        .send(UpnpEvent::Mapped {
+                            external,
+                            via: "NAT-PMP",
+                        })
+                        .await;
                 }
             }
-        };
-        let Some(local) = local_ip_towards(gateway.addr) else {
-            tracing::info!(gateway = %gateway.addr, "UPnP gateway found but no local address towards it");
-            return;
-        };
-        let local = SocketAddr::new(local, port);
-        let mut mapped = false;
-        loop {
-            let added = gateway
-                .add_port(
-                    PortMappingProtocol::UDP,
-                    port,
-                    local,
-                    LEASE.as_secs() as u32,
-                    "wirehub",
-                )
-                .await;
-            match added {
-                Ok(()) => {
-                    let external = match gateway.get_external_ip().await {
-                        Ok(ip) => SocketAddr::new(ip, port),
-                        Err(_) => SocketAddr::new(gateway.addr.ip(), port),
-                    };
-                    if !mapped {
-                        tracing::info!(%external, gateway = %gateway.addr, "UPnP port mapping added");
-                        let _ = events.send(UpnpEvent::Mapped { external }).await;
-                        mapped = true;
-                    }
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, gateway = %gateway.addr, "the UPnP gateway refused the port mapping");
-                    if mapped {
-                        let _ = events.send(UpnpEvent::Lost).await;
-                    }
-                    mapped = false;
+            Err(e) => {
+                tracing::info!(error = %e, %gateway, "NAT-PMP renewal failed");
+                let _ = events.send(UpnpEvent::Lost).await;
+                return Ok(Ended::Lost);
+            }
+        }
+    }
+}
+
+/// Maps `port` on an IGD and keeps it until `stop`, then removes it.
+async fn igd_session(
+    gateway: igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>,
+    port: u16,
+    events: &mpsc::Sender<UpnpEvent>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let Some(local) = local_ip_towards(gateway.addr) else {
+        tracing::info!(gateway = %gateway.addr, "UPnP gateway found but no local address towards it");
+        return;
+    };
+    let local = SocketAddr::new(local, port);
+    let mut mapped = false;
+    loop {
+        let added = gateway
+            .add_port(
+                PortMappingProtocol::UDP,
+                port,
+                local,
+                LEASE.as_secs() as u32,
+                "wirehub",
+            )
+            .await;
+        match added {
+            Ok(()) => {
+                let external = match gateway.get_external_ip().await {
+                    Ok(ip) => SocketAddr::new(ip, port),
+                    Err(_) => SocketAddr::new(gateway.addr.ip(), port),
+                };
+                if !mapped {
+                    tracing::info!(%external, gateway = %gateway.addr, "UPnP port mapping added");
+                    let _ = events
+                        .send(UpnpEvent::Mapped {
+                            external,
+                            via: "UPnP",
+                        })
+                        .await;
+                    mapped = true;
                 }
             }
-            let wait = if mapped {
-                renew_every()
-            } else {
-                RETRY.min(renew_every())
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {
-                    if mapped {
-                        match gateway.remove_port(PortMappingProtocol::UDP, port).await {
-                            Ok(()) => tracing::info!("UPnP port mapping removed"),
-                            Err(e) => tracing::warn!(error = %e, "cannot remove the UPnP port mapping"),
-                        }
-                    }
-                    return;
+            Err(e) => {
+                tracing::info!(error = %e, gateway = %gateway.addr, "the UPnP gateway refused the port mapping");
+                if mapped {
+                    let _ = events.send(UpnpEvent::Lost).await;
                 }
+                mapped = false;
+            }
+        }
+        let wait = if mapped {
+            renew_every()
+        } else {
+            RETRY.min(renew_every())
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {
+                if mapped {
+                    match gateway.remove_port(PortMappingProtocol::UDP, port).await {
+                        Ok(()) => tracing::info!("UPnP port mapping removed"),
+                        Err(e) => tracing::warn!(error = %e, "cannot remove the UPnP port mapping"),
+                    }
+                }
+                return;
             }
         }
     }

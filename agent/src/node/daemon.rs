@@ -136,11 +136,14 @@ struct Daemon {
     /// Where each key last sent us an authenticated message from (bounded):
     /// where a relay forwards to.
     recent: HashMap<PublicKey, (SocketAddr, Instant)>,
-    upnp_mapped: Option<SocketAddr>,
+    /// The port mapping the home router made, and the protocol that made it.
+    upnp_mapped: Option<(SocketAddr, &'static str)>,
     waiting: HashMap<PublicKey, std::collections::VecDeque<(Instant, Outgoing)>>,
     local_ips: Vec<IpAddr>,
     last_publish: Option<Instant>,
     publish_pending: bool,
+    /// Static endpoints of peers to ping (see `ping_static_endpoints`).
+    endpoints_to_ping: Vec<(PublicKey, Endpoint)>,
     /// The names the DNS responder answers from (updated on reload).
     names_tx: watch::Sender<crate::names::SharedResolver>,
     /// The DNS responder, while it runs.
@@ -166,8 +169,10 @@ enum ReplyVia {
 
 /// Keys remembered in [`Daemon::recent`].
 const MAX_RECENT: usize = 8192;
-/// A direct path silent this long falls back to relays.
-const DIRECT_QUIET: Duration = Duration::from_secs(7);
+/// A direct path silent this long falls back to relays: keepalives go
+/// every 1.5 s and, once one is unanswered, every 400 ms, so it takes four
+/// lost in a row.
+const DIRECT_QUIET: Duration = Duration::from_secs(3);
 /// Own record changes are republished at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
@@ -368,6 +373,7 @@ pub async fn run_with(
         frame_buf: Vec::with_capacity(2048),
         recent: HashMap::new(),
         upnp_mapped: None,
+        endpoints_to_ping: Vec::new(),
         waiting: HashMap::new(),
         local_ips: Vec::new(),
         last_publish: None,
@@ -376,7 +382,8 @@ pub async fn run_with(
         dns,
     };
     d.publish_cni_config();
-    d.resolve_static_endpoints().await;
+    d.endpoints_to_ping = d.static_endpoints(&d.spec);
+    d.ping_static_endpoints().await;
     d.apply_paths();
     d.flush();
 
@@ -453,6 +460,9 @@ pub async fn run_with(
         if d.routes_dirty {
             d.sync_routes().await;
         }
+        if !d.endpoints_to_ping.is_empty() {
+            d.ping_static_endpoints().await;
+        }
     }
     control_task.abort();
     if let Some(dns) = d.dns.take() {
@@ -488,15 +498,20 @@ impl Daemon {
         *self.drops.entry(reason).or_default() += 1;
     }
 
-    async fn resolve_static_endpoints(&mut self) {
-        let wanted: Vec<(PublicKey, Endpoint)> = self
-            .spec
-            .peers
+    /// The endpoints the network file gives for peers (not boot nodes).
+    fn static_endpoints(&self, spec: &NetworkSpec) -> Vec<(PublicKey, Endpoint)> {
+        spec.peers
             .iter()
             .filter(|p| p.role != crate::config::Role::Boot && p.key != self.public)
             .filter_map(|p| p.endpoint.clone().map(|e| (p.key, e)))
-            .collect();
-        for (key, e) in wanted {
+            .collect()
+    }
+
+    /// Pings the static endpoints waiting for it (all of them at start, the
+    /// new or changed ones after a reload), so that a direct path starts
+    /// without waiting for a lookup.
+    async fn ping_static_endpoints(&mut self) {
+        for (key, e) in std::mem::take(&mut self.endpoints_to_ping) {
             if let Some(addr) = resolve(&e).await {
                 self.send(
                     key,
@@ -1265,7 +1280,7 @@ impl Daemon {
 
     fn on_upnp(&mut self, ev: UpnpEvent) {
         self.upnp_mapped = match ev {
-            UpnpEvent::Mapped { external } => Some(external),
+            UpnpEvent::Mapped { external, via } => Some((external, via)),
             UpnpEvent::Lost => None,
         };
         self.publish_pending = true;
@@ -1367,7 +1382,7 @@ impl Daemon {
             }
             _ => {}
         }
-        if let Some(mapped) = self.upnp_mapped {
+        if let Some((mapped, _)) = self.upnp_mapped {
             // The router forwards its public port to us: publish it at the
             // address peers see (and the one the router reports, if other).
             if let Some(r) = verdict.reflexive {
@@ -1465,6 +1480,13 @@ impl Daemon {
     /// Applies a new version of the network, or refuses it whole.
     fn apply_spec(&mut self, spec: NetworkSpec) -> Result<String, String> {
         let summary = self.overlay.reload(&spec, Instant::now())?;
+        let before = self.static_endpoints(&self.spec);
+        let fresh: Vec<_> = self
+            .static_endpoints(&spec)
+            .into_iter()
+            .filter(|e| !before.contains(e))
+            .collect();
+        self.endpoints_to_ping.extend(fresh);
         self.spec = spec;
         let names: crate::names::SharedResolver =
             Arc::new(crate::names::ConfigNames::new(&self.spec, self.public));
@@ -1569,7 +1591,7 @@ impl Daemon {
                     (Mode::Unknown, NatKind::Unknown) => "UNKNOWN",
                 };
                 match self.upnp_mapped {
-                    Some(m) => format!("{kind}, UPnP {m}"),
+                    Some((m, via)) => format!("{kind}, {via} {m}"),
                     None => kind.to_string(),
                 }
             },

@@ -22,7 +22,10 @@ const LOOKUP_OVERLAP: Duration = Duration::from_millis(500);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
 /// Control pings to direct peers keep NAT mappings and liveness fresh.
-const KEEPALIVE: Duration = Duration::from_secs(2);
+const KEEPALIVE: Duration = Duration::from_millis(1500);
+/// A keepalive unanswered this long is followed by another, this often,
+/// until the peer answers or the path is given up (`expire_direct`).
+const PROBE_EVERY: Duration = Duration::from_millis(400);
 /// A found peer that gave no endpoint nor relay is looked up again this soon.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(300);
 
@@ -550,9 +553,18 @@ impl Overlay {
 
     pub fn on_tick(&mut self, now: Instant) {
         for p in self.peers.values_mut() {
-            if let Some(PeerPath::Direct(addr)) = p.path
-                && p.last_keepalive
-                    .is_none_or(|t| now.duration_since(t) >= KEEPALIVE)
+            let Some(PeerPath::Direct(addr)) = p.path else {
+                continue;
+            };
+            // The last keepalive went unanswered: probe more often, so that
+            // a dead path is given up soon and a lost pong or two is not
+            // taken for one.
+            let unanswered = p
+                .last_keepalive
+                .is_some_and(|k| p.last_contact.is_none_or(|c| c < k));
+            let every = if unanswered { PROBE_EVERY } else { KEEPALIVE };
+            if p.last_keepalive
+                .is_none_or(|t| now.duration_since(t) >= every)
             {
                 p.last_keepalive = Some(now);
                 self.next_ping += 1;
@@ -756,6 +768,36 @@ mod tests {
             o.lookups_due(now + SILENCE + Duration::from_secs(1)),
             vec![k[1]]
         );
+    }
+
+    #[test]
+    fn an_unanswered_keepalive_is_followed_by_probes_and_a_dead_path_falls_back() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let addr: SocketAddr = "203.0.113.3:1".parse().unwrap();
+        let t0 = Instant::now();
+        o.on_direct_contact(k[1], addr, t0);
+        let pings = |o: &mut Overlay, at: Instant| {
+            o.on_tick(at);
+            o.poll_transmits().len()
+        };
+        assert_eq!(pings(&mut o, t0), 1, "first keepalive");
+        // Answered: the next one a keepalive period later.
+        o.on_direct_contact(k[1], addr, t0 + Duration::from_millis(50));
+        assert_eq!(pings(&mut o, t0 + PROBE_EVERY), 0);
+        let t1 = t0 + KEEPALIVE;
+        assert_eq!(pings(&mut o, t1), 1);
+        // Unanswered: probes every PROBE_EVERY.
+        assert_eq!(pings(&mut o, t1 + PROBE_EVERY / 2), 0);
+        assert_eq!(pings(&mut o, t1 + PROBE_EVERY), 1);
+        assert_eq!(pings(&mut o, t1 + PROBE_EVERY * 2), 1);
+        // Silent long enough: the path is given up and looked up again.
+        o.take_changes();
+        o.expire_direct(t1 + Duration::from_secs(4), Duration::from_millis(3500));
+        let changes = o.take_changes();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].path, None);
+        assert_eq!(o.path(&k[1]), None);
     }
 
     #[test]
