@@ -11,9 +11,9 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use wirehub::dataplane::netns::lab;
 use wirehub::dataplane::{
     BackendKind, DataPlane, InterfaceConfig, Outgoing, PeerConfig, PeerStats,
 };
@@ -48,52 +48,6 @@ struct Node {
     pump: Option<JoinHandle<()>>,
 }
 
-/// The daemon's receive loop, reduced to the data plane's part.
-async fn pump(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        loop {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    if n > 0 && buf[0] != 0xFF {
-                        dp.receive(from, &buf[..n], None);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-/// The same loop reading with UDP_GRO, as a daemon may (one system call per
-/// run of same-sized datagrams from one source).
-async fn pump_gro(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
-    wirehub::dataplane::udp::enable_gro(&socket).expect("UDP_GRO");
-    let mut buf = vec![0u8; 65536];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        loop {
-            match wirehub::dataplane::udp::try_recv_gro(&socket, &mut buf) {
-                Ok((n, from, segment)) => {
-                    for dg in buf[..n].chunks(segment) {
-                        if dg[0] != 0xFF {
-                            dp.receive(from, dg, None);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-    }
-}
-
 impl Node {
     fn start(
         ns: &str,
@@ -110,32 +64,16 @@ impl Node {
             net(&format!("10.0.42.{overlay}/24")),
             net(&format!("fd42::{overlay}/64")),
         ];
-        let (dp, rx, pump_task) = run_in(&rt, async move {
-            let socket = Arc::new(
-                UdpSocket::bind(("0.0.0.0", PORT))
-                    .await
-                    .expect("bind the daemon socket"),
-            );
-            let (dp, rx) = DataPlane::create(kind, cfg, Arc::clone(&socket))
-                .await
-                .expect("create the data plane");
-            let dp = Arc::new(dp);
-            let task = if udp_gro {
-                tokio::spawn(pump_gro(socket, Arc::clone(&dp)))
-            } else {
-                tokio::spawn(pump(socket, Arc::clone(&dp)))
-            };
-            (dp, rx, task)
-        });
+        let node = run_in(&rt, lab::start(kind, cfg, PORT, udp_gro)).expect("start the node");
         Node {
             ns: ns.to_string(),
             iface: iface.to_string(),
             key,
             underlay: SocketAddr::new(underlay.parse().expect("ip"), PORT),
             rt,
-            dp: Some(dp),
-            outgoing: Some(rx),
-            pump: Some(pump_task),
+            dp: Some(node.dp),
+            outgoing: Some(node.outgoing),
+            pump: Some(node.pump),
         }
     }
 

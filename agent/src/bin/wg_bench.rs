@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
+use wirehub::dataplane::netns::lab::{LabNode, start as lab_node};
 use wirehub::dataplane::{BackendKind, DataPlane, InterfaceConfig, PeerConfig};
 use wirehub::keys::PrivateKey;
 
@@ -196,53 +196,6 @@ fn wireguard_go(lab: &mut Lab, tag: &str, ns: [&str; 2], o: &Options) -> Result<
     r
 }
 
-/// The daemon's receive loop, reduced to the data plane's part.
-async fn pump(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        loop {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    if n > 0 && buf[0] != 0xFF {
-                        dp.receive(from, &buf[..n], None);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-/// The same loop reading with UDP_GRO: one system call per run of datagrams.
-async fn pump_gro(socket: Arc<UdpSocket>, dp: Arc<DataPlane>) {
-    if let Err(e) = wirehub::dataplane::udp::enable_gro(&socket) {
-        eprintln!("UDP_GRO: {e}");
-    }
-    let mut buf = vec![0u8; 65536];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        loop {
-            match wirehub::dataplane::udp::try_recv_gro(&socket, &mut buf) {
-                Ok((n, from, segment)) => {
-                    for dg in buf[..n].chunks(segment) {
-                        if dg[0] != 0xFF {
-                            dp.receive(from, dg, None);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-    }
-}
-
 struct EmbeddedNode {
     rt: tokio::runtime::Runtime,
     dp: Arc<DataPlane>,
@@ -259,23 +212,11 @@ fn embedded_node(
     let rt = runtime_in(ns, 2);
     let mut cfg = InterfaceConfig::new(iface, key);
     cfg.addresses = vec![format!("10.0.42.{i}/24").parse()?];
-    let (dp, pump_task) = run_in(&rt, async move {
-        let socket = Arc::new(UdpSocket::bind(("0.0.0.0", PORT)).await?);
-        let (dp, _outgoing) =
-            DataPlane::create(BackendKind::Embedded, cfg, Arc::clone(&socket)).await?;
-        let dp = Arc::new(dp);
-        let task = if udp_gro {
-            tokio::spawn(pump_gro(socket, Arc::clone(&dp)))
-        } else {
-            tokio::spawn(pump(socket, Arc::clone(&dp)))
-        };
-        anyhow::Ok((dp, task))
-    })?;
-    Ok(EmbeddedNode {
-        rt,
-        dp,
-        pump: pump_task,
-    })
+    // The peers have endpoints: nothing is for the daemon to relay, and its
+    // channel (`outgoing`) is closed right away.
+    let LabNode { dp, pump, .. } =
+        run_in(&rt, lab_node(BackendKind::Embedded, cfg, PORT, udp_gro))?;
+    Ok(EmbeddedNode { rt, dp, pump })
 }
 
 fn embedded(tag: &str, ns: [&str; 2], o: &Options) -> Result<f64> {

@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
+pub mod lab;
+
 const SELF_NS: &str = "/proc/thread-self/ns/net";
 
 /// A handle on a network namespace (an open `/proc/.../ns/net`).
