@@ -147,6 +147,31 @@ struct Wan {
     wire: Option<wire::Wire>,
 }
 
+/// A bootstrap node and trusted nodes on public addresses, all running one
+/// network file: made by [`Lab::trusted_network`].
+#[derive(Debug)]
+pub struct TrustedNetwork {
+    /// The bootstrap node (see [`Lab::public_boot`]).
+    pub boot: Host,
+    /// The trusted nodes, `node_a`, `node_b`, ... (see [`node_name`]): the
+    /// i-th has the overlay IPv4 10.0.42.{i + 2}.
+    pub nodes: Vec<Host>,
+    /// Each node's (private key file, public key).
+    pub keys: Vec<(PathBuf, String)>,
+    /// `lab.conf`: network `lab`, subnet 10.0.42.0/24, the bootstrap and a
+    /// `trust` line for each node, in order.
+    pub config: PathBuf,
+}
+
+/// The lab's name for the i-th node of a network: `node_a`, `node_b`, ...
+pub fn node_name(i: usize) -> String {
+    let letter = u8::try_from(i)
+        .ok()
+        .filter(|i| *i < 26)
+        .map_or('?', |i| char::from(b'a' + i));
+    format!("node_{letter}")
+}
+
 /// The lab. Dropping it removes everything it made.
 pub struct Lab {
     pub tag: String,
@@ -502,6 +527,107 @@ impl Lab {
             self.wait_daemon(r, Duration::from_secs(10))?;
         }
         Ok((boot_pk, hosts))
+    }
+
+    /// A bootstrap node `boot` on a public address (network `public`,
+    /// workbit 8), up and answering. Returns the host and its public key.
+    pub fn public_boot(&mut self) -> Result<(Host, String)> {
+        let boot = self.public_host("boot")?;
+        let (boot_sk, boot_pk) = self.genkey("boot")?;
+        let public = self.write("public", "name public\nworkbit 8\n")?;
+        self.wh_up(&boot, &public, Some(&boot_sk), &[])
+            .context("boot up")?;
+        self.wait_daemon(&boot, Duration::from_secs(10))
+            .context("boot answers")?;
+        Ok((boot, boot_pk))
+    }
+
+    /// [`Lab::public_boot`] and `n` trusted nodes on public addresses (see
+    /// [`TrustedNetwork`]), each started with `wh up lab.conf` plus the
+    /// arguments `extra` gives for its index, all up and answering.
+    pub fn trusted_network(
+        &mut self,
+        n: usize,
+        extra: &[(usize, &[&str])],
+    ) -> Result<TrustedNetwork> {
+        self.trusted_network_prepared(n, extra, |_| {})
+    }
+
+    /// Like [`Lab::trusted_network`]; `prepare` runs for each node just
+    /// before its daemon starts.
+    pub fn trusted_network_prepared(
+        &mut self,
+        n: usize,
+        extra: &[(usize, &[&str])],
+        mut prepare: impl FnMut(&Host),
+    ) -> Result<TrustedNetwork> {
+        let (boot, boot_pk) = self.public_boot()?;
+        let mut nodes = Vec::new();
+        let mut keys = Vec::new();
+        let mut text = format!(
+            "name lab\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\n",
+            boot.ip
+        );
+        for i in 0..n {
+            let name = node_name(i);
+            nodes.push(self.public_host(&name)?);
+            let key = self.genkey(&name)?;
+            text += &format!("trust {name} {}\n", key.1);
+            keys.push(key);
+        }
+        let config = self.write("lab.conf", &text)?;
+        for (i, (host, (sk, _))) in nodes.iter().zip(&keys).enumerate() {
+            let args = extra
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map_or(&[][..], |(_, a)| *a);
+            prepare(host);
+            self.wh_up(host, &config, Some(sk), args)
+                .with_context(|| format!("wh up on {}", host.name))?;
+        }
+        for host in &nodes {
+            self.wait_daemon(host, Duration::from_secs(10))
+                .with_context(|| format!("{} answers", host.name))?;
+        }
+        Ok(TrustedNetwork {
+            boot,
+            nodes,
+            keys,
+            config,
+        })
+    }
+
+    /// `node_a` on host `a` and `node_b` on host `b` as the routers of
+    /// 10.244.1.0/24 and 10.244.2.0/24 in network `pods` (subnet
+    /// 10.0.42.0/24, bootstrap `boot_pk` at `boot_ip`), started with
+    /// `wh up`, each writing its CNI configuration in `RUN_DIR/cni`.
+    /// Returns the two CNI directories.
+    pub fn router_pair(
+        &mut self,
+        boot_pk: &str,
+        boot_ip: &str,
+        a: &Host,
+        b: &Host,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let (ska, pka) = self.genkey("node_a")?;
+        let (skb, pkb) = self.genkey("node_b")?;
+        let config = self.write(
+            "pods.conf",
+            &format!(
+                "name pods\nsubnet 10.0.42.0/24\nboot {boot_pk} {boot_ip}\nrouter node_a {pka} 10.244.1.0/24\nrouter node_b {pkb} 10.244.2.0/24\n"
+            ),
+        )?;
+        let (cni_a, cni_b) = (a.run_dir.join("cni"), b.run_dir.join("cni"));
+        for (host, sk, cni) in [(a, &ska, &cni_a), (b, &skb, &cni_b)] {
+            self.wh_up(
+                host,
+                &config,
+                Some(sk),
+                &["cni-dir", &cni.to_string_lossy()],
+            )
+            .with_context(|| format!("wh up on {}", host.name))?;
+        }
+        Ok((cni_a, cni_b))
     }
 
     /// Runs `wh ARGS` on a host (with its run directory) and returns its output.

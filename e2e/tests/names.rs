@@ -39,7 +39,7 @@ struct Net {
     _etc: Vec<NetnsEtc>,
 }
 
-/// A bootstrap node and the two trusted nodes, all up (as in overlay.rs),
+/// A bootstrap node and the two trusted nodes, all up ([`Lab::trusted_network`]),
 /// with extra `wh up` arguments for some nodes (by index).
 fn network_with(extra: &[(usize, &[&str])]) -> Net {
     network_prepared(extra, |_| Vec::new())
@@ -49,48 +49,16 @@ fn network_with(extra: &[(usize, &[&str])]) -> Net {
 /// starts (files under `/etc/netns` must exist before `ip netns exec`).
 fn network_prepared(extra: &[(usize, &[&str])], prepare: impl Fn(&Host) -> Vec<NetnsEtc>) -> Net {
     let mut lab = Lab::new().expect("lab");
-    let boot = lab.public_host("boot").expect("boot host");
-    let (boot_sk, boot_pk) = lab.genkey("boot").expect("boot key");
-    let public = lab
-        .write("public", "name public\nworkbit 8\n")
-        .expect("public config");
-    lab.wh_up(&boot, &public, Some(&boot_sk), &[])
-        .expect("boot up");
-    lab.wait_daemon(&boot, Duration::from_secs(10))
-        .expect("boot answers");
-    let mut nodes = Vec::new();
-    let mut keys = Vec::new();
-    for name in NAMES {
-        nodes.push(lab.public_host(name).expect("host"));
-        keys.push(lab.genkey(name).expect("key"));
-    }
-    let mut text = format!(
-        "name lab\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\n",
-        boot.ip
-    );
-    for (i, (_, pk)) in keys.iter().enumerate() {
-        text += &format!("trust {} {pk}\n", NAMES[i]);
-    }
-    let config = lab.write("lab.conf", &text).expect("config");
     let mut etc = Vec::new();
-    for (i, (host, (sk, _))) in nodes.iter().zip(&keys).enumerate() {
-        let args = extra
-            .iter()
-            .find(|(j, _)| *j == i)
-            .map_or(&[][..], |(_, a)| *a);
-        etc.extend(prepare(host));
-        lab.wh_up(host, &config, Some(sk), args).expect("wh up");
-    }
-    for host in &nodes {
-        lab.wait_daemon(host, Duration::from_secs(10))
-            .expect("daemon answers");
-    }
-    let keys = keys.into_iter().map(|(_, pk)| pk).collect();
+    let net = lab
+        .trusted_network_prepared(NAMES.len(), extra, |host| etc.extend(prepare(host)))
+        .expect("trusted network");
+    let keys = net.keys.into_iter().map(|(_, pk)| pk).collect();
     Net {
         lab,
-        nodes,
+        nodes: net.nodes,
         keys,
-        config,
+        config: net.config,
         _etc: etc,
     }
 }

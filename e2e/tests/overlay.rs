@@ -2,7 +2,7 @@
 //! public addresses, in real network namespaces, with real `wh` daemons.
 
 use std::time::{Duration, Instant};
-use wirehub_e2e::{Host, Lab, require_lab};
+use wirehub_e2e::{Host, Lab, TrustedNetwork, require_lab};
 
 struct Net {
     lab: Lab,
@@ -14,14 +14,6 @@ struct Net {
 
 const NAMES: [&str; 4] = ["node_a", "node_b", "node_c", "node_d"];
 
-fn config_text(boot_key: &str, boot_ip: &str, keys: &[(std::path::PathBuf, String)]) -> String {
-    let mut text = format!("name lab\nsubnet 10.0.42.0/24\nboot {boot_key} {boot_ip}\n");
-    for (i, (_, pk)) in keys.iter().enumerate() {
-        text += &format!("trust {} {pk}\n", NAMES[i]);
-    }
-    text
-}
-
 /// A bootstrap node and `n` trusted nodes, all up.
 fn network(n: usize) -> Net {
     network_with(n, &[])
@@ -30,35 +22,12 @@ fn network(n: usize) -> Net {
 /// Like [`network`], with extra `wh up` arguments for some nodes (by index).
 fn network_with(n: usize, extra: &[(usize, &[&str])]) -> Net {
     let mut lab = Lab::new().expect("lab");
-    let boot = lab.public_host("boot").expect("boot host");
-    let (boot_sk, boot_pk) = lab.genkey("boot").expect("boot key");
-    let public = lab
-        .write("public", "name public\nworkbit 8\n")
-        .expect("public config");
-    lab.wh_up(&boot, &public, Some(&boot_sk), &[])
-        .expect("boot up");
-    lab.wait_daemon(&boot, Duration::from_secs(10))
-        .expect("boot answers");
-    let mut nodes = Vec::new();
-    let mut keys = Vec::new();
-    for name in NAMES.iter().take(n) {
-        nodes.push(lab.public_host(name).expect("host"));
-        keys.push(lab.genkey(name).expect("key"));
-    }
-    let config = lab
-        .write("lab.conf", &config_text(&boot_pk, &boot.ip, &keys))
-        .expect("config");
-    for (i, (host, (sk, _))) in nodes.iter().zip(&keys).enumerate() {
-        let args = extra
-            .iter()
-            .find(|(j, _)| *j == i)
-            .map_or(&[][..], |(_, a)| *a);
-        lab.wh_up(host, &config, Some(sk), args).expect("wh up");
-    }
-    for host in &nodes {
-        lab.wait_daemon(host, Duration::from_secs(10))
-            .expect("daemon answers");
-    }
+    let TrustedNetwork {
+        boot,
+        nodes,
+        keys,
+        config,
+    } = lab.trusted_network(n, extra).expect("trusted network");
     Net {
         lab,
         boot,
@@ -519,41 +488,12 @@ fn a_wireguard_go_node_talks_to_embedded_nodes() {
 fn routers_route_their_subnets_and_write_the_cni_configuration() {
     require_lab!();
     let mut lab = Lab::new().expect("lab");
-    let boot = lab.public_host("boot").expect("boot");
-    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
-    let public = lab
-        .write("public", "name public\nworkbit 8\n")
-        .expect("config");
-    lab.wh_up(&boot, &public, Some(&boot_sk), &[])
-        .expect("boot up");
+    let (boot, boot_pk) = lab.public_boot().expect("boot");
     let a = lab.public_host("node_a").expect("a");
     let b = lab.public_host("node_b").expect("b");
-    let (ska, pka) = lab.genkey("node_a").expect("key");
-    let (skb, pkb) = lab.genkey("node_b").expect("key");
-    let config = lab
-        .write(
-            "routers.conf",
-            &format!(
-                "name pods\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\nrouter node_a {pka} 10.244.1.0/24\nrouter node_b {pkb} 10.244.2.0/24\n",
-                boot.ip
-            ),
-        )
-        .expect("config");
-    let cni_a = a.run_dir.join("cni");
-    lab.wh_up(
-        &a,
-        &config,
-        Some(&ska),
-        &["cni-dir", &cni_a.to_string_lossy()],
-    )
-    .expect("a up");
-    lab.wh_up(
-        &b,
-        &config,
-        Some(&skb),
-        &["cni-dir", &b.run_dir.join("cni").to_string_lossy()],
-    )
-    .expect("b up");
+    let (cni_a, _) = lab
+        .router_pair(&boot_pk, &boot.ip, &a, &b)
+        .expect("routers up");
     lab.wait_daemon(&a, Duration::from_secs(10))
         .expect("a answers");
     // A "pod" address on node_a, reached from node_b through the overlay.

@@ -142,32 +142,9 @@ fn pods_on_two_nated_hosts_reach_each_other_and_the_internet() {
     let web = lab.public_host("web").expect("web");
     let (a, _) = lab.home_host("node_a", Nat::Easy).expect("a");
     let (b, _) = lab.home_host("node_b", Nat::Hard).expect("b");
-    let (ska, pka) = lab.genkey("node_a").expect("key");
-    let (skb, pkb) = lab.genkey("node_b").expect("key");
-    let config = lab
-        .write(
-            "pods.conf",
-            &format!(
-                "name pods\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\nrouter node_a {pka} 10.244.1.0/24\nrouter node_b {pkb} 10.244.2.0/24\n",
-                boot.ip
-            ),
-        )
-        .expect("config");
-    let (cni_a, cni_b) = (a.run_dir.join("cni"), b.run_dir.join("cni"));
-    lab.wh_up(
-        &a,
-        &config,
-        Some(&ska),
-        &["cni-dir", &cni_a.to_string_lossy()],
-    )
-    .expect("a up");
-    lab.wh_up(
-        &b,
-        &config,
-        Some(&skb),
-        &["cni-dir", &cni_b.to_string_lossy()],
-    )
-    .expect("b up");
+    let (cni_a, cni_b) = lab
+        .router_pair(&boot_pk, &boot.ip, &a, &b)
+        .expect("routers up");
     lab.ping_until(&a, "10.0.42.3", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(&a)));
     for dir in [&cni_a, &cni_b] {
