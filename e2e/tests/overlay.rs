@@ -37,6 +37,16 @@ fn network_with(n: usize, extra: &[(usize, &[&str])]) -> Net {
     }
 }
 
+/// [`network`] once node_a pings node_b; returns node_a and node_b too.
+fn network_pinging(n: usize) -> (Net, Host, Host) {
+    let net = network(n);
+    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .expect("a pings b");
+    (net, a, b)
+}
+
 fn overlay_ips(lab: &Lab, host: &Host, name: &str) -> Vec<String> {
     let out = lab.wh_ok(host, &["resolve", name]).expect("resolve");
     out.lines().map(str::to_string).collect()
@@ -83,11 +93,7 @@ fn three_nodes_ping_each_other_on_ipv4_and_ipv6_within_5s() {
 #[test]
 fn reload_adds_a_node_without_losing_a_packet() {
     require_lab!();
-    let mut net = network(3);
-    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
-    net.lab
-        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
-        .expect("a pings b");
+    let (mut net, a, b) = network_pinging(3);
     // A ping running between two old nodes during the whole reload.
     let pinger = std::process::Command::new("ip")
         .args([
@@ -279,11 +285,7 @@ fn an_untrusted_node_cannot_reach_the_overlay() {
 #[test]
 fn down_leaves_nothing_and_a_killed_daemon_comes_back() {
     require_lab!();
-    let mut net = network(2);
-    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
-    net.lab
-        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
-        .expect("a pings b");
+    let (mut net, a, b) = network_pinging(2);
     // SIGKILL b, start it again: tunnels are back within 5 s.
     net.lab.kill_daemon(&b, "-KILL").expect("kill");
     let (sk, config) = (net.keys[1].0.clone(), net.config.clone());
@@ -366,11 +368,7 @@ fn background_up_returns_and_down_stops_it() {
 #[test]
 fn a_flood_of_random_datagrams_is_dropped_and_counted() {
     require_lab!();
-    let mut net = network(2);
-    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
-    net.lab
-        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
-        .expect("a pings b");
+    let (mut net, a, b) = network_pinging(2);
     let attacker = net.lab.public_host("flood").expect("host");
     let script = format!(
         "import os, socket, time\n\
