@@ -434,6 +434,11 @@ pub const COMMANDS: &[Command] = &[
                 value: Value::Choice(&["unknown", "direct", "nat"]),
                 help: "skip NAT detection (default: $WH_MODE, else detect)",
             },
+            Keyword {
+                name: "relay-limit",
+                value: Value::Number,
+                help: "Mbit/s the node relays for each source (default: $WH_RELAY_LIMIT, else 2000)",
+            },
         ],
         flags: &[],
         details: "Needs in-cluster credentials (or $KUBECONFIG). The Lease used to elect the agent that allocates lives in $POD_NAMESPACE (default kube-system). See docs/kubernetes.md.",

@@ -95,6 +95,8 @@ pub struct AgentOptions {
     pub mtu: u32,
     pub backend: BackendKind,
     pub mode: Mode,
+    /// Per-source rate the node relays for others, Mbit/s.
+    pub relay_mbit: u32,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -130,6 +132,16 @@ impl AgentOptions {
             Some("nat") => Mode::Nat,
             _ => Mode::Unknown,
         };
+        let relay_mbit = match get("relay-limit", "WH_RELAY_LIMIT") {
+            Some(m) => m
+                .parse::<u32>()
+                .ok()
+                .filter(|m| (1..=1_000_000).contains(m))
+                .with_context(|| {
+                    format!("relay-limit '{m}' is not a number of Mbit/s from 1 to 1000000")
+                })?,
+            None => crate::relay::DEFAULT_RELAY_MBIT,
+        };
         let cni_dir = get("cni-dir", "WH_CNI_DIR").unwrap_or_else(|| "/etc/cni/net.d".into());
         Ok(AgentOptions {
             node_name,
@@ -143,6 +155,7 @@ impl AgentOptions {
             mtu,
             backend,
             mode,
+            relay_mbit,
         })
     }
 }
@@ -879,7 +892,7 @@ impl Agent {
             dns: false,
             dns_port: 53,
             hosts_file: None,
-            relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
+            relay_mbit: self.opts.relay_mbit,
         };
         let (updates, rx) = mpsc::channel(4);
         let (done_tx, done) = oneshot::channel();
@@ -1461,6 +1474,7 @@ mod tests {
                 mtu: DEFAULT_MTU,
                 backend: BackendKind::Auto,
                 mode: Mode::Unknown,
+                relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
             },
             client,
             nodes,
