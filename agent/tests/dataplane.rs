@@ -156,16 +156,7 @@ fn two_nodes_with(
     udp_gro: bool,
 ) -> (Node, Node) {
     let tag = unique_tag("whdp");
-    let ns_a = lab.netns(&format!("{tag}a"));
-    let ns_b = lab.netns(&format!("{tag}b"));
-    lab.veth(
-        &ns_a,
-        &format!("{tag}va"),
-        "203.0.113.1/24",
-        &ns_b,
-        &format!("{tag}vb"),
-        "203.0.113.2/24",
-    );
+    let (ns_a, ns_b) = lab.netns_pair(&tag);
     let if_a = format!("{tag}w");
     let if_b = format!("{tag}x");
     if kind_a == BackendKind::Userspace {

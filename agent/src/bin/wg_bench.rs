@@ -259,16 +259,7 @@ fn main() -> Result<()> {
     }
     let mut lab = Lab::new();
     let tag = unique_tag("whb");
-    let ns_a = lab.netns(&format!("{tag}a"));
-    let ns_b = lab.netns(&format!("{tag}b"));
-    lab.veth(
-        &ns_a,
-        &format!("{tag}va"),
-        "203.0.113.1/24",
-        &ns_b,
-        &format!("{tag}vb"),
-        "203.0.113.2/24",
-    );
+    let (ns_a, ns_b) = lab.netns_pair(&tag);
     let ns = [ns_a.as_str(), ns_b.as_str()];
     println!(
         "iperf3 TCP, {} s, {} stream(s), namespaces {} -> {}",

@@ -93,6 +93,22 @@ impl Lab {
         run(&["ip", "-n", b, "link", "set", b_if, "up"]);
     }
 
+    /// Two namespaces `{tag}a` and `{tag}b` joined by a veth, 203.0.113.1/24
+    /// in the first, .2 in the second; returns their names.
+    pub fn netns_pair(&mut self, tag: &str) -> (String, String) {
+        let a = self.netns(&format!("{tag}a"));
+        let b = self.netns(&format!("{tag}b"));
+        self.veth(
+            &a,
+            &format!("{tag}va"),
+            "203.0.113.1/24",
+            &b,
+            &format!("{tag}vb"),
+            "203.0.113.2/24",
+        );
+        (a, b)
+    }
+
     pub fn track_wireguard_go(&mut self, iface: &str) {
         self.wg_ifaces.push(iface.to_string());
     }
