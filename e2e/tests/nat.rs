@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use wirehub_e2e::nat::{KINDS, Kind, is_direct, path_glyph, scenario, wait_direct};
-use wirehub_e2e::{Lab, Nat, require_lab};
+use wirehub_e2e::{Host, Lab, Nat, require_lab};
 
 fn expected_direct(a: Kind, b: Kind) -> bool {
     // A hard NAT meets a hard or an easy NAT: relayed. Everything else: direct.
@@ -125,7 +125,7 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
         .expect("first ping");
     // Steady state: both nodes publish two relays (right after start a
     // node may have picked only one).
-    let iface = |h| {
+    let iface = |h: &Host| {
         s.lab
             .wh_ok(h, &["show", "interfaces"])
             .unwrap_or_default()
@@ -154,8 +154,8 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
         .unwrap_or_default()
         .to_string();
     assert!(line.starts_with('○'), "{show}");
-    // Which relay is in use? Kill that one.
-    let mut victim = None;
+    // Which relay is in use? The first of "relayed via ...". Kill that one.
+    let mut victim: Option<(usize, Host)> = None;
     for r in &s.relays {
         let out = s.lab.wh_ok(r, &["show"]).expect("relay show");
         let key = out
@@ -163,11 +163,45 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
             .find_map(|l| l.strip_prefix("public key: "))
             .unwrap_or_default()
             .to_string();
-        if line.contains(&key[..10]) {
-            victim = Some(r.clone());
+        if let Some(at) = line.find(&key[..10])
+            && victim.as_ref().is_none_or(|(first, _)| at < *first)
+        {
+            victim = Some((at, r.clone()));
         }
     }
-    let victim = victim.unwrap_or_else(|| panic!("no relay matches {line}"));
+    let victim = victim
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no relay matches {line}"));
+    // The relayed traffic runs on a relay channel (unsealed relay data),
+    // not sealed datagram by datagram: both ends hold the channel, the
+    // relay in use forwards it.
+    s.lab
+        .exec(
+            &s.a.netns,
+            &["ping", "-n", "-q", "-c", "5", "-i", "0.3", "10.0.42.3"],
+        )
+        .expect("pings through the relay");
+    let inspect = |h: &Host| -> serde_json::Value {
+        let i = iface(h);
+        serde_json::from_str(&s.lab.wh_ok(h, &["inspect", &i]).expect("inspect")).expect("JSON")
+    };
+    for h in [&s.a, &s.b] {
+        let v = inspect(h);
+        assert!(
+            v["relay_channels"]["ours"].as_u64().unwrap_or(0) >= 1,
+            "{} sends on no relay channel: {}",
+            h.name,
+            v["relay_channels"]
+        );
+    }
+    let v = inspect(&victim);
+    assert!(
+        v["relay_channels"]["forwarding"].as_u64().unwrap_or(0) >= 1
+            && v["relay"]["forwarded"].as_u64().unwrap_or(0) > 10,
+        "the relay in use forwards no channel: {} {}",
+        v["relay_channels"],
+        v["relay"]
+    );
     let pinger = std::process::Command::new("ip")
         .args([
             "netns",
@@ -279,7 +313,7 @@ fn a_node_behind_nat_restarts_and_is_back_within_5s() {
 }
 
 /// Whether miniupnpd on `router` forwards the WireHub port.
-fn port_mapped(lab: &Lab, router: &wirehub_e2e::Host) -> bool {
+fn port_mapped(lab: &Lab, router: &Host) -> bool {
     lab.exec(
         &router.netns,
         &[
@@ -296,7 +330,7 @@ fn port_mapped(lab: &Lab, router: &wirehub_e2e::Host) -> bool {
 }
 
 /// Waits up to `secs` for the mapping to be there (or gone).
-fn wait_mapped(lab: &Lab, router: &wirehub_e2e::Host, want: bool, secs: u64) -> bool {
+fn wait_mapped(lab: &Lab, router: &Host, want: bool, secs: u64) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
         if port_mapped(lab, router) == want {
@@ -308,7 +342,7 @@ fn wait_mapped(lab: &Lab, router: &wirehub_e2e::Host, want: bool, secs: u64) -> 
 }
 
 /// Stops miniupnpd and removes the rules it made.
-fn stop_miniupnpd(lab: &mut Lab, router: &wirehub_e2e::Host) {
+fn stop_miniupnpd(lab: &mut Lab, router: &Host) {
     lab.kill_daemon(router, "-TERM").expect("stop miniupnpd");
     for chain in ["prerouting_miniupnpd", "miniupnpd"] {
         lab.exec(
@@ -321,7 +355,7 @@ fn stop_miniupnpd(lab: &mut Lab, router: &wirehub_e2e::Host) {
 }
 
 /// `wh down` on a host (its only interface).
-fn wh_down(lab: &Lab, host: &wirehub_e2e::Host) {
+fn wh_down(lab: &Lab, host: &Host) {
     let i = lab
         .wh_ok(host, &["show", "interfaces"])
         .expect("interfaces")
