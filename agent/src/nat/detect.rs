@@ -11,7 +11,10 @@
 //!
 //! Samples expire, so a changed network (a new public address or port) is
 //! seen as soon as fresh pongs arrive; [`NatDetector::changed`] tells the
-//! caller to republish its record.
+//! caller to republish its record. When one reporter sees our endpoint move,
+//! the other reporters' samples of the old endpoint are stale too: they are
+//! dropped at once, so that a router that changed its public port is not
+//! taken for an endpoint-dependent one until they expire.
 
 use crate::proto::NatKind;
 use std::collections::VecDeque;
@@ -78,7 +81,16 @@ impl NatDetector {
 
     /// A peer at `reporter` saw our packets come from `observed`.
     pub fn observe(&mut self, reporter: SocketAddr, observed: SocketAddr, now: Instant) {
+        let moved_from = self
+            .samples
+            .iter()
+            .find(|s| s.reporter == reporter.ip())
+            .map(|s| s.observed)
+            .filter(|old| *old != observed);
         self.samples.retain(|s| s.reporter != reporter.ip());
+        if let Some(old) = moved_from {
+            self.samples.retain(|s| s.observed != old);
+        }
         if self.samples.len() >= MAX_SAMPLES {
             self.samples.pop_front();
         }
@@ -220,6 +232,31 @@ mod tests {
         assert_eq!(v.reflexive, Some(a("203.0.113.20:7000")));
         let later = now + SAMPLE_TTL + Duration::from_secs(1);
         assert_eq!(d.verdict(later).kind, NatKind::Unreachable);
+    }
+
+    #[test]
+    fn a_port_change_seen_first_by_one_reporter_is_not_taken_for_a_hard_nat() {
+        let now = Instant::now();
+        let mut d = NatDetector::new(62096, vec![], now);
+        for r in ["203.0.113.1:1", "203.0.113.2:1", "203.0.113.3:1"] {
+            d.observe(a(r), a("203.0.113.20:62096"), now);
+        }
+        assert_eq!(d.verdict(now).kind, NatKind::EndpointIndependent);
+        // One reporter sees the new port: the others' samples are stale.
+        let t1 = now + Duration::from_secs(1);
+        d.observe(a("203.0.113.1:1"), a("203.0.113.20:40000"), t1);
+        let v = d.verdict(t1);
+        assert_ne!(v.kind, NatKind::EndpointDependent);
+        assert_eq!(v.reflexive, Some(a("203.0.113.20:40000")));
+        d.observe(a("203.0.113.2:1"), a("203.0.113.20:40000"), t1);
+        assert_eq!(d.verdict(t1).kind, NatKind::EndpointIndependent);
+        // A symmetric NAT: each reporter keeps seeing its own mapping.
+        let mut h = NatDetector::new(62096, vec![], now);
+        for _ in 0..2 {
+            h.observe(a("203.0.113.1:1"), a("203.0.113.20:40001"), now);
+            h.observe(a("203.0.113.2:1"), a("203.0.113.20:40002"), now);
+        }
+        assert_eq!(h.verdict(now).kind, NatKind::EndpointDependent);
     }
 
     #[test]
