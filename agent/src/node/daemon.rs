@@ -833,10 +833,14 @@ impl Daemon {
                 self.on_alias_ack();
             }
             Message::RelayChannel { peer, channel } => {
-                if self.overlay.is_trusted(peer) {
-                    self.book.learn(key, *peer, *channel, now);
-                } else {
+                // Only from a relay we keep or one on our path to the peer
+                // (no other node fills our channel book).
+                if !self.overlay.is_trusted(peer) {
                     self.count_drop("relay-channel-for-untrusted");
+                } else if self.relay_at(peer, from) != Some(key) {
+                    self.count_drop("relay-channel-from-unknown-relay");
+                } else {
+                    self.book.learn(key, *peer, *channel, now);
                 }
                 return;
             }
