@@ -269,6 +269,19 @@ mod tests {
         assert!(e.to_string().contains("refused"), "{e}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_answers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = parse_external_address(&bytes);
+            let _ = parse_map_udp(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_route_tables_never_panic(text in "\\PC{0,300}") {
+            let _ = gateway_in_route_table(&text);
+        }
+    }
+
     #[test]
     fn the_default_gateway_comes_from_the_route_table() {
         let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\

@@ -448,6 +448,21 @@ mod tests {
         assert_eq!(parse(&[]), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_datagrams_parse_without_panic_and_keep_their_payload(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            if let Some((_, wg)) = parse(&bytes) {
+                proptest::prop_assert_eq!(wg, &bytes[HEADER_LEN..]);
+                proptest::prop_assert!(matches!(bytes[0], RELAY_DATA | RELAYED_DATA));
+            }
+            let mut copy = bytes.clone();
+            rewrite_as_relayed(&mut copy, 7, &key(3));
+            proptest::prop_assert_eq!(copy.len(), bytes.len());
+        }
+    }
+
     #[test]
     fn first_forward_opens_a_channel_announced_to_both_ends_receiver_first() {
         let mut r = RelayChannels::new();
