@@ -248,6 +248,20 @@ pub fn orchid(public: &[u8; KEY_LEN], namespace: &str) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
+/// A random number that need not be secret (receiver indices, relay
+/// channel ids): from the operating system's random source, else from the
+/// clock and the process id, which still spreads values.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

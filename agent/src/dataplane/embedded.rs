@@ -286,19 +286,6 @@ thread_local! {
     static RX_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; BUF_LEN]);
 }
 
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    if getrandom::getrandom(&mut b).is_err() {
-        // Not secret: only spreads indices. Fall back to the clock.
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        return t ^ std::process::id();
-    }
-    u32::from_le_bytes(b)
-}
-
 impl Embedded {
     pub(crate) async fn create(
         cfg: InterfaceConfig,
@@ -338,7 +325,7 @@ impl Embedded {
             queues,
             table: RwLock::new(Arc::new(Table::default())),
             generation: AtomicU64::new(0),
-            next_index: AtomicU32::new(random_u32()),
+            next_index: AtomicU32::new(crate::keys::random_u64() as u32),
             ticks: AtomicU64::new(0),
             gro: Mutex::new(TcpCoalescer::new()),
             gro_notify: tokio::sync::Notify::new(),

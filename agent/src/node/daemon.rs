@@ -680,17 +680,10 @@ impl Daemon {
         let now = Instant::now();
         let mut last: Option<(u64, PublicKey)> = None;
         for d in bytes.chunks_mut(segment) {
-            match d.first() {
-                Some(&channel::RELAYED_DATA) => {}
-                Some(&channel::RELAY_DATA) => {
-                    let n = d.len();
-                    self.on_relay_data(from, d, n);
-                    continue;
-                }
-                _ => {
-                    self.on_datagram(from, d);
-                    continue;
-                }
+            if d.first() != Some(&channel::RELAYED_DATA) {
+                let n = d.len();
+                self.each_datagram(from, d, n);
+                continue;
             }
             let Some((prefix, wireguard)) = channel::parse(d) else {
                 self.count_drop("relayed-data-malformed");
@@ -938,9 +931,9 @@ impl Daemon {
         let Some(&(to_addr, _)) = self.recent.get(&to) else {
             return;
         };
-        let announcements = self
-            .channels
-            .on_sealed_forward(source, (to, to_addr), now, random_u64);
+        let announcements =
+            self.channels
+                .on_sealed_forward(source, (to, to_addr), now, crate::keys::random_u64);
         for (key, addr, msg) in announcements {
             self.send(key, addr, &msg);
         }
@@ -1648,13 +1641,4 @@ fn record_json(r: &NodeRecord) -> serde_json::Value {
         "nat": r.nat,
         "relays": r.relays.iter().map(|(k, a)| json!({"key": k.to_string(), "endpoint": a.to_string()})).collect::<Vec<_>>(),
     })
-}
-
-/// A random 64-bit number (channel ids); falls back to the clock.
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::getrandom(&mut b).is_err() {
-        return now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    u64::from_be_bytes(b)
 }
