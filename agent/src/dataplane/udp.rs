@@ -160,12 +160,7 @@ impl GsoSender {
                     send_gso(socket, chunk, size as u16, &raw).await
                 };
                 if let Err(e) = result {
-                    if j - i > 1
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
-                        )
-                    {
+                    if j - i > 1 && no_offload(&e) {
                         // Send them one by one; if that works, the kernel
                         // (or the route) cannot segment: stop trying.
                         let mut o = off;
@@ -200,43 +195,54 @@ impl GsoSender {
             off += len;
         }
     }
+
+    /// Sends `buf` to `addr` as datagrams of `segment` bytes (the last may
+    /// be shorter), like [`GsoSender::send`] but never waiting (a full
+    /// socket buffer drops, as UDP may): for the daemon's loop.
+    pub fn try_send_segments(
+        &self,
+        socket: &UdpSocket,
+        buf: &[u8],
+        segment: usize,
+        addr: SocketAddr,
+    ) -> io::Result<()> {
+        if segment == 0 || buf.len() <= segment {
+            return socket.try_send_to(buf, addr).map(drop);
+        }
+        let per_call = (MAX_GSO_BYTES / segment).min(MAX_SEGMENTS);
+        let seg = match u16::try_from(segment) {
+            Ok(seg) if per_call >= 2 && self.enabled.load(Ordering::Relaxed) => seg,
+            _ => return send_each(socket, buf, segment, addr),
+        };
+        let raw = RawAddr::new(addr, self.socket_v6);
+        let fd = socket.as_raw_fd();
+        for group in buf.chunks(per_call * segment) {
+            if group.len() <= segment {
+                socket.try_send_to(group, addr)?;
+                continue;
+            }
+            match socket.try_io(Interest::WRITABLE, || sendmsg_gso(fd, group, seg, &raw)) {
+                Ok(_) => {}
+                Err(e) if no_offload(&e) => {
+                    send_each(socket, group, segment, addr)?;
+                    tracing::info!(
+                        "UDP segmentation offload unavailable ({e}), sending one by one"
+                    );
+                    self.enabled.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Sends `buf` to `addr` as datagrams of `segment` bytes (the last may be
-/// shorter) in as few system calls as the kernel allows (`UDP_SEGMENT`, up
-/// to 64 datagrams and 64 KB per call), else one by one; never waits (a
-/// full socket buffer drops, as UDP may).
-pub fn try_send_segments(
-    socket: &UdpSocket,
-    buf: &[u8],
-    segment: usize,
-    addr: SocketAddr,
-) -> io::Result<()> {
-    if segment == 0 || buf.len() <= segment {
-        return socket.try_send_to(buf, addr).map(drop);
-    }
-    let per_call = (MAX_GSO_BYTES / segment).min(MAX_SEGMENTS);
-    let Ok(seg) = u16::try_from(segment) else {
-        return send_each(socket, buf, segment, addr);
-    };
-    if per_call < 2 {
-        return send_each(socket, buf, segment, addr);
-    }
-    let raw = RawAddr::new(addr, socket.local_addr().is_ok_and(|a| a.is_ipv6()));
-    let fd = socket.as_raw_fd();
-    for group in buf.chunks(per_call * segment) {
-        if group.len() <= segment {
-            socket.try_send_to(group, addr)?;
-            continue;
-        }
-        match socket.try_io(Interest::WRITABLE, || sendmsg_gso(fd, group, seg, &raw)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-            // EIO / EINVAL: no segmentation offload here; one by one.
-            Err(_) => send_each(socket, group, segment, addr)?,
-        }
-    }
-    Ok(())
+/// The kernel (or the route) cannot segment: send one by one.
+fn no_offload(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
 }
 
 fn send_each(socket: &UdpSocket, buf: &[u8], segment: usize, addr: SocketAddr) -> io::Result<()> {

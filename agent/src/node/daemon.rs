@@ -133,6 +133,8 @@ struct Daemon {
     book: ChannelBook,
     /// Reused to frame relay-data datagrams.
     frame_buf: Vec<u8>,
+    /// Sends runs of datagrams in one system call (UDP GSO) where it can.
+    gso: udp::GsoSender,
     /// Where each key last sent us an authenticated message from (bounded):
     /// where a relay forwards to.
     recent: HashMap<PublicKey, (SocketAddr, Instant)>,
@@ -371,6 +373,7 @@ pub async fn run_with(
         channels: RelayChannels::new(),
         book: ChannelBook::new(),
         frame_buf: Vec::with_capacity(2048),
+        gso: udp::GsoSender::new(&socket),
         recent: HashMap::new(),
         upnp_mapped: None,
         endpoints_to_ping: Vec::new(),
@@ -655,7 +658,7 @@ impl Daemon {
         let payload = bytes.len().saturating_sub(packets * channel::HEADER_LEN);
         if self.limiter.allow_many(source, payload, packets, now) {
             channel::rewrite_as_relayed(bytes, segment, &source);
-            if let Err(e) = udp::try_send_segments(&self.socket, bytes, segment, to) {
+            if let Err(e) = self.gso.try_send_segments(&self.socket, bytes, segment, to) {
                 tracing::debug!(error = %e, %to, "relay-data send failed");
             }
             return;
@@ -1158,7 +1161,9 @@ impl Daemon {
     fn on_outgoing(&mut self, out: Outgoing) {
         match self.overlay.path(&out.to) {
             Some(PeerPath::Direct(addr)) => {
-                let _ = udp::try_send_segments(&self.socket, &out.datagrams, out.segment, addr);
+                let _ = self
+                    .gso
+                    .try_send_segments(&self.socket, &out.datagrams, out.segment, addr);
             }
             Some(PeerPath::Relayed(relays)) => {
                 let now = Instant::now();
@@ -1209,7 +1214,7 @@ impl Daemon {
                     && !rest.is_empty()
                 {
                     channel::frame(&mut self.frame_buf, id, rest, out.segment);
-                    if let Err(e) = udp::try_send_segments(
+                    if let Err(e) = self.gso.try_send_segments(
                         &self.socket,
                         &self.frame_buf,
                         out.segment + channel::HEADER_LEN,
