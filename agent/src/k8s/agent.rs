@@ -341,27 +341,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         },
     ));
 
-    let mut agent = Agent {
-        opts,
-        client,
-        nodes,
-        networks,
-        shared,
-        key: None,
-        daemon: None,
-        leader: false,
-        lease_renewed: None,
-        node_problems: Vec::new(),
-        network_problems: Vec::new(),
-        events_sent: HashMap::new(),
-        last_status: None,
-        last_conditions: Vec::new(),
-        stopping: false,
-        restarting: false,
-        isolated_restarts: 0,
-        cni_config: None,
-        could_start: None,
-    };
+    let mut agent = Agent::new(opts, client, nodes, networks, shared);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     let mut resync = tokio::time::interval(RESYNC);
@@ -466,6 +446,37 @@ fn age_of(rfc3339: Option<&str>) -> Option<Duration> {
 }
 
 impl Agent {
+    /// An agent that has done nothing yet: no key, no node, not leader.
+    fn new(
+        opts: AgentOptions,
+        client: Client,
+        nodes: Store<Node>,
+        networks: Store<WireHubNetwork>,
+        shared: Arc<Shared>,
+    ) -> Agent {
+        Agent {
+            opts,
+            client,
+            nodes,
+            networks,
+            shared,
+            key: None,
+            daemon: None,
+            leader: false,
+            lease_renewed: None,
+            node_problems: Vec::new(),
+            network_problems: Vec::new(),
+            events_sent: HashMap::new(),
+            last_status: None,
+            last_conditions: Vec::new(),
+            stopping: false,
+            restarting: false,
+            isolated_restarts: 0,
+            cni_config: None,
+            could_start: None,
+        }
+    }
+
     fn network(&self) -> Option<Arc<WireHubNetwork>> {
         let all = self.networks.state();
         match &self.opts.network {
@@ -1463,8 +1474,8 @@ mod tests {
     fn agent(client: Client) -> Agent {
         let (nodes, _) = reflector::store::<Node>();
         let (networks, _) = reflector::store::<WireHubNetwork>();
-        Agent {
-            opts: AgentOptions {
+        Agent::new(
+            AgentOptions {
                 node_name: "n1".into(),
                 network: Some("lab".into()),
                 key_file: PathBuf::from("/nonexistent/key"),
@@ -1479,22 +1490,8 @@ mod tests {
             client,
             nodes,
             networks,
-            shared: Arc::new(Shared::default()),
-            key: None,
-            daemon: None,
-            leader: false,
-            lease_renewed: None,
-            node_problems: Vec::new(),
-            network_problems: Vec::new(),
-            events_sent: HashMap::new(),
-            last_status: None,
-            last_conditions: Vec::new(),
-            stopping: false,
-            restarting: false,
-            isolated_restarts: 0,
-            cni_config: None,
-            could_start: None,
-        }
+            Arc::new(Shared::default()),
+        )
     }
 
     fn mock_agent() -> (Agent, Handle) {
