@@ -439,6 +439,32 @@ impl Cluster {
         Ok(serde_json::from_str(&self.k(&a)?)?)
     }
 
+    /// `kubectl get pods` of the WireHub agents (on `node` only, if given),
+    /// with more arguments (the output format).
+    fn agent_pods(&self, node: Option<&str>, more: &[&str]) -> Result<String> {
+        let on_node = node.map(|n| format!("spec.nodeName={n}"));
+        let mut args = vec![
+            "-n",
+            AGENT_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=wirehub-agent",
+        ];
+        if let Some(f) = &on_node {
+            args.extend(["--field-selector", f.as_str()]);
+        }
+        args.extend_from_slice(more);
+        self.k(&args)
+    }
+
+    /// [`Cluster::agent_pods`] as JSON.
+    fn agent_pods_json(&self, node: Option<&str>) -> Result<Value> {
+        Ok(serde_json::from_str(
+            &self.agent_pods(node, &["-o", "json"])?,
+        )?)
+    }
+
     fn node_dir(&self, node: &str) -> PathBuf {
         self.dir.join(node)
     }
@@ -532,18 +558,7 @@ impl Cluster {
         let mut s = String::new();
         for n in &self.nodes {
             let pods = self
-                .k(&[
-                    "-n",
-                    AGENT_NS,
-                    "get",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=wirehub-agent",
-                    "--field-selector",
-                    &format!("spec.nodeName={}", n.name),
-                    "-o",
-                    "name",
-                ])
+                .agent_pods(Some(&n.name), &["-o", "name"])
                 .unwrap_or_default();
             for p in pods.lines() {
                 s += &format!("==== {} {p}\n", n.name);
@@ -1110,14 +1125,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
 
     // An edge host outside the cluster joins with plain `wh up`, without
     // restarting any agent.
-    let agents_before = c.json(&[
-        "-n",
-        AGENT_NS,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=wirehub-agent",
-    ])?;
+    let agents_before = c.agent_pods_json(None)?;
     let uid_restarts = |v: &Value| -> Vec<(String, i64)> {
         let mut out: Vec<(String, i64)> = v["items"]
             .as_array()
@@ -1205,14 +1213,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             ),
         );
     }
-    let agents_after = c.json(&[
-        "-n",
-        AGENT_NS,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=wirehub-agent",
-    ])?;
+    let agents_after = c.agent_pods_json(None)?;
     if uid_restarts(&agents_before) != uid_restarts(&agents_after) {
         bail!("an agent restarted when the edge host was added");
     }
@@ -1302,18 +1303,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             .unwrap_or_default()
             .to_string()
     };
-    let old_pod = c.k(&[
-        "-n",
-        AGENT_NS,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=wirehub-agent",
-        "--field-selector",
-        &format!("spec.nodeName={victim}"),
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ])?;
+    let old_pod = c.agent_pods(Some(victim), &["-o", "jsonpath={.items[0].metadata.name}"])?;
     let from_pid = pids["n1"];
     let target = pods[victim].clone();
     // A pinger from the pod on n1 to the pod on the victim node, every
@@ -1356,16 +1346,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     let deleted = Instant::now();
     c.k(&["-n", AGENT_NS, "delete", "pod", &old_pod, "--wait=false"])?;
     let pods_on_victim = || -> Result<Vec<(String, String)>> {
-        let v = c.json(&[
-            "-n",
-            AGENT_NS,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=wirehub-agent",
-            "--field-selector",
-            &format!("spec.nodeName={victim}"),
-        ])?;
+        let v = c.agent_pods_json(Some(victim))?;
         Ok(v["items"]
             .as_array()
             .cloned()
