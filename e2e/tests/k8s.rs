@@ -380,6 +380,28 @@ struct NodeInfo {
 
 /// The cluster; dropping it stops and removes everything it started
 /// (before the [`Lab`] removes the namespaces).
+/// One ping from a pod's network namespace (the pod's process `pid`).
+fn ping_from(pid: u32, target: &str, wait_s: u32) -> bool {
+    Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "1",
+            "-W",
+        ])
+        .arg(wait_s.to_string())
+        .arg(target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
@@ -530,28 +552,6 @@ impl Cluster {
             }
         }
         bail!("no container on {node} has address {ip}")
-    }
-
-    /// One ping from a pod's namespace.
-    fn ping_from(&self, pid: u32, target: &str, wait_s: u32) -> bool {
-        Command::new("nsenter")
-            .args([
-                "-t",
-                &pid.to_string(),
-                "-n",
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                "1",
-                "-W",
-            ])
-            .arg(wait_s.to_string())
-            .arg(target)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
     }
 
     fn agent_logs(&self) -> String {
@@ -1077,7 +1077,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             wait_for(
                 Duration::from_secs(30),
                 &format!("pod on {from} to ping pod on {to} ({ip})"),
-                || Ok(c.ping_from(*pid, ip, 1).then_some(())),
+                || Ok(ping_from(*pid, ip, 1).then_some(())),
             )?;
             log(
                 t0,
@@ -1265,7 +1265,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     }
     for (from, pid) in &pids {
         for (to, ip) in &pods {
-            if from != to && !c.ping_from(*pid, ip, 2) {
+            if from != to && !ping_from(*pid, ip, 2) {
                 bail!("after the invalid edit, the pod on {from} cannot reach the pod on {to}");
             }
         }
@@ -1318,24 +1318,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             let mut samples = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let sent = start.elapsed();
-                let ok = Command::new("nsenter")
-                    .args([
-                        "-t",
-                        &from_pid.to_string(),
-                        "-n",
-                        "ping",
-                        "-n",
-                        "-q",
-                        "-c",
-                        "1",
-                        "-W",
-                        "1",
-                    ])
-                    .arg(&target)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
+                let ok = ping_from(from_pid, &target, 1);
                 samples.push((sent, ok));
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -1387,7 +1370,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     })?;
     let recreated = deleted.elapsed();
     wait_for(Duration::from_secs(30), "pod traffic to recover", || {
-        Ok(c.ping_from(from_pid, &target, 1).then_some(()))
+        Ok(ping_from(from_pid, &target, 1).then_some(()))
     })?;
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
