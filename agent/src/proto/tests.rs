@@ -13,6 +13,18 @@ fn cfg(workbits: u8) -> CodecConfig {
     }
 }
 
+/// A receiver (key 2) whose replay cache holds 16 entries only.
+fn small_cache_receiver() -> Codec {
+    Codec::with_nonce_seed(
+        key_from(2),
+        CodecConfig {
+            replay_cache: 16,
+            ..cfg(0)
+        },
+        [2; 32],
+    )
+}
+
 fn key_from(seed: u8) -> PrivateKey {
     PrivateKey::from_bytes([seed; 32])
 }
@@ -186,14 +198,7 @@ fn replay_is_refused() {
 fn replay_cache_is_bounded_and_stays_safe() {
     let a_key = key_from(1);
     let mut a = Codec::with_nonce_seed(a_key, cfg(0), [1; 32]);
-    let mut b = Codec::with_nonce_seed(
-        key_from(2),
-        CodecConfig {
-            replay_cache: 16,
-            ..cfg(0)
-        },
-        [2; 32],
-    );
+    let mut b = small_cache_receiver();
     let first = a
         .seal(NOW, &b.public_key(), &Message::Probe { id: 0 })
         .unwrap();
@@ -213,14 +218,7 @@ fn replay_cache_is_bounded_and_stays_safe() {
 fn a_flooding_peer_does_not_cost_others_their_datagrams() {
     let mut flood = Codec::with_nonce_seed(key_from(3), cfg(0), [3; 32]);
     let mut slow = Codec::with_nonce_seed(key_from(1), cfg(0), [1; 32]);
-    let mut b = Codec::with_nonce_seed(
-        key_from(2),
-        CodecConfig {
-            replay_cache: 16,
-            ..cfg(0)
-        },
-        [2; 32],
-    );
+    let mut b = small_cache_receiver();
     let pb = b.public_key();
     for i in 0..200u64 {
         let d = flood.seal(NOW + i, &pb, &Message::Probe { id: i }).unwrap();
