@@ -172,12 +172,11 @@ impl RelayChannels {
         } else {
             [to, from]
         };
-        let fresh = match self
-            .by_pair
-            .get(&pair)
-            .and_then(|id| self.by_id.get_mut(id))
-        {
-            Some(ch) => {
+        let id = match self.by_pair.get(&pair).copied() {
+            Some(id) => {
+                let Some(ch) = self.by_id.get_mut(&id) else {
+                    return Vec::new();
+                };
                 let moved = ch.ends != ends;
                 ch.ends = ends;
                 ch.last_used = now;
@@ -185,36 +184,11 @@ impl RelayChannels {
                     return Vec::new();
                 }
                 ch.announced = now;
-                None
-            }
-            None => Some(()),
-        };
-        let id = match fresh {
-            None => match self.by_pair.get(&pair) {
-                Some(id) => *id,
-                None => return Vec::new(),
-            },
-            Some(()) => {
-                if self.by_id.len() >= MAX_CHANNELS {
-                    self.evict_oldest();
-                }
-                let mut id = random();
-                while id == 0 || self.by_id.contains_key(&id) {
-                    id = id.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                }
-                self.by_id.insert(
-                    id,
-                    Channel {
-                        ends,
-                        last_used: now,
-                        announced: now,
-                    },
-                );
-                self.by_pair.insert(pair, id);
                 id
             }
+            None => self.open(pair, ends, now, random),
         };
-        // The receiver first: it must know the channel before the sender uses it.
+        // Both ends may send on it, each towards the other.
         vec![
             (
                 to.0,
@@ -233,6 +207,33 @@ impl RelayChannels {
                 },
             ),
         ]
+    }
+
+    /// Opens a channel for `pair` under a fresh non-zero id.
+    fn open(
+        &mut self,
+        pair: (PublicKey, PublicKey),
+        ends: [(PublicKey, SocketAddr); 2],
+        now: Instant,
+        random: impl FnOnce() -> u64,
+    ) -> u64 {
+        if self.by_id.len() >= MAX_CHANNELS {
+            self.evict_oldest();
+        }
+        let mut id = random();
+        while id == 0 || self.by_id.contains_key(&id) {
+            id = id.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+        self.by_id.insert(
+            id,
+            Channel {
+                ends,
+                last_used: now,
+                announced: now,
+            },
+        );
+        self.by_pair.insert(pair, id);
+        id
     }
 
     /// Where a relay-data datagram on `channel` from `source` goes: the
