@@ -737,6 +737,22 @@ impl Lab {
         std::fs::read_to_string(host.run_dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Waits until the daemon log of `host` contains `what`.
+    pub fn wait_log(&self, host: &Host, what: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while !self.log(host).contains(what) {
+            if start.elapsed() > timeout {
+                return Err(anyhow!(
+                    "{} did not log {what:?} within {timeout:?}:\n{}",
+                    host.name,
+                    self.log(host)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// Waits until `wh show` on `host` answers.
     pub fn wait_daemon(&self, host: &Host, timeout: Duration) -> Result<()> {
         let start = Instant::now();

@@ -1,6 +1,7 @@
 //! The first end-to-end scenarios: a bootstrap node and trusted nodes on
 //! public addresses, in real network namespaces, with real `wh` daemons.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use wirehub_e2e::{Host, Lab, TrustedNetwork, require_lab};
 
@@ -439,15 +440,85 @@ fn a_flood_of_random_datagrams_is_dropped_and_counted() {
     net.lab.kill_daemon(&attacker, "-TERM").ok();
 }
 
+fn wireguard_go_missing() -> bool {
+    let missing = std::process::Command::new("wireguard-go")
+        .arg("--version")
+        .output()
+        .is_err();
+    if missing {
+        eprintln!("skipped: wireguard-go is not installed");
+    }
+    missing
+}
+
+/// Hides a wireguard-go's configuration socket (it then refuses every
+/// change) and puts it back when dropped.
+struct HiddenUapi {
+    socket: PathBuf,
+    hidden: PathBuf,
+}
+
+impl HiddenUapi {
+    fn hide(iface: &str) -> HiddenUapi {
+        let socket = PathBuf::from(format!("/var/run/wireguard/{iface}.sock"));
+        let hidden = socket.with_extension("hidden");
+        std::fs::rename(&socket, &hidden).expect("hide the UAPI socket");
+        HiddenUapi { socket, hidden }
+    }
+}
+
+impl Drop for HiddenUapi {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::rename(&self.hidden, &self.socket) {
+            eprintln!("cannot put the UAPI socket back: {e}");
+        }
+    }
+}
+
+/// A change the WireGuard refused (its configuration socket failed) is not
+/// lost: the daemon programs the peer again once the WireGuard answers.
+#[test]
+fn a_peer_wireguard_go_refused_is_programmed_once_it_answers() {
+    require_lab!();
+    if wireguard_go_missing() {
+        return;
+    }
+    let mut net = network_with(2, &[(1, &["backend", "userspace"])]);
+    let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
+    net.lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .expect("a pings b");
+    let hidden = HiddenUapi::hide(&iface(&net.lab, &b));
+    // a goes away: b drops it; a comes back: b cannot program it.
+    net.lab.kill_daemon(&a, "-KILL").expect("kill a");
+    net.lab
+        .wait_log(&b, "path: none", Duration::from_secs(15))
+        .expect("b drops a");
+    let (sk, config) = (net.keys[0].0.clone(), net.config.clone());
+    net.lab
+        .wh_up(&a, &config, Some(&sk), &[])
+        .expect("restart a");
+    net.lab
+        .wait_log(&b, "cannot program the peer", Duration::from_secs(15))
+        .expect("b cannot program a");
+    assert!(
+        net.lab
+            .ping_until(&a, "10.0.42.3", Duration::from_secs(2))
+            .is_err(),
+        "a pings b while b's WireGuard refuses it"
+    );
+    drop(hidden);
+    let back = net
+        .lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n--- b log:\n{}", net.lab.log(&b)));
+    eprintln!("a pings b {back:?} after b's WireGuard answers again");
+}
+
 #[test]
 fn a_wireguard_go_node_talks_to_embedded_nodes() {
     require_lab!();
-    if std::process::Command::new("wireguard-go")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: wireguard-go is not installed");
+    if wireguard_go_missing() {
         return;
     }
     let net = network_with(3, &[(2, &["backend", "userspace"])]);
@@ -460,11 +531,20 @@ fn a_wireguard_go_node_talks_to_embedded_nodes() {
     for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
         let ip = format!("10.0.42.{}", to + 2);
         if let Err(e) = lab.ping_until(&net.nodes[from], &ip, Duration::from_secs(10)) {
-            panic!(
-                "{e}\n--- {} log:\n{}",
-                net.nodes[from].name,
-                lab.log(&net.nodes[from])
-            );
+            let mut report = e.to_string();
+            for host in [&net.nodes[from], &net.nodes[to]] {
+                let show = lab
+                    .wh(host, &["show"])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                report += &format!(
+                    "\n--- {} show:\n{}\n--- {} log:\n{}",
+                    host.name,
+                    show.unwrap_or_default(),
+                    host.name,
+                    lab.log(host)
+                );
+            }
+            panic!("{report}");
         }
     }
     // wireguard-go itself reports the handshakes (through `wg`).

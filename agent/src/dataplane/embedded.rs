@@ -19,7 +19,7 @@
 use super::offload::{self, Push, TcpCoalescer, TcpSegmenter, VNET_HDR_LEN, VnetHdr};
 use super::table::AllowedIps;
 use super::tun::{self, TunQueue};
-use super::udp::GsoSender;
+use super::udp::{self, GsoSender};
 use super::{
     DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats, netlink::Netlink,
 };
@@ -156,7 +156,7 @@ impl Shared {
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
         match dest {
             Dest::Direct(addr) => {
-                if let Err(e) = self.socket.try_send_to(datagram, addr) {
+                if let Err(e) = udp::send_now(&self.socket, datagram, addr) {
                     tracing::debug!(peer = ?peer.key, %addr, "send: {e}");
                 }
             }
@@ -174,15 +174,11 @@ impl Shared {
         peer.tx_bytes
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
         match dest {
-            Dest::Direct(addr) => match self.socket.try_send_to(datagram, addr) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.socket.send_to(datagram, addr).await {
-                        tracing::debug!(peer = ?peer.key, %addr, "send: {e}");
-                    }
+            Dest::Direct(addr) => {
+                if let Err(e) = udp::send_one(&self.socket, datagram, addr).await {
+                    tracing::debug!(peer = ?peer.key, %addr, "send: {e}");
                 }
-                Err(e) => tracing::debug!(peer = ?peer.key, %addr, "send: {e}"),
-            },
+            }
             Dest::Relay => {
                 let out = Outgoing::one(peer.key, datagram.to_vec());
                 if self.outgoing.send(out).await.is_err() {
@@ -505,7 +501,7 @@ impl Embedded {
                 // Under load: the sender must prove its address first.
                 match from_key {
                     None => {
-                        if let Err(e) = shared.socket.try_send_to(cookie, from) {
+                        if let Err(e) = udp::send_now(&shared.socket, cookie, from) {
                             tracing::debug!(%from, "cookie reply: {e}");
                         }
                     }

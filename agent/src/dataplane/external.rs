@@ -18,6 +18,7 @@
 //! (direct, relayed, another address) never touches WireGuard's session.
 
 use super::netns::Netns;
+use super::udp;
 use super::{
     BackendKind, DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats,
     netlink::Netlink,
@@ -390,7 +391,7 @@ impl External {
             .rx_bytes
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
         tracing::trace!(peer = ?key, %from, len = datagram.len(), "to WireGuard");
-        if let Err(e) = proxy.sock.try_send_to(datagram, self.wg_addr) {
+        if let Err(e) = udp::send_now(&proxy.sock, datagram, self.wg_addr) {
             tracing::debug!(peer = ?proxy.key, "to WireGuard: {e}");
         }
     }
@@ -494,15 +495,11 @@ async fn proxy_loop(
         tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         let dest = *endpoint.lock().unwrap_or_else(|e| e.into_inner());
         match dest {
-            Some(addr) => match socket.try_send_to(datagram, addr) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = socket.send_to(datagram, addr).await {
-                        tracing::debug!(peer = ?key, %addr, "send: {e}");
-                    }
+            Some(addr) => {
+                if let Err(e) = udp::send_one(&socket, datagram, addr).await {
+                    tracing::debug!(peer = ?key, %addr, "send: {e}");
                 }
-                Err(e) => tracing::debug!(peer = ?key, %addr, "send: {e}"),
-            },
+            }
             None => {
                 let out = Outgoing::one(key, datagram.to_vec());
                 if outgoing.send(out).await.is_err() {

@@ -207,7 +207,7 @@ impl GsoSender {
         addr: SocketAddr,
     ) -> io::Result<()> {
         if segment == 0 || buf.len() <= segment {
-            return socket.try_send_to(buf, addr).map(drop);
+            return send_now(socket, buf, addr);
         }
         let per_call = (MAX_GSO_BYTES / segment).min(MAX_SEGMENTS);
         let seg = match u16::try_from(segment) {
@@ -218,10 +218,10 @@ impl GsoSender {
         let fd = socket.as_raw_fd();
         for group in buf.chunks(per_call * segment) {
             if group.len() <= segment {
-                socket.try_send_to(group, addr)?;
+                send_now(socket, group, addr)?;
                 continue;
             }
-            match socket.try_io(Interest::WRITABLE, || sendmsg_gso(fd, group, seg, &raw)) {
+            match sendmsg_gso(fd, group, seg, &raw) {
                 Ok(_) => {}
                 Err(e) if no_offload(&e) => {
                     send_each(socket, group, segment, addr)?;
@@ -237,6 +237,18 @@ impl GsoSender {
     }
 }
 
+/// Sends one datagram now, or fails (a full socket buffer drops it, as UDP
+/// may): the system call itself, not tokio's `try_send_to`, which refuses
+/// without trying while the reactor has not yet seen the socket writable.
+/// A socket made a moment ago (a new peer's proxy, the daemon's socket at
+/// start) would otherwise drop its first datagrams — a handshake
+/// initiation among them.
+pub fn send_now(socket: &UdpSocket, buf: &[u8], addr: SocketAddr) -> io::Result<()> {
+    socket2::SockRef::from(socket)
+        .send_to(buf, &addr.into())
+        .map(drop)
+}
+
 /// The kernel (or the route) cannot segment: send one by one.
 fn no_offload(e: &io::Error) -> bool {
     matches!(
@@ -247,14 +259,15 @@ fn no_offload(e: &io::Error) -> bool {
 
 fn send_each(socket: &UdpSocket, buf: &[u8], segment: usize, addr: SocketAddr) -> io::Result<()> {
     for chunk in buf.chunks(segment) {
-        socket.try_send_to(chunk, addr)?;
+        send_now(socket, chunk, addr)?;
     }
     Ok(())
 }
 
-async fn send_one(socket: &UdpSocket, buf: &[u8], addr: SocketAddr) -> io::Result<()> {
-    match socket.try_send_to(buf, addr) {
-        Ok(_) => Ok(()),
+/// Sends one datagram, waiting for room in a full socket buffer.
+pub async fn send_one(socket: &UdpSocket, buf: &[u8], addr: SocketAddr) -> io::Result<()> {
+    match send_now(socket, buf, addr) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             socket.send_to(buf, addr).await.map(drop)
         }
@@ -372,4 +385,33 @@ fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usiz
 pub fn try_recv_gro(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
     let fd = socket.as_raw_fd();
     socket.try_io(Interest::READABLE, || recvmsg_gro(fd, buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket made a moment ago sends at once: tokio's own
+    /// `try_send_to` refuses until the reactor has run (the first
+    /// handshake initiation to a new peer's proxy was lost that way).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fresh_socket_sends_now() {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("sink");
+        let to = sink.local_addr().expect("sink address");
+        let fresh = || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.set_nonblocking(true).expect("non-blocking");
+            UdpSocket::from_std(s).expect("tokio socket")
+        };
+        let tokio_way = fresh().try_send_to(b"tokio", to);
+        assert_eq!(
+            tokio_way.map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock),
+            "tokio now sends on a fresh socket: send_now may be unneeded"
+        );
+        send_now(&fresh(), b"now", to).expect("send_now on a fresh socket");
+        let mut buf = [0u8; 8];
+        let (n, _) = sink.recv_from(&mut buf).expect("received");
+        assert_eq!(&buf[..n], b"now");
+    }
 }

@@ -141,6 +141,9 @@ struct Daemon {
     /// The port mapping the home router made, and the protocol that made it.
     upnp_mapped: Option<(SocketAddr, &'static str)>,
     waiting: HashMap<PublicKey, std::collections::VecDeque<(Instant, Outgoing)>>,
+    /// Peers the data plane refused to take (e.g. the WireGuard's
+    /// configuration socket failed): programmed again when due.
+    unprogrammed: HashMap<PublicKey, Instant>,
     local_ips: Vec<IpAddr>,
     last_publish: Option<Instant>,
     publish_pending: bool,
@@ -175,6 +178,8 @@ const MAX_RECENT: usize = 8192;
 /// every 1.5 s and, once one is unanswered, every 400 ms, so it takes four
 /// lost in a row.
 const DIRECT_QUIET: Duration = Duration::from_secs(3);
+/// A peer the data plane refused is programmed again after this long.
+const REPROGRAM_AFTER: Duration = Duration::from_secs(1);
 /// Own record changes are republished at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
@@ -378,6 +383,7 @@ pub async fn run_with(
         upnp_mapped: None,
         endpoints_to_ping: Vec::new(),
         waiting: HashMap::new(),
+        unprogrammed: HashMap::new(),
         local_ips: Vec::new(),
         last_publish: None,
         publish_pending: false,
@@ -531,7 +537,7 @@ impl Daemon {
     fn send(&mut self, to: PublicKey, addr: SocketAddr, msg: &Message) {
         match self.codec.seal(now_ms(), &to, msg) {
             Ok(bytes) => {
-                if let Err(e) = self.socket.try_send_to(&bytes, addr) {
+                if let Err(e) = udp::send_now(&self.socket, &bytes, addr) {
                     tracing::debug!(error = %e, %addr, "send failed");
                 }
             }
@@ -582,6 +588,7 @@ impl Daemon {
                 ),
                 None => tracing::info!(peer = %change.key.short(10), "path: none"),
             }
+            let wanted = change.path.is_some();
             let result = match change.path {
                 Some(path) => dp.set_peer(PeerConfig {
                     key: change.key,
@@ -594,8 +601,19 @@ impl Daemon {
                 }),
                 None => dp.remove_peer(&change.key),
             };
-            if let Err(e) = result {
-                tracing::warn!(peer = %change.key.short(10), error = %e, "cannot program the peer");
+            match result {
+                Err(e) if wanted => {
+                    tracing::warn!(peer = %change.key.short(10), error = %e, "cannot program the peer; trying again in 1 s");
+                    self.unprogrammed
+                        .insert(change.key, Instant::now() + REPROGRAM_AFTER);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %change.key.short(10), error = %e, "removing the peer");
+                    self.unprogrammed.remove(&change.key);
+                }
+                Ok(()) => {
+                    self.unprogrammed.remove(&change.key);
+                }
             }
             released.push(change.key);
             routes_wanted = true;
@@ -670,7 +688,7 @@ impl Daemon {
                 .allow(source, d.len().saturating_sub(channel::HEADER_LEN), now)
             {
                 channel::rewrite_as_relayed(d, d.len(), &source);
-                if let Err(e) = self.socket.try_send_to(d, to) {
+                if let Err(e) = udp::send_now(&self.socket, d, to) {
                     tracing::debug!(error = %e, %to, "relay-data send failed");
                 }
             }
@@ -1292,6 +1310,16 @@ impl Daemon {
         let now = Instant::now();
         self.overlay.on_tick(now);
         self.overlay.expire_direct(now, DIRECT_QUIET);
+        let due: Vec<PublicKey> = self
+            .unprogrammed
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            self.unprogrammed.remove(&key);
+            self.overlay.reprogram(&key);
+        }
         // Relays in use that went silent are dropped from the paths.
         let in_use: Vec<PublicKey> = self
             .overlay

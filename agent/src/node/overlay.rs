@@ -594,6 +594,18 @@ impl Overlay {
         self.peers.get(key).and_then(|p| p.path.clone())
     }
 
+    /// Hands the data plane `key`'s current path again (it failed to
+    /// take the last change).
+    pub fn reprogram(&mut self, key: &PublicKey) {
+        if let Some(p) = self.peers.get(key) {
+            self.changes.push(PathChange {
+                key: *key,
+                allowed_ips: p.allowed_ips(),
+                path: p.path.clone(),
+            });
+        }
+    }
+
     pub fn take_changes(&mut self) -> Vec<PathChange> {
         std::mem::take(&mut self.changes)
     }
