@@ -737,6 +737,25 @@ impl Lab {
         std::fs::read_to_string(host.run_dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// For a failure message: `wh show` (when the daemon answers) and the
+    /// daemon log of each host.
+    pub fn report(&self, hosts: &[&Host]) -> String {
+        let mut out = String::new();
+        for host in hosts {
+            let show = self
+                .wh(host, &["show"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            out += &format!(
+                "\n--- {} show:\n{show}--- {} log:\n{}",
+                host.name,
+                host.name,
+                self.log(host)
+            );
+        }
+        out
+    }
+
     /// Waits until the daemon log of `host` contains `what`.
     pub fn wait_log(&self, host: &Host, what: &str, timeout: Duration) -> Result<()> {
         let start = Instant::now();

@@ -35,22 +35,20 @@ fn nat_grid_every_pair_pings_on_the_expected_path() {
                 Ok(_) => start.elapsed(),
                 Err(e) => {
                     failures.push(format!(
-                        "{} - {}: {e}\n--- a:\n{}\n--- b:\n{}",
+                        "{} - {}: {e}{}",
                         ka.name(),
                         kb.name(),
-                        s.lab.log(&s.a),
-                        s.lab.log(&s.b)
+                        s.lab.report(&[&s.a, &s.b])
                     ));
                     continue;
                 }
             };
             if std::env::var_os("WH_GRID_LOGS").is_some() {
                 eprintln!(
-                    "--- {} a:\n{}\n--- {} b:\n{}",
+                    "{} - {}:{}",
                     ka.name(),
-                    s.lab.log(&s.a),
                     kb.name(),
-                    s.lab.log(&s.b)
+                    s.lab.report(&[&s.a, &s.b])
                 );
             }
             let want_direct = expected_direct(*ka, *kb);
@@ -97,12 +95,11 @@ fn nat_grid_every_pair_pings_on_the_expected_path() {
             }
             if want_direct != (path == "direct") {
                 failures.push(format!(
-                    "{} - {}: path {path} ({ga} {gb}), expected {}\n--- a:\n{}\n--- b:\n{}",
+                    "{} - {}: path {path} ({ga} {gb}), expected {}{}",
                     ka.name(),
                     kb.name(),
                     if want_direct { "direct" } else { "relayed" },
-                    s.lab.log(&s.a),
-                    s.lab.log(&s.b)
+                    s.lab.report(&[&s.a, &s.b])
                 ));
             }
             let _ = (&s.relays, &s.config, &s.keys, &s.routers);
@@ -235,12 +232,7 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
         .collect();
     let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     eprintln!("longest gap after the relay died: {gap:.2} s");
-    assert!(
-        times.len() > 20,
-        "{text}\n--- a:\n{}\n--- b:\n{}",
-        s.lab.log(&s.a),
-        s.lab.log(&s.b)
-    );
+    assert!(times.len() > 20, "{text}{}", s.lab.report(&[&s.a, &s.b]));
     assert!(
         gap < 3.0,
         "traffic stopped for {gap:.2} s:\n{text}\n--- a:\n{}",

@@ -293,19 +293,7 @@ fn down_leaves_nothing_and_a_killed_daemon_comes_back() {
     let restart = Instant::now();
     net.lab.wh_up(&b, &config, Some(&sk), &[]).expect("restart");
     if let Err(e) = net.lab.ping_until(&a, "10.0.42.3", Duration::from_secs(5)) {
-        let show = |h: &Host| {
-            net.lab
-                .wh(h, &["show"])
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        panic!(
-            "{e}\n--- a:\n{}{}\n--- b:\n{}{}",
-            show(&a),
-            net.lab.log(&a),
-            show(&b),
-            net.lab.log(&b)
-        );
+        panic!("{e}{}", net.lab.report(&[&a, &b]));
     }
     eprintln!("back {:?} after restart", restart.elapsed());
     // wh down removes interface, socket and process.
@@ -511,7 +499,7 @@ fn a_peer_wireguard_go_refused_is_programmed_once_it_answers() {
     let back = net
         .lab
         .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{e}\n--- b log:\n{}", net.lab.log(&b)));
+        .unwrap_or_else(|e| panic!("{e}{}", net.lab.report(&[&a, &b])));
     eprintln!("a pings b {back:?} after b's WireGuard answers again");
 }
 
@@ -531,20 +519,7 @@ fn a_wireguard_go_node_talks_to_embedded_nodes() {
     for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
         let ip = format!("10.0.42.{}", to + 2);
         if let Err(e) = lab.ping_until(&net.nodes[from], &ip, Duration::from_secs(10)) {
-            let mut report = e.to_string();
-            for host in [&net.nodes[from], &net.nodes[to]] {
-                let show = lab
-                    .wh(host, &["show"])
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-                report += &format!(
-                    "\n--- {} show:\n{}\n--- {} log:\n{}",
-                    host.name,
-                    show.unwrap_or_default(),
-                    host.name,
-                    lab.log(host)
-                );
-            }
-            panic!("{report}");
+            panic!("{e}{}", lab.report(&[&net.nodes[from], &net.nodes[to]]));
         }
     }
     // wireguard-go itself reports the handshakes (through `wg`).

@@ -178,12 +178,7 @@ fn pods_on_two_nated_hosts_reach_each_other_and_the_internet() {
                 .status
                 .success();
         }
-        assert!(
-            ok,
-            "pod a cannot ping pod b\n--- a:\n{}\n--- b:\n{}",
-            lab.log(&a),
-            lab.log(&b)
-        );
+        assert!(ok, "pod a cannot ping pod b{}", lab.report(&[&a, &b]));
         pb.must(&["exec", &cb, "ping", "-c", "2", "-W", "2", &ip_a]);
         // Out to the internet through the masquerade: the web host sees node_a's router.
         let listener = Command::new("ip")
