@@ -159,6 +159,63 @@ fn iface(lab: &Lab, host: &Host) -> String {
         .to_string()
 }
 
+/// Two nodes that list each other's endpoint (and no boot node) and start
+/// while they cannot reach each other find each other once they can: a
+/// node that knows nobody pings the static endpoints again.
+#[test]
+fn nodes_that_start_apart_find_each_other_through_static_endpoints() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let a = lab.public_host("node_a").expect("host a");
+    let b = lab.public_host("node_b").expect("host b");
+    let (ska, pka) = lab.genkey("node_a").expect("key a");
+    let (skb, pkb) = lab.genkey("node_b").expect("key b");
+    let config = lab
+        .write(
+            "pair.conf",
+            &format!(
+                "name pair\nsubnet 10.0.42.0/24\ntrust node_a {pka} {}\ntrust node_b {pkb} {}\n",
+                a.ip, b.ip
+            ),
+        )
+        .expect("config");
+    // Nothing passes between a and b while both start.
+    for rule in [
+        "add table inet whcut".to_string(),
+        "add chain inet whcut in { type filter hook input priority 0; }".to_string(),
+        "add chain inet whcut out { type filter hook output priority 0; }".to_string(),
+        format!("add rule inet whcut in ip saddr {} drop", b.ip),
+        format!("add rule inet whcut out ip daddr {} drop", b.ip),
+    ] {
+        lab.exec(&a.netns, &["nft", &rule]).expect("nft");
+    }
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("up a");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("up b");
+    for host in [&a, &b] {
+        lab.wait_daemon(host, Duration::from_secs(10))
+            .expect("daemon");
+    }
+    // Alone, both ping the other's endpoint again (3 s after their start,
+    // then 6 s later, ...), in vain while the cut lasts.
+    lab.wait_log(
+        &a,
+        "pinging the static endpoints again",
+        Duration::from_secs(10),
+    )
+    .expect("a pings again");
+    assert!(
+        lab.ping_until(&a, "10.0.42.3", Duration::from_secs(1))
+            .is_err(),
+        "a reaches b through the cut"
+    );
+    lab.exec(&a.netns, &["nft", "delete table inet whcut"])
+        .expect("nft");
+    let mended = Instant::now();
+    lab.ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}{}", lab.report(&[&a, &b])));
+    eprintln!("a pings b {:?} after the cut is mended", mended.elapsed());
+}
+
 /// Without any DHT, a node that reloads its file with a new peer and that
 /// peer's static endpoint reaches it at once: the reload pings the endpoint.
 #[test]

@@ -43,7 +43,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,31 +236,10 @@ struct Daemon {
     listen_port: u16,
     /// The last spec the node accepted.
     running: NetworkSpec,
-    started_at: Instant,
-    /// Endpoints of the other nodes and boot nodes when it started.
-    bootstrap: BTreeSet<String>,
-}
-
-/// Endpoints the node core pings when it starts (it learns its DHT
-/// neighbours from their answers): boot nodes and peers with an endpoint,
-/// except itself.
-fn bootstrap_endpoints(spec: &NetworkSpec, own: &PublicKey) -> BTreeSet<String> {
-    spec.peers
-        .iter()
-        .filter(|p| &p.key != own)
-        .filter_map(|p| p.endpoint.as_ref().map(|e| format!("{}@{e}", p.key)))
-        .collect()
 }
 
 /// How long a node waits for other nodes before it starts alone.
 const ALONE_GRACE: Duration = Duration::from_secs(5);
-/// A node with an empty DHT this long after its start is started again to
-/// ping the other nodes' endpoints anew: the node core pings them only when
-/// it starts (another node may not have been listening yet), and an
-/// isolated node carries no traffic anyway. Repeated with a doubling delay
-/// up to `ISOLATED_MAX`, and at once when endpoints it never tried appear.
-const ISOLATED_AFTER: Duration = Duration::from_secs(3);
-const ISOLATED_MAX: Duration = Duration::from_secs(120);
 
 /// Everything the agent's loop keeps between rounds.
 struct Agent {
@@ -282,10 +261,6 @@ struct Agent {
     last_status: Option<(NodeStatus, Instant)>,
     last_conditions: Vec<Condition>,
     stopping: bool,
-    /// The node core was told to stop so that it starts again.
-    restarting: bool,
-    /// Restarts in a row of an isolated node (for the back-off).
-    isolated_restarts: u32,
     /// The node's CNI configuration as the node core last wrote it.
     cni_config: Option<String>,
     /// Since when the node could have started (alone).
@@ -372,11 +347,6 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
                 agent.shared.set_daemon_running(false);
                 match result {
                     Ok(()) if agent.stopping => break,
-                    Ok(()) if agent.restarting => {
-                        agent.restarting = false;
-                        tracing::info!("node stopped for a restart");
-                        agent.reconcile().await;
-                    }
                     Ok(()) => {
                         tracing::warn!("the node stopped (wh down?); stopping the agent, the DaemonSet restarts it");
                         break;
@@ -470,8 +440,6 @@ impl Agent {
             last_status: None,
             last_conditions: Vec::new(),
             stopping: false,
-            restarting: false,
-            isolated_restarts: 0,
             cni_config: None,
             could_start: None,
         }
@@ -879,9 +847,6 @@ impl Agent {
             }
             return;
         }
-        if self.restarting {
-            return;
-        }
         if cs.members.len() < 2 {
             // Alone so far: the other agents may be starting too; give the
             // allocation a moment so the node starts knowing them.
@@ -925,9 +890,7 @@ impl Agent {
             done,
             interface: interface.clone(),
             listen_port,
-            bootstrap: bootstrap_endpoints(&cs.spec, &public),
             running: cs.spec,
-            started_at: Instant::now(),
         });
         self.shared.set_daemon_running(true);
         self.shared
@@ -954,51 +917,12 @@ impl Agent {
             }
             Err(_) => return,
         };
-        let dht_size = v.get("dht_size").and_then(|n| n.as_u64()).unwrap_or(0);
         if let Some(dir) = &self.opts.cni_dir
             && let Ok(text) = std::fs::read_to_string(dir.join(CNI_CONFIG_NAME))
         {
             self.cni_config = Some(text);
         }
         self.shared.set_inspect(v);
-        let Some((_, public)) = &self.key else {
-            return;
-        };
-        let Some(d) = &self.daemon else {
-            return;
-        };
-        if dht_size > 0 {
-            self.isolated_restarts = 0;
-            return;
-        }
-        if self.restarting || d.started_at.elapsed() < ISOLATED_AFTER {
-            return;
-        }
-        // Isolated: nobody answered its pings and nobody found it. Start it
-        // again when endpoints it never tried appeared, else now and then
-        // (the others may not have been listening yet when it pinged them),
-        // backing off up to ISOLATED_MAX.
-        let now = bootstrap_endpoints(&d.running, public);
-        let untried = now.difference(&d.bootstrap).count();
-        let backoff = ISOLATED_AFTER
-            .saturating_mul(1 << self.isolated_restarts.min(6))
-            .min(ISOLATED_MAX);
-        if untried == 0 && (now.is_empty() || d.started_at.elapsed() < backoff) {
-            return;
-        }
-        tracing::info!(
-            untried,
-            endpoints = now.len(),
-            after = ?d.started_at.elapsed(),
-            "the node found nobody (no DHT node answered, none contacted it); starting it again to ping the other nodes"
-        );
-        self.isolated_restarts += 1;
-        self.restarting = true;
-        let interface = d.interface.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            control::client::request(&interface, &Request::Down)
-        })
-        .await;
     }
 
     /// Who a key is, for the status: a node name or a peer's hostname.

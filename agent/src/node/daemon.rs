@@ -4,7 +4,7 @@
 //! logic; what those cores ask to send is sealed and sent from here.
 
 use super::launch::{Mode, UpOptions, load_spec};
-use super::overlay::{Overlay, PeerPath};
+use super::overlay::{AloneRepings, Overlay, PeerPath};
 use crate::config::{Endpoint, NetworkSpec};
 use crate::control::server::{Call, ControlSocket};
 use crate::control::{self, Request, Response};
@@ -149,6 +149,8 @@ struct Daemon {
     publish_pending: bool,
     /// Static endpoints of peers to ping (see `ping_static_endpoints`).
     endpoints_to_ping: Vec<(PublicKey, Endpoint)>,
+    /// While the DHT is empty: when the static endpoints are pinged again.
+    alone: AloneRepings,
     /// The names the DNS responder answers from (updated on reload).
     names_tx: watch::Sender<crate::names::SharedResolver>,
     /// The DNS responder, while it runs.
@@ -382,6 +384,7 @@ pub async fn run_with(
         recent: HashMap::new(),
         upnp_mapped: None,
         endpoints_to_ping: Vec::new(),
+        alone: AloneRepings::new(Instant::now()),
         waiting: HashMap::new(),
         unprogrammed: HashMap::new(),
         local_ips: Vec::new(),
@@ -1336,6 +1339,16 @@ impl Daemon {
         });
         self.update_own_record(now);
         self.try_join(now);
+        if self.alone.due(self.dht.is_empty(), now) {
+            let again = self.static_endpoints(&self.spec);
+            if !again.is_empty() {
+                tracing::info!(
+                    endpoints = again.len(),
+                    "nobody answered nor contacted us yet: pinging the static endpoints again"
+                );
+                self.endpoints_to_ping.extend(again);
+            }
+        }
         // Expire control pings that got no answer.
         let expired: Vec<u64> = self
             .pending_pings

@@ -28,6 +28,45 @@ const KEEPALIVE: Duration = Duration::from_millis(1500);
 const PROBE_EVERY: Duration = Duration::from_millis(400);
 /// A found peer that gave no endpoint nor relay is looked up again this soon.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(300);
+/// A node that knows nobody pings the static endpoints again this long
+/// after its start, then at doubling intervals up to the maximum.
+const ALONE_REPING_FIRST: Duration = Duration::from_secs(3);
+const ALONE_REPING_MAX: Duration = Duration::from_secs(60);
+
+/// When a node that knows nobody (its DHT is empty: no boot node nor peer
+/// answered, nobody contacted it) pings the static endpoints of the network
+/// file again. They are pinged at start, but the peers may not have been
+/// listening yet (nodes started together, a peer's host still booting),
+/// and boot nodes alone are retried by the DHT.
+#[derive(Debug)]
+pub struct AloneRepings {
+    next: Instant,
+    delay: Duration,
+}
+
+impl AloneRepings {
+    pub fn new(now: Instant) -> Self {
+        AloneRepings {
+            next: now + ALONE_REPING_FIRST,
+            delay: ALONE_REPING_FIRST,
+        }
+    }
+
+    /// Whether to ping the static endpoints again now; `alone`: the DHT
+    /// is empty. Knowing somebody resets the schedule.
+    pub fn due(&mut self, alone: bool, now: Instant) -> bool {
+        if !alone {
+            *self = AloneRepings::new(now);
+            return false;
+        }
+        if now < self.next {
+            return false;
+        }
+        self.delay = (self.delay * 2).min(ALONE_REPING_MAX);
+        self.next = now + self.delay;
+        true
+    }
+}
 
 /// How the data plane reaches a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -754,6 +793,19 @@ mod tests {
             text += &format!("trust {h} {k}\n");
         }
         parse(&text).unwrap().spec
+    }
+
+    #[test]
+    fn a_node_alone_repings_later_and_later_until_it_knows_somebody() {
+        let t0 = Instant::now();
+        let mut r = AloneRepings::new(t0);
+        let s = Duration::from_secs;
+        let due_at: Vec<u64> = (0..=200).filter(|i| r.due(true, t0 + s(*i))).collect();
+        assert_eq!(due_at, vec![3, 9, 21, 45, 93, 153]);
+        // Knowing somebody resets it; losing everybody starts it over.
+        assert!(!r.due(false, t0 + s(201)));
+        assert!(!r.due(true, t0 + s(203)));
+        assert!(r.due(true, t0 + s(204)));
     }
 
     #[test]
