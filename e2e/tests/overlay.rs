@@ -485,15 +485,18 @@ fn a_flood_of_random_datagrams_is_dropped_and_counted() {
     net.lab.kill_daemon(&attacker, "-TERM").ok();
 }
 
-fn wireguard_go_missing() -> bool {
+/// [`network_with`] `n` nodes, node `userspace` running wireguard-go;
+/// `None` (the test skips) where wireguard-go is not installed.
+fn network_with_wireguard_go(n: usize, userspace: usize) -> Option<Net> {
     let missing = std::process::Command::new("wireguard-go")
         .arg("--version")
         .output()
         .is_err();
     if missing {
         eprintln!("skipped: wireguard-go is not installed");
+        return None;
     }
-    missing
+    Some(network_with(n, &[(userspace, &["backend", "userspace"])]))
 }
 
 /// Hides a wireguard-go's configuration socket (it then refuses every
@@ -525,10 +528,9 @@ impl Drop for HiddenUapi {
 #[test]
 fn a_peer_wireguard_go_refused_is_programmed_once_it_answers() {
     require_lab!();
-    if wireguard_go_missing() {
+    let Some(mut net) = network_with_wireguard_go(2, 1) else {
         return;
-    }
-    let mut net = network_with(2, &[(1, &["backend", "userspace"])]);
+    };
     let (a, b) = (net.nodes[0].clone(), net.nodes[1].clone());
     net.lab
         .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
@@ -563,10 +565,9 @@ fn a_peer_wireguard_go_refused_is_programmed_once_it_answers() {
 #[test]
 fn a_wireguard_go_node_talks_to_embedded_nodes() {
     require_lab!();
-    if wireguard_go_missing() {
+    let Some(net) = network_with_wireguard_go(3, 2) else {
         return;
-    }
-    let net = network_with(3, &[(2, &["backend", "userspace"])]);
+    };
     let lab = &net.lab;
     let show = lab.wh_ok(&net.nodes[2], &["show"]).expect("show");
     assert!(
