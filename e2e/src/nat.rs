@@ -18,6 +18,47 @@ impl Kind {
             Kind::Behind(n) => n.name(),
         }
     }
+
+    /// How the header of `wh show` starts its `<...>` for a node on a host
+    /// of this kind, once it has detected its NAT.
+    pub fn detected(self) -> &'static str {
+        match self {
+            Kind::Public => "<DIRECT>",
+            Kind::Behind(Nat::Easy) => "<NAT easy>",
+            Kind::Behind(Nat::Hard) => "<NAT hard>",
+            Kind::Behind(Nat::Upnp) => "<NAT easy, UPnP ",
+        }
+    }
+}
+
+/// Waits until the header of `wh show` on `host` names the NAT its kind
+/// has; the header last seen on failure.
+pub fn wait_detected(
+    lab: &Lab,
+    host: &Host,
+    kind: Kind,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let header = lab
+            .wh(host, &["show"])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if header.contains(kind.detected()) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return Err(header);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub const KINDS: [Kind; 4] = [

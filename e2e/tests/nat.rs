@@ -3,7 +3,7 @@
 //! own lab; and the faults a NAT path must survive.
 
 use std::time::{Duration, Instant};
-use wirehub_e2e::nat::{KINDS, Kind, is_direct, path_glyph, scenario, wait_direct};
+use wirehub_e2e::nat::{KINDS, Kind, is_direct, path_glyph, scenario, wait_detected, wait_direct};
 use wirehub_e2e::{Host, Lab, Nat, require_lab};
 
 fn expected_direct(a: Kind, b: Kind) -> bool {
@@ -101,6 +101,18 @@ fn nat_grid_every_pair_pings_on_the_expected_path() {
                     if want_direct { "direct" } else { "relayed" },
                     s.lab.report(&[&s.a, &s.b])
                 ));
+            }
+            // Each node tells what NAT it is behind (`wh show`).
+            for (host, kind) in [(&s.a, *ka), (&s.b, *kb)] {
+                if let Err(header) = wait_detected(&s.lab, host, kind, Duration::from_secs(5)) {
+                    failures.push(format!(
+                        "{} - {}: {} says {header:?}, expected {:?}",
+                        ka.name(),
+                        kb.name(),
+                        host.name,
+                        kind.detected()
+                    ));
+                }
             }
             let _ = (&s.relays, &s.config, &s.keys, &s.routers);
         }
