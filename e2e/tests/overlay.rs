@@ -555,9 +555,11 @@ fn a_peer_wireguard_go_refused_is_programmed_once_it_answers() {
         "a pings b while b's WireGuard refuses it"
     );
     drop(hidden);
+    // Programmed within a second; the handshake then waits for a's next
+    // WireGuard retry (every 5 s).
     let back = net
         .lab
-        .ping_until(&a, "10.0.42.3", Duration::from_secs(5))
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}{}", net.lab.report(&[&a, &b])));
     eprintln!("a pings b {back:?} after b's WireGuard answers again");
 }
