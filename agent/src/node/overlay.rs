@@ -102,6 +102,15 @@ struct Peer {
 }
 
 impl Peer {
+    /// What the data plane must apply for this peer now.
+    fn change(&self) -> PathChange {
+        PathChange {
+            key: self.spec.key,
+            allowed_ips: self.allowed_ips(),
+            path: self.path.clone(),
+        }
+    }
+
     fn allowed_ips(&self) -> Vec<IpNet> {
         let mut ips = Vec::new();
         if let Some(v4) = self.ipv4 {
@@ -230,11 +239,7 @@ impl Overlay {
                     p.ipv4 = m.ipv4;
                     p.ipv6 = ipv6;
                     if changed && p.path.is_some() {
-                        let change = PathChange {
-                            key: p.spec.key,
-                            allowed_ips: p.allowed_ips(),
-                            path: p.path.clone(),
-                        };
+                        let change = p.change();
                         self.changes.push(change);
                     }
                 }
@@ -397,11 +402,7 @@ impl Overlay {
                     let path = Some(PeerPath::Relayed(record.relays.clone()));
                     if p.path != path {
                         p.path = path;
-                        self.changes.push(PathChange {
-                            key: target,
-                            allowed_ips: p.allowed_ips(),
-                            path: p.path.clone(),
-                        });
+                        self.changes.push(p.change());
                     }
                 }
                 p.record = Some(record.clone());
@@ -427,11 +428,7 @@ impl Overlay {
         }
         if !record.relays.is_empty() && p.path.is_none() {
             p.path = Some(PeerPath::Relayed(record.relays.clone()));
-            self.changes.push(PathChange {
-                key: target,
-                allowed_ips: p.allowed_ips(),
-                path: p.path.clone(),
-            });
+            self.changes.push(p.change());
         }
         p.record = Some(record.clone());
         !record.endpoints.is_empty() || !record.relays.is_empty()
@@ -476,11 +473,7 @@ impl Overlay {
             }
             relays.truncate(crate::proto::MAX_RELAYS * 2);
             p.path = Some(PeerPath::Relayed(relays));
-            self.changes.push(PathChange {
-                key,
-                allowed_ips: p.allowed_ips(),
-                path: p.path.clone(),
-            });
+            self.changes.push(p.change());
         }
     }
 
@@ -541,11 +534,7 @@ impl Overlay {
                     Some(PeerPath::Relayed(relays))
                 };
                 p.next_lookup = now;
-                self.changes.push(PathChange {
-                    key: p.spec.key,
-                    allowed_ips: p.allowed_ips(),
-                    path: p.path.clone(),
-                });
+                self.changes.push(p.change());
             }
         }
     }
@@ -582,11 +571,7 @@ impl Overlay {
         if p.path != Some(PeerPath::Direct(from)) {
             p.path = Some(PeerPath::Direct(from));
             p.next_lookup = now + SILENCE;
-            self.changes.push(PathChange {
-                key,
-                allowed_ips: p.allowed_ips(),
-                path: p.path.clone(),
-            });
+            self.changes.push(p.change());
         }
     }
 
@@ -637,11 +622,7 @@ impl Overlay {
     /// take the last change).
     pub fn reprogram(&mut self, key: &PublicKey) {
         if let Some(p) = self.peers.get(key) {
-            self.changes.push(PathChange {
-                key: *key,
-                allowed_ips: p.allowed_ips(),
-                path: p.path.clone(),
-            });
+            self.changes.push(p.change());
         }
     }
 
