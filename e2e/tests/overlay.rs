@@ -159,6 +159,16 @@ fn iface(lab: &Lab, host: &Host) -> String {
         .to_string()
 }
 
+/// Public hosts node_a and node_b, each with its key (secret key file,
+/// public key).
+fn public_pair(lab: &mut Lab) -> [(Host, PathBuf, String); 2] {
+    ["node_a", "node_b"].map(|name| {
+        let host = lab.public_host(name).expect("host");
+        let (sk, pk) = lab.genkey(name).expect("key");
+        (host, sk, pk)
+    })
+}
+
 /// Two nodes that list each other's endpoint (and no boot node) and start
 /// while they cannot reach each other find each other once they can: a
 /// node that knows nobody pings the static endpoints again.
@@ -166,10 +176,7 @@ fn iface(lab: &Lab, host: &Host) -> String {
 fn nodes_that_start_apart_find_each_other_through_static_endpoints() {
     require_lab!();
     let mut lab = Lab::new().expect("lab");
-    let a = lab.public_host("node_a").expect("host a");
-    let b = lab.public_host("node_b").expect("host b");
-    let (ska, pka) = lab.genkey("node_a").expect("key a");
-    let (skb, pkb) = lab.genkey("node_b").expect("key b");
+    let [(a, ska, pka), (b, skb, pkb)] = public_pair(&mut lab);
     let config = lab
         .write(
             "pair.conf",
@@ -222,10 +229,7 @@ fn nodes_that_start_apart_find_each_other_through_static_endpoints() {
 fn reload_pings_the_static_endpoint_of_a_new_peer() {
     require_lab!();
     let mut lab = Lab::new().expect("lab");
-    let a = lab.public_host("node_a").expect("host a");
-    let b = lab.public_host("node_b").expect("host b");
-    let (ska, pka) = lab.genkey("node_a").expect("key a");
-    let (skb, pkb) = lab.genkey("node_b").expect("key b");
+    let [(a, ska, pka), (b, skb, pkb)] = public_pair(&mut lab);
     // b trusts a but knows no endpoint of it; a does not know b yet.
     let only_a = lab
         .write(
