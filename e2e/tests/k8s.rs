@@ -380,6 +380,59 @@ struct NodeInfo {
 
 /// The cluster; dropping it stops and removes everything it started
 /// (before the [`Lab`] removes the namespaces).
+/// The last `n` lines of `text`.
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The last kernel messages (a device that cannot be freed, a hung task).
+fn kernel_tail() -> String {
+    run(Command::new("sh").arg("-c").arg("dmesg | tail -n 20"))
+        .map(|s| format!("kernel messages:\n{s}"))
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` still runs (a zombie has exited).
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// What process `pid` is doing: the state and kernel wait channel of each
+/// of its threads, and the kernel stack of those not running or sleeping
+/// in user space (what a process that does not exit waits for).
+fn process_report(pid: u32) -> String {
+    let mut s = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone\n");
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let (name, state) = stat
+            .split_once(" (")
+            .and_then(|(_, r)| r.rsplit_once(") "))
+            .map(|(n, r)| (n.to_string(), r.chars().next().unwrap_or('?')))
+            .unwrap_or_default();
+        s += &format!(
+            "thread {} {name} state {state} wchan {}\n",
+            t.file_name().to_string_lossy(),
+            read("wchan")
+        );
+        if state == 'D' {
+            s += &read("stack");
+        }
+    }
+    s
+}
+
 /// One ping from a pod's network namespace (the pod's process `pid`).
 fn ping_from(pid: u32, target: &str, wait_s: u32) -> bool {
     Command::new("nsenter")
@@ -530,6 +583,29 @@ impl Cluster {
             .collect())
     }
 
+    /// The PID of the agent container of the agent pod `pod` on `node`
+    /// (its `wh agent` process, as containerd started it).
+    fn agent_pid(&self, node: &str, pod: &str) -> Result<u32> {
+        let v = self.json(&["-n", AGENT_NS, "get", "pod", pod])?;
+        let id = v["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "agent"))
+            .and_then(|s| s["containerID"].as_str())
+            .and_then(|id| id.strip_prefix("containerd://"))
+            .ok_or_else(|| anyhow!("pod {pod} has no agent container ID"))?
+            .to_string();
+        let sock = self.node_dir(node).join("containerd/containerd.sock");
+        let out = run(Command::new("ctr")
+            .arg("-a")
+            .arg(&sock)
+            .args(["-n", "k8s.io", "task", "ls"]))?;
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("containerd on {node} has no task {id} (pod {pod})"))
+    }
+
     /// A PID in the network namespace of the pod with address `ip` on `node`.
     fn pod_pid(&self, node: &str, ip: &str) -> Result<u32> {
         for pid in self.task_pids(node)? {
@@ -552,6 +628,17 @@ impl Cluster {
             }
         }
         bail!("no container on {node} has address {ip}")
+    }
+
+    /// The log of the agent container of agent pod `pod` on `node`, read
+    /// from the node's pod log directory (kept until kubelet removes the pod).
+    fn agent_log(&self, node: &str, pod: &str) -> String {
+        let logdir = self.node_dir(node).join("mnt/varlogpods");
+        run(Command::new("sh").arg("-c").arg(format!(
+            "cat {}/{AGENT_NS}_{pod}_*/agent/*.log 2>/dev/null",
+            logdir.display()
+        )))
+        .unwrap_or_default()
     }
 
     fn agent_logs(&self) -> String {
@@ -785,7 +872,9 @@ fn scenario() -> Result<()> {
             || Path::new("/sys/fs/cgroup/k8s.io").exists(),
     };
     let result = exercise(&mut lab, &cluster, &edge, t0);
-    if result.is_err() {
+    if let Err(e) = &result {
+        // The failure first: what follows is long and may be cut.
+        eprintln!("[k8s] FAILED: {e:#}");
         for args in [
             &["get", "pods", "-A", "-o", "wide"][..],
             &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
@@ -804,6 +893,7 @@ fn scenario() -> Result<()> {
             }
         }
         eprintln!("{}", cluster.agent_logs());
+        eprintln!("{}", kernel_tail());
         if let Ok(s) = cluster.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"]) {
             eprintln!("{s}");
         }
@@ -1304,6 +1394,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             .to_string()
     };
     let old_pod = c.agent_pods(Some(victim), &["-o", "jsonpath={.items[0].metadata.name}"])?;
+    let old_pid = c.agent_pid(victim, &old_pod)?;
     let from_pid = pids["n1"];
     let target = pods[victim].clone();
     // A pinger from the pod on n1 to the pod on the victim node, every
@@ -1349,41 +1440,75 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             })
             .collect())
     };
-    // The old agent stops at once and cleanly on SIGTERM (exit code 0,
-    // long before kubelet's 10 s grace period would kill it).
-    let (stopped, exit_code) = wait_for(Duration::from_secs(30), "the old agent to stop", || {
-        let v = c.agent_pods_json(Some(victim))?;
-        let Some(old) = v["items"].as_array().and_then(|items| {
-            items
-                .iter()
-                .find(|p| p["metadata"]["name"] == old_pod.as_str())
-        }) else {
-            return Ok(Some((deleted.elapsed(), None)));
-        };
-        Ok(old["status"]["containerStatuses"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "agent"))
-            .map(|s| &s["state"]["terminated"])
-            .filter(|t| t.is_object())
-            .map(|t| (deleted.elapsed(), t["exitCode"].as_i64())))
+    // The old agent stops at once on SIGTERM, long before kubelet's 10 s
+    // grace period would kill it: its process is watched directly, since
+    // kubelet may report the container's end late.
+    let stopped = wait_for(Duration::from_secs(30), "the old agent to stop", || {
+        Ok((!process_runs(old_pid)).then(|| deleted.elapsed()))
+    })
+    .map_err(|e| {
+        anyhow!(
+            "{e}: its process {old_pid}:\n{}{}",
+            process_report(old_pid),
+            kernel_tail()
+        )
     })?;
     log(
         t0,
         &format!(
-            "old agent stopped {:.1}s after its pod was deleted, exit code {exit_code:?}",
+            "old agent (process {old_pid}) stopped {:.1}s after its pod was deleted",
             stopped.as_secs_f64()
         ),
     );
-    if stopped > Duration::from_secs(5) || exit_code.is_some_and(|c| c != 0) {
+    if stopped > Duration::from_secs(5) {
+        bail!("the old agent took {stopped:?} to stop on SIGTERM (more than 5 s)");
+    }
+    // And cleanly: its last words say so (read before kubelet removes the
+    // pod's logs), and kubelet reports exit code 0 (if it reports before
+    // the pod is gone; it may take long: it is not a condition).
+    let last_words = c.agent_log(victim, &old_pod);
+    if !last_words.contains("wirehub agent stopped") {
         bail!(
-            "the old agent did not stop cleanly on SIGTERM: after {stopped:?}, exit code {exit_code:?}"
+            "the old agent did not stop cleanly on SIGTERM; its log ends:\n{}",
+            tail_lines(&last_words, 30)
         );
+    }
+    let exit_code = wait_for(
+        Duration::from_secs(60),
+        "kubelet to report the old agent's exit",
+        || {
+            let v = c.agent_pods_json(Some(victim))?;
+            let Some(old) = v["items"].as_array().and_then(|items| {
+                items
+                    .iter()
+                    .find(|p| p["metadata"]["name"] == old_pod.as_str())
+            }) else {
+                return Ok(Some(None));
+            };
+            Ok(old["status"]["containerStatuses"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == "agent"))
+                .map(|s| &s["state"]["terminated"])
+                .filter(|t| t.is_object())
+                .map(|t| t["exitCode"].as_i64()))
+        },
+    )
+    .unwrap_or_else(|e| {
+        log(t0, &format!("{e}"));
+        None
+    });
+    log(
+        t0,
+        &format!("kubelet reports the old agent's exit code as {exit_code:?}"),
+    );
+    if exit_code.is_some_and(|c| c != 0) {
+        bail!("the old agent did not stop cleanly on SIGTERM: exit code {exit_code:?}");
     }
     // Kubelet 1.20 then keeps the terminated pod until its container
     // garbage collection, which runs once a minute, has removed the pod's
     // sandbox (PodResourcesAreReclaimed), plus up to its 10 s status sync:
     // 1 to 70 s. Only then may the DaemonSet create the replacement.
-    let old_gone = wait_for(Duration::from_secs(90), "the old agent pod to go", || {
+    let old_gone = wait_for(Duration::from_secs(120), "the old agent pod to go", || {
         Ok((!pods_on_victim()?.iter().any(|(n, _)| *n == old_pod)).then(|| deleted.elapsed()))
     })?;
     let (new_pod, created) = wait_for(
