@@ -630,15 +630,29 @@ impl Cluster {
         bail!("no container on {node} has address {ip}")
     }
 
-    /// The log of the agent container of agent pod `pod` on `node`, read
-    /// from the node's pod log directory (kept until kubelet removes the pod).
-    fn agent_log(&self, node: &str, pod: &str) -> String {
+    /// The log file of the agent container of agent pod `pod` on `node`,
+    /// opened: it stays readable after kubelet removes the pod's logs.
+    fn open_agent_log(&self, node: &str, pod: &str) -> Result<std::fs::File> {
         let logdir = self.node_dir(node).join("mnt/varlogpods");
-        run(Command::new("sh").arg("-c").arg(format!(
-            "cat {}/{AGENT_NS}_{pod}_*/agent/*.log 2>/dev/null",
-            logdir.display()
-        )))
-        .unwrap_or_default()
+        let prefix = format!("{AGENT_NS}_{pod}_");
+        let pod_dir = std::fs::read_dir(&logdir)?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .ok_or_else(|| anyhow!("no log directory for pod {pod} in {}", logdir.display()))?
+            .path()
+            .join("agent");
+        // N.log, N the container's restart count: the newest.
+        let newest = std::fs::read_dir(&pod_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max_by_key(|p| {
+                p.file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<u32>().ok())
+            })
+            .ok_or_else(|| anyhow!("no agent log in {}", pod_dir.display()))?;
+        Ok(std::fs::File::open(newest)?)
     }
 
     fn agent_logs(&self) -> String {
@@ -1395,6 +1409,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     };
     let old_pod = c.agent_pods(Some(victim), &["-o", "jsonpath={.items[0].metadata.name}"])?;
     let old_pid = c.agent_pid(victim, &old_pod)?;
+    let mut old_log = c.open_agent_log(victim, &old_pod)?;
     let from_pid = pids["n1"];
     let target = pods[victim].clone();
     // A pinger from the pod on n1 to the pod on the victim node, every
@@ -1463,10 +1478,11 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     if stopped > Duration::from_secs(5) {
         bail!("the old agent took {stopped:?} to stop on SIGTERM (more than 5 s)");
     }
-    // And cleanly: its last words say so (read before kubelet removes the
-    // pod's logs), and kubelet reports exit code 0 (if it reports before
+    // And cleanly: its last words say so (its log was opened before the
+    // deletion: kubelet may remove it at once), and kubelet reports exit code 0 (if it reports before
     // the pod is gone; it may take long: it is not a condition).
-    let last_words = c.agent_log(victim, &old_pod);
+    let mut last_words = String::new();
+    std::io::Read::read_to_string(&mut old_log, &mut last_words)?;
     if !last_words.contains("wirehub agent stopped") {
         bail!(
             "the old agent did not stop cleanly on SIGTERM; its log ends:\n{}",
