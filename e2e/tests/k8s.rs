@@ -533,6 +533,19 @@ impl Cluster {
         self.k(&args)
     }
 
+    /// `kubectl patch` of the test's WireHubNetwork: a `merge` or `json` patch.
+    fn patch_network(&self, kind: &str, patch: &Value) -> Result<String> {
+        self.k(&[
+            "patch",
+            "wirehubnetwork",
+            NETWORK,
+            "--type",
+            kind,
+            "-p",
+            &patch.to_string(),
+        ])
+    }
+
     /// [`Cluster::agent_pods`] as JSON.
     fn agent_pods_json(&self, node: Option<&str>) -> Result<Value> {
         Ok(serde_json::from_str(
@@ -1253,15 +1266,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     };
     let (edge_sk, edge_pk) = lab.genkey("edge")?;
     let patch = json!({"spec": {"peers": [{"hostname": "edge", "key": edge_pk, "staticIp": "10.99.0.50", "endpoint": format!("{}:62096", edge.ip)}]}});
-    c.k(&[
-        "patch",
-        "wirehubnetwork",
-        NETWORK,
-        "--type",
-        "merge",
-        "-p",
-        &patch.to_string(),
-    ])?;
+    c.patch_network("merge", &patch)?;
     let yaml = c.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"])?;
     let file = Command::new(wh_bin())
         .args(["network", "-"])
@@ -1326,15 +1331,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     // An invalid edit: reported in status and events, the network keeps running.
     let bad_key = lab.genkey("bad")?.1;
     let bad = json!([{"op": "add", "path": "/spec/peers/-", "value": {"hostname": "bad", "key": bad_key, "staticIp": "10.98.0.5"}}]);
-    c.k(&[
-        "patch",
-        "wirehubnetwork",
-        NETWORK,
-        "--type",
-        "json",
-        "-p",
-        &bad.to_string(),
-    ])?;
+    c.patch_network("json", &bad)?;
     let degraded = wait_for(
         Duration::from_secs(60),
         "Degraded=InvalidSpec on the status",
@@ -1377,15 +1374,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     lab.ping_until(edge, &pods["n3"], Duration::from_secs(10))?;
     log(t0, "the network kept running");
     let fix = json!([{"op": "remove", "path": "/spec/peers/1"}]);
-    c.k(&[
-        "patch",
-        "wirehubnetwork",
-        NETWORK,
-        "--type",
-        "json",
-        "-p",
-        &fix.to_string(),
-    ])?;
+    c.patch_network("json", &fix)?;
     wait_for(Duration::from_secs(60), "Degraded to clear", || {
         let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
         Ok(v["status"]["conditions"]
