@@ -281,6 +281,29 @@ impl Lab {
         })
     }
 
+    /// A host with a public IPv4 address (203.0.113.x) and a public IPv6
+    /// address (2001:db8:113::x, returned) on the internet: a dual-stack host.
+    pub fn dual_stack_host(&mut self, name: &str) -> Result<(Host, String)> {
+        let host = self.public_host(name)?;
+        let last = host.ip.rsplit('.').next().unwrap_or("1");
+        let ip6 = format!("2001:db8:113::{last}");
+        // nodad: usable at once, no duplicate-address detection wait.
+        self.exec(
+            &host.netns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        Ok((host, ip6))
+    }
+
     /// A host with a public address on the internet (203.0.113.x).
     pub fn public_host(&mut self, name: &str) -> Result<Host> {
         let ip = format!("203.0.113.{}", self.next_public);

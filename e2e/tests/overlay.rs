@@ -169,6 +169,87 @@ fn public_pair(lab: &mut Lab) -> [(Host, PathBuf, String); 2] {
     })
 }
 
+/// Two dual-stack hosts whose IPv4 traffic to each other is cut, and an
+/// IPv4-only boot node: `node_a` and `node_b` find each other through the
+/// DHT (each record lists the host's global IPv6 address) and talk
+/// directly over IPv6.
+fn ipv6_only_between(lab: &mut Lab) -> [(Host, PathBuf, String, String); 2] {
+    let [a, b] = ["node_a", "node_b"].map(|name| {
+        let (host, ip6) = lab.dual_stack_host(name).expect("host");
+        let (sk, pk) = lab.genkey(name).expect("key");
+        (host, sk, pk, ip6)
+    });
+    for rule in [
+        "add table inet whcut".to_string(),
+        "add chain inet whcut in { type filter hook input priority 0; }".to_string(),
+        "add chain inet whcut out { type filter hook output priority 0; }".to_string(),
+        format!("add rule inet whcut in ip saddr {} drop", b.0.ip),
+        format!("add rule inet whcut out ip daddr {} drop", b.0.ip),
+    ] {
+        lab.exec(&a.0.netns, &["nft", &rule]).expect("nft");
+    }
+    [a, b]
+}
+
+#[test]
+fn dual_stack_nodes_find_each_other_and_talk_over_ipv6() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let (boot, boot_pk) = lab.public_boot().expect("boot");
+    let [(a, ska, pka, _), (b, skb, pkb, b6)] = ipv6_only_between(&mut lab);
+    let config = lab
+        .write(
+            "v6.conf",
+            &format!(
+                "name v6\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\ntrust node_a {pka}\ntrust node_b {pkb}\n",
+                boot.ip
+            ),
+        )
+        .expect("config");
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("up a");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("up b");
+    let took = lab
+        .ping_until(&a, "10.0.42.3", Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}{}", lab.report(&[&a, &b])));
+    eprintln!("a pings b over IPv6 {took:?} after wh up");
+    let lookup = lab
+        .wh_ok(&a, &["lookup", &iface(&lab, &a), "node_b"])
+        .expect("lookup");
+    assert!(
+        lookup.contains(&b6),
+        "b's record lacks its IPv6 address: {lookup}"
+    );
+    let show = lab.wh_ok(&a, &["show"]).expect("show");
+    let line = show
+        .lines()
+        .find(|l| l.contains("node_b"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with('●') && line.contains(&format!("[{b6}]:")),
+        "node_b is not direct over IPv6: {show}"
+    );
+}
+
+/// The same cut, no DHT: each lists the other at an IPv6 literal.
+#[test]
+fn a_static_ipv6_endpoint_is_reached() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let [(a, ska, pka, a6), (b, skb, pkb, b6)] = ipv6_only_between(&mut lab);
+    let config = lab
+        .write(
+            "v6.conf",
+            &format!(
+                "name v6\nsubnet 10.0.42.0/24\ntrust node_a {pka} [{a6}]:62096\ntrust node_b {pkb} [{b6}]:62096\n"
+            ),
+        )
+        .expect("config");
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("up a");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("up b");
+    lab.ping_until(&a, "10.0.42.3", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}{}", lab.report(&[&a, &b])));
+}
+
 /// Two nodes that list each other's endpoint (and no boot node) and start
 /// while they cannot reach each other find each other once they can: a
 /// node that knows nobody pings the static endpoints again.

@@ -286,6 +286,50 @@ async fn send_gso(socket: &UdpSocket, buf: &[u8], segment: u16, addr: &RawAddr) 
     }
 }
 
+/// Binds the node's UDP socket on `port`: one dual-stack socket (`[::]`,
+/// IPv4 arriving as IPv4-mapped addresses) where the host has IPv6, else
+/// `0.0.0.0`. Non-blocking, for tokio.
+pub fn bind_dual_stack(port: u16) -> io::Result<UdpSocket> {
+    let v6 = || -> io::Result<std::net::UdpSocket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        Ok(s.into())
+    };
+    let std_socket = match v6() {
+        Ok(s) => s,
+        // No IPv6 on this host (disabled, or no such family): IPv4 only.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+            ) =>
+        {
+            tracing::info!(error = %e, "no IPv6 socket on this host: IPv4 only");
+            std::net::UdpSocket::bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))?
+        }
+        Err(e) => return Err(e),
+    };
+    std_socket.set_nonblocking(true)?;
+    UdpSocket::from_std(std_socket)
+}
+
+/// An address as the rest of WireHub keys it: an IPv4-mapped IPv6 address
+/// (what a dual-stack socket reports for IPv4 peers) as plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
 const UDP_GRO: libc::c_int = 104;
 
 /// Asks the kernel to hand this socket runs of same-sized datagrams from one
@@ -326,12 +370,12 @@ fn from_raw(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
             let sin6 = unsafe {
                 &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
             };
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+            Some(canonical(SocketAddr::V6(std::net::SocketAddrV6::new(
                 sin6.sin6_addr.s6_addr.into(),
                 u16::from_be(sin6.sin6_port),
                 sin6.sin6_flowinfo,
                 sin6.sin6_scope_id,
-            )))
+            ))))
         }
         _ => None,
     }
@@ -413,5 +457,46 @@ mod tests {
         let mut buf = [0u8; 8];
         let (n, _) = sink.recv_from(&mut buf).expect("received");
         assert_eq!(&buf[..n], b"now");
+    }
+
+    /// The node's dual-stack socket talks to IPv4 and IPv6 peers, sees IPv4
+    /// peers at their plain IPv4 address, and segments runs to both.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dual_stack_socket_speaks_both_families() {
+        let node = bind_dual_stack(0).expect("bind");
+        let port = node.local_addr().expect("local").port();
+        enable_gro(&node).expect("GRO");
+        let gso = GsoSender::new(&node);
+        for peer_ip in ["127.0.0.1", "::1"] {
+            let peer = std::net::UdpSocket::bind((peer_ip, 0)).expect("peer");
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .expect("timeout");
+            let peer_addr = peer.local_addr().expect("peer address");
+            let node_addr: SocketAddr = (peer_addr.ip(), port).into();
+            peer.send_to(b"hello", node_addr).expect("peer sends");
+            node.readable().await.expect("readable");
+            let mut buf = vec![0u8; 65536];
+            let (n, from, _) = try_recv_gro(&node, &mut buf).expect("received");
+            assert_eq!(&buf[..n], b"hello");
+            assert_eq!(from, peer_addr, "source address as the peer has it");
+            send_now(&node, b"one", from).expect("send_now");
+            let mut got = [0u8; 128];
+            let (n, _) = peer.recv_from(&mut got).expect("one");
+            assert_eq!(&got[..n], b"one");
+            gso.try_send_segments(&node, &[7u8; 300], 100, from)
+                .expect("segments");
+            for _ in 0..3 {
+                let (n, _) = peer.recv_from(&mut got).expect("a segment");
+                assert_eq!(n, 100, "one datagram per segment");
+            }
+        }
+    }
+
+    #[test]
+    fn mapped_addresses_are_plain_ipv4() {
+        let mapped: SocketAddr = "[::ffff:198.51.100.7]:62096".parse().expect("mapped");
+        assert_eq!(canonical(mapped), "198.51.100.7:62096".parse().expect("v4"));
+        let v6: SocketAddr = "[2001:db8::1]:62096".parse().expect("v6");
+        assert_eq!(canonical(v6), v6);
     }
 }

@@ -41,6 +41,9 @@ pub struct Verdict {
     pub kind: NatKind,
     /// The endpoint peers see, when it is the same for all of them.
     pub reflexive: Option<SocketAddr>,
+    /// The IPv6 endpoint peers that reach us over IPv6 see (the most
+    /// common), when the kind and `reflexive` are learnt over IPv4.
+    pub reflexive6: Option<SocketAddr>,
 }
 
 /// Learns the NAT kind from observed endpoints.
@@ -66,6 +69,7 @@ impl NatDetector {
             last: Verdict {
                 kind: NatKind::Unknown,
                 reflexive: None,
+                reflexive6: None,
             },
         }
     }
@@ -101,16 +105,23 @@ impl NatDetector {
         });
     }
 
-    /// The current verdict.
+    /// The current verdict. The kind comes from what IPv4 peers see (NATs
+    /// are an IPv4 matter), or from IPv6 peers when no IPv4 peer reports.
     pub fn verdict(&self, now: Instant) -> Verdict {
-        let fresh: Vec<&Sample> = self
+        let (v4, v6): (Vec<&Sample>, Vec<&Sample>) = self
             .samples
             .iter()
             .filter(|s| now.duration_since(s.at) <= SAMPLE_TTL)
-            .collect();
+            .partition(|s| s.observed.is_ipv4());
+        let reflexive6 = most_common(v6.iter().map(|s| s.observed));
+        let fresh = if v4.is_empty() { v6 } else { v4 };
         let reflexive = most_common(fresh.iter().map(|s| s.observed));
         if let Some(kind) = self.forced {
-            return Verdict { kind, reflexive };
+            return Verdict {
+                kind,
+                reflexive,
+                reflexive6,
+            };
         }
         if fresh.is_empty() {
             let silent = now.duration_since(self.started) > SILENT_AFTER;
@@ -122,6 +133,7 @@ impl NatDetector {
             return Verdict {
                 kind,
                 reflexive: None,
+                reflexive6,
             };
         }
         if fresh.iter().any(|s| {
@@ -130,6 +142,7 @@ impl NatDetector {
             return Verdict {
                 kind: NatKind::Public,
                 reflexive,
+                reflexive6,
             };
         }
         let mut reporters: Vec<IpAddr> = fresh.iter().map(|s| s.reporter).collect();
@@ -147,6 +160,7 @@ impl NatDetector {
         Verdict {
             kind,
             reflexive: if all_same { reflexive } else { None },
+            reflexive6,
         }
     }
 
@@ -201,6 +215,24 @@ mod tests {
         let v = d.verdict(now);
         assert_eq!(v.kind, NatKind::EndpointIndependent);
         assert_eq!(v.reflexive, Some(a("203.0.113.20:62096")));
+    }
+
+    /// A dual-stack node: IPv6 peers see its IPv6 endpoint, which neither
+    /// makes its IPv4 NAT look endpoint-dependent nor hides it.
+    #[test]
+    fn ipv6_reports_do_not_mix_with_the_ipv4_verdict() {
+        let now = Instant::now();
+        let mut d = NatDetector::new(62096, vec![], now);
+        d.observe(a("[2001:db8::1]:62096"), a("[2001:db8::20]:62096"), now);
+        assert_eq!(d.verdict(now).kind, NatKind::Unknown);
+        assert_eq!(d.verdict(now).reflexive, Some(a("[2001:db8::20]:62096")));
+        d.observe(a("203.0.113.1:62096"), a("203.0.113.20:62096"), now);
+        d.observe(a("203.0.113.2:62096"), a("203.0.113.20:62096"), now);
+        d.observe(a("[2001:db8::2]:62096"), a("[2001:db8::20]:62096"), now);
+        let v = d.verdict(now);
+        assert_eq!(v.kind, NatKind::EndpointIndependent);
+        assert_eq!(v.reflexive, Some(a("203.0.113.20:62096")));
+        assert_eq!(v.reflexive6, Some(a("[2001:db8::20]:62096")));
     }
 
     #[test]

@@ -76,7 +76,15 @@ async fn resolve(e: &Endpoint) -> Option<SocketAddr> {
     }
     let query = tokio::net::lookup_host((e.host.as_str(), e.port));
     match tokio::time::timeout(Duration::from_secs(5), query).await {
-        Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4()),
+        // IPv4 first (NAT traversal is for IPv4), else IPv6.
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| addrs.first())
+                .copied()
+        }
         _ => {
             tracing::warn!(host = %e.host, "cannot resolve endpoint host");
             None
@@ -147,6 +155,10 @@ struct Daemon {
     local_ips: Vec<IpAddr>,
     last_publish: Option<Instant>,
     publish_pending: bool,
+    /// The host's global IPv6 addresses (published with our port when the
+    /// socket is dual-stack), and when they were last read.
+    local_ipv6: Vec<std::net::Ipv6Addr>,
+    local_ipv6_read: Option<Instant>,
     /// Static endpoints of peers to ping (see `ping_static_endpoints`).
     endpoints_to_ping: Vec<(PublicKey, Endpoint)>,
     /// While the DHT is empty: when the static endpoints are pinged again.
@@ -180,6 +192,8 @@ const MAX_RECENT: usize = 8192;
 /// every 1.5 s and, once one is unanswered, every 400 ms, so it takes four
 /// lost in a row.
 const DIRECT_QUIET: Duration = Duration::from_secs(3);
+/// How often the host's global IPv6 addresses are read again.
+const LOCAL_IPV6_EVERY: Duration = Duration::from_secs(30);
 /// A peer the data plane refused is programmed again after this long.
 const REPROGRAM_AFTER: Duration = Duration::from_secs(1);
 /// Own record changes are republished at most this often.
@@ -236,12 +250,8 @@ pub async fn run_with(
     let mut stop = extras.stop.unwrap_or_else(|| watch::channel(false).1);
     let mut updates = updates.unwrap_or_else(|| mpsc::channel(1).1);
     let public = key.public_key();
-    let socket = UdpSocket::bind(SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        opts.listen_port,
-    ))
-    .await
-    .with_context(|| format!("cannot bind UDP port {}", opts.listen_port))?;
+    let socket = udp::bind_dual_stack(opts.listen_port)
+        .with_context(|| format!("cannot bind UDP port {}", opts.listen_port))?;
     // `listen-port 0` asks for any free port: the rest uses the real one.
     if let Ok(local) = socket.local_addr() {
         opts.listen_port = local.port();
@@ -390,6 +400,8 @@ pub async fn run_with(
         local_ips: Vec::new(),
         last_publish: None,
         publish_pending: false,
+        local_ipv6: Vec::new(),
+        local_ipv6_read: None,
         names_tx,
         dns,
     };
@@ -907,9 +919,11 @@ impl Daemon {
     /// Our own address towards `peer`, so the NAT detector can tell an
     /// observed endpoint that is our own (no NAT) from a mapped one.
     fn note_local_ip(&mut self, peer: SocketAddr) {
-        let Ok(s) =
-            std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
-        else {
+        let any = match peer {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let Ok(s) = std::net::UdpSocket::bind(SocketAddr::new(any, 0)) else {
             return;
         };
         if s.connect(peer).is_ok()
@@ -1373,6 +1387,23 @@ impl Daemon {
             tracing::info!(nat = ?v.kind, reflexive = ?v.reflexive, "NAT verdict");
             self.publish_pending = true;
         }
+        if self
+            .local_ipv6_read
+            .is_none_or(|t| now.duration_since(t) >= LOCAL_IPV6_EVERY)
+        {
+            self.local_ipv6_read = Some(now);
+            let dual_stack = self.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+            let found = if dual_stack {
+                crate::nat::local::host_global_ipv6(&self.opts.interface)
+            } else {
+                Vec::new()
+            };
+            if found != self.local_ipv6 {
+                tracing::info!(addresses = ?found, "global IPv6 addresses");
+                self.local_ipv6 = found;
+                self.publish_pending = true;
+            }
+        }
         let verdict = self.nat.verdict(now);
         let behind_nat = verdict.kind != NatKind::Public || self.force_relay;
         if behind_nat {
@@ -1433,7 +1464,20 @@ impl Daemon {
             }
             endpoints.push(mapped);
         }
-        endpoints.dedup();
+        // IPv6: where IPv6 peers see us, and the host's global addresses.
+        endpoints.extend(verdict.reflexive6);
+        let port = self.opts.listen_port;
+        endpoints.extend(
+            self.local_ipv6
+                .iter()
+                .map(|ip| SocketAddr::new(IpAddr::V6(*ip), port)),
+        );
+        let mut seen = Vec::new();
+        endpoints.retain(|e| {
+            let new = !seen.contains(e);
+            seen.push(*e);
+            new
+        });
         endpoints.truncate(crate::proto::MAX_ENDPOINTS);
         let record = NodeRecord {
             key: self.public,
