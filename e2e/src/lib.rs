@@ -184,6 +184,8 @@ pub struct Lab {
     wans: Vec<Wan>,
     next_public: u8,
     next_home: u8,
+    /// Whether the internet routes IPv6 (see [`Lab::ipv6_core`]).
+    ipv6_core: bool,
 }
 
 impl Lab {
@@ -204,6 +206,7 @@ impl Lab {
             wans: Vec::new(),
             next_public: 10,
             next_home: 1,
+            ipv6_core: false,
         };
         lab.add_netns(&internet)?;
         lab.exec(&internet, &["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -281,27 +284,92 @@ impl Lab {
         })
     }
 
+    /// IPv6 on the internet: the bridge's namespace routes 2001:db8:113::/64
+    /// (on the bridge, itself at ::1) and the home networks' /64s (through
+    /// their routers), once.
+    fn ipv6_core(&mut self) -> Result<()> {
+        if !self.ipv6_core {
+            let net = self.internet.clone();
+            self.exec(&net, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+            self.add_ipv6(&net, "br0", "2001:db8:113::1", None)?;
+            self.ipv6_core = true;
+        }
+        Ok(())
+    }
+
+    /// Gives interface `dev` of namespace `ns` the IPv6 address `ip6`/64
+    /// (usable at once: no duplicate-address detection) and, when `via` is
+    /// set, a default IPv6 route through it.
+    fn add_ipv6(&self, ns: &str, dev: &str, ip6: &str, via: Option<&str>) -> Result<()> {
+        let cidr = format!("{ip6}/64");
+        self.exec(ns, &["ip", "-6", "addr", "add", &cidr, "dev", dev, "nodad"])?;
+        if let Some(gw) = via {
+            self.exec(ns, &["ip", "-6", "route", "add", "default", "via", gw])?;
+        }
+        Ok(())
+    }
+
+    /// The public IPv6 address the lab gives a host or router with public
+    /// IPv4 address 203.0.113.x: 2001:db8:113::x.
+    fn public_ipv6(ip: &str) -> String {
+        format!("2001:db8:113::{}", ip.rsplit('.').next().unwrap_or("1"))
+    }
+
     /// A host with a public IPv4 address (203.0.113.x) and a public IPv6
     /// address (2001:db8:113::x, returned) on the internet: a dual-stack host.
     pub fn dual_stack_host(&mut self, name: &str) -> Result<(Host, String)> {
+        self.ipv6_core()?;
         let host = self.public_host(name)?;
-        let last = host.ip.rsplit('.').next().unwrap_or("1");
-        let ip6 = format!("2001:db8:113::{last}");
-        // nodad: usable at once, no duplicate-address detection wait.
+        let ip6 = Self::public_ipv6(&host.ip);
+        self.add_ipv6(&host.netns, "eth0", &ip6, Some("2001:db8:113::1"))?;
+        Ok((host, ip6))
+    }
+
+    /// Gives a home host made by [`Lab::home_host`] and its router IPv6, as
+    /// home routers do: a global /64 on the home network (2001:db8:N::/64,
+    /// the host at ::2, returned), routed without NAT, behind a stateful
+    /// firewall (replies and what the home sends out pass; nothing
+    /// unsolicited comes in). The router's IPv4 NAT is unchanged.
+    pub fn home_ipv6(&mut self, host: &Host, router: &Host) -> Result<String> {
+        self.ipv6_core()?;
+        // Home network N is 198.51.100.16N/28 (the host at .16N+2).
+        let n = host
+            .ip
+            .rsplit('.')
+            .next()
+            .and_then(|l| l.parse::<u32>().ok())
+            .map_or(0, |l| l / 16);
+        let prefix = format!("2001:db8:{n:x}::");
+        let wan6 = Self::public_ipv6(&router.ip);
+        self.add_ipv6(&router.netns, "wan", &wan6, Some("2001:db8:113::1"))?;
+        self.add_ipv6(&router.netns, "lan", &format!("{prefix}1"), None)?;
         self.exec(
-            &host.netns,
+            &router.netns,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        )?;
+        let host6 = format!("{prefix}2");
+        self.add_ipv6(&host.netns, "eth0", &host6, Some(&format!("{prefix}1")))?;
+        let net = self.internet.clone();
+        self.exec(
+            &net,
             &[
                 "ip",
                 "-6",
-                "addr",
+                "route",
                 "add",
-                &format!("{ip6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
+                &format!("{prefix}/64"),
+                "via",
+                &wan6,
             ],
         )?;
-        Ok((host, ip6))
+        let rules = "table ip6 homefw {\n\
+               chain input { type filter hook input priority filter; policy drop; ct state established,related accept; meta l4proto ipv6-icmp accept; iifname { \"lo\", \"lan\" } accept; }\n\
+               chain forward { type filter hook forward priority filter; policy drop; ct state established,related accept; iifname \"lan\" oifname \"wan\" accept; }\n\
+             }\n";
+        let path = self.dir.join(format!("{}-fw6.nft", router.name));
+        std::fs::write(&path, rules)?;
+        self.exec(&router.netns, &["nft", "-f", &path.to_string_lossy()])?;
+        Ok(host6)
     }
 
     /// A host with a public address on the internet (203.0.113.x).

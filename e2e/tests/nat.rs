@@ -316,6 +316,66 @@ fn a_node_behind_nat_restarts_and_is_back_within_5s() {
     eprintln!("back {:?} after the restart", start.elapsed());
 }
 
+/// Two hosts behind hard IPv4 NATs (relayed over IPv4), whose homes also
+/// have global IPv6 behind stateful firewalls, as many home routers give:
+/// the nodes punch through both firewalls over IPv6 and go direct.
+#[test]
+fn hard_nats_with_ipv6_homes_go_direct_over_ipv6() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let (boot_pk, relays) = lab.public_dht(2).expect("public DHT");
+    let [(a, _), (b, b6)] = ["node_a", "node_b"].map(|name| {
+        let (host, router) = lab.home_host(name, Nat::Hard).expect("home host");
+        let ip6 = lab.home_ipv6(&host, &router).expect("home IPv6");
+        (host, ip6)
+    });
+    // The firewalls let nothing unsolicited in: a cannot reach b over IPv6
+    // by itself.
+    let out = lab
+        .exec_output(&a.netns, &["ping", "-6", "-c", "1", "-W", "1", &b6])
+        .expect("ping -6");
+    assert!(!out.status.success(), "b's firewall lets a ping in");
+    let (ska, pka) = lab.genkey("node_a").expect("key");
+    let (skb, pkb) = lab.genkey("node_b").expect("key");
+    let config = lab
+        .write(
+            "v6.conf",
+            &format!(
+                "name v6\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\ntrust node_a {pka}\ntrust node_b {pkb}\n",
+                relays[0].ip
+            ),
+        )
+        .expect("config");
+    let start = Instant::now();
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("a up");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("b up");
+    lab.ping_until(&a, "10.0.42.3", Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}{}", lab.report(&[&a, &b])));
+    let first = start.elapsed();
+    let over_ipv6 = format!("[{b6}]:");
+    let direct = loop {
+        let show = lab.wh_ok(&a, &["show"]).unwrap_or_default();
+        let line = show
+            .lines()
+            .find(|l| l.contains("node_b"))
+            .unwrap_or_default()
+            .to_string();
+        if line.chars().next().is_some_and(is_direct) && line.contains(&over_ipv6) {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!(
+                "node_b is not direct over IPv6: {show}{}",
+                lab.report(&[&a, &b])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    lab.ping_until(&a, "10.0.42.3", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}{}", lab.report(&[&a, &b])));
+    eprintln!("first ping {first:?}, direct over IPv6 {direct:?} after wh up");
+}
+
 /// Whether miniupnpd on `router` forwards the WireHub port.
 fn port_mapped(lab: &Lab, router: &Host) -> bool {
     lab.exec(
