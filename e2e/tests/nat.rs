@@ -287,12 +287,17 @@ fn conntrack_flush_and_port_change_recover_within_5s() {
     assert!(rules.contains("40000-40999"), "{rules}");
     s.lab.exec(&router.netns, &["conntrack", "-F"]).ok();
     let start = Instant::now();
-    s.lab
-        .ping_until(&s.a, "10.0.42.3", Duration::from_secs(5))
-        .expect("a after the port change");
-    s.lab
-        .ping_until(&s.b, "10.0.42.2", Duration::from_secs(5))
-        .expect("b after the port change");
+    for (from, to) in [(&s.a, "10.0.42.3"), (&s.b, "10.0.42.2")] {
+        s.lab
+            .ping_until(from, to, Duration::from_secs(5))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} after the port change: {e}{}",
+                    from.name,
+                    s.lab.report(&[&s.a, &s.b])
+                )
+            });
+    }
     eprintln!("after the port change: both ways in {:?}", start.elapsed());
 }
 

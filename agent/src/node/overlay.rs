@@ -514,7 +514,8 @@ impl Overlay {
     }
 
     /// A direct path went quiet (no authenticated message for a while):
-    /// fall back to the relays the peer published, and look it up again.
+    /// fall back to the relays the peer published, and look it up (and
+    /// punch) again at once.
     pub fn expire_direct(&mut self, now: Instant, quiet: Duration) {
         for p in self.peers.values_mut() {
             let Some(PeerPath::Direct(_)) = p.path else {
@@ -533,6 +534,9 @@ impl Overlay {
                 } else {
                     Some(PeerPath::Relayed(relays))
                 };
+                // Not in contact any more: a peer heard from within
+                // SILENCE would not be looked up.
+                p.last_contact = None;
                 p.next_lookup = now;
                 self.changes.push(p.change());
             }
@@ -843,6 +847,11 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].path, None);
         assert_eq!(o.path(&k[1]), None);
+        assert_eq!(
+            o.lookups_due(t1 + Duration::from_secs(4)),
+            vec![k[1]],
+            "the peer is looked up again at once"
+        );
     }
 
     #[test]
