@@ -201,11 +201,12 @@ async fn igd_session(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {
-                if mapped {
-                    match gateway.remove_port(PortMappingProtocol::UDP, port).await {
-                        Ok(()) => tracing::info!("UPnP port mapping removed"),
-                        Err(e) => tracing::warn!(error = %e, "cannot remove the UPnP port mapping"),
-                    }
+                // Also when the last request failed: a gateway that did
+                // not answer in time may still have made the mapping.
+                match gateway.remove_port(PortMappingProtocol::UDP, port).await {
+                    Ok(()) => tracing::info!("UPnP port mapping removed"),
+                    Err(e) if mapped => tracing::warn!(error = %e, "cannot remove the UPnP port mapping"),
+                    Err(e) => tracing::debug!(error = %e, "no UPnP port mapping to remove"),
                 }
                 return;
             }
