@@ -10,7 +10,7 @@ use dataplane_lab::{Lab, is_root, link_exists, ping, ping_until, run_in, runtime
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wirehub::dataplane::netns::lab;
@@ -406,6 +406,40 @@ fn dataplane_embedded_relayed_then_direct_keeps_session() {
     a.destroy();
     b.destroy();
     assert!(!link_exists(&a.ns, &a.iface));
+}
+
+/// A peer whose first handshake initiation went nowhere (its path was not
+/// open yet) and whose path then changes: a new initiation goes the new
+/// way at once, not after WireGuard's 5 s retry.
+#[test]
+fn dataplane_embedded_handshake_follows_a_new_path_at_once() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (a, b) = two_nodes(&mut lab, BackendKind::Embedded, BackendKind::Embedded);
+    // b knows a but has no path yet; a sends its initiation to a dead port.
+    b.dp().set_peer(a.peer_config(1, false)).expect("set peer");
+    let mut dead = b.peer_config(2, true);
+    dead.endpoint = Some(SocketAddr::new(b.underlay.ip(), 9));
+    a.dp().set_peer(dead).expect("set peer");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(a.stats_of(&b.public()).last_handshake, None);
+    // Both paths open.
+    b.dp()
+        .set_peer(a.peer_config(1, true))
+        .expect("update peer");
+    a.dp()
+        .set_peer(b.peer_config(2, true))
+        .expect("update peer");
+    let start = Instant::now();
+    while a.stats_of(&b.public()).last_handshake.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "no handshake 2 s after the path changed (WireGuard's own retry comes after 5 s)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("handshake {:?} after the path changed", start.elapsed());
+    assert_pings(&a, "10.0.42.2", "fd42::2");
 }
 
 #[test]

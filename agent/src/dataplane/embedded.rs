@@ -363,16 +363,26 @@ impl Embedded {
     pub(crate) fn set_peer(&self, cfg: PeerConfig) -> Result<(), DataPlaneError> {
         let existing = self.shared.snapshot().by_key.get(&cfg.key).cloned();
         if let Some(peer) = existing {
-            let allowed_changed = {
+            let (allowed_changed, handshaking_moved) = {
                 let mut st = peer.lock();
+                let moved = st.endpoint != cfg.endpoint;
                 st.endpoint = cfg.endpoint;
                 st.keepalive = cfg.keepalive.filter(|k| *k > 0);
                 let changed = st.allowed_ips != cfg.allowed_ips;
                 st.allowed_ips = cfg.allowed_ips;
-                changed
+                (
+                    changed,
+                    moved && st.tunn.time_since_last_handshake().is_none(),
+                )
             };
             if allowed_changed {
                 self.update_table(Table::rebuild_allowed);
+            }
+            // No session yet and a new path: the pending initiation went the
+            // old way (perhaps into a NAT that was not open yet). Send a new
+            // one the new way now rather than after WireGuard's 5 s retry.
+            if handshaking_moved {
+                self.initiate(&peer, true);
             }
             return Ok(());
         }
@@ -413,21 +423,27 @@ impl Embedded {
         // a peer that restarted (and lost its session) is told so now, not
         // after the other side's rekey timeout.
         if let Some(peer) = self.shared.snapshot().by_key.get(&cfg.key).cloned() {
-            let mut buf = [0u8; 256];
-            let mut st = peer.lock();
-            let dest = Dest::of(st.endpoint);
-            match st.tunn.format_handshake_initiation(&mut buf, false) {
-                TunnResult::WriteToNetwork(out) => {
-                    tracing::debug!(peer = ?peer.key, "handshake initiated with a new peer");
-                    self.shared.send_now(&peer, dest, out);
-                }
-                TunnResult::Err(e) => {
-                    tracing::debug!(peer = ?peer.key, "cannot initiate a handshake: {e:?}")
-                }
-                _ => tracing::debug!(peer = ?peer.key, "no handshake initiation needed"),
-            }
+            self.initiate(&peer, false);
         }
         Ok(())
+    }
+
+    /// Sends a handshake initiation to `peer` on its current path; `force`
+    /// replaces one still waiting for its response.
+    fn initiate(&self, peer: &Arc<Peer>, force: bool) {
+        let mut buf = [0u8; 256];
+        let mut st = peer.lock();
+        let dest = Dest::of(st.endpoint);
+        match st.tunn.format_handshake_initiation(&mut buf, force) {
+            TunnResult::WriteToNetwork(out) => {
+                tracing::debug!(peer = ?peer.key, force, "handshake initiated");
+                self.shared.send_now(peer, dest, out);
+            }
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = ?peer.key, "cannot initiate a handshake: {e:?}")
+            }
+            _ => tracing::debug!(peer = ?peer.key, "no handshake initiation needed"),
+        }
     }
 
     pub(crate) fn remove_peer(&self, key: &PublicKey) -> Result<(), DataPlaneError> {
