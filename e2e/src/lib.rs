@@ -69,6 +69,10 @@ pub fn sh(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The internet's IPv6 router (on the bridge): the default IPv6 route of
+/// dual-stack hosts and routers.
+const IPV6_CORE: &str = "2001:db8:113::1";
+
 /// A host of the lab: a network namespace and its run directory.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -291,7 +295,7 @@ impl Lab {
         if !self.ipv6_core {
             let net = self.internet.clone();
             self.exec(&net, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-            self.add_ipv6(&net, "br0", "2001:db8:113::1", None)?;
+            self.add_ipv6(&net, "br0", IPV6_CORE, None)?;
             self.ipv6_core = true;
         }
         Ok(())
@@ -321,7 +325,7 @@ impl Lab {
         self.ipv6_core()?;
         let host = self.public_host(name)?;
         let ip6 = Self::public_ipv6(&host.ip);
-        self.add_ipv6(&host.netns, "eth0", &ip6, Some("2001:db8:113::1"))?;
+        self.add_ipv6(&host.netns, "eth0", &ip6, Some(IPV6_CORE))?;
         Ok((host, ip6))
     }
 
@@ -341,7 +345,7 @@ impl Lab {
             .map_or(0, |l| l / 16);
         let prefix = format!("2001:db8:{n:x}::");
         let wan6 = Self::public_ipv6(&router.ip);
-        self.add_ipv6(&router.netns, "wan", &wan6, Some("2001:db8:113::1"))?;
+        self.add_ipv6(&router.netns, "wan", &wan6, Some(IPV6_CORE))?;
         self.add_ipv6(&router.netns, "lan", &format!("{prefix}1"), None)?;
         self.exec(
             &router.netns,

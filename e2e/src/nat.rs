@@ -138,14 +138,20 @@ pub fn scenario(ka: Kind, kb: Kind, latency: u32) -> (Scenario, Instant) {
 
 /// The glyph `wh show` on `from` prints for `peer`: ● ◒ direct, ○ relayed.
 pub fn path_glyph(lab: &Lab, from: &Host, peer: &str) -> char {
+    peer_line(lab, from, peer).chars().next().unwrap_or('?')
+}
+
+/// The line `wh show` on `from` prints for `peer` (glyph, name, path), or
+/// an empty one.
+pub fn peer_line(lab: &Lab, from: &Host, peer: &str) -> String {
     let show = lab
         .wh(from, &["show"])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     show.lines()
         .find(|l| l.contains(peer))
-        .and_then(|l| l.chars().next())
-        .unwrap_or('?')
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn is_direct(g: char) -> bool {

@@ -3,7 +3,9 @@
 //! own lab; and the faults a NAT path must survive.
 
 use std::time::{Duration, Instant};
-use wirehub_e2e::nat::{KINDS, Kind, is_direct, path_glyph, scenario, wait_detected, wait_direct};
+use wirehub_e2e::nat::{
+    KINDS, Kind, is_direct, path_glyph, peer_line, scenario, wait_detected, wait_direct,
+};
 use wirehub_e2e::{Host, Lab, Nat, require_lab};
 
 fn expected_direct(a: Kind, b: Kind) -> bool {
@@ -359,18 +361,13 @@ fn hard_nats_with_ipv6_homes_go_direct_over_ipv6() {
     let first = start.elapsed();
     let over_ipv6 = format!("[{b6}]:");
     let direct = loop {
-        let show = lab.wh_ok(&a, &["show"]).unwrap_or_default();
-        let line = show
-            .lines()
-            .find(|l| l.contains("node_b"))
-            .unwrap_or_default()
-            .to_string();
+        let line = peer_line(&lab, &a, "node_b");
         if line.chars().next().is_some_and(is_direct) && line.contains(&over_ipv6) {
             break start.elapsed();
         }
         if start.elapsed() > Duration::from_secs(20) {
             panic!(
-                "node_b is not direct over IPv6: {show}{}",
+                "node_b is not direct over IPv6: {line}{}",
                 lab.report(&[&a, &b])
             );
         }

@@ -179,16 +179,22 @@ fn ipv6_only_between(lab: &mut Lab) -> [(Host, PathBuf, String, String); 2] {
         let (sk, pk) = lab.genkey(name).expect("key");
         (host, sk, pk, ip6)
     });
+    cut_ipv4(lab, &a.0, &b.0);
+    [a, b]
+}
+
+/// Drops, in `a`'s namespace, every IPv4 packet from or to `b` (nft table
+/// `inet whcut`; `nft delete table inet whcut` mends it).
+fn cut_ipv4(lab: &Lab, a: &Host, b: &Host) {
     for rule in [
         "add table inet whcut".to_string(),
         "add chain inet whcut in { type filter hook input priority 0; }".to_string(),
         "add chain inet whcut out { type filter hook output priority 0; }".to_string(),
-        format!("add rule inet whcut in ip saddr {} drop", b.0.ip),
-        format!("add rule inet whcut out ip daddr {} drop", b.0.ip),
+        format!("add rule inet whcut in ip saddr {} drop", b.ip),
+        format!("add rule inet whcut out ip daddr {} drop", b.ip),
     ] {
-        lab.exec(&a.0.netns, &["nft", &rule]).expect("nft");
+        lab.exec(&a.netns, &["nft", &rule]).expect("nft");
     }
-    [a, b]
 }
 
 #[test]
@@ -268,15 +274,7 @@ fn nodes_that_start_apart_find_each_other_through_static_endpoints() {
         )
         .expect("config");
     // Nothing passes between a and b while both start.
-    for rule in [
-        "add table inet whcut".to_string(),
-        "add chain inet whcut in { type filter hook input priority 0; }".to_string(),
-        "add chain inet whcut out { type filter hook output priority 0; }".to_string(),
-        format!("add rule inet whcut in ip saddr {} drop", b.ip),
-        format!("add rule inet whcut out ip daddr {} drop", b.ip),
-    ] {
-        lab.exec(&a.netns, &["nft", &rule]).expect("nft");
-    }
+    cut_ipv4(&lab, &a, &b);
     lab.wh_up(&a, &config, Some(&ska), &[]).expect("up a");
     lab.wh_up(&b, &config, Some(&skb), &[]).expect("up b");
     for host in [&a, &b] {
