@@ -7,6 +7,7 @@ packages=(
   miniupnpd miniupnpd-nftables miniupnpc natpmpc       # UPnP IGD / NAT-PMP in lab routers
   podman containernetworking-plugins busybox-static runc iptables util-linux  # a real CNI runtime
   containerd etcd-server etcd-client openssl binutils  # the Kubernetes lab (e2e/tests/k8s.rs; the binaries: e2e/k8s/build-k8s.sh)
+  faketime                                             # nodes with wrong wall clocks (e2e/tests/clock.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,12 +4,20 @@
 //! Every command is described once in [`COMMANDS`]; parsing, `wh help`, usage
 //! errors and shell completion all read that table. Exit codes: 0 success,
 //! 1 runtime failure, 2 usage error.
+//!
+//! Standard output is written only through [`out`]: a reader that goes away
+//! (`wh show | head -1`) ends the command quietly with status 0, never a
+//! panic (`print!` panics on a closed pipe, hence the lint below).
+
+#![deny(clippy::print_stdout)]
 
 pub mod commands;
 pub mod completion;
 
+use commands::Failure;
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write;
 
 /// What a keyword's value (or a positional argument) is, for completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +138,10 @@ pub const COMMANDS: &[Command] = &[
             },
         ],
         keywords: &[],
-        flags: &[],
+        flags: &[(
+            "--json",
+            "print the same as JSON: an object for INTERFACE, else a list",
+        )],
         details: "Peers are marked ● direct, ◒ behind NAT, ○ relayed, ◌ alias.",
     },
     Command {
@@ -214,7 +225,7 @@ pub const COMMANDS: &[Command] = &[
         }],
         keywords: &[],
         flags: &[],
-        details: "",
+        details: "Returns once the daemon has exited (its port, interface and routes are free): 'wh down I && wh up ...' works. Fails if it is still running after 10 s.",
     },
     Command {
         name: "reload",
@@ -319,7 +330,7 @@ pub const COMMANDS: &[Command] = &[
         }],
         keywords: &[],
         flags: &[],
-        details: "Without INVITATION: listen, print an invitation alone on one line of stderr, and pipe stdin/stdout with the one peer that uses it.\nWith INVITATION: join that listener. 'boot KEY HOST:PORT' (repeatable) replaces config/public's bootstrap nodes.\nExit codes: 0 the other side closed, 1 failure, 3 invitation damaged or refused (already used), 4 timeout.",
+        details: "Without INVITATION: listen, print an invitation alone on one line of stderr, and pipe stdin/stdout with the one peer that uses it.\nWith INVITATION: join that listener. '-' reads the invitation from the first line of stdin (the rest is sent), 'file PATH' from a file: unlike an argument, neither shows in ps. 'boot KEY HOST:PORT' (repeatable) replaces config/public's bootstrap nodes.\nExit codes: 0 the other side closed, 1 failure, 3 invitation damaged or refused (already used), 4 timeout.",
     },
     Command {
         name: "genkey",
@@ -445,11 +456,11 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "crd",
-        summary: "Print the WireHubNetwork CustomResourceDefinition (YAML), generated from the Rust types.",
+        summary: "Print the WireHubNetwork and WireHubNode CustomResourceDefinitions (YAML), generated from the Rust types.",
         positionals: &[],
         keywords: &[],
         flags: &[],
-        details: "crds/wirehubnetwork.yaml is this command's output: wh crd > crds/wirehubnetwork.yaml",
+        details: "crds/wirehub.yaml and the chart's copy are this command's output: wh crd > crds/wirehub.yaml",
     },
     Command {
         name: "network",
@@ -462,10 +473,10 @@ pub const COMMANDS: &[Command] = &[
         keywords: &[Keyword {
             name: "cluster",
             value: Value::Text,
-            help: "read the WireHubNetwork NAME from the cluster ($KUBECONFIG) instead of SOURCE",
+            help: "read the WireHubNetwork NAME and the WireHubNodes from the cluster ($KUBECONFIG) instead of SOURCE",
         }],
         flags: &[],
-        details: "SOURCE is a file or - (stdin): a resource (YAML or JSON, as kubectl get -o yaml prints it, status included) prints as the network file its nodes run; a network file prints as a resource.\nkubectl get wirehubnetwork NAME -o yaml | wh network -",
+        details: "SOURCE is a file or - (stdin): a resource with its WireHubNodes (YAML or JSON, as kubectl get -o yaml prints them) prints as the network file its nodes run; a network file prints as a resource.\nkubectl get wirehubnetworks,wirehubnodes -o yaml | wh network -",
     },
     Command {
         name: "completion",
@@ -626,17 +637,57 @@ pub fn general_help() -> String {
     s
 }
 
+/// Writes `text` to standard output at once. A closed standard output (the
+/// reader stopped early: `| head`, `| grep -q`) is [`Failure::StdoutClosed`],
+/// which [`main`] turns into a quiet exit with status 0; any other write
+/// error is a runtime failure.
+pub fn out(text: impl fmt::Display) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_failure)
+}
+
+/// How a failed write to standard output ends a command (see [`out`]).
+pub fn stdout_failure(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure::StdoutClosed
+    } else {
+        Failure::Runtime(anyhow::Error::new(e).context("cannot write to standard output"))
+    }
+}
+
+/// An error and its causes on one line, each separated by ': ', leaving out
+/// a cause whose text its effect already quotes (many errors print their
+/// source: `cannot create TUN device wh0: Operation not permitted`).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line += ": ";
+        }
+        line += &text;
+    }
+    line
+}
+
 /// Runs `wh` with the given arguments (without the program name) and returns
 /// the process exit code.
 pub fn main(argv: Vec<String>) -> i32 {
     match commands::dispatch(&argv) {
         Ok(code) => code,
+        // The reader has what it wanted: not a failure, and nothing to say.
+        Err(Failure::StdoutClosed) => 0,
         Err(commands::Failure::Usage(u)) => {
             eprintln!("wh: {u}");
             2
         }
         Err(commands::Failure::Runtime(e)) => {
-            eprintln!("wh: {e:#}");
+            eprintln!("wh: {}", one_line(&e));
             1
         }
     }
@@ -680,6 +731,32 @@ mod tests {
         assert!(e.to_string().ends_with("see 'wh help up'"));
         let a = parse_args(up, &words("c listen-port x")).unwrap();
         assert!(a.number::<u16>("listen-port").is_err());
+    }
+
+    #[test]
+    fn a_closed_stdout_ends_the_command_and_other_write_errors_fail_it() {
+        let closed = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(matches!(stdout_failure(closed), Failure::StdoutClosed));
+        let full = std::io::Error::from_raw_os_error(28);
+        match stdout_failure(full) {
+            Failure::Runtime(e) => assert!(
+                one_line(&e).starts_with("cannot write to standard output: No space left"),
+                "{e:#}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_error_prints_on_one_line_without_repeating_a_quoted_cause() {
+        let io = std::io::Error::from_raw_os_error(1);
+        let e = anyhow::Error::new(io)
+            .context("cannot create TUN device wh0: Operation not permitted (os error 1)")
+            .context("cannot create interface wh0");
+        assert_eq!(
+            one_line(&e),
+            "cannot create interface wh0: cannot create TUN device wh0: Operation not permitted (os error 1)"
+        );
     }
 
     #[test]

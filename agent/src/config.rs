@@ -22,7 +22,7 @@
 //! Nothing here does I/O but [`load`].
 
 use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, KeyError, PublicKey};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -516,6 +516,7 @@ struct PeerLine {
     key_col: usize,
     host_col: usize,
     ip_col: usize,
+    routes_col: usize,
 }
 
 /// Parses a whole file. All errors are reported together.
@@ -773,7 +774,13 @@ fn parse_peer(
     if let Some(w) = routes_word {
         for part in w.text.split(',') {
             match part.parse::<IpNet>() {
-                Ok(net) if net.trunc() == net => routes.push(net),
+                Ok(net) if net.trunc() == net => match routed_subnet_problem(&net) {
+                    None => routes.push(net),
+                    Some(problem) => {
+                        p.error(lineno, w.column, format!("routed subnet {net} {problem}"));
+                        ok = false;
+                    }
+                },
                 Ok(net) => {
                     p.error(
                         lineno,
@@ -857,9 +864,59 @@ fn parse_peer(
                 key_col: key_word.column,
                 host_col,
                 ip_col,
+                routes_col: routes_word.map_or(key_word.column, |w| w.column),
             },
         )
     })
+}
+
+/// The narrowest prefix a router may claim: wider ones would take over a
+/// host's default route or most of its address space.
+pub const WIDEST_ROUTED_V4: u8 = 8;
+pub const WIDEST_ROUTED_V6: u8 = 16;
+
+/// Why a subnet cannot be routed into the overlay, if it cannot: too wide
+/// (`/0` would replace every host's default route), or a range whose
+/// packets must never leave the host or its link (loopback, link-local,
+/// multicast, unspecified).
+pub fn routed_subnet_problem(net: &IpNet) -> Option<String> {
+    let (widest, special) = match net {
+        IpNet::V4(n) => (
+            WIDEST_ROUTED_V4,
+            [
+                ("loopback", "127.0.0.0/8"),
+                ("link-local", "169.254.0.0/16"),
+                ("multicast", "224.0.0.0/4"),
+                ("'this network'", "0.0.0.0/8"),
+            ]
+            .into_iter()
+            .find(|(_, r)| overlaps(&IpNet::V4(*n), &r.parse().expect("a literal network"))),
+        ),
+        IpNet::V6(n) => (
+            WIDEST_ROUTED_V6,
+            [
+                ("loopback", "::1/128"),
+                ("link-local", "fe80::/10"),
+                ("multicast", "ff00::/8"),
+                ("unspecified", "::/128"),
+            ]
+            .into_iter()
+            .find(|(_, r)| overlaps(&IpNet::V6(*n), &r.parse().expect("a literal network"))),
+        ),
+    };
+    if net.prefix_len() < widest {
+        return Some(format!(
+            "is too wide: a router may claim /{widest} or narrower (a wider route would take over the hosts' default route)"
+        ));
+    }
+    special.map(|(what, range)| {
+        format!("overlaps the {what} range {range}, which never leaves a host")
+    })
+}
+
+/// Whether two networks share an address (one holds the other's start).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// Checks across lines: duplicates, static IPs, subnet capacity.
@@ -919,6 +976,7 @@ fn check_peers(p: &mut Parser, spec: &NetworkSpec, lines: &[PeerLine]) {
             }
         }
     }
+    check_routes(p, spec, lines);
     if let Some(net) = spec.subnet {
         let addrs = spec.ipv4_addresses();
         for ((peer, pos), ip) in spec.peers.iter().zip(lines).zip(addrs) {
@@ -932,6 +990,42 @@ fn check_peers(p: &mut Parser, spec: &NetworkSpec, lines: &[PeerLine]) {
                 );
                 break;
             }
+        }
+    }
+}
+
+/// Routed subnets must not overlap the overlay's own addresses, nor each
+/// other: WireGuard gives an address to the last peer that claims it, so an
+/// overlap would silently move one router's traffic to another.
+fn check_routes(p: &mut Parser, spec: &NetworkSpec, lines: &[PeerLine]) {
+    let mut prefix = [0u8; 16];
+    prefix[..8].copy_from_slice(&crate::keys::ula_prefix(&spec.name));
+    let overlay_v6 = IpNet::V6(Ipv6Net::new(Ipv6Addr::from(prefix), 48).expect("48 <= 128"));
+    let mut claimed: Vec<(IpNet, usize)> = Vec::new();
+    for (peer, pos) in spec.peers.iter().zip(lines) {
+        for net in &peer.routes {
+            if let Some(subnet) = spec.subnet.filter(|s| overlaps(net, &IpNet::V4(*s))) {
+                p.error(
+                    pos.line,
+                    pos.routes_col,
+                    format!("routed subnet {net} overlaps the network's subnet {subnet}"),
+                );
+            }
+            if overlaps(net, &overlay_v6) {
+                p.error(
+                    pos.line,
+                    pos.routes_col,
+                    format!("routed subnet {net} overlaps the network's IPv6 overlay prefix {overlay_v6}"),
+                );
+            }
+            if let Some((other, line)) = claimed.iter().find(|(c, _)| overlaps(net, c)) {
+                p.error(
+                    pos.line,
+                    pos.routes_col,
+                    format!("routed subnet {net} overlaps {other}, routed on line {line}; each address has one router"),
+                );
+            }
+            claimed.push((*net, pos.line));
         }
     }
 }

@@ -51,6 +51,15 @@ pub enum Request {
     Resolve { name: String },
 }
 
+/// The daemon's answer to [`Request::Down`], sent as it starts stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Whether the daemon's process ends with the node (`wh up`): `wh down`
+    /// then waits for it to exit. False where the node is one part of a
+    /// longer-lived process (the Kubernetes agent).
+    pub process_exits: bool,
+}
+
 /// A daemon's answer: a JSON value on success, a message on failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -110,4 +119,8 @@ pub struct Status {
     pub ipv6: Option<String>,
     pub peers: Vec<PeerStatus>,
     pub dht: Vec<DhtNodeStatus>,
+    /// This node's clock minus the network's (the median of what distinct
+    /// peers show), in milliseconds; None until 3 peers were heard from.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }

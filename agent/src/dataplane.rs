@@ -1,10 +1,14 @@
 //! The data plane: WireGuard between this node and its peers, behind one
 //! interface whatever the backend.
 //!
-//! The daemon owns the node's single public UDP socket. WireHub control
-//! messages (first byte `0xFF`) and WireGuard datagrams (first byte 1..=4)
-//! share it, so NAT mappings are shared and relays can carry WireGuard. The
-//! data plane therefore never reads the public socket:
+//! The node has a single public UDP port. WireHub control messages (first
+//! byte `0xFF`, relay formats `0xFE`/`0xFD`) and WireGuard datagrams (first
+//! byte 1..=4) share it, so NAT mappings are shared and relays can carry
+//! WireGuard. Usually the daemon's socket holds it; kernel WireGuard holds it
+//! itself where nftables can hand WireHub's datagrams to the daemon's
+//! private socket ([`kernel_port`], [`DataPlane::create_with`]), and then
+//! direct WireGuard traffic never enters the daemon. The data plane never
+//! reads the daemon's socket:
 //!
 //! - the daemon hands every WireGuard datagram it receives to
 //!   [`DataPlane::receive`], naming the source key when a relay delivered it;
@@ -19,9 +23,11 @@
 //!   own timers. The default where the kernel has no WireGuard.
 //! - `Kernel` / `Userspace`: an external WireGuard (the kernel module, or
 //!   wireguard-go through its UAPI socket) programmed with wireguard-control.
-//!   It listens on a port used only over loopback; each peer's WireGuard
-//!   endpoint is a per-peer proxy socket on 127.0.0.1 that we own, so the
-//!   public socket stays the only public port.
+//!   Kernel WireGuard owning the public port: a direct peer's endpoint is its
+//!   real address, a relayed peer's a per-peer proxy socket on 127.0.0.1
+//!   that we own. Otherwise WireGuard listens on a port used only over
+//!   loopback and every peer's endpoint is its proxy, so the daemon's socket
+//!   stays the only public port.
 //!
 //! Interface addresses, MTU, link state and routes go through rtnetlink.
 //! Everything that touches the kernel happens in the network namespace of
@@ -29,9 +35,11 @@
 
 pub mod embedded;
 pub mod external;
+pub mod kernel_port;
 pub mod netlink;
 pub mod netns;
 pub mod offload;
+pub mod pmtu;
 pub mod table;
 pub mod tun;
 pub mod udp;
@@ -138,6 +146,15 @@ impl BackendKind {
             },
             other => other,
         }
+    }
+
+    /// Whether this backend, resolved, takes the node's public UDP port
+    /// itself: kernel WireGuard where nftables can share the port with the
+    /// daemon (checked with a throwaway table). Then the daemon's socket
+    /// binds a private port and [`DataPlane::create_with`] gets the public
+    /// one.
+    pub fn owns_public_port(self) -> bool {
+        self == BackendKind::Kernel && kernel_port::available()
     }
 }
 
@@ -271,6 +288,20 @@ impl DataPlane {
         cfg: InterfaceConfig,
         socket: Arc<UdpSocket>,
     ) -> Result<(DataPlane, mpsc::Receiver<Outgoing>), DataPlaneError> {
+        DataPlane::create_with(kind, cfg, socket, None).await
+    }
+
+    /// [`DataPlane::create`]; with `public_port` `Some(p)` and the `Kernel`
+    /// backend, WireGuard listens on the public port `p` (0: any free one,
+    /// see [`DataPlane::public_port`]) while `socket` is bound to a private
+    /// port, and nftables hands WireHub's datagrams between them (see
+    /// [`kernel_port`]). Other backends ignore `public_port`.
+    pub async fn create_with(
+        kind: BackendKind,
+        cfg: InterfaceConfig,
+        socket: Arc<UdpSocket>,
+        public_port: Option<u16>,
+    ) -> Result<(DataPlane, mpsc::Receiver<Outgoing>), DataPlaneError> {
         check_config(&cfg)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(DataPlaneError::NoRuntime);
@@ -282,12 +313,24 @@ impl DataPlane {
                 Backend::Embedded(embedded::Embedded::create(cfg, socket, tx).await?)
             }
             BackendKind::Kernel => Backend::External(Box::new(
-                external::External::create(wireguard_control::Backend::Kernel, cfg, socket, tx)
-                    .await?,
+                external::External::create(
+                    wireguard_control::Backend::Kernel,
+                    cfg,
+                    socket,
+                    tx,
+                    public_port,
+                )
+                .await?,
             )),
             BackendKind::Userspace => Backend::External(Box::new(
-                external::External::create(wireguard_control::Backend::Userspace, cfg, socket, tx)
-                    .await?,
+                external::External::create(
+                    wireguard_control::Backend::Userspace,
+                    cfg,
+                    socket,
+                    tx,
+                    None,
+                )
+                .await?,
             )),
         };
         tracing::info!(%kind, "data plane up");
@@ -297,6 +340,35 @@ impl DataPlane {
     /// The backend actually in use (`Auto` resolved).
     pub fn kind(&self) -> BackendKind {
         self.kind
+    }
+
+    /// The public port, when WireGuard owns it (kernel with nftables).
+    pub fn public_port(&self) -> Option<u16> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::External(b) => b.public_port(),
+        }
+    }
+
+    /// Peers an external WireGuard owning the public port received from at
+    /// a direct endpoint since the previous call (checked at most once a
+    /// second; empty otherwise and for other backends): their direct path
+    /// is alive even when their daemon does not answer (it restarts).
+    pub fn direct_receipts(&self) -> Vec<(PublicKey, SocketAddr)> {
+        match &self.backend {
+            Backend::Embedded(_) => Vec::new(),
+            Backend::External(b) => b.direct_receipts(),
+        }
+    }
+
+    /// WireGuard transport-data datagrams that went through the daemon
+    /// (both ways) for an external WireGuard; `None` for the embedded
+    /// backend, where the daemon is the WireGuard.
+    pub fn wireguard_via_daemon(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::External(b) => Some(b.via_daemon()),
+        }
     }
 
     /// Adds a peer or updates one. Updating the endpoint, the allowed IPs or
@@ -327,11 +399,12 @@ impl DataPlane {
     }
 
     /// WireGuard datagrams dropped on receive (malformed, unknown peer,
-    /// failed authentication); the external backends do not report it.
+    /// failed authentication); the external backends report the handshake
+    /// initiations they refused to attribute.
     pub fn dropped(&self) -> u64 {
         match &self.backend {
             Backend::Embedded(b) => b.dropped(),
-            Backend::External(_) => 0,
+            Backend::External(b) => b.dropped(),
         }
     }
 
@@ -354,6 +427,23 @@ impl DataPlane {
         match &self.backend {
             Backend::Embedded(b) => b.link().remove_route(net).await,
             Backend::External(b) => b.link().remove_route(net).await,
+        }
+    }
+
+    /// Leaves a kernel interface that owns the public port running, with its
+    /// peers, routes and nftables table, for the next daemon to adopt
+    /// (returns `None`); any other data plane is handed back, to destroy.
+    pub fn leave_running(self) -> Option<DataPlane> {
+        match self.backend {
+            Backend::External(b) if b.public_port().is_some() => {
+                b.leave_running();
+                tracing::info!("interface left running for the next daemon");
+                None
+            }
+            backend => Some(DataPlane {
+                backend,
+                kind: self.kind,
+            }),
         }
     }
 

@@ -220,8 +220,24 @@ pub struct Dht {
     counters: DhtCounters,
 }
 
+/// Ping ids with this bit set (and id 0) are the caller's own (keepalives,
+/// probes of other state machines): their pongs update the table but are
+/// not counted as unmatched responses.
+pub const CALLER_IDS: u64 = 1 << 63;
+
+/// Whether a ping id can be one of the DHT's requests.
+fn is_dht_id(id: u64) -> bool {
+    id != 0 && id & CALLER_IDS == 0
+}
+
 /// First delay before a sparse table's self-lookup is repeated.
 const REBOOTSTRAP_FIRST_MS: u64 = 2_000;
+/// Longest delay between the self-lookups of a sparse table: a node whose
+/// table a storm emptied keeps looking for the others.
+const REBOOTSTRAP_MAX_MS: u64 = 60_000;
+/// A sparse table that gains a node looks itself up within this long (a
+/// node that lost its whole table rebuilds it as soon as anyone answers).
+const REBOOTSTRAP_ON_CONTACT_MS: u64 = 500;
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -306,10 +322,11 @@ impl Dht {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// A fresh request id, never 0 and below 2^63 (see [`is_dht_id`]).
     fn request_id(&mut self) -> u64 {
         loop {
-            let id = self.random();
-            if !self.pending.contains_key(&id) {
+            let id = self.random() & !CALLER_IDS;
+            if id != 0 && !self.pending.contains_key(&id) {
                 return id;
             }
         }
@@ -468,9 +485,23 @@ impl Dht {
             .table
             .seen(key, addr, t, info, rtt, ms(self.config.stale_after))
         {
-            Seen::Added => self.push_event(DhtEvent::NodeAdded { key, addr }),
+            Seen::Added => {
+                self.push_event(DhtEvent::NodeAdded { key, addr });
+                self.sparse_table_grew(t);
+            }
             Seen::Full { ping: Some((k, a)) } => self.send_ping(k, a, t, 0),
             Seen::Full { ping: None } | Seen::Updated | Seen::Ignored => {}
+        }
+    }
+
+    /// How long to wait for `key`'s answer: `request_timeout`, or three of
+    /// its last measured round trips when that is longer (a node on a busy
+    /// machine answers late, not never), at most 4 `request_timeout`.
+    fn timeout_for(&self, key: &PublicKey) -> u64 {
+        let base = ms(self.config.request_timeout);
+        match self.table.get(key) {
+            Some(e) if e.rtt_ms != u32::MAX => (3 * u64::from(e.rtt_ms)).clamp(base, 4 * base),
+            _ => base,
         }
     }
 
@@ -485,7 +516,7 @@ impl Dht {
                 key,
                 addr,
                 sent_at: t,
-                deadline: t + ms(self.config.request_timeout),
+                deadline: t + self.timeout_for(&key),
                 tries,
                 kind: PendingKind::Ping,
             },
@@ -504,7 +535,7 @@ impl Dht {
                 key,
                 addr,
                 sent_at: t,
-                deadline: t + ms(self.config.request_timeout),
+                deadline: t + self.timeout_for(&key),
                 tries,
                 kind: PendingKind::Find {
                     lookup: lid,
@@ -621,7 +652,9 @@ impl Dht {
                     let delay = self
                         .rebootstrap
                         .map_or(REBOOTSTRAP_FIRST_MS, |(_, d)| d.saturating_mul(2));
-                    let delay = delay.min(ms(self.config.refresh_interval)).max(1);
+                    let delay = delay
+                        .min(ms(self.config.refresh_interval))
+                        .clamp(1, REBOOTSTRAP_MAX_MS);
                     Some((t + delay, delay))
                 } else {
                     None
@@ -632,6 +665,24 @@ impl Dht {
             }
             Purpose::Refresh => {}
         }
+    }
+
+    /// A node entered a table holding fewer than K (once bootstrapped): the
+    /// next self-lookup comes soon (not after a back-off grown while nobody answered), so
+    /// that a table emptied by a storm, or the table of a bootstrap node
+    /// that has nobody to ask, fills again from the first node heard.
+    fn sparse_table_grew(&mut self, t: u64) {
+        if self.last_bootstrap.is_none()
+            || self.table.len() >= self.config.k
+            || self.lookups.iter().any(|l| l.purpose == Purpose::Bootstrap)
+        {
+            return;
+        }
+        let soon = t + REBOOTSTRAP_ON_CONTACT_MS;
+        self.rebootstrap = match self.rebootstrap {
+            Some((at, _)) if at <= soon => self.rebootstrap,
+            _ => Some((soon, REBOOTSTRAP_FIRST_MS)),
+        };
     }
 
     /// Kademlia's join: refresh every bucket farther than our closest neighbour.
@@ -718,7 +769,9 @@ impl Dht {
                         Some(rtt.min(u32::MAX as u64 - 1) as u32)
                     }
                     _ => {
-                        self.counters.unmatched_responses += 1;
+                        if is_dht_id(*id) {
+                            self.counters.unmatched_responses += 1;
+                        }
                         None
                     }
                 };
@@ -788,6 +841,20 @@ impl Dht {
             .filter(|r| !check_workbits || self.workbits_ok(&r.key))
             .cloned()
             .collect();
+        // The target answering speaks for itself: what it told us (the
+        // table keeps only records a node gave of itself) at the address
+        // it answered from, never a record a third party gave of it.
+        let own_answer = (from_key == target).then(|| {
+            let mut r = self
+                .table
+                .get(&target)
+                .map(|e| e.record())
+                .unwrap_or_else(|| NodeRecord::new(target, from_addr));
+            r.endpoints.retain(|e| *e != from_addr);
+            r.endpoints.insert(0, from_addr);
+            r.endpoints.truncate(crate::proto::MAX_ENDPOINTS);
+            r
+        });
         let l = &mut self.lookups[idx];
         l.stats.responses += 1;
         l.stats.bytes_received += sealed_len(msg) as u64;
@@ -805,11 +872,9 @@ impl Dht {
             }
             None => 0,
         };
-        if from_key == target {
+        if let Some(record) = own_answer {
             l.target_answered = true;
-            if let Some(c) = l.candidate_mut(&from_key) {
-                l.found = Some(c.record.clone());
-            }
+            l.found = Some(record);
         }
         let next_hop = hop.saturating_add(1);
         // The first record of the target another node gives: tell the

@@ -164,6 +164,21 @@ fn overlay_ip(spec: &NetworkSpec, key: &PublicKey) -> Option<Ipv4Addr> {
         .and_then(|m| m.ipv4)
 }
 
+/// The overlay address the joiner takes: the one of the trusted peer after
+/// the listener in the network the joiner builds (whatever its key).
+fn joiner_ip(listener: &PublicKey, alias: &PublicKey, boot: &[PeerSpec]) -> Option<Ipv4Addr> {
+    let joiner = PeerSpec {
+        role: Role::Trust,
+        hostname: Some("joiner".into()),
+        static_ip: None,
+        key: *alias,
+        endpoint: None,
+        routes: Vec::new(),
+    };
+    let spec = pipe_network(listener, joiner, boot);
+    spec.members().last().and_then(|m| m.ipv4)
+}
+
 /// Boot lines: the ones given (`boot KEY HOST:PORT`), else `config/public`'s.
 pub fn boot_peers(given: &[(String, String)]) -> anyhow::Result<Vec<PeerSpec>> {
     if given.is_empty() {
@@ -239,31 +254,71 @@ async fn pipe(stream: TcpStream) -> anyhow::Result<()> {
     });
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = rd.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let copied = async {
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            stdout.write_all(&buf[..n]).await?;
+            // tokio's stdout holds data until flushed.
+            stdout.flush().await?;
         }
-        stdout.write_all(&buf[..n]).await?;
-        // tokio's stdout holds data until flushed.
-        stdout.flush().await?;
-    }
-    stdout.flush().await?;
+        stdout.flush().await
+    };
+    let result = copied.await;
     upload.abort();
-    Ok(())
+    match result {
+        // Our reader stopped (`wh nc ... | head`): the pipe's work is over.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
-async fn bind_when_up(ip: Ipv4Addr) -> anyhow::Result<TcpListener> {
+/// Listens on the pipe's port of the overlay address, bound to the overlay
+/// interface: a connection from this host's own processes arrives on the
+/// loopback interface and never reaches this socket.
+async fn bind_when_up(ip: Ipv4Addr, interface: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(ip.into(), PIPE_PORT);
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind_device(Some(interface.as_bytes()))?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1)?;
+        TcpListener::from_std(socket.into())
+    };
+    let mut last = None;
     for _ in 0..200 {
-        match TcpListener::bind(addr).await {
+        match bind() {
             Ok(l) => return Ok(l),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => last = Some(e),
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(anyhow::anyhow!(
-        "cannot listen on {addr}: the overlay interface did not come up"
+        "cannot listen on {addr} of {interface}: the overlay interface did not come up ({})",
+        last.map(|e| e.to_string()).unwrap_or_default()
     ))
+}
+
+/// Waits for the joiner's connection: the first one from `joiner` (the
+/// overlay address only the joiner's key may send from). Any other is
+/// closed at once, unread and unwritten.
+async fn accept_joiner(tcp: &TcpListener, joiner: Ipv4Addr) -> anyhow::Result<TcpStream> {
+    loop {
+        let (stream, peer) = tcp.accept().await?;
+        if peer.ip() == std::net::IpAddr::V4(joiner) {
+            tracing::info!(%peer, "joiner connected");
+            return Ok(stream);
+        }
+        tracing::warn!(%peer, "a connection that is not the joiner's was refused");
+        drop(stream);
+    }
 }
 
 /// The listening side: prints the invitation on stderr, waits for one
@@ -288,9 +343,13 @@ pub async fn listen(boot: Vec<PeerSpec>) -> anyhow::Result<i32> {
     );
     let own_ip = overlay_ip(&spec, &listener)
         .ok_or_else(|| anyhow::anyhow!("no overlay address for the listener"))?;
+    let joiner_ip = joiner_ip(&listener, &alias, &boot)
+        .ok_or_else(|| anyhow::anyhow!("no overlay address for the joiner"))?;
+    let options = options(&listener);
+    let interface = options.interface.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let node = tokio::spawn(run_with(
-        options(&listener),
+        options,
         spec,
         key,
         None,
@@ -308,9 +367,9 @@ pub async fn listen(boot: Vec<PeerSpec>) -> anyhow::Result<i32> {
         .encode()
     );
     let result = async {
-        let tcp = bind_when_up(own_ip).await?;
-        let (stream, peer) = tcp.accept().await?;
-        tracing::info!(%peer, "joiner connected");
+        let tcp = bind_when_up(own_ip, &interface).await?;
+        let stream = accept_joiner(&tcp, joiner_ip).await?;
+        drop(tcp);
         pipe(stream).await
     };
     let outcome = tokio::select! {
@@ -410,7 +469,37 @@ pub async fn join(invitation: &Invitation, boot: Vec<PeerSpec>) -> anyhow::Resul
     outcome
 }
 
-/// `wh nc [INVITATION] [boot KEY HOST:PORT]...`
+/// Where the joiner takes the invitation from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum InvitationSource {
+    /// The first line of standard input (`-`); the rest is the data.
+    Stdin,
+    /// A file (`file PATH`).
+    File(PathBuf),
+    /// The command line: works, but every local user sees it in `ps`.
+    Argument(String),
+}
+
+impl InvitationSource {
+    fn read(&self) -> Result<String, String> {
+        match self {
+            InvitationSource::Stdin => {
+                let mut line = String::new();
+                // std's stdin is the one buffered handle tokio's stdin reads
+                // through: what follows the line stays for the pipe.
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("cannot read the invitation from standard input: {e}"))?;
+                Ok(line)
+            }
+            InvitationSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the invitation from {}: {e}", path.display())),
+            InvitationSource::Argument(text) => Ok(text.clone()),
+        }
+    }
+}
+
+/// `wh nc [- | file PATH | INVITATION] [boot KEY HOST:PORT]...`
 pub fn main(words: &[String]) -> Result<i32, crate::cli::commands::Failure> {
     use crate::cli::Usage;
     use crate::cli::commands::Failure;
@@ -418,7 +507,19 @@ pub fn main(words: &[String]) -> Result<i32, crate::cli::commands::Failure> {
     let mut invitation = None;
     let mut i = 0;
     while i < words.len() {
-        if words[i] == "boot" {
+        if invitation.is_none() && words[i] == "-" {
+            invitation = Some(InvitationSource::Stdin);
+            i += 1;
+        } else if invitation.is_none() && words[i] == "file" {
+            let Some(path) = words.get(i + 1) else {
+                return Err(Failure::Usage(Usage {
+                    command: Some("nc"),
+                    message: "'file' needs the path of a file holding the invitation".into(),
+                }));
+            };
+            invitation = Some(InvitationSource::File(PathBuf::from(path)));
+            i += 2;
+        } else if words[i] == "boot" {
             let (Some(k), Some(e)) = (words.get(i + 1), words.get(i + 2)) else {
                 return Err(Failure::Usage(Usage {
                     command: Some("nc"),
@@ -428,7 +529,7 @@ pub fn main(words: &[String]) -> Result<i32, crate::cli::commands::Failure> {
             boot.push((k.clone(), e.clone()));
             i += 3;
         } else if invitation.is_none() {
-            invitation = Some(words[i].clone());
+            invitation = Some(InvitationSource::Argument(words[i].clone()));
             i += 1;
         } else {
             return Err(Failure::Usage(Usage {
@@ -437,7 +538,19 @@ pub fn main(words: &[String]) -> Result<i32, crate::cli::commands::Failure> {
             }));
         }
     }
-    let invitation = match invitation.map(|t| Invitation::decode(&t)).transpose() {
+    if matches!(invitation, Some(InvitationSource::Argument(_))) {
+        eprintln!(
+            "wh nc: warning: an invitation on the command line is visible to every local user (ps); pass it on standard input ('wh nc -') or in a file ('wh nc file PATH')"
+        );
+    }
+    let text = match invitation.as_ref().map(InvitationSource::read).transpose() {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("wh nc: {e}");
+            return Ok(exit::FAILED);
+        }
+    };
+    let invitation = match text.map(|t| Invitation::decode(t.trim())).transpose() {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("wh nc: {e}");
@@ -526,5 +639,12 @@ mod tests {
         let ips = a.ipv4_addresses();
         assert_eq!(ips.iter().flatten().count(), 2);
         assert!(a.subnet.unwrap().network().octets()[0] == 100);
+        // The listener expects the joiner's pipe from the address the
+        // joiner's network gives it.
+        let alias = inv.alias_secret.public_key();
+        assert_eq!(
+            joiner_ip(&inv.listener, &alias, &boot),
+            overlay_ip(&a, &joiner)
+        );
     }
 }

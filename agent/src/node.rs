@@ -1,7 +1,11 @@
-//! The node daemon: one task owns the UDP socket shared by WireGuard and the
-//! WireHub control protocol, feeds the sans-I/O cores (`proto`, `dht`) and
-//! applies what they ask: WireGuard peers, paths, routes.
+//! The node: a sans-I/O core ([`core::Node`]) that holds every protocol
+//! decision, and the tokio daemon ([`daemon`]) that gives it sockets, the
+//! data plane, timers and the control socket. See docs/node.md.
 
+pub mod cni;
+pub mod core;
 pub mod daemon;
 pub mod launch;
 pub mod overlay;
+#[cfg(test)]
+mod pair;

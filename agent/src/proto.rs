@@ -5,8 +5,11 @@
 //! A datagram is `0xFF, version, sender key, nonce, AEAD(timestamp ||
 //! message) + tag`; the first byte lets the same UDP socket carry WireGuard
 //! (whose messages start with 1 to 4). The AEAD key of a pair of nodes is
-//! derived once from X25519 and cached ([`Codec`]). The byte-level
-//! specification is docs/protocol.md.
+//! derived once from X25519 and cached ([`Codec`]). Freshness does not
+//! depend on clocks agreeing: a sender is judged against its own earlier
+//! timestamps and learned offset, and one that cannot be judged is sent a
+//! challenge (first byte 0xFC) whose cookie it returns ([`Codec::receive`]).
+//! The byte-level specification is docs/protocol.md.
 //!
 //! ```
 //! use wirehub::keys::PrivateKey;
@@ -21,15 +24,34 @@
 //! assert_eq!(cb.open(now, &bytes).unwrap(), (pa, Message::Probe { id: 7 }));
 //! ```
 
+mod budget;
 mod codec;
+mod freshness;
+mod generations;
 mod message;
 #[cfg(test)]
 mod tests;
 
+pub use budget::DhLimits;
+
+/// First byte of a path MTU probe (`dataplane::pmtu`): zeros follow; every
+/// receiver drops it (counted as `path-mtu-probe`). Neither WireGuard
+/// (1..=4) nor any of ours above.
+pub const PMTU_PROBE: u8 = 0xFB;
+const _: () = assert!(
+    PMTU_PROBE > 4
+        && PMTU_PROBE < CHALLENGE
+        && PMTU_PROBE != crate::relay::channel::RELAY_DATA
+        && PMTU_PROBE != crate::relay::channel::RELAYED_DATA
+);
 pub use codec::{
     CONTROL_BUDGET, Codec, CodecConfig, Counters, DEFAULT_MAX_SKEW_MS, DropCounters, HEADER_LEN,
-    MAGIC, MAX_DATAGRAM, MIN_DATAGRAM, NONCE_LEN, OpenError, SEAL_OVERHEAD, SealError, TAG_LEN,
-    TIMESTAMP_LEN, VERSION, alias_proof, derive_key, is_control, sealed_len,
+    MAGIC, MAX_DATAGRAM, MIN_DATAGRAM, NONCE_LEN, OpenError, Received, SEAL_OVERHEAD, SealError,
+    TAG_LEN, TIMESTAMP_LEN, VERSION, alias_proof, derive_key, is_challenge, is_control, sealed_len,
+};
+pub use freshness::{
+    CHALLENGE, CHALLENGE_LEN, CLOCK_REPORT_MS, COOKIE_FLAG, COOKIE_LEN, ClockEstimate,
+    FirstContact, describe_offset,
 };
 pub use message::{
     DecodeError, EncodeError, MAX_ENDPOINTS, MAX_NODES, MAX_RELAY_PAYLOAD, MAX_RELAYS, Message,

@@ -1,8 +1,8 @@
 //! Relays, free of I/O.
 //!
-//! - [`RelayLimiter`]: what a node that relays for others lets through: only
-//!   sealed messages addressed to a key it can reach, within per-source rate
-//!   and byte limits. It never sees inside WireGuard traffic.
+//! - [`RelayLimiter`] ([`limiter`]): what a node that relays for others lets
+//!   through: within per-key, per-network and node-wide rates, or nothing
+//!   (`relay-limit 0`). It never sees inside WireGuard traffic.
 //! - [`RelaySet`]: the relays a node behind NAT keeps alive and publishes in
 //!   its record: at least two public DHT nodes, diverse and quick.
 //! - [`RelayHealth`]: liveness of the relays a node sends through, so traffic
@@ -12,6 +12,9 @@
 //!   (WireGuard protects them end to end).
 
 pub mod channel;
+pub mod limiter;
+
+pub use limiter::{DEFAULT_RELAY_MBIT, RelayCounters, RelayLimiter, RelayLimits};
 
 use crate::keys::PublicKey;
 use crate::proto::NatKind;
@@ -19,131 +22,24 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Sources tracked by the limiter; the least recently seen is forgotten first.
-const MAX_SOURCES: usize = 4096;
-
-/// Per-source limits of a relay.
-#[derive(Debug, Clone, Copy)]
-pub struct RelayLimits {
-    /// Sustained bytes per second per source.
-    pub bytes_per_sec: u64,
-    /// Burst, in bytes.
-    pub burst_bytes: u64,
-    /// Sustained datagrams per second per source.
-    pub packets_per_sec: u64,
-}
-
-/// Default per-source rate a node relays, in Mbit/s (`wh up relay-limit`).
-pub const DEFAULT_RELAY_MBIT: u32 = 2000;
-
-impl RelayLimits {
-    /// Limits for a sustained `mbit` Mbit/s per source: a burst of an
-    /// eighth of a second (at least 1 MiB), and a datagram rate that
-    /// allows full-sized WireGuard datagrams (a flood of small ones hits it
-    /// first).
-    pub fn from_mbit(mbit: u32) -> RelayLimits {
-        let bytes_per_sec = u64::from(mbit.max(1)) * 125_000;
-        RelayLimits {
-            bytes_per_sec,
-            burst_bytes: (bytes_per_sec / 8).max(1024 * 1024),
-            packets_per_sec: (bytes_per_sec / 1000).max(1000),
-        }
-    }
-}
-
-impl Default for RelayLimits {
-    fn default() -> Self {
-        RelayLimits::from_mbit(DEFAULT_RELAY_MBIT)
-    }
-}
-
-#[derive(Debug)]
-struct Bucket {
-    bytes: f64,
-    packets: f64,
-    last: Instant,
-}
-
-/// Counters of what a relay did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct RelayCounters {
-    pub forwarded: u64,
-    pub forwarded_bytes: u64,
-    pub dropped_rate: u64,
-    pub dropped_unknown_destination: u64,
-}
-
-/// Token buckets per source key.
-#[derive(Debug, Default)]
-pub struct RelayLimiter {
-    limits: RelayLimits,
-    buckets: HashMap<PublicKey, Bucket>,
-    pub counters: RelayCounters,
-}
-
-impl RelayLimiter {
-    pub fn new(limits: RelayLimits) -> Self {
-        RelayLimiter {
-            limits,
-            buckets: HashMap::new(),
-            counters: RelayCounters::default(),
-        }
-    }
-
-    /// May `source` have `bytes` forwarded now? Counts the decision.
-    pub fn allow(&mut self, source: PublicKey, bytes: usize, now: Instant) -> bool {
-        self.allow_many(source, bytes, 1, now)
-    }
-
-    /// May `source` have `packets` datagrams of `bytes` in all forwarded
-    /// now (a batch the kernel coalesced)? Counts the decision.
-    pub fn allow_many(
-        &mut self,
-        source: PublicKey,
-        bytes: usize,
-        packets: usize,
-        now: Instant,
-    ) -> bool {
-        if !self.buckets.contains_key(&source)
-            && self.buckets.len() >= MAX_SOURCES
-            && let Some(oldest) = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, b)| b.last)
-                .map(|(k, _)| *k)
-        {
-            self.buckets.remove(&oldest);
-        }
-        let l = self.limits;
-        let b = self.buckets.entry(source).or_insert(Bucket {
-            bytes: l.burst_bytes as f64,
-            packets: l.packets_per_sec as f64,
-            last: now,
-        });
-        let dt = now.saturating_duration_since(b.last).as_secs_f64();
-        b.last = now;
-        b.bytes = (b.bytes + dt * l.bytes_per_sec as f64).min(l.burst_bytes as f64);
-        b.packets = (b.packets + dt * l.packets_per_sec as f64).min(l.packets_per_sec as f64);
-        let n = packets as f64;
-        if b.bytes >= bytes as f64 && b.packets >= n {
-            b.bytes -= bytes as f64;
-            b.packets -= n;
-            self.counters.forwarded += packets as u64;
-            self.counters.forwarded_bytes += bytes as u64;
-            true
-        } else {
-            self.counters.dropped_rate += 1;
-            false
-        }
-    }
-}
-
 /// How many relays a node behind NAT keeps.
 pub const RELAYS_WANTED: usize = 2;
-/// A kept relay is pinged this often (it also holds the NAT mapping).
-pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(5);
-/// Missed pings before a kept relay is replaced.
-pub const RELAY_MISSES: u32 = 3;
+/// A kept relay is pinged this often (it also holds the NAT mapping). A
+/// node whose path is idle learns of a dead relay only from these pings.
+pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(1);
+/// An unanswered kept relay is pinged again this often.
+pub const RELAY_REPING: Duration = Duration::from_millis(250);
+/// A kept relay silent this long, with a ping unanswered for at least
+/// [`RELAY_UNANSWERED`], is dead: it is replaced, so that every relay a
+/// node keeps may die at once and its peers reach it again within seconds.
+pub const RELAY_DEAD: Duration = Duration::from_millis(1500);
+/// How long a ping may wait for its answer (a slow path) before silence
+/// counts.
+pub const RELAY_UNANSWERED: Duration = Duration::from_millis(750);
+/// A relay dropped as dead is not picked again for this long.
+pub const RELAY_SHUNNED_FOR: Duration = Duration::from_secs(30);
+/// Dead relays remembered.
+const MAX_SHUNNED: usize = 64;
 
 #[derive(Debug, Clone)]
 struct Kept {
@@ -151,14 +47,18 @@ struct Kept {
     addr: SocketAddr,
     rtt: Option<Duration>,
     last_ping: Option<Instant>,
-    last_pong: Option<Instant>,
-    misses: u32,
+    /// The last pong, or when it was kept.
+    last_heard: Instant,
+    /// The first ping still waiting for its answer.
+    unanswered_since: Option<Instant>,
 }
 
 /// The relays a node behind NAT keeps alive.
 #[derive(Debug, Default)]
 pub struct RelaySet {
     kept: Vec<Kept>,
+    /// Relays found dead lately: never kept, never fallen back on.
+    shunned: Vec<(PublicKey, Instant)>,
 }
 
 /// A DHT node that could relay.
@@ -188,31 +88,46 @@ impl RelaySet {
         Self::default()
     }
 
-    /// The relays kept now, quickest first: what the node publishes.
     /// The kept relay at `addr`.
     pub fn key_at(&self, addr: SocketAddr) -> Option<PublicKey> {
         self.kept.iter().find(|k| k.addr == addr).map(|k| k.key)
     }
 
+    /// The relays kept now, quickest first: what the node publishes.
     pub fn relays(&self) -> Vec<(PublicKey, SocketAddr)> {
         let mut v = self.kept.clone();
         v.sort_by_key(|k| k.rtt.unwrap_or(Duration::MAX));
         v.into_iter().map(|k| (k.key, k.addr)).collect()
     }
 
-    /// Fills the set from candidates (public nodes only, never `own` nor the
-    /// excluded keys), preferring other /24 networks than the kept ones, then
-    /// lower round-trip times. Returns true when the set changed.
-    pub fn fill(
-        &mut self,
-        own: &PublicKey,
-        candidates: &[Candidate],
-        exclude: &[PublicKey],
-    ) -> bool {
+    /// Relays found dead within [`RELAY_SHUNNED_FOR`] of `now`.
+    pub fn shunned(&self, now: Instant) -> Vec<PublicKey> {
+        self.shunned
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < RELAY_SHUNNED_FOR)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    fn shun(&mut self, key: PublicKey, now: Instant) {
+        self.shunned
+            .retain(|(k, at)| *k != key && now.saturating_duration_since(*at) < RELAY_SHUNNED_FOR);
+        if self.shunned.len() >= MAX_SHUNNED {
+            self.shunned.remove(0);
+        }
+        self.shunned.push((key, now));
+    }
+
+    /// Fills the set from candidates (public nodes only, never `own` nor a
+    /// relay found dead lately), preferring other /24 networks than the
+    /// kept ones, then lower round-trip times. Returns true when the set
+    /// changed.
+    pub fn fill(&mut self, own: &PublicKey, candidates: &[Candidate], now: Instant) -> bool {
         let mut changed = false;
+        let shunned = self.shunned(now);
         let mut pool: Vec<&Candidate> = candidates
             .iter()
-            .filter(|c| c.nat == NatKind::Public && &c.key != own && !exclude.contains(&c.key))
+            .filter(|c| c.nat == NatKind::Public && &c.key != own && !shunned.contains(&c.key))
             .filter(|c| !self.kept.iter().any(|k| k.key == c.key))
             .collect();
         pool.sort_by_key(|c| c.rtt.unwrap_or(Duration::from_secs(10)));
@@ -228,8 +143,8 @@ impl RelaySet {
                 addr: c.addr,
                 rtt: c.rtt,
                 last_ping: None,
-                last_pong: None,
-                misses: 0,
+                last_heard: now,
+                unanswered_since: None,
             });
             changed = true;
         }
@@ -239,27 +154,48 @@ impl RelaySet {
     /// A kept relay answered.
     pub fn on_pong(&mut self, key: &PublicKey, rtt: Option<Duration>, now: Instant) {
         if let Some(k) = self.kept.iter_mut().find(|k| &k.key == key) {
-            k.last_pong = Some(now);
-            k.misses = 0;
+            k.last_heard = now;
+            k.unanswered_since = None;
             if rtt.is_some() {
                 k.rtt = rtt;
             }
         }
+        self.shunned.retain(|(k, _)| k != key);
     }
 
-    /// Relays to ping now; relays that missed too many pings are dropped
-    /// (returned second, so the caller republishes and refills).
+    /// A relay this node sent through went silent ([`RelayHealth`]): it is
+    /// dropped if kept, never picked again for a while, and the other kept
+    /// relays are pinged at the next tick (relays often die together).
+    /// Returns true when the kept set changed (refill and republish).
+    pub fn lost(&mut self, key: &PublicKey, now: Instant) -> bool {
+        self.shun(*key, now);
+        let before = self.kept.len();
+        self.kept.retain(|k| &k.key != key);
+        for k in self
+            .kept
+            .iter_mut()
+            .filter(|k| k.unanswered_since.is_none())
+        {
+            k.last_ping = None;
+        }
+        self.kept.len() != before
+    }
+
+    /// Relays to ping now; relays silent for [`RELAY_DEAD`] with a ping
+    /// unanswered for [`RELAY_UNANSWERED`] are dropped (returned second, so the caller refills and
+    /// republishes).
     pub fn on_tick(&mut self, now: Instant) -> (Vec<(PublicKey, SocketAddr)>, Vec<PublicKey>) {
         let mut ping = Vec::new();
         for k in &mut self.kept {
+            let every = if k.unanswered_since.is_some() {
+                RELAY_REPING
+            } else {
+                RELAY_KEEPALIVE
+            };
             if k.last_ping
-                .is_none_or(|t| now.duration_since(t) >= RELAY_KEEPALIVE)
+                .is_none_or(|t| now.saturating_duration_since(t) >= every)
             {
-                if let Some(t) = k.last_ping
-                    && k.last_pong.is_none_or(|p| p < t)
-                {
-                    k.misses += 1;
-                }
+                k.unanswered_since.get_or_insert(now);
                 k.last_ping = Some(now);
                 ping.push((k.key, k.addr));
             }
@@ -267,10 +203,17 @@ impl RelaySet {
         let dead: Vec<PublicKey> = self
             .kept
             .iter()
-            .filter(|k| k.misses >= RELAY_MISSES)
+            .filter(|k| {
+                k.unanswered_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= RELAY_UNANSWERED)
+                    && now.saturating_duration_since(k.last_heard) >= RELAY_DEAD
+            })
             .map(|k| k.key)
             .collect();
-        self.kept.retain(|k| k.misses < RELAY_MISSES);
+        for key in &dead {
+            self.shun(*key, now);
+        }
+        self.kept.retain(|k| !dead.contains(&k.key));
         (ping, dead)
     }
 
@@ -361,43 +304,19 @@ mod tests {
         PrivateKey::generate().unwrap().public_key()
     }
 
-    #[test]
-    fn limiter_enforces_bytes_and_refills() {
-        let mut l = RelayLimiter::new(RelayLimits {
-            bytes_per_sec: 1000,
-            burst_bytes: 2000,
-            packets_per_sec: 100,
-        });
-        let s = key();
-        let now = Instant::now();
-        assert!(l.allow(s, 1500, now));
-        assert!(!l.allow(s, 1500, now), "over the burst");
-        assert!(l.allow(s, 1500, now + Duration::from_secs(1)), "refilled");
-        // Another source has its own bucket.
-        assert!(l.allow(key(), 1500, now));
-        assert_eq!(l.counters.dropped_rate, 1);
-        assert_eq!(l.counters.forwarded, 3);
-    }
-
-    #[test]
-    fn limiter_memory_is_bounded() {
-        let mut l = RelayLimiter::new(RelayLimits::default());
-        let now = Instant::now();
-        for _ in 0..(MAX_SOURCES + 10) {
-            l.allow(key(), 10, now);
+    fn candidate(ip: &str, nat: NatKind, rtt: u64) -> Candidate {
+        Candidate {
+            key: key(),
+            addr: format!("{ip}:62096").parse().unwrap(),
+            nat,
+            rtt: Some(Duration::from_millis(rtt)),
         }
-        assert!(l.buckets.len() <= MAX_SOURCES);
     }
 
     #[test]
     fn relay_set_prefers_public_diverse_quick_nodes_and_drops_dead_ones() {
         let own = key();
-        let c = |ip: &str, nat, rtt| Candidate {
-            key: key(),
-            addr: format!("{ip}:62096").parse().unwrap(),
-            nat,
-            rtt: Some(Duration::from_millis(rtt)),
-        };
+        let c = candidate;
         let cands = vec![
             c("203.0.113.10", NatKind::Public, 5),
             c("203.0.113.11", NatKind::Public, 6),
@@ -405,7 +324,8 @@ mod tests {
             c("203.0.113.12", NatKind::EndpointIndependent, 1),
         ];
         let mut s = RelaySet::new();
-        assert!(s.fill(&own, &cands, &[]));
+        let now = Instant::now();
+        assert!(s.fill(&own, &cands, now));
         let r = s.relays();
         assert_eq!(r.len(), RELAYS_WANTED);
         assert_eq!(r[0].0, cands[0].key, "quickest first");
@@ -413,21 +333,131 @@ mod tests {
             r[1].0, cands[2].key,
             "another network before a quicker node of the same"
         );
-        let now = Instant::now();
         let (ping, dead) = s.on_tick(now);
         assert_eq!(ping.len(), 2);
         assert!(dead.is_empty());
-        s.on_pong(&cands[0].key, None, now);
+        // cands[0] keeps answering, cands[2] went silent.
         let mut t = now;
         let mut gone = Vec::new();
-        for _ in 0..RELAY_MISSES {
-            t += RELAY_KEEPALIVE;
+        while t < now + RELAY_DEAD + RELAY_KEEPALIVE {
             s.on_pong(&cands[0].key, None, t);
+            t += Duration::from_millis(250);
             gone.extend(s.on_tick(t).1);
         }
         assert_eq!(gone, vec![cands[2].key]);
-        assert!(s.fill(&own, &cands, &gone));
+        assert!(s.fill(&own, &cands, t));
         assert_eq!(s.relays().len(), 2);
+        assert!(
+            !s.relays().iter().any(|r| r.0 == cands[2].key),
+            "a dead relay is not picked again at once"
+        );
+    }
+
+    /// Both kept relays die at once while the node is idle: both are
+    /// replaced within about RELAY_KEEPALIVE + RELAY_DEAD, whatever the
+    /// phase of the keepalives.
+    #[test]
+    fn every_kept_relay_dying_at_once_is_replaced_within_seconds() {
+        let own = key();
+        let cands = vec![
+            candidate("203.0.113.10", NatKind::Public, 5),
+            candidate("203.0.113.11", NatKind::Public, 6),
+            candidate("203.0.113.12", NatKind::Public, 7),
+        ];
+        let t0 = Instant::now();
+        for phase_ms in [0u64, 100, 500, 990] {
+            let mut s = RelaySet::new();
+            s.fill(&own, &cands, t0);
+            let survivor = cands
+                .iter()
+                .find(|c| !s.relays().iter().any(|r| r.0 == c.key))
+                .unwrap()
+                .key;
+            let tick = Duration::from_millis(250);
+            let mut t = t0;
+            // Healthy: every ping answered.
+            while t < t0 + Duration::from_secs(5) {
+                for (k, _) in s.on_tick(t).0 {
+                    s.on_pong(&k, None, t);
+                }
+                t += tick;
+            }
+            let killed = t + Duration::from_millis(phase_ms);
+            let replaced = loop {
+                t += tick;
+                let (ping, dead) = s.on_tick(t);
+                for (k, _) in ping {
+                    if t < killed || k == survivor {
+                        s.on_pong(&k, None, t);
+                    }
+                }
+                if !dead.is_empty() {
+                    s.fill(&own, &cands, t);
+                }
+                if s.relays().iter().map(|r| r.0).collect::<Vec<_>>() == vec![survivor] {
+                    break t.saturating_duration_since(killed);
+                }
+                assert!(t < killed + Duration::from_secs(10), "never replaced");
+            };
+            assert!(
+                replaced <= RELAY_KEEPALIVE + RELAY_UNANSWERED + Duration::from_millis(250),
+                "phase {phase_ms} ms: replaced after {replaced:?}"
+            );
+        }
+    }
+
+    /// A relay far away (600 ms round trips) is slow, not dead.
+    #[test]
+    fn a_slow_relay_is_kept() {
+        let own = key();
+        let cands = vec![candidate("203.0.113.10", NatKind::Public, 600)];
+        let t0 = Instant::now();
+        let mut s = RelaySet::new();
+        s.fill(&own, &cands, t0);
+        let rtt = Duration::from_millis(600);
+        let mut answers: Vec<Instant> = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(30) {
+            if answers.first().is_some_and(|a| *a <= t) {
+                answers.remove(0);
+                s.on_pong(&cands[0].key, Some(rtt), t);
+            }
+            let (ping, dead) = s.on_tick(t);
+            assert!(dead.is_empty(), "declared dead at {:?}", t - t0);
+            answers.extend(ping.iter().map(|_| t + rtt));
+            t += Duration::from_millis(250);
+        }
+    }
+
+    /// The relay in use goes silent: it is dropped and shunned, and the
+    /// other kept relays are pinged at once (relays often die together).
+    #[test]
+    fn a_lost_relay_is_dropped_and_the_others_are_checked_at_once() {
+        let own = key();
+        let cands = vec![
+            candidate("203.0.113.10", NatKind::Public, 5),
+            candidate("198.51.100.10", NatKind::Public, 6),
+            candidate("198.18.0.10", NatKind::Public, 7),
+        ];
+        let now = Instant::now();
+        let mut s = RelaySet::new();
+        s.fill(&own, &cands, now);
+        for (k, _) in s.on_tick(now).0 {
+            s.on_pong(&k, None, now);
+        }
+        let t = now + Duration::from_millis(300);
+        assert!(s.on_tick(t).0.is_empty(), "not due yet");
+        let in_use = s.relays()[0].0;
+        assert!(s.lost(&in_use, t));
+        assert!(s.shunned(t).contains(&in_use));
+        let (ping, _) = s.on_tick(t);
+        assert_eq!(ping.len(), 1, "the other kept relay is pinged at once");
+        assert!(s.fill(&own, &cands, t));
+        assert!(!s.relays().iter().any(|r| r.0 == in_use));
+        assert!(!s.lost(&key(), t), "a relay not kept changes nothing");
+        // Heard from again: no longer shunned.
+        s.on_pong(&in_use, None, t);
+        assert!(!s.shunned(t).contains(&in_use));
     }
 
     #[test]

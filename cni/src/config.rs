@@ -9,6 +9,9 @@ use crate::version::{self, Version};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
+/// The overlay interface's default MTU, as the agent's `dataplane::DEFAULT_MTU`
+/// (this crate stays free of the agent's dependencies); the agent writes
+/// the real one into the configuration.
 pub const DEFAULT_MTU: u32 = 1420;
 pub const DEFAULT_READY_FILE: &str = "/run/wirehub/ready";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/wirehub";

@@ -54,8 +54,13 @@ impl Store {
     }
 
     fn file(&self, container_id: &str, ifname: &str) -> PathBuf {
-        // Both parts were validated (no '/', no NUL) before we get here.
-        self.dir.join(format!("{container_id}_{ifname}.json"))
+        // Both parts were validated (no '/', no NUL) before we get here;
+        // escaping '_' keeps (a_b, c) and (a, b_c) apart.
+        self.dir.join(format!(
+            "{}_{}.json",
+            escape_part(container_id),
+            escape_part(ifname)
+        ))
     }
 
     pub fn save(&self, r: &Record, _lock: &Lock) -> CniResult<()> {
@@ -69,7 +74,9 @@ impl Store {
 
     pub fn load(&self, container_id: &str, ifname: &str) -> Option<Record> {
         let data = std::fs::read(self.file(container_id, ifname)).ok()?;
-        serde_json::from_slice(&data).ok()
+        let record: Record = serde_json::from_slice(&data).ok()?;
+        // A record is only ever the one of this attachment.
+        (record.container_id == container_id && record.ifname == ifname).then_some(record)
     }
 
     pub fn remove(&self, container_id: &str, ifname: &str, _lock: &Lock) -> CniResult<()> {
@@ -115,6 +122,12 @@ impl Store {
             .map(|e| list_dir(&e.path()).len())
             .sum()
     }
+}
+
+/// One part of a record's file name: `%` and `_` escaped, so that the `_`
+/// between the container ID and the interface name is unambiguous.
+fn escape_part(part: &str) -> String {
+    part.replace('%', "%25").replace('_', "%5F")
 }
 
 fn list_dir(dir: &Path) -> Vec<Record> {
@@ -164,6 +177,29 @@ mod tests {
         s.remove("c1", "eth0", &l).unwrap();
         assert_eq!(s.count_all(), 1);
         assert!(s.load("c1", "eth0").is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn attachments_whose_names_join_alike_keep_their_own_records() {
+        let d = std::env::temp_dir().join(format!("whcni-state-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let s = Store::new(&d, "net1");
+        let l = s.lock().unwrap();
+        let record = |container_id: &str, ifname: &str| Record {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+            netns: "/run/netns/x".into(),
+            host_veth: "wh0123456789a".into(),
+            ips: vec!["10.244.1.2".parse().unwrap()],
+        };
+        s.save(&record("a_b", "c"), &l).unwrap();
+        s.save(&record("a", "b_c"), &l).unwrap();
+        assert_eq!(s.list().len(), 2);
+        assert_eq!(s.load("a_b", "c"), Some(record("a_b", "c")));
+        assert_eq!(s.load("a", "b_c"), Some(record("a", "b_c")));
+        s.remove("a", "b_c", &l).unwrap();
+        assert_eq!(s.load("a_b", "c"), Some(record("a_b", "c")));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

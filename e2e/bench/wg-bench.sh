@@ -2,7 +2,8 @@
 # Data plane benchmark (root): iperf3 TCP between two lab namespaces over
 # the bare veth, through wireguard-go on both sides, and through WireHub's
 # embedded data plane on both sides. Arguments go to wg-bench:
-#   --time SECONDS (10)  --streams N (1)  --only veth,wggo,embedded,plain
+#   --time SECONDS (5)  --rounds N (3)  --only veth,wggo-old,wggo-current,embedded,plain
+#   --wggo-current PATH (default: fetched by e2e/bench/wireguard-go-current.sh)
 # See docs/dataplane.md for the figures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -6,7 +6,9 @@
 //! per-run tag and removed when the [`Lab`] is dropped, also when a test
 //! panics. Traffic never leaves the lab's namespaces.
 
+pub mod chart;
 pub mod nat;
+pub mod stream;
 pub mod wire;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -38,6 +40,19 @@ macro_rules! require_lab {
     };
 }
 
+/// `timeout` stretched by `WH_LAB_PATIENCE` (a factor, 1 when unset):
+/// the kernel VM (e2e/kernel/lab.sh) runs the lab under software emulation,
+/// 10-50x slower than a host, and sets it; on a host the bounds are the
+/// ones users rely on. Every waiting helper of [`Lab`] applies it.
+pub fn patience(timeout: Duration) -> Duration {
+    let factor = std::env::var("WH_LAB_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(1);
+    timeout * factor
+}
+
 /// The `wh` binary of this build.
 pub fn wh_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WH_BIN") {
@@ -50,6 +65,12 @@ pub fn wh_bin() -> PathBuf {
         dir.pop();
     }
     dir.join("wh")
+}
+
+/// The `wh-attack` binary of this build (agent/src/bin/wh_attack.rs), the
+/// hostile peer of the attack tests.
+pub fn wh_attack_bin() -> PathBuf {
+    wh_bin().with_file_name("wh-attack")
 }
 
 /// Runs a command and fails with its output when it fails.
@@ -149,6 +170,8 @@ struct Wan {
     /// namespace; the router side is always `wan`.
     outer: String,
     wire: Option<wire::Wire>,
+    /// The link's MTU when [`Lab::set_mtu`] set one.
+    mtu: Option<u32>,
 }
 
 /// A bootstrap node and trusted nodes on public addresses, all running one
@@ -167,13 +190,74 @@ pub struct TrustedNetwork {
     pub config: PathBuf,
 }
 
+/// A network whose only public node is its bootstrap (started as a new
+/// user would, with a plain `wh up`: no `mode direct`), and nodes behind
+/// NATs: made by [`Lab::lone_boot_network`].
+#[derive(Debug)]
+pub struct LoneBootNetwork {
+    pub boot: Host,
+    pub boot_pk: String,
+    /// `node_a`, `node_b`, ... behind their NATs, in the order asked: the
+    /// i-th has the overlay IPv4 10.0.42.{i + 2}.
+    pub nodes: Vec<Host>,
+    pub routers: Vec<Host>,
+    /// Each node's (private key file, public key).
+    pub keys: Vec<(PathBuf, String)>,
+    /// `lone.conf`: network `lone`, subnet 10.0.42.0/24, the bootstrap and
+    /// a `trust` line for each node.
+    pub config: PathBuf,
+}
+
+/// A `wh nc ARGS` command on `host` (its run directory, a 15 s timeout for
+/// the invitation to be accepted), for the caller to wire and spawn.
+pub fn wh_nc(host: &Host, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &host.netns])
+        .arg(wh_bin())
+        .arg("nc")
+        .args(args)
+        .env("WH_RUN_DIR", &host.run_dir)
+        .env("WH_NC_TIMEOUT_SECS", "15");
+    c
+}
+
+/// Reads the invitation a `wh nc` listener prints alone on the first line
+/// of its stderr, and keeps draining the rest so it never blocks.
+pub fn read_invitation(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let Some(stderr) = child.stderr.take() else {
+        return String::new();
+    };
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let line = lines.next().and_then(Result::ok).unwrap_or_default();
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    line.trim().to_string()
+}
+
+/// The SHA-256 of a file, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> String {
+    Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// The lab's name for the i-th node of a network: `node_a`, `node_b`, ...
+/// `node_z`, then `node_aa`, `node_ab`, ...
 pub fn node_name(i: usize) -> String {
-    let letter = u8::try_from(i)
-        .ok()
-        .filter(|i| *i < 26)
-        .map_or('?', |i| char::from(b'a' + i));
-    format!("node_{letter}")
+    let letter = |j: usize| char::from(b'a' + (j % 26) as u8);
+    if i < 26 {
+        format!("node_{}", letter(i))
+    } else {
+        format!("node_{}{}", letter(i / 26 - 1), letter(i))
+    }
 }
 
 /// The lab. Dropping it removes everything it made.
@@ -239,6 +323,42 @@ impl Lab {
             .args(args)
             .output()
             .context("cannot run ip netns exec")
+    }
+
+    /// iperf3 TCP for `secs` from `client` to a server on `server` bound to
+    /// `target` (`reverse`: from the server, `-R`): Mbit/s received. The
+    /// one iperf3 driver of the lab's benchmarks.
+    pub fn iperf3(
+        &self,
+        client: &Host,
+        server: &Host,
+        target: &str,
+        secs: u64,
+        reverse: bool,
+    ) -> Result<f64> {
+        let mut srv = Command::new("ip")
+            .args(["netns", "exec", &server.netns])
+            .args(["iperf3", "-s", "-1", "-B", target])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("iperf3 -s")?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let limit = (secs + 25).to_string();
+        let secs = secs.to_string();
+        let mut args = vec!["timeout", &limit, "iperf3", "-c", target, "-t", &secs, "-J"];
+        if reverse {
+            args.push("-R");
+        }
+        let out = self.exec_output(&client.netns, &args);
+        let _ = srv.kill();
+        let _ = srv.wait();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out?.stdout).context("iperf3's JSON output")?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("no throughput in iperf3's output")?;
+        Ok(bps / 1e6)
     }
 
     /// Connects namespace `ns` to the internet bridge with address `ip`/24;
@@ -373,6 +493,7 @@ impl Lab {
         let path = self.dir.join(format!("{}-fw6.nft", router.name));
         std::fs::write(&path, rules)?;
         self.exec(&router.netns, &["nft", "-f", &path.to_string_lossy()])?;
+        self.apply_mtu(router)?;
         Ok(host6)
     }
 
@@ -403,6 +524,7 @@ impl Lab {
             ip: router_ip.clone(),
             outer,
             wire: None,
+            mtu: None,
         });
         if !link.is_plain() {
             self.set_link(&router, link)?;
@@ -477,6 +599,24 @@ impl Lab {
             self.start_miniupnpd(&router)?;
         }
         Ok((host, router))
+    }
+
+    /// Whether miniupnpd on `router` forwards UDP `port` (a rule of its
+    /// `prerouting_miniupnpd` chain names it).
+    pub fn upnp_forwards(&self, router: &Host, port: u16) -> bool {
+        self.exec(
+            &router.netns,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "filter",
+                "prerouting_miniupnpd",
+            ],
+        )
+        .unwrap_or_default()
+        .contains(&format!("dport {port}"))
     }
 
     /// Starts miniupnpd on a router made by [`Lab::home_host`] with [`Nat::Upnp`].
@@ -573,6 +713,77 @@ impl Lab {
         };
         self.wans[i].wire = Some(wire::Wire::start(inner_tap, outer_tap, shape)?);
         Ok(Shaper::Wire)
+    }
+
+    /// Makes a router's WAN link (made by [`Lab::home_host`]) carry IP
+    /// packets of at most `mtu` bytes, both ways, as a tunnel, a PPPoE line
+    /// or a cloud network does. The routers at both ends of such a link
+    /// fragment what is larger (IPv4 without DF) or answer it with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big"; here the home
+    /// router does both ends' part: every route of its own (IPv4 and IPv6,
+    /// also those [`Lab::home_ipv6`] adds later) gets `mtu lock MTU`, so what
+    /// it forwards either way is held to `mtu`. The hosts keep their
+    /// 1,500-byte interfaces: only the path is smaller, and only ICMP tells.
+    pub fn set_mtu(&mut self, router: &Host, mtu: u32) -> Result<()> {
+        let Some(w) = self.wans.iter_mut().find(|w| w.netns == router.netns) else {
+            bail!("{} is not a router of this lab", router.name);
+        };
+        w.mtu = Some(mtu);
+        self.apply_mtu(router)
+    }
+
+    /// Puts the MTU [`Lab::set_mtu`] gave a router's link on its routes.
+    fn apply_mtu(&self, router: &Host) -> Result<()> {
+        let Some(mtu) = self
+            .wans
+            .iter()
+            .find(|w| w.netns == router.netns)
+            .and_then(|w| w.mtu)
+        else {
+            return Ok(());
+        };
+        let mtu = mtu.to_string();
+        for family in ["-4", "-6"] {
+            let routes = self.exec(&router.netns, &["ip", "-o", family, "route", "show"])?;
+            for route in routes.lines() {
+                // Without the flags `ip route change` refuses, and without
+                // an MTU set before.
+                let mut words: Vec<&str> = Vec::new();
+                let mut it = route.split_whitespace();
+                while let Some(w) = it.next() {
+                    match w {
+                        "linkdown" | "dead" | "onlink" | "pervasive" | "offload" => {}
+                        "mtu" => {
+                            if it.next() == Some("lock") {
+                                it.next();
+                            }
+                        }
+                        _ => words.push(w),
+                    }
+                }
+                let mut args = vec!["ip", family, "route", "change"];
+                args.extend(words);
+                args.extend(["mtu", "lock", &mtu]);
+                self.exec(&router.netns, &args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops, in `a`'s namespace, every IPv4 packet from or to `b` (nft
+    /// table `inet whcut`; `nft delete table inet whcut` mends it): the two
+    /// talk over IPv6 or not at all.
+    pub fn cut_ipv4(&self, a: &Host, b: &Host) -> Result<()> {
+        for rule in [
+            "add table inet whcut".to_string(),
+            "add chain inet whcut in { type filter hook input priority 0; }".to_string(),
+            "add chain inet whcut out { type filter hook output priority 0; }".to_string(),
+            format!("add rule inet whcut in ip saddr {} drop", b.ip),
+            format!("add rule inet whcut out ip daddr {} drop", b.ip),
+        ] {
+            self.exec(&a.netns, &["nft", &rule])?;
+        }
+        Ok(())
     }
 
     /// netem on both ends of WAN link `i`; false where the kernel has none.
@@ -692,6 +903,72 @@ impl Lab {
         })
     }
 
+    /// A bootstrap node on a public address, started with a plain `wh up`,
+    /// and one node behind its own NAT router for each of `nats` (none
+    /// started: see [`Lab::start_all`]).
+    pub fn lone_boot_network(&mut self, nats: &[Nat]) -> Result<LoneBootNetwork> {
+        let (boot, boot_pk) = self.public_boot()?;
+        let mut text = format!(
+            "name lone\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\n",
+            boot.ip
+        );
+        let (mut nodes, mut routers, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, nat) in nats.iter().enumerate() {
+            let name = node_name(i);
+            let (host, router) = self.home_host(&name, *nat)?;
+            let key = self.genkey(&name)?;
+            text += &format!("trust {name} {}\n", key.1);
+            nodes.push(host);
+            routers.push(router);
+            keys.push(key);
+        }
+        let config = self.write("lone.conf", &text)?;
+        Ok(LoneBootNetwork {
+            boot,
+            boot_pk,
+            nodes,
+            routers,
+            keys,
+            config,
+        })
+    }
+
+    /// Starts `wh up CONFIG` on each host with its key, together.
+    pub fn start_all(
+        &mut self,
+        hosts: &[Host],
+        keys: &[(PathBuf, String)],
+        config: &Path,
+    ) -> Result<()> {
+        for (host, (sk, _)) in hosts.iter().zip(keys) {
+            self.wh_up(host, config, Some(sk), &[])
+                .with_context(|| format!("wh up on {}", host.name))?;
+        }
+        Ok(())
+    }
+
+    /// The public key a host's daemon runs with (from `wh show`).
+    pub fn public_key_of(&self, host: &Host) -> Result<String> {
+        let show = self.wh_ok(host, &["show"])?;
+        show.lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .map(|k| k.trim().to_string())
+            .ok_or_else(|| anyhow!("no public key in wh show on {}:\n{show}", host.name))
+    }
+
+    /// The first line of `wh show` on `host` (interface, network, NAT).
+    pub fn show_header(&self, host: &Host) -> String {
+        self.wh(host, &["show"])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    }
+
     /// `node_a` on host `a` and `node_b` on host `b` as the routers of
     /// 10.244.1.0/24 and 10.244.2.0/24 in network `pods` (subnet
     /// 10.0.42.0/24, bootstrap `boot_pk` at `boot_ip`), started with
@@ -787,6 +1064,16 @@ impl Lab {
         Ok(())
     }
 
+    /// The process id of the daemon [`Lab::wh_up`] last started on `host`
+    /// (`ip netns exec` runs it in its own process).
+    pub fn daemon_pid(&self, host: &Host) -> Option<u32> {
+        self.children
+            .iter()
+            .rev()
+            .find(|(name, _)| *name == host.name)
+            .map(|(_, c)| c.id())
+    }
+
     /// Kills a host's daemon started with [`Lab::wh_up`] with `signal`.
     pub fn kill_daemon(&mut self, host: &Host, signal: &str) -> Result<()> {
         let mut kept = Vec::new();
@@ -808,6 +1095,7 @@ impl Lab {
     /// Waits (up to `timeout`) for the daemons a host runs to exit by
     /// themselves (after `wh down`), and reaps them.
     pub fn wait_exit(&mut self, host: &Host, timeout: Duration) -> bool {
+        let timeout = patience(timeout);
         let start = Instant::now();
         let mut all = true;
         for (name, child) in &mut self.children {
@@ -853,6 +1141,7 @@ impl Lab {
 
     /// Waits until the daemon log of `host` contains `what`.
     pub fn wait_log(&self, host: &Host, what: &str, timeout: Duration) -> Result<()> {
+        let timeout = patience(timeout);
         let start = Instant::now();
         while !self.log(host).contains(what) {
             if start.elapsed() > timeout {
@@ -869,6 +1158,7 @@ impl Lab {
 
     /// Waits until `wh show` on `host` answers.
     pub fn wait_daemon(&self, host: &Host, timeout: Duration) -> Result<()> {
+        let timeout = patience(timeout);
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(out) = self.wh(host, &["show"])
@@ -889,6 +1179,7 @@ impl Lab {
     /// Pings `target` from `host` every 50 ms until one reply comes or
     /// `timeout` passes; returns the time it took.
     pub fn ping_until(&self, host: &Host, target: &str, timeout: Duration) -> Result<Duration> {
+        let timeout = patience(timeout);
         let start = Instant::now();
         // ping gives up at once while there is no route yet: try again.
         while start.elapsed() < timeout {

@@ -41,16 +41,7 @@ pub fn wait_detected(
 ) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
-        let header = lab
-            .wh(host, &["show"])
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let header = lab.show_header(host);
         if header.contains(kind.detected()) {
             return Ok(start.elapsed());
         }

@@ -81,270 +81,12 @@ fn wait_for<T>(
     }
 }
 
-// ---------------------------------------------------------------- the chart
-
-/// A Helm-template renderer for the subset the chart keeps to: `{{ PATH }}`
-/// (`.Values.…`, `.Release.Name`, `.Release.Namespace`, `.Chart.Name`,
-/// `.Chart.AppVersion`), pipelines through `quote`, `toYaml`, `nindent N`,
-/// `indent N`, `if PATH` / `else` / `end`, and the `{{-` / `-}}` whitespace
-/// trimming, all with helm's semantics.
-mod chart {
-    use super::*;
-
-    enum Node {
-        Text(String),
-        Action(String),
-        If(String, Vec<Node>, Vec<Node>),
-    }
-
-    fn tokens(src: &str) -> Result<Vec<(bool, String)>> {
-        // (is_action, text) with trimming applied.
-        let mut out: Vec<(bool, String)> = Vec::new();
-        let mut rest = src;
-        let mut trim_next = false;
-        while let Some(open) = rest.find("{{") {
-            let mut text = rest[..open].to_string();
-            if trim_next {
-                text = text.trim_start().to_string();
-            }
-            let after = &rest[open + 2..];
-            let close = after.find("}}").ok_or_else(|| anyhow!("unclosed {{{{"))?;
-            let mut inner = &after[..close];
-            if let Some(i) = inner.strip_prefix('-') {
-                text = text.trim_end().to_string();
-                inner = i;
-            }
-            trim_next = false;
-            if let Some(i) = inner.strip_suffix('-') {
-                trim_next = true;
-                inner = i;
-            }
-            out.push((false, text));
-            out.push((true, inner.trim().to_string()));
-            rest = &after[close + 2..];
-        }
-        let mut text = rest.to_string();
-        if trim_next {
-            text = text.trim_start().to_string();
-        }
-        out.push((false, text));
-        Ok(out)
-    }
-
-    fn parse(
-        tokens: &mut std::vec::IntoIter<(bool, String)>,
-        until_end: bool,
-    ) -> Result<(Vec<Node>, Vec<Node>)> {
-        let mut then = Vec::new();
-        let mut els = Vec::new();
-        let mut in_else = false;
-        while let Some((is_action, text)) = tokens.next() {
-            let target = if in_else { &mut els } else { &mut then };
-            if !is_action {
-                target.push(Node::Text(text));
-                continue;
-            }
-            if let Some(cond) = text.strip_prefix("if ") {
-                let (t, e) = parse(tokens, true)?;
-                target.push(Node::If(cond.trim().to_string(), t, e));
-            } else if text == "else" {
-                in_else = true;
-            } else if text == "end" {
-                if !until_end {
-                    bail!("'end' without 'if'");
-                }
-                return Ok((then, els));
-            } else if text.starts_with("/*") {
-                // comment
-            } else {
-                target.push(Node::Action(text));
-            }
-        }
-        if until_end {
-            bail!("'if' without 'end'");
-        }
-        Ok((then, els))
-    }
-
-    fn lookup(ctx: &Value, path: &str) -> Result<Value> {
-        let path = path
-            .strip_prefix('.')
-            .ok_or_else(|| anyhow!("unsupported expression '{path}'"))?;
-        let mut v = ctx;
-        for part in path.split('.') {
-            v = v.get(part).unwrap_or(&Value::Null);
-        }
-        Ok(v.clone())
-    }
-
-    fn truthy(v: &Value) -> bool {
-        match v {
-            Value::Null => false,
-            Value::Bool(b) => *b,
-            Value::Number(n) => n.as_f64() != Some(0.0),
-            Value::String(s) => !s.is_empty(),
-            Value::Array(a) => !a.is_empty(),
-            Value::Object(o) => !o.is_empty(),
-        }
-    }
-
-    fn text_of(v: &Value) -> String {
-        match v {
-            Value::Null => String::new(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }
-    }
-
-    fn to_yaml(v: &Value) -> Result<String> {
-        let y = serde_yaml::to_string(v)?;
-        Ok(y.trim_end_matches('\n').to_string())
-    }
-
-    fn indent(s: &str, n: usize) -> String {
-        let pad = " ".repeat(n);
-        s.lines()
-            .map(|l| format!("{pad}{l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn eval(ctx: &Value, pipeline: &str) -> Result<String> {
-        let mut stages = pipeline.split('|').map(str::trim);
-        let first = stages.next().unwrap_or_default();
-        let mut words = first.split_whitespace();
-        let head = words.next().unwrap_or_default();
-        // A value, as text or as data (for toYaml).
-        let mut data: Option<Value> = None;
-        let mut text = match head {
-            "toYaml" => {
-                let arg = words
-                    .next()
-                    .ok_or_else(|| anyhow!("toYaml needs an argument"))?;
-                to_yaml(&lookup(ctx, arg)?)?
-            }
-            "quote" => {
-                let arg = words
-                    .next()
-                    .ok_or_else(|| anyhow!("quote needs an argument"))?;
-                format!("{:?}", text_of(&lookup(ctx, arg)?))
-            }
-            p => {
-                let v = lookup(ctx, p)?;
-                let t = text_of(&v);
-                data = Some(v);
-                t
-            }
-        };
-        for stage in stages {
-            let mut w = stage.split_whitespace();
-            match (w.next(), w.next()) {
-                (Some("quote"), None) => text = serde_json::to_string(&text)?,
-                (Some("toYaml"), None) => {
-                    text = to_yaml(data.as_ref().unwrap_or(&Value::String(text.clone())))?
-                }
-                (Some("nindent"), Some(n)) => text = format!("\n{}", indent(&text, n.parse()?)),
-                (Some("indent"), Some(n)) => text = indent(&text, n.parse()?),
-                _ => bail!("unsupported pipeline stage '{stage}'"),
-            }
-            data = None;
-        }
-        Ok(text)
-    }
-
-    fn render_nodes(ctx: &Value, nodes: &[Node], out: &mut String) -> Result<()> {
-        for n in nodes {
-            match n {
-                Node::Text(t) => out.push_str(t),
-                Node::Action(a) => out.push_str(&eval(ctx, a)?),
-                Node::If(cond, then, els) => {
-                    let v = lookup(ctx, cond)?;
-                    render_nodes(ctx, if truthy(&v) { then } else { els }, out)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub fn render(template: &str, ctx: &Value) -> Result<String> {
-        let toks = tokens(template)?;
-        let (nodes, _) = parse(&mut toks.into_iter(), false)?;
-        let mut out = String::new();
-        render_nodes(ctx, &nodes, &mut out)?;
-        Ok(out)
-    }
-
-    pub fn merge(base: &mut Value, over: &Value) {
-        match (base, over) {
-            (Value::Object(b), Value::Object(o)) => {
-                for (k, v) in o {
-                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-            (b, o) => *b = o.clone(),
-        }
-    }
-
-    /// Renders every template of the chart with its values.yaml merged
-    /// with `overrides`; returns the manifests (NOTES.txt and partials
-    /// left out) and the CRD files of crds/.
-    pub fn render_chart(
-        dir: &Path,
-        overrides: &Value,
-        namespace: &str,
-    ) -> Result<(String, Vec<PathBuf>)> {
-        let values: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
-        let mut values: Value = serde_json::to_value(values)?;
-        merge(&mut values, overrides);
-        let chart: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml"))?)?;
-        let chart: Value = serde_json::to_value(chart)?;
-        let ctx = json!({
-            "Values": values,
-            "Release": {"Name": "wirehub", "Namespace": namespace, "Service": "Helm"},
-            "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
-        });
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("templates"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
-        names.sort();
-        let mut out = String::new();
-        for p in names {
-            let text = render(&std::fs::read_to_string(&p)?, &ctx)
-                .with_context(|| format!("rendering {}", p.display()))?;
-            if text.trim().is_empty() {
-                continue;
-            }
-            out.push_str(&format!("---\n# Source: {}\n", p.display()));
-            out.push_str(&text);
-            out.push('\n');
-        }
-        let mut crds: Vec<PathBuf> = std::fs::read_dir(dir.join("crds"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        crds.sort();
-        Ok((out, crds))
-    }
-}
-
 #[test]
-fn chart_renders_like_helm() {
-    let t = "a:\n  {{- if .Values.on }}\n  b: {{ .Values.x | quote }}\n  {{- else }}\n  c: 1\n  {{- end }}\nl: {{- toYaml .Values.l | nindent 2 }}\nn: {{ .Release.Namespace }}\n";
-    let ctx = json!({"Values": {"on": true, "x": "y", "l": [{"k": "v"}]}, "Release": {"Namespace": "ns"}});
-    assert_eq!(
-        chart::render(t, &ctx).unwrap(),
-        "a:\n  b: \"y\"\nl:\n  - k: v\nn: ns\n"
-    );
-    let ctx = json!({"Values": {"on": false, "l": []}, "Release": {"Namespace": "ns"}});
-    assert_eq!(
-        chart::render(t, &ctx).unwrap(),
-        "a:\n  c: 1\nl:\n  []\nn: ns\n"
-    );
+fn the_wirehub_chart_renders_to_valid_manifests() {
     // The whole chart renders, and every document is valid YAML.
     let (text, crds) =
-        chart::render_chart(&repo().join("charts/wirehub"), &json!({}), "kube-system").unwrap();
+        wirehub_e2e::chart::render_chart(&repo().join("charts/wirehub"), &json!({}), "kube-system")
+            .unwrap();
     assert_eq!(crds.len(), 1);
     let mut kinds = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -368,7 +110,77 @@ fn chart_renders_like_helm() {
             "WireHubNetwork"
         ]
     );
-    assert!(text.contains("add: [NET_ADMIN]"), "{text}");
+    assert!(text.contains("add: [NET_ADMIN, NET_RAW]"), "{text}");
+    // The agents write WireHubNodes, never Nodes.
+    let role: Value = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ClusterRole")
+        .unwrap();
+    let verbs = |resource: &str| -> Vec<String> {
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+            .flat_map(|r| {
+                r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(verbs("nodes"), ["get", "list", "watch"]);
+    assert_eq!(
+        verbs("wirehubnodes"),
+        ["get", "list", "watch", "create", "patch"]
+    );
+    assert_eq!(verbs("wirehubnodes/status"), ["get", "patch"]);
+    assert!(text.contains("readOnlyRootFilesystem: true"), "{text}");
+}
+
+#[test]
+fn chart_serves_a_service_monitor_and_the_dashboard_on_request() {
+    let (text, _) = wirehub_e2e::chart::render_chart(
+        &repo().join("charts/wirehub"),
+        &json!({"metrics": {"serviceMonitor": true, "grafanaDashboard": true}}),
+        "kube-system",
+    )
+    .unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .collect();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d.get("kind").and_then(|v| v.as_str()) == Some(k))
+    };
+    let monitor = kind("ServiceMonitor").expect("a ServiceMonitor");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"].as_str(),
+        Some("metrics")
+    );
+    assert_eq!(
+        kind("Service").expect("a Service")["spec"]["clusterIP"].as_str(),
+        Some("None")
+    );
+    let dashboard = kind("ConfigMap").expect("the dashboard's ConfigMap");
+    let json = dashboard["data"]["wirehub.json"]
+        .as_str()
+        .expect("wirehub.json");
+    let parsed: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(parsed["uid"].as_str(), Some("wirehub-overview"));
+    // Off by default.
+    let (text, _) =
+        wirehub_e2e::chart::render_chart(&repo().join("charts/wirehub"), &json!({}), "kube-system")
+            .unwrap();
+    assert!(!text.contains("ServiceMonitor") && !text.contains("wirehub-dashboard"));
 }
 
 // ---------------------------------------------------------------- the cluster
@@ -796,11 +608,10 @@ fn wirehub_on_a_real_cluster() {
     }
 }
 
-fn scenario() -> Result<()> {
-    let t0 = Instant::now();
-    // One cluster at a time on a machine: the runs share host mount points
-    // (/run/wirehub, /var/lib/wirehub, ...) that each removes when done,
-    // and the host sysctls it restores.
+/// One Kubernetes lab at a time on a machine: the runs share host mount
+/// points (/run/wirehub, /var/lib/wirehub, ...) that each removes when
+/// done, and the host sysctls it restores. Held while the value lives.
+fn lab_lock() -> Result<std::fs::File> {
     let cache = std::env::var("WH_K8S_CACHE").unwrap_or_else(|_| "/var/cache/wirehub-k8s".into());
     std::fs::create_dir_all(&cache)?;
     let lock = std::fs::File::create(Path::new(&cache).join("e2e.lock"))?;
@@ -808,6 +619,35 @@ fn scenario() -> Result<()> {
         eprintln!("[k8s] another Kubernetes lab runs on this machine; waiting for it");
         lock.lock()?;
     }
+    Ok(lock)
+}
+
+/// The Kubernetes binaries (built once, cached outside the repository) and
+/// the kubectl to use.
+fn kubernetes_binaries() -> Result<(PathBuf, String)> {
+    let cache = std::env::var("WH_K8S_CACHE").unwrap_or_else(|_| "/var/cache/wirehub-k8s".into());
+    let build = repo().join("e2e/k8s/build-k8s.sh");
+    let status = Command::new("bash")
+        .arg(&build)
+        .status()
+        .context("cannot run build-k8s.sh")?;
+    if !status.success() {
+        bail!("building Kubernetes failed ({status})");
+    }
+    let bin = PathBuf::from(&cache).join("current/bin");
+    let kubectl = if bin.join("kubectl").exists() {
+        bin.join("kubectl").display().to_string()
+    } else if have("kubectl") {
+        "kubectl".to_string()
+    } else {
+        bail!("no kubectl (build-k8s.sh builds one when the machine has none)");
+    };
+    Ok((bin, kubectl))
+}
+
+fn scenario() -> Result<()> {
+    let t0 = Instant::now();
+    let _lock = lab_lock()?;
     for tool in [
         "containerd",
         "ctr",
@@ -825,23 +665,7 @@ fn scenario() -> Result<()> {
             bail!("{tool} is missing: run e2e/install-deps.sh");
         }
     }
-    // The Kubernetes binaries: built once, cached outside the repository.
-    let build = repo().join("e2e/k8s/build-k8s.sh");
-    let status = Command::new("bash")
-        .arg(&build)
-        .status()
-        .context("cannot run build-k8s.sh")?;
-    if !status.success() {
-        bail!("building Kubernetes failed ({status})");
-    }
-    let bin = PathBuf::from(&cache).join("current/bin");
-    let kubectl = if bin.join("kubectl").exists() {
-        bin.join("kubectl").display().to_string()
-    } else if have("kubectl") {
-        "kubectl".to_string()
-    } else {
-        bail!("no kubectl (build-k8s.sh builds one when the machine has none)");
-    };
+    let (bin, kubectl) = kubernetes_binaries()?;
     log(t0, "Kubernetes binaries ready");
 
     let wh = wh_bin();
@@ -921,7 +745,7 @@ fn scenario() -> Result<()> {
         }
         eprintln!("{}", cluster.agent_logs());
         eprintln!("{}", kernel_tail());
-        if let Ok(s) = cluster.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"]) {
+        if let Ok(s) = cluster.k(&["get", "wirehubnetwork,wirehubnodes", "-o", "yaml"]) {
             eprintln!("{s}");
         }
         eprintln!("edge daemon log:\n{}", lab.log(&edge));
@@ -944,7 +768,27 @@ fn scenario() -> Result<()> {
     result
 }
 
+type Pods = BTreeMap<String, String>;
+type Pids = BTreeMap<String, u32>;
+
+/// The scenario, phase by phase; each phase leaves the cluster as the next
+/// one expects it.
 fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> {
+    start_cluster(c, t0)?;
+    install_chart(c, t0)?;
+    wirehub_nodes_report_every_node(c, t0)?;
+    let (pods, pids) = pods_reach_each_other(c, t0)?;
+    a_service_answers_across_nodes(c, &pids, t0)?;
+    an_edge_host_joins_without_restarts(lab, c, edge, &pods, t0)?;
+    an_invalid_edit_is_reported_and_changes_nothing(lab, c, edge, &pods, &pids, t0)?;
+    an_agent_token_cannot_move_another_node(lab, c, &pods, &pids, t0)?;
+    a_restarted_agent_keeps_its_node(c, &pods, &pids, t0)?;
+    metrics_are_served(c, t0)
+}
+
+/// The control plane and three nodes, registered but NotReady (no CNI
+/// configuration yet).
+fn start_cluster(c: &Cluster, t0: Instant) -> Result<()> {
     let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
     let mut cp_args: Vec<String> = vec![
         c.dir.display().to_string(),
@@ -987,7 +831,12 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         }
     }
     log(t0, "all nodes NotReady: network plugin not initialized");
+    Ok(())
+}
 
+/// The chart's CRDs (the schema refuses what it can tell is wrong) and
+/// templates; the nodes turn Ready once the DaemonSet installed the plugin.
+fn install_chart(c: &Cluster, t0: Instant) -> Result<()> {
     // Install the chart's own templates, rendered here.
     let overrides = json!({
         "image": {"repository": "localhost/wirehub-agent", "tag": "e2e", "pullPolicy": "Never"},
@@ -999,7 +848,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         },
     });
     let (manifests, crds) =
-        chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;
+        wirehub_e2e::chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;
     std::fs::write(c.dir.join("chart.yaml"), &manifests)?;
     for crd in &crds {
         c.k_stdin(&["apply", "-f", "-"], &std::fs::read_to_string(crd)?)?;
@@ -1009,6 +858,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         "--for=condition=Established",
         "--timeout=60s",
         "crd/wirehubnetworks.wirehub.io",
+        "crd/wirehubnodes.wirehub.io",
     ])?;
     // The schema refuses what it can tell is wrong.
     let bad = "apiVersion: wirehub.io/v1alpha1\nkind: WireHubNetwork\nmetadata: {name: bad}\nspec: {subnet: 10.99.0.0/33, peers: [{key: short}]}\n".to_string();
@@ -1061,88 +911,70 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         t0,
         "all nodes Ready, with wirehub-cni and 10-wirehub.conflist installed",
     );
+    Ok(())
+}
 
-    // Keys on the Nodes, and the status lists the three nodes with paths.
-    let keys = wait_for(Duration::from_secs(60), "public keys on the Nodes", || {
-        let v = c.json(&["get", "nodes"])?;
-        let mut keys = BTreeMap::new();
-        for n in v["items"].as_array().cloned().unwrap_or_default() {
-            if let Some(k) = n["metadata"]["annotations"]["wirehub.io/public-key"].as_str() {
-                keys.insert(
-                    n["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    k.to_string(),
-                );
-            }
-        }
-        Ok((keys.len() == 3).then_some(keys))
-    })?;
-    let status = wait_for(
+/// Every node's WireHubNode: its key, allocations and a summary of its
+/// paths, ready; the network's status counts them (O(1)); `kubectl get`
+/// prints both tables; the hard-NAT node is relayed.
+fn wirehub_nodes_report_every_node(c: &Cluster, t0: Instant) -> Result<()> {
+    let records = wait_for(
         Duration::from_secs(120),
-        "the status to list three ready nodes with paths",
+        "three ready WireHubNodes whose paths all work, and Ready=True on the network",
         || {
-            let v = c.json(&["get", "wirehubnetwork", NETWORK])?;
-            let nodes = v["status"]["nodes"].as_array().cloned().unwrap_or_default();
-            let complete = nodes.len() == 3
-                && nodes.iter().all(|n| {
-                    n["ready"] == true
-                        && n["peers"].as_array().is_some_and(|p| {
-                            p.len() >= 2
-                                && p.iter()
-                                    .all(|p| p["path"] == "direct" || p["path"] == "relayed")
-                        })
+            let v = c.json(&["get", "wirehubnodes"])?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let complete = items.len() == 3
+                && items.iter().all(|n| {
+                    let p = &n["status"]["paths"];
+                    n["status"]["ready"] == true
+                        && n["spec"]["publicKey"].is_string()
+                        && n["spec"]["overlayIpv4"].is_string()
+                        && n["status"]["podCidr"].is_string()
+                        && p["direct"].as_u64().unwrap_or(0) + p["relayed"].as_u64().unwrap_or(0)
+                            >= 2
+                        && p["unknown"].as_u64() == Some(0)
                 });
-            let ready = v["status"]["conditions"].as_array().is_some_and(|c| {
+            let net = c.json(&["get", "wirehubnetwork", NETWORK])?;
+            let ready = net["status"]["conditions"].as_array().is_some_and(|c| {
                 c.iter()
                     .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            Ok((complete && ready).then_some(v))
+            }) && net["status"]["nodeCount"] == 3
+                && net["status"]["readyNodes"] == 3;
+            Ok((complete && ready).then_some(items))
         },
     )?;
-    for n in status["status"]["nodes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let name = n["name"].as_str().unwrap_or_default();
-        if keys.get(name).map(String::as_str) != n["publicKey"].as_str() {
-            bail!("node {name}: the status key differs from the Node's annotation");
+    for n in &records {
+        let name = n["metadata"]["name"].as_str().unwrap_or_default();
+        let owner = &n["metadata"]["ownerReferences"][0];
+        if owner["kind"] != "Node" || owner["name"] != name {
+            bail!("WireHubNode {name} is not owned by its Node: {owner}");
         }
-        let paths: Vec<String> = n["peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}={}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["path"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
+        let st = &n["status"];
         log(
             t0,
             &format!(
-                "status {name}: nat {} pod {} overlay {} paths {}",
-                n["nat"],
-                n["podCidr"],
-                n["overlayIpv4"],
-                paths.join(" ")
+                "WireHubNode {name}: nat {} pod {} overlay {} paths direct {} relayed {} worst {}",
+                st["nat"],
+                st["podCidr"],
+                n["spec"]["overlayIpv4"],
+                st["paths"]["direct"],
+                st["paths"]["relayed"],
+                st["paths"]["worst"]
             ),
         );
     }
-    let n3 = status["status"]["nodes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["name"] == "n3").cloned())
+    let n3 = records
+        .iter()
+        .find(|n| n["metadata"]["name"] == "n3")
+        .cloned()
         .unwrap_or(Value::Null);
-    let n3_relayed = n3["peers"]
-        .as_array()
-        .is_some_and(|p| p.iter().any(|p| p["path"] == "relayed"));
-    if !n3_relayed {
+    if n3["status"]["paths"]["relayed"].as_u64().unwrap_or(0) == 0 {
         bail!("the hard-NAT node reaches every node directly; expected a relay: {n3}");
+    }
+    let net = c.json(&["get", "wirehubnetwork", NETWORK])?;
+    if net["status"].get("nodes").is_some() {
+        bail!("the network's status still lists nodes: {}", net["status"]);
     }
     let printed = c.k(&["get", "wirehubnetworks"])?;
     if !printed.contains("SUBNET") || !printed.contains("10.99.0.0/24") || !printed.contains("True")
@@ -1150,7 +982,27 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         bail!("kubectl get wirehubnetworks lacks the printer columns:\n{printed}");
     }
     log(t0, &format!("kubectl get wirehubnetworks:\n{printed}"));
+    let printed = c.k(&["get", "wirehubnodes"])?;
+    for col in [
+        "OVERLAY IP",
+        "POD CIDR",
+        "NAT",
+        "READY",
+        "RELAYED",
+        "WORST PEER",
+        "n3",
+    ] {
+        if !printed.contains(col) {
+            bail!("kubectl get wirehubnodes lacks {col}:\n{printed}");
+        }
+    }
+    log(t0, &format!("kubectl get wirehubnodes:\n{printed}"));
+    Ok(())
+}
 
+/// Pods of a DaemonSet on the three nodes reach each other; returns each
+/// node's pod address and the pod's process.
+fn pods_reach_each_other(c: &Cluster, t0: Instant) -> Result<(Pods, Pids)> {
     // Pods of a DaemonSet on the three nodes reach each other.
     let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: pinger}\nspec:\n  selector: {matchLabels: {app: pinger}}\n  template:\n    metadata: {labels: {app: pinger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: bb\n        image: localhost/busybox:1.35\n        imagePullPolicy: Never\n        env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]\n        command: [sh, -c, 'echo $NODE > /www/index.html && exec httpd -f -p 8080 -h /www']\n";
     c.k_stdin(&["apply", "-f", "-"], ds)?;
@@ -1205,8 +1057,12 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             );
         }
     }
+    Ok((pods, pids))
+}
 
-    // A ClusterIP service backed by the pod on n3, from the pod on n1 (kube-proxy).
+/// A ClusterIP service backed by the pod on n3, from the pod on n1
+/// (kube-proxy).
+fn a_service_answers_across_nodes(c: &Cluster, pids: &Pids, t0: Instant) -> Result<()> {
     let svc = "apiVersion: v1\nkind: Pod\nmetadata: {name: backend, labels: {app: backend}}\nspec:\n  nodeName: n3\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: localhost/busybox:1.35\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo backend-on-n3 > /www/index.html && exec httpd -f -p 8080 -h /www']\n---\napiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: 8080}]\n";
     c.k_stdin(&["apply", "-f", "-"], svc)?;
     let cluster_ip = c.k(&[
@@ -1239,7 +1095,19 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             answer.len()
         ),
     );
+    Ok(())
+}
 
+/// An edge host outside the cluster joins with plain `wh up` and the
+/// network file printed from the resource and its WireHubNodes, without
+/// restarting any agent.
+fn an_edge_host_joins_without_restarts(
+    lab: &mut Lab,
+    c: &Cluster,
+    edge: &Host,
+    pods: &Pods,
+    t0: Instant,
+) -> Result<()> {
     // An edge host outside the cluster joins with plain `wh up`, without
     // restarting any agent.
     let agents_before = c.agent_pods_json(None)?;
@@ -1267,7 +1135,8 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     let (edge_sk, edge_pk) = lab.genkey("edge")?;
     let patch = json!({"spec": {"peers": [{"hostname": "edge", "key": edge_pk, "staticIp": "10.99.0.50", "endpoint": format!("{}:62096", edge.ip)}]}});
     c.patch_network("merge", &patch)?;
-    let yaml = c.k(&["get", "wirehubnetwork", NETWORK, "-o", "yaml"])?;
+    // The network with its WireHubNodes, as an operator would print it.
+    let yaml = c.k(&["get", "wirehubnetworks,wirehubnodes", "-o", "yaml"])?;
     let file = Command::new(wh_bin())
         .args(["network", "-"])
         .stdin(Stdio::piped())
@@ -1312,7 +1181,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     let conf = lab.write("edge.conf", &file)?;
     lab.wh_up(edge, &conf, Some(&edge_sk), &[])?;
     lab.wait_daemon(edge, Duration::from_secs(20))?;
-    for (node, ip) in &pods {
+    for (node, ip) in pods {
         let took = lab.ping_until(edge, ip, Duration::from_secs(60))?;
         log(
             t0,
@@ -1327,7 +1196,19 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         bail!("an agent restarted when the edge host was added");
     }
     log(t0, "edge host added without restarting any agent");
+    Ok(())
+}
 
+/// An invalid edit: reported in the status and as an event; the network
+/// keeps running; fixed, Degraded clears.
+fn an_invalid_edit_is_reported_and_changes_nothing(
+    lab: &mut Lab,
+    c: &Cluster,
+    edge: &Host,
+    pods: &Pods,
+    pids: &Pids,
+    t0: Instant,
+) -> Result<()> {
     // An invalid edit: reported in status and events, the network keeps running.
     let bad_key = lab.genkey("bad")?.1;
     let bad = json!([{"op": "add", "path": "/spec/peers/-", "value": {"hostname": "bad", "key": bad_key, "staticIp": "10.98.0.5"}}]);
@@ -1364,8 +1245,8 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     if !described.contains("InvalidSpec") {
         bail!("kubectl describe does not show the InvalidSpec event:\n{described}");
     }
-    for (from, pid) in &pids {
-        for (to, ip) in &pods {
+    for (from, pid) in pids {
+        for (to, ip) in pods {
             if from != to && !ping_from(*pid, ip, 2) {
                 bail!("after the invalid edit, the pod on {from} cannot reach the pod on {to}");
             }
@@ -1386,16 +1267,148 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             .then_some(()))
     })?;
     log(t0, "fixed: Degraded=False");
+    Ok(())
+}
 
+/// Every node's routes, for comparing before and after.
+fn host_routes(c: &Cluster) -> Result<BTreeMap<String, String>> {
+    c.nodes
+        .iter()
+        .map(|n| {
+            Ok((
+                n.name.clone(),
+                run(Command::new("ip").args([
+                    "-n",
+                    &n.host.netns,
+                    "route",
+                    "show",
+                    "table",
+                    "all",
+                ]))?,
+            ))
+        })
+        .collect()
+}
+
+/// What one agent's token may do to another node (issue 13): it cannot
+/// write Nodes at all; it can write another node's WireHubNode (RBAC in
+/// 1.20 cannot narrow that), but a forged key or pod CIDR is ignored by
+/// every agent (pins), put back (by the node's own agent, by the lease
+/// holder), and no route of any node changes; pod traffic flows throughout.
+fn an_agent_token_cannot_move_another_node(
+    lab: &mut Lab,
+    c: &Cluster,
+    pods: &Pods,
+    pids: &Pids,
+    t0: Instant,
+) -> Result<()> {
+    let agent = format!("--as=system:serviceaccount:{AGENT_NS}:wirehub-agent");
+    let can = |verb: &str, what: &str| -> Result<String> {
+        let out = c
+            .kubectl_cmd(&["auth", "can-i", verb, what, &agent])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if can("patch", "nodes")? != "no" {
+        bail!("the agent's service account may patch Nodes");
+    }
+    if can("patch", "wirehubnodes")? != "yes" {
+        bail!("the agent's service account may not patch WireHubNodes");
+    }
+    let victim = "n2";
+    let before = c.json(&["get", "wirehubnode", victim])?;
+    let routes_before = host_routes(c)?;
+    let forged_key = lab.genkey("forger")?.1;
+    let forged = json!({"spec": {"publicKey": forged_key, "podCidr": "10.244.200.0/24", "overlayIpv4": "10.99.0.77"}});
+    let forged_at = Instant::now();
+    c.k(&[
+        "patch",
+        "wirehubnode",
+        victim,
+        &agent,
+        "--type",
+        "merge",
+        "-p",
+        &forged.to_string(),
+    ])?;
+    log(
+        t0,
+        &format!("forged {victim}'s WireHubNode with the agents' token: {forged}"),
+    );
+    // While the forgery stands (the lease holder has not put the
+    // allocations back yet), nothing moves.
+    std::thread::sleep(Duration::from_millis(1500));
+    let routes_during = host_routes(c)?;
+    // Put back: the key by n2's own agent, the allocations by the lease holder.
+    let spec_of = |v: &Value| {
+        ["publicKey", "podCidr", "overlayIpv4"]
+            .map(|k| v["spec"][k].as_str().unwrap_or_default().to_string())
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the forged WireHubNode to be put back",
+        || {
+            let now = c.json(&["get", "wirehubnode", victim])?;
+            Ok((spec_of(&now) == spec_of(&before)).then_some(()))
+        },
+    )?;
+    log(
+        t0,
+        &format!(
+            "{victim}'s WireHubNode put back within {:.1}s of the forgery",
+            forged_at.elapsed().as_secs_f64()
+        ),
+    );
+    // The lease holder says what it put back; the forged key is seen only
+    // by agents that read the record before n2's agent rewrote it.
+    let logs = c.agent_logs();
+    if !logs.contains("put the pinned allocations back") {
+        bail!("the lease holder did not say it put the allocations back");
+    }
+    log(
+        t0,
+        &format!(
+            "agents that saw the forged key and ignored it: {}",
+            logs.matches("now publishes key").count()
+        ),
+    );
+    for (from, pid) in pids {
+        for (to, ip) in pods {
+            if from != to && !ping_from(*pid, ip, 2) {
+                bail!("after the forgery, the pod on {from} cannot reach the pod on {to}");
+            }
+        }
+    }
+    for routes in [routes_during, host_routes(c)?] {
+        for (node, r) in &routes_before {
+            if routes.get(node) != Some(r) {
+                bail!(
+                    "the routes of {node} changed with the forgery:\nbefore:\n{r}\nafter:\n{}",
+                    routes.get(node).cloned().unwrap_or_default()
+                );
+            }
+        }
+    }
+    log(
+        t0,
+        "the forgery changed no route and no path; pods kept talking",
+    );
+    Ok(())
+}
+
+/// Deleting an agent pod: recreated, same key, WireHubNode and pod CIDR,
+/// the node stays Ready, traffic back within 10 s of the replacement.
+fn a_restarted_agent_keeps_its_node(
+    c: &Cluster,
+    pods: &Pods,
+    pids: &Pids,
+    t0: Instant,
+) -> Result<()> {
     // Deleting an agent pod: recreated, same key and pod CIDR, traffic back within 10 s.
     let victim = "n3";
     let node_before = c.json(&["get", "node", victim])?;
-    let ann = |v: &Value, k: &str| {
-        v["metadata"]["annotations"][k]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let record_before = c.json(&["get", "wirehubnode", victim])?;
+    let field = |v: &Value, k: &str| v["spec"][k].as_str().unwrap_or_default().to_string();
     let old_pod = c.agent_pods(Some(victim), &["-o", "jsonpath={.items[0].metadata.name}"])?;
     let old_pid = c.agent_pid(victim, &old_pod)?;
     let mut old_log = c.open_agent_log(victim, &old_pod)?;
@@ -1617,18 +1630,19 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
             ready_since(&node_after)
         );
     }
-    for k in [
-        "wirehub.io/public-key",
-        "wirehub.io/pod-cidr",
-        "wirehub.io/overlay-ipv4",
-    ] {
-        if ann(&node_before, k) != ann(&node_after, k) || ann(&node_after, k).is_empty() {
+    let record_after = c.json(&["get", "wirehubnode", victim])?;
+    for k in ["publicKey", "podCidr", "overlayIpv4"] {
+        if field(&record_before, k) != field(&record_after, k) || field(&record_after, k).is_empty()
+        {
             bail!(
-                "{k} of {victim} changed across the agent's restart: {} -> {}",
-                ann(&node_before, k),
-                ann(&node_after, k)
+                "{k} of {victim}'s WireHubNode changed across the agent's restart: {} -> {}",
+                field(&record_before, k),
+                field(&record_after, k)
             );
         }
+    }
+    if record_before["metadata"]["uid"] != record_after["metadata"]["uid"] {
+        bail!("{victim}'s WireHubNode was made anew across the agent's restart");
     }
     let key_file = c.node_dir(victim).join("mnt/varlibwirehub/private.key");
     if !key_file.exists() {
@@ -1638,10 +1652,20 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
         );
     }
     log(t0, "kept its key and pod CIDR");
-    // Metrics and readiness endpoints of an agent (n1's, from its namespace).
+    Ok(())
+}
+
+/// Metrics and readiness endpoints of an agent (n1's, from its namespace,
+/// on the node's address: the chart binds them there, not to 0.0.0.0).
+fn metrics_are_served(c: &Cluster, t0: Instant) -> Result<()> {
+    // Metrics and readiness endpoints of an agent (n1's, from its namespace,
+    // on the node's address: the chart binds them there, not to 0.0.0.0).
     let metrics = run(Command::new("ip")
         .args(["netns", "exec", &c.nodes[0].host.netns, "bash", "-c"])
-        .arg("exec 3<>/dev/tcp/127.0.0.1/9796; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"))?;
+        .arg(format!(
+            "exec 3<>/dev/tcp/{}/9796; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+            c.nodes[0].host.ip
+        )))?;
     for m in [
         "wirehub_peers{path=\"direct\"}",
         "wirehub_dht_nodes",
@@ -1653,4 +1677,332 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     }
     log(t0, "metrics served");
     Ok(())
+}
+
+// ---------------------------------------------------------- the scale bench
+
+/// The scale bench (issue 15): N simulated nodes on the lab's real API
+/// server (etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+/// 1.20, as in the scenario): N Node objects, and for each a real `wh
+/// agent` process without a data plane (`WH_SIMULATE=1`: it does all its
+/// Kubernetes work, watches, pins, the Lease, allocations, its
+/// WireHubNode, and notes the network it would run). Prints, per N: the
+/// largest object, API writes per node per minute at steady state, the time
+/// for a new node to be known to every agent, the API server's CPU and
+/// memory, the agents' memory. A benchmark, so ignored by default:
+/// `WH_SCALE_N=100,300 cargo test -p wirehub-e2e --test k8s k8s_scale_bench
+/// -- --ignored --nocapture` (default N = 100; `WH_SCALE_STEADY_S`, the
+/// steady-state window, default 120). Agents start 20 per second. Each is a
+/// debug-built process of about 25 MiB: N = 1,000 does not fit one shared
+/// lab host.
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn k8s_scale_bench() {
+    if !wirehub_e2e::available() {
+        eprintln!("skipped: the Kubernetes lab needs root");
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("WH_SCALE_N")
+        .unwrap_or_else(|_| "100".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for n in sizes {
+        match bench(n) {
+            Ok(row) => rows.push(row),
+            Err(e) => panic!("N={n}: {e:#}"),
+        }
+    }
+    eprintln!(
+        "\n| N | largest WireHubNode | WireHubNetwork | wirehub.io writes/node/min | lease writes/min | all agents know a new node (p50 / p95 / max) | kube-apiserver CPU | kube-apiserver RSS | agent RSS (mean / max) |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        eprintln!("{r}");
+    }
+}
+
+/// The simulated agents, stopped (by PID) when dropped.
+struct SimAgents {
+    children: Vec<(String, std::process::Child, PathBuf)>,
+}
+
+impl Drop for SimAgents {
+    fn drop(&mut self) {
+        for (_, c, _) in &mut self.children {
+            let _ = c.kill();
+        }
+        for (_, c, _) in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl SimAgents {
+    fn start(&mut self, c: &Cluster, name: &str) -> Result<()> {
+        let dir = c.dir.join("sim").join(name);
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("agent.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &c.cp.netns])
+            .arg(wh_bin())
+            .arg("agent")
+            .env("NODE_NAME", name)
+            .env("KUBECONFIG", c.dir.join("cp/admin.kubeconfig"))
+            .env("WH_SIMULATE", "1")
+            .env("WH_NETWORK", "bench")
+            .env("WH_KEY_FILE", dir.join("private.key"))
+            .env("WH_METRICS_ADDRESS", "127.0.0.1:0")
+            .env("WH_CNI_DIR", "none")
+            .env("POD_NAMESPACE", "default")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        self.children.push((name.to_string(), child, log));
+        Ok(())
+    }
+
+    /// How many agents logged that they run a network of `members` nodes.
+    fn knowing(&self, members: usize) -> usize {
+        let needle = format!("members={members} ");
+        self.children
+            .iter()
+            .filter(|(_, _, log)| std::fs::read_to_string(log).is_ok_and(|t| t.contains(&needle)))
+            .count()
+    }
+
+    /// Resident memory of each agent, KiB.
+    fn rss_kib(&self) -> Vec<u64> {
+        self.children
+            .iter()
+            .filter_map(|(_, c, _)| proc_rss_kib(c.id()))
+            .collect()
+    }
+}
+
+fn proc_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The kube-apiserver's PID (cp-up.sh records what it started).
+fn apiserver_pid(c: &Cluster) -> Result<u32> {
+    let pids = std::fs::read_to_string(c.dir.join("pids"))?;
+    for line in pids.lines() {
+        let mut w = line.split_whitespace();
+        if let (Some(pid), Some("apiserver")) = (w.next(), w.next()) {
+            return Ok(pid.parse()?);
+        }
+    }
+    bail!("no apiserver in {}", c.dir.join("pids").display())
+}
+
+/// Mutating requests the API server served so far: (to wirehub.io
+/// resources, to leases).
+fn api_writes(c: &Cluster) -> Result<(f64, f64)> {
+    let text = c.k(&["get", "--raw", "/metrics"])?;
+    let (mut wirehub, mut leases) = (0.0, 0.0);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let reads = [
+            "verb=\"GET\"",
+            "verb=\"LIST\"",
+            "verb=\"WATCH\"",
+            "verb=\"WATCHLIST\"",
+        ];
+        if reads.iter().any(|r| labels.contains(r)) {
+            continue;
+        }
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        if labels.contains("group=\"wirehub.io\"") {
+            wirehub += v;
+        } else if labels.contains("resource=\"leases\"") {
+            leases += v;
+        }
+    }
+    Ok((wirehub, leases))
+}
+
+fn node_list(names: &[String]) -> String {
+    let items: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+                   "status": {"addresses": [{"type": "InternalIP", "address": format!("10.250.{}.{}", i / 250, i % 250 + 1)}]}})
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn bench(n: usize) -> Result<String> {
+    let t0 = Instant::now();
+    let _lock = lab_lock()?;
+    let (bin, kubectl) = kubernetes_binaries()?;
+    let mut lab = Lab::new()?;
+    let dir = lab.dir.join("k8s-bench");
+    std::fs::create_dir_all(&dir)?;
+    let cp = lab.public_host("cp")?;
+    let c = Cluster {
+        dir: dir.clone(),
+        bin: bin.clone(),
+        cp: cp.clone(),
+        nodes: Vec::new(),
+        sysctls: Vec::new(),
+        kubectl,
+        cgroup_parent_existed: true,
+    };
+    run(Command::new("bash")
+        .arg(repo().join("e2e/k8s/cp-up.sh"))
+        .arg(&dir)
+        .arg(&cp.netns)
+        .arg(&cp.ip)
+        .arg(&bin))?;
+    c.k_stdin(
+        &["apply", "-f", "-"],
+        &std::fs::read_to_string(repo().join("crds/wirehub.yaml"))?,
+    )?;
+    c.k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/wirehubnetworks.wirehub.io",
+        "crd/wirehubnodes.wirehub.io",
+    ])?;
+    c.k_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: wirehub.io/v1alpha1\nkind: WireHubNetwork\nmetadata: {name: bench}\nspec: {subnet: 10.99.0.0/16, podSubnet: 10.200.0.0/13, workbits: 0}\n",
+    )?;
+    let names: Vec<String> = (0..n).map(|i| format!("sim-{i:04}")).collect();
+    for chunk in names.chunks(100) {
+        c.k_stdin(&["apply", "-f", "-"], &node_list(chunk))?;
+    }
+    log(t0, &format!("N={n}: control plane up, {n} Nodes"));
+    let mut agents = SimAgents {
+        children: Vec::new(),
+    };
+    // Started at a steady pace, as nodes joining a cluster would (all at
+    // once, every agent reacts to every join at the same moment).
+    for name in &names {
+        agents.start(&c, name)?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let converged = wait_for(
+        Duration::from_secs(600),
+        &format!("all {n} agents to run a network of {n} nodes"),
+        || Ok((agents.knowing(n) == n).then(|| t0.elapsed())),
+    )?;
+    log(t0, &format!("N={n}: every agent runs all {n} nodes"));
+    // Steady state: let the first heartbeats pass, then count.
+    std::thread::sleep(Duration::from_secs(30));
+    let window: u64 = std::env::var("WH_SCALE_STEADY_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let api = apiserver_pid(&c)?;
+    let (w1, l1) = api_writes(&c)?;
+    let cpu1 = proc_cpu_ticks(api).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(window));
+    let (w2, l2) = api_writes(&c)?;
+    let cpu2 = proc_cpu_ticks(api).unwrap_or(0);
+    let minutes = window as f64 / 60.0;
+    let writes_per_node_min = (w2 - w1) / n as f64 / minutes;
+    let lease_per_min = (l2 - l1) / minutes;
+    let ticks = 100.0; // USER_HZ
+    let api_cpu = (cpu2.saturating_sub(cpu1)) as f64 / ticks / window as f64 * 100.0;
+    let api_rss = proc_rss_kib(api).unwrap_or(0);
+    let rss = agents.rss_kib();
+    let rss_mean = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
+    let rss_max = rss.iter().copied().max().unwrap_or(0);
+    // Object sizes as stored (JSON).
+    let records = c.json(&["get", "wirehubnodes"])?;
+    let largest = records["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| serde_json::to_vec(i).map_or(0, |v| v.len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let network = serde_json::to_vec(&c.json(&["get", "wirehubnetwork", "bench"])?)?.len();
+    // A new node: its Node, then its agent; every agent must come to run a
+    // network of n + 1 nodes.
+    let newcomer = format!("sim-{n:04}");
+    let added = Instant::now();
+    c.k_stdin(
+        &["apply", "-f", "-"],
+        &node_list(std::slice::from_ref(&newcomer)),
+    )?;
+    agents.start(&c, &newcomer)?;
+    let mut known: Vec<f64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let needle = format!("members={} ", n + 1);
+    while seen.len() < n + 1 && added.elapsed() < Duration::from_secs(120) {
+        for (name, _, log) in &agents.children {
+            if !seen.contains(name)
+                && std::fs::read_to_string(log).is_ok_and(|t| t.contains(&needle))
+            {
+                seen.insert(name.clone());
+                known.push(added.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    known.sort_by(f64::total_cmp);
+    if let Some((_, _, log)) = agents.children.last() {
+        let keep =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("k8s-bench-newcomer-{n}.log"));
+        let _ = std::fs::copy(log, keep);
+    }
+    log(
+        t0,
+        &format!(
+            "N={n}: converged after {:.0}s; {} of {} agents learned the new node",
+            converged.as_secs_f64(),
+            known.len(),
+            n + 1
+        ),
+    );
+    drop(agents);
+    drop(c);
+    Ok(format!(
+        "| {n} | {:.1} KiB | {:.1} KiB | {writes_per_node_min:.2} | {lease_per_min:.1} | {:.1} s / {:.1} s / {:.1} s ({} of {}) | {api_cpu:.0} % | {} MiB | {:.0} / {} MiB |",
+        largest as f64 / 1024.0,
+        network as f64 / 1024.0,
+        percentile(&known, 0.5),
+        percentile(&known, 0.95),
+        known.last().copied().unwrap_or(f64::NAN),
+        known.len(),
+        n + 1,
+        api_rss / 1024,
+        rss_mean / 1024.0,
+        rss_max / 1024,
+    ))
 }

@@ -378,28 +378,11 @@ fn hard_nats_with_ipv6_homes_go_direct_over_ipv6() {
     eprintln!("first ping {first:?}, direct over IPv6 {direct:?} after wh up");
 }
 
-/// Whether miniupnpd on `router` forwards the WireHub port.
-fn port_mapped(lab: &Lab, router: &Host) -> bool {
-    lab.exec(
-        &router.netns,
-        &[
-            "nft",
-            "list",
-            "chain",
-            "inet",
-            "filter",
-            "prerouting_miniupnpd",
-        ],
-    )
-    .unwrap_or_default()
-    .contains("62096")
-}
-
 /// Waits up to `secs` for the mapping to be there (or gone).
 fn wait_mapped(lab: &Lab, router: &Host, want: bool, secs: u64) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
-        if port_mapped(lab, router) == want {
+        if lab.upnp_forwards(router, 62096) == want {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -417,7 +400,7 @@ fn stop_miniupnpd(lab: &mut Lab, router: &Host) {
         )
         .ok();
     }
-    assert!(!port_mapped(lab, router));
+    assert!(!lab.upnp_forwards(router, 62096));
 }
 
 /// `wh down` on a host (its only interface).

@@ -1,44 +1,50 @@
 //! Zero-netcat in the lab: a 10 MiB file through an invitation between two
 //! hosts behind NATs (an easy one and a hard one: the pipe is relayed), an
-//! invitation used twice, a tampered invitation.
+//! invitation used twice, a tampered invitation, a local process that
+//! connects to the listener first (it gets nothing), and the invitation
+//! never on a command line.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wirehub_e2e::{Host, Lab, Nat, require_lab, wh_bin};
+use wirehub_e2e::{Host, Lab, Nat, read_invitation, require_lab, sha256, wh_bin, wh_nc};
 
-fn nc(lab: &Lab, host: &Host, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &host.netns])
-        .arg(wh_bin())
-        .arg("nc")
-        .args(args);
-    c.env("WH_RUN_DIR", &host.run_dir)
-        .env("WH_NC_TIMEOUT_SECS", "15");
-    let _ = lab;
-    c
+/// The address the listener's pipe socket listens on in `host` (once it
+/// listens): `ss` prints it as `ADDR%IFACE:PORT` for a socket bound to a
+/// device.
+fn listening_address(host: &Host, timeout: Duration) -> (String, u16) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "ss", "-Hltn", "sport = :5555"])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some((addr, port)) = text
+            .split_whitespace()
+            .nth(3)
+            .and_then(|local| local.rsplit_once(':'))
+        {
+            let addr = addr.split('%').next().unwrap_or(addr).to_string();
+            return (addr, port.parse().expect("port"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the listener did not listen within {timeout:?}");
 }
 
-fn sha256(path: &std::path::Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Reads the invitation, alone on one line of the listener's stderr.
-fn invitation(child: &mut Child) -> String {
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let line = lines.next().and_then(Result::ok).unwrap_or_default();
-    // Keep draining stderr so the listener never blocks on it.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    line.trim().to_string()
+/// Command lines of this machine's processes that contain `text`.
+fn processes_showing(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(text) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -63,13 +69,13 @@ fn zero_netcat_pipes_10_mib_between_two_nats_once_per_invitation() {
 
     // The listener's stdin stays open until the end: it must still be up
     // when the invitation is used a second time.
-    let mut listener = nc(&lab, &a, &boot_args)
+    let mut listener = wh_nc(&a, &boot_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("listener");
-    let inv = invitation(&mut listener);
+    let inv = read_invitation(&mut listener);
     assert!(
         inv.len() > 80
             && inv
@@ -78,18 +84,42 @@ fn zero_netcat_pipes_10_mib_between_two_nats_once_per_invitation() {
         "not an invitation: {inv:?}"
     );
 
+    // A local process on the listener's host connects first: it must get
+    // nothing (before, the listener took the first connection to its port).
+    let pipe_addr = listening_address(&a, Duration::from_secs(20));
+    let snooped = lab.dir.join("snooped.bin");
+    let mut snooper = Command::new("ip")
+        .args(["netns", "exec", &a.netns, "timeout", "60", "bash", "-c"])
+        .arg(format!(
+            "exec 3<>/dev/tcp/{}/{} && cat <&3",
+            pipe_addr.0, pipe_addr.1
+        ))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&snooped).expect("snoop file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("snooper");
+
     let output = lab.dir.join("output.bin");
     let start = Instant::now();
-    let mut joiner = nc(
-        &lab,
-        &b,
-        &[inv.as_str(), boot_args[0], boot_args[1], boot_args[2]],
-    )
-    .stdin(Stdio::piped())
-    .stdout(std::fs::File::create(&output).expect("out"))
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("joiner");
+    // The invitation goes in as the first line of the joiner's stdin.
+    let mut joiner = wh_nc(&b, &["-", boot_args[0], boot_args[1], boot_args[2]])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&output).expect("out"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("joiner");
+    joiner
+        .stdin
+        .as_mut()
+        .expect("joiner stdin")
+        .write_all(format!("{inv}\n").as_bytes())
+        .expect("write the invitation");
+    assert_eq!(
+        processes_showing(&inv),
+        Vec::<String>::new(),
+        "the invitation shows in ps"
+    );
     // The listener sends the file: write it to its stdin.
     let mut stdin = listener.stdin.take().expect("stdin");
     let data = std::fs::read(&input).expect("input");
@@ -98,7 +128,7 @@ fn zero_netcat_pipes_10_mib_between_two_nats_once_per_invitation() {
         (r, stdin)
     });
     // Wait until the joiner has everything.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + wirehub_e2e::patience(Duration::from_secs(90));
     while std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0) < 10_485_760
         && Instant::now() < deadline
     {
@@ -114,10 +144,16 @@ fn zero_netcat_pipes_10_mib_between_two_nats_once_per_invitation() {
     );
     assert_eq!(sha256(&input), sha256(&output));
     eprintln!("10 MiB through zero-netcat (easy NAT to hard NAT) in {elapsed:?}");
+    let _ = snooper.kill();
+    let _ = snooper.wait();
+    assert_eq!(
+        std::fs::metadata(&snooped).map(|m| m.len()).unwrap_or(0),
+        0,
+        "a local connection to the listener received data"
+    );
 
     // A second use of the same invitation, while the listener is up: refused.
-    let second = nc(
-        &lab,
+    let second = wh_nc(
         &c,
         &[inv.as_str(), boot_args[0], boot_args[1], boot_args[2]],
     )

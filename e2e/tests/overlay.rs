@@ -179,22 +179,8 @@ fn ipv6_only_between(lab: &mut Lab) -> [(Host, PathBuf, String, String); 2] {
         let (sk, pk) = lab.genkey(name).expect("key");
         (host, sk, pk, ip6)
     });
-    cut_ipv4(lab, &a.0, &b.0);
+    lab.cut_ipv4(&a.0, &b.0).expect("nft");
     [a, b]
-}
-
-/// Drops, in `a`'s namespace, every IPv4 packet from or to `b` (nft table
-/// `inet whcut`; `nft delete table inet whcut` mends it).
-fn cut_ipv4(lab: &Lab, a: &Host, b: &Host) {
-    for rule in [
-        "add table inet whcut".to_string(),
-        "add chain inet whcut in { type filter hook input priority 0; }".to_string(),
-        "add chain inet whcut out { type filter hook output priority 0; }".to_string(),
-        format!("add rule inet whcut in ip saddr {} drop", b.ip),
-        format!("add rule inet whcut out ip daddr {} drop", b.ip),
-    ] {
-        lab.exec(&a.netns, &["nft", &rule]).expect("nft");
-    }
 }
 
 #[test]
@@ -274,7 +260,7 @@ fn nodes_that_start_apart_find_each_other_through_static_endpoints() {
         )
         .expect("config");
     // Nothing passes between a and b while both start.
-    cut_ipv4(&lab, &a, &b);
+    lab.cut_ipv4(&a, &b).expect("nft");
     lab.wh_up(&a, &config, Some(&ska), &[]).expect("up a");
     lab.wh_up(&b, &config, Some(&skb), &[]).expect("up b");
     for host in [&a, &b] {
@@ -436,6 +422,11 @@ fn down_leaves_nothing_and_a_killed_daemon_comes_back() {
         panic!("{e}{}", net.lab.report(&[&a, &b]));
     }
     eprintln!("back {:?} after restart", restart.elapsed());
+    // Kernel WireGuard carries the ping before the new daemon answers (it
+    // adopts the running interface): ask it only once it does.
+    net.lab
+        .wait_daemon(&b, Duration::from_secs(10))
+        .expect("b's daemon answers");
     // wh down removes interface, socket and process.
     let i = iface(&net.lab, &b);
     net.lab.wh_ok(&b, &["down", &i]).expect("down");
@@ -539,10 +530,15 @@ fn a_flood_of_random_datagrams_is_dropped_and_counted() {
         codec_drops >= 20_000,
         "control drops not counted: {inspect}"
     );
-    assert!(
-        codec_drops + daemon_drops + wg_drops >= 80_000,
-        "drops not counted: {inspect}"
-    );
+    // Where kernel WireGuard owns the port, only WireHub's datagrams (first
+    // byte >= 0xFC: a quarter of the flood and a few random ones) reach the
+    // daemon; the kernel drops the rest itself and counts nothing.
+    if v["dataplane"]["wireguard_owns_port"].as_bool() != Some(true) {
+        assert!(
+            codec_drops + daemon_drops + wg_drops >= 80_000,
+            "drops not counted: {inspect}"
+        );
+    }
     // Still alive, memory bounded, tunnels still up.
     let pids = wirehub_e2e::sh("ip", &["netns", "pids", &b.netns]).expect("pids");
     for pid in pids.split_whitespace() {

@@ -5,12 +5,20 @@
 //! dht-sim --nodes 10000 --churn 0.2 --loss 0.01 --lookups 2000
 //!         [--alpha N] [--mode kademlia|all-at-once] [--seed S]
 //!         [--seal-fraction F] [--join-refresh BUCKETS]
+//!         [--clock-skew-ms MS] [--skewed-fraction F]
+//!         [--first-contact clock|challenge]
+//!         [--join-interval MS] [--settle MS] [--single-boot 0|1]
+//!         [--busy F] [--busy-max MS]
 //! ```
+//!
+//! `--clock-skew-ms 86400000` gives every node (or `--skewed-fraction` of
+//! them) a random clock offset up to a day either way, and seals every pair.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wirehub::dht::sim::{SimConfig, run};
+use wirehub::proto::FirstContact;
 
 /// Counts the bytes allocated, to measure memory per node.
 struct Counting;
@@ -51,7 +59,9 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const USAGE: &str = "usage: dht-sim [--nodes N] [--churn F] [--loss F] [--lookups N] [--alpha N] \
-[--k N] [--mode kademlia|all-at-once] [--seed S] [--seal-fraction F] [--join-refresh BUCKETS]";
+[--k N] [--mode kademlia|all-at-once] [--seed S] [--seal-fraction F] [--join-refresh BUCKETS] \
+[--clock-skew-ms MS] [--skewed-fraction F] [--first-contact clock|challenge] \
+[--join-interval MS] [--settle MS] [--single-boot 0|1] [--busy F] [--busy-max MS]";
 
 fn parse(args: &[String]) -> Result<SimConfig, String> {
     let mut cfg = SimConfig {
@@ -78,6 +88,20 @@ fn parse(args: &[String]) -> Result<SimConfig, String> {
             "--seed" => cfg.seed = value.parse().map_err(|e| bad(&e))?,
             "--join-refresh" => cfg.join_refresh_buckets = value.parse().map_err(|e| bad(&e))?,
             "--seal-fraction" => cfg.seal_fraction = value.parse().map_err(|e| bad(&e))?,
+            "--clock-skew-ms" => cfg.clock_skew_ms = value.parse().map_err(|e| bad(&e))?,
+            "--skewed-fraction" => cfg.skewed_fraction = value.parse().map_err(|e| bad(&e))?,
+            "--first-contact" => {
+                cfg.first_contact = match value.as_str() {
+                    "clock" => FirstContact::ClockWindow,
+                    "challenge" => FirstContact::Challenge,
+                    other => return Err(format!("unknown first-contact rule {other}\n{USAGE}")),
+                }
+            }
+            "--join-interval" => cfg.join_interval_ms = value.parse().map_err(|e| bad(&e))?,
+            "--settle" => cfg.settle_ms = value.parse().map_err(|e| bad(&e))?,
+            "--single-boot" => cfg.single_boot = value == "1",
+            "--busy" => cfg.busy_fraction = value.parse().map_err(|e| bad(&e))?,
+            "--busy-max" => cfg.busy_max_ms = value.parse().map_err(|e| bad(&e))?,
             "--mode" => {
                 cfg.all_at_once = match value.as_str() {
                     "kademlia" => false,
@@ -90,6 +114,9 @@ fn parse(args: &[String]) -> Result<SimConfig, String> {
     }
     if !(0.0..1.0).contains(&cfg.churn) || !(0.0..1.0).contains(&cfg.loss) {
         return Err("--churn and --loss are fractions in [0, 1)".into());
+    }
+    if !(0.0..=1.0).contains(&cfg.skewed_fraction) {
+        return Err("--skewed-fraction is a fraction in [0, 1]".into());
     }
     Ok(cfg)
 }
@@ -104,7 +131,7 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "config: nodes {} churn {} loss {} lookups {} k {} alpha {} mode {} seed {} seal-fraction {} join-refresh {}",
+        "config: nodes {} churn {} loss {} lookups {} k {} alpha {} mode {} seed {} seal-fraction {} join-refresh {} clock-skew-ms {} skewed-fraction {} first-contact {:?}",
         cfg.nodes,
         cfg.churn,
         cfg.loss,
@@ -117,8 +144,23 @@ fn main() -> ExitCode {
             "kademlia"
         },
         cfg.seed,
-        cfg.seal_fraction,
-        cfg.join_refresh_buckets
+        if cfg.clock_skew_ms > 0 {
+            1.0
+        } else {
+            cfg.seal_fraction
+        },
+        cfg.join_refresh_buckets,
+        cfg.clock_skew_ms,
+        cfg.skewed_fraction,
+        cfg.first_contact
+    );
+    println!(
+        "start: join-interval {} ms settle {} ms single-boot {} busy {} (up to {} ms)",
+        cfg.join_interval_ms,
+        cfg.settle_ms,
+        u8::from(cfg.single_boot),
+        cfg.busy_fraction,
+        cfg.busy_max_ms
     );
     let before = ALLOCATED.load(Ordering::Relaxed);
     let report = run(&cfg);

@@ -1,7 +1,7 @@
 //! What each `wh` command does. Commands that talk to a running daemon live in
 //! `crate::control::client`; this file holds the local ones and the dispatch.
 
-use super::{Args, COMMANDS, Usage, command, completion, general_help, parse_args};
+use super::{Args, COMMANDS, Usage, command, completion, general_help, out, parse_args};
 use crate::config::{self, NetworkSpec};
 use crate::keys::{DEFAULT_NAMESPACE, PrivateKey, PublicKey, search};
 use anyhow::{Context, anyhow};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub enum Failure {
     Usage(Usage),
     Runtime(anyhow::Error),
+    /// Standard output was closed by its reader: the command's work is over.
+    StdoutClosed,
 }
 
 impl From<Usage> for Failure {
@@ -66,7 +68,7 @@ pub fn dispatch(argv: &[String]) -> Outcome {
         "orchid" => orchid(&args),
         "check" => check(&args),
         "completion" => completion::print(args.positional(0).unwrap_or_default()),
-        "agent" => crate::k8s::agent::run(&args),
+        "agent" => crate::k8s::agent::run(|k| args.get(k).map(str::to_string)),
         "crd" => crate::k8s::crd_command(&args),
         "network" => crate::k8s::network_command(&args),
         other => crate::control::client::run(other, &args),
@@ -75,9 +77,9 @@ pub fn dispatch(argv: &[String]) -> Outcome {
 
 fn help(topic: Option<&str>) -> Outcome {
     match topic {
-        None => print!("{}", general_help()),
+        None => out(general_help())?,
         Some(t) => match command(t) {
-            Some(c) => print!("{}", c.help()),
+            Some(c) => out(c.help())?,
             None => {
                 let names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
                 return Err(Usage {
@@ -92,7 +94,7 @@ fn help(topic: Option<&str>) -> Outcome {
 }
 
 fn version() -> Outcome {
-    println!("wh {}", env!("CARGO_PKG_VERSION"));
+    out(format_args!("wh {}\n", env!("CARGO_PKG_VERSION")))?;
     Ok(0)
 }
 
@@ -126,16 +128,14 @@ fn read_stdin_public_key() -> anyhow::Result<PublicKey> {
 fn pubkey() -> Outcome {
     let text = read_stdin_key()?;
     let sk: PrivateKey = text.parse().context("stdin does not hold a private key")?;
-    println!("{}", sk.public_key());
+    out(format_args!("{}\n", sk.public_key()))?;
     Ok(0)
 }
 
 fn workbit(args: &Args) -> Outcome {
     let pk = read_stdin_public_key()?;
-    println!(
-        "{}",
-        pk.workbits(args.get("namespace").unwrap_or(DEFAULT_NAMESPACE))
-    );
+    let bits = pk.workbits(args.get("namespace").unwrap_or(DEFAULT_NAMESPACE));
+    out(format_args!("{bits}\n"))?;
     Ok(0)
 }
 
@@ -156,7 +156,7 @@ fn orchid(args: &Args) -> Outcome {
             .to_string(),
     };
     let pk = read_stdin_public_key()?;
-    println!("{}", pk.orchid(&network));
+    out(format_args!("{}\n", pk.orchid(&network)))?;
     Ok(0)
 }
 
@@ -202,7 +202,7 @@ fn genkey(args: &Args) -> Outcome {
             }
         }
     };
-    println!("{}", key.to_base64());
+    out(format_args!("{}\n", key.to_base64()))?;
     Ok(0)
 }
 
@@ -275,13 +275,11 @@ fn check(args: &Args) -> Outcome {
             "namespace": spec.namespace,
             "nodes": spec.members(),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).context("cannot print JSON")?
-        );
+        let text = serde_json::to_string_pretty(&doc).context("cannot print JSON")?;
+        out(format_args!("{text}\n"))?;
         return Ok(0);
     }
-    print!("{}", check_table(spec));
+    out(check_table(spec))?;
     Ok(0)
 }
 

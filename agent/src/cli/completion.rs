@@ -88,9 +88,11 @@ pub fn complete(args: &[String]) -> Outcome {
         .and_then(|i| i.parse::<usize>().ok())
         .unwrap_or(1);
     let words = args.get(1..).unwrap_or_default();
-    for c in candidates(index, words) {
-        println!("{c}");
-    }
+    let list: String = candidates(index, words)
+        .iter()
+        .map(|c| format!("{c}\n"))
+        .collect();
+    super::out(list)?;
     Ok(0)
 }
 
@@ -152,7 +154,7 @@ pub fn print(shell: &str) -> Outcome {
             }));
         }
     };
-    print!("{script}");
+    super::out(script)?;
     Ok(0)
 }
 

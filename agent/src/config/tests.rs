@@ -275,6 +275,8 @@ prop_compose! {
             (0usize..5, proptest::option::of(name_strategy()), key_strategy(), proptest::option::of(endpoint_strategy()), any::<bool>()),
             0..12),
     ) -> NetworkSpec {
+        // Routers below route 10.244.i.0/24: keep the overlay subnet apart.
+        let net = if net >> 16 == 0x0af4 { net ^ 0x8000_0000 } else { net };
         let subnet = Ipv4Net::new(Ipv4Addr::from(net), prefix).unwrap().trunc();
         let mut used_names = std::collections::HashSet::new();
         used_names.insert(name.clone());
@@ -285,7 +287,7 @@ prop_compose! {
             let hostname = hostname.map(|h| format!("{h}{i}")).filter(|h| used_names.insert(h.clone()));
             let endpoint = if role == Role::Boot { Some(endpoint.unwrap_or(Endpoint { host: "boot.example".into(), port: 1 })) } else { endpoint };
             let static_ip = (static_ip && role.is_trusted()).then(|| { next_static -= 1; Ipv4Addr::from(next_static + 1) });
-            let routes = if role == Role::Router { vec!["10.244.0.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()] } else { Vec::new() };
+            let routes = if role == Role::Router { vec![format!("10.244.{i}.0/24").parse().unwrap(), format!("fd00:{}::/64", i + 1).parse().unwrap()] } else { Vec::new() };
             peers.push(PeerSpec { role, hostname, static_ip, key, endpoint, routes });
         }
         NetworkSpec { name, subnet: Some(subnet), workbits, namespace, peers }
@@ -344,5 +346,78 @@ fn routers_carry_their_routed_subnets() {
             "name n\nsubnet 10.1.0.0/24\ntrust a {KA} 10.244.1.0/24\n"
         ))
         .is_err()
+    );
+}
+
+#[test]
+fn a_router_may_not_claim_a_default_route_or_a_host_only_range() {
+    for (routed, said) in [
+        ("0.0.0.0/0", "too wide"),
+        ("0.0.0.0/1", "too wide"),
+        ("128.0.0.0/1", "too wide"),
+        ("::/0", "too wide"),
+        ("2000::/3", "too wide"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.1.0/24", "link-local"),
+        ("224.0.0.0/8", "multicast"),
+        ("fe80::/64", "link-local"),
+        ("ff02::/16", "multicast"),
+    ] {
+        let errs = errors(&format!(
+            "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} {routed}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{routed}: {errs:?}");
+        assert_eq!((errs[0].line, errs[0].column), (3, 55), "{routed}");
+        assert!(
+            errs[0].message.contains(routed) && errs[0].message.contains(said),
+            "{routed}: {}",
+            errs[0].message
+        );
+    }
+    // The widest accepted prefixes.
+    assert!(
+        parse(&format!(
+            "name n\nsubnet 192.168.9.0/24\nrouter gw {KA} 10.0.0.0/8,fd00::/16\n"
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn routed_subnets_overlap_neither_the_overlay_nor_each_other() {
+    let overlay = errors(&format!(
+        "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} 10.0.0.0/8\n"
+    ));
+    assert!(
+        overlay[0]
+            .message
+            .contains("overlaps the network's subnet 10.1.0.0/24"),
+        "{overlay:?}"
+    );
+    // The IPv6 overlay prefix comes from the network's name.
+    let v6 = Ipv6Net::new(
+        Ipv6Addr::from({
+            let mut a = [0u8; 16];
+            a[..8].copy_from_slice(&crate::keys::ula_prefix("n"));
+            a
+        }),
+        64,
+    )
+    .unwrap();
+    let errs = errors(&format!(
+        "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} {v6}\n"
+    ));
+    assert!(errs[0].message.contains("IPv6 overlay prefix"), "{errs:?}");
+    let errs = errors(&format!(
+        "name n\nsubnet 10.1.0.0/24\nrouter gw {KA} 10.244.1.0/24\nrouter gw2 {KB} 10.244.0.0/16\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].line, 4);
+    assert!(
+        errs[0]
+            .message
+            .contains("overlaps 10.244.1.0/24, routed on line 3"),
+        "{}",
+        errs[0].message
     );
 }

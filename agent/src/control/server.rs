@@ -31,6 +31,31 @@ pub struct ControlSocket {
     path: PathBuf,
 }
 
+/// Binds a Unix socket at `path` that is mode 0600 from the moment it can
+/// be reached there: bound and restricted inside a fresh directory only
+/// root can enter, then renamed into place (a socket keeps its listener
+/// across a rename). A plain bind followed by chmod leaves a moment in which
+/// any local user may connect.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let private = dir.join(format!(
+        ".bind-{}-{}",
+        std::process::id(),
+        crate::keys::random_u64()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("sock");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 impl ControlSocket {
     /// Binds `path` (mode 0600). A stale socket left by a dead daemon is
     /// replaced; a live one is an error.
@@ -48,8 +73,7 @@ impl ControlSocket {
             }
             std::fs::remove_file(path).map_err(io)?;
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let listener = bind_private(path).map_err(io)?;
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
@@ -106,3 +130,30 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn the_control_socket_is_root_only_from_its_first_moment_and_leaves_no_staging_behind() {
+        let dir = std::env::temp_dir().join(format!("wh-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wh-test.sock");
+        let socket = ControlSocket::bind("wh-test", &path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("wh-test.sock")]);
+        // The listener still answers at the renamed path.
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(socket.listener.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+        drop(socket);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -15,6 +15,12 @@
 //!
 //! No allocation per packet on either path, except the `Outgoing` values a
 //! relayed peer needs.
+//!
+//! Path MTU: a TCP packet bigger than what the kernel knows the path to a
+//! direct peer carries (less WireGuard's overhead) is sent anyway (the
+//! kernel fragments it) and its sender is answered ICMP "fragmentation
+//! needed" / "packet too big" through the TUN device, so that TCP lowers
+//! its segment size (see docs/dataplane.md, Path MTU).
 
 use super::offload::{self, Push, TcpCoalescer, TcpSegmenter, VNET_HDR_LEN, VnetHdr};
 use super::table::AllowedIps;
@@ -36,7 +42,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
@@ -651,10 +657,19 @@ struct Tx {
     extra: Vec<Vec<u8>>,
     table: Arc<Table>,
     generation: u64,
+    /// When this queue last told a sender its packets are too big.
+    last_too_big: Option<Instant>,
 }
 
 /// Room for WireGuard's overhead (32) and padding per segment.
 const PER_SEGMENT_OVERHEAD: usize = 48;
+/// Bytes a WireGuard transport datagram adds to an inner packet on the
+/// wire: its header and tag (32), UDP (8), IPv4 (20) or IPv6 (40).
+const WIRE_OVERHEAD_V4: usize = 60;
+const WIRE_OVERHEAD_V6: usize = 80;
+/// At most one "too big" answer per queue this often: the sender's TCP
+/// acts on the first; packets already queued would only repeat it.
+const TOO_BIG_EVERY: Duration = Duration::from_millis(20);
 
 impl Tx {
     fn new(shared: Arc<Shared>, queue: Arc<AsyncFd<TunQueue>>) -> Tx {
@@ -670,6 +685,49 @@ impl Tx {
             extra: Vec::new(),
             table,
             generation,
+            last_too_big: None,
+        }
+    }
+
+    /// When the kernel has told us the path to `addr` carries less than
+    /// the largest packet of this batch (`largest` bytes, inner) plus
+    /// WireGuard's overhead, tells the packet's sender so, as a router
+    /// would: ICMP "fragmentation needed" / "packet too big" written into
+    /// the TUN device, for TCP only (see [`offload::too_big`]). The packet
+    /// itself still goes, fragmented; the sender's TCP then sends segments
+    /// that fit, and segmentation offload works again.
+    fn tell_too_big(&mut self, start: usize, n: usize, largest: usize, addr: SocketAddr) {
+        let Some(path) = self.shared.gso.path_mtu(addr) else {
+            return;
+        };
+        let overhead = match udp::canonical(addr) {
+            SocketAddr::V4(_) => WIRE_OVERHEAD_V4,
+            SocketAddr::V6(_) => WIRE_OVERHEAD_V6,
+        };
+        let limit = path.saturating_sub(overhead);
+        if largest <= limit {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_too_big
+            .is_some_and(|t| now.duration_since(t) < TOO_BIG_EVERY)
+        {
+            return;
+        }
+        let head = if self.queue.get_ref().vnet_hdr() {
+            VNET_HDR_LEN
+        } else {
+            0
+        };
+        // An all-zero virtio header: no offload, checksums complete.
+        let mut reply = [0u8; VNET_HDR_LEN + offload::TOO_BIG_MAX];
+        if let Some(len) = offload::too_big(&self.src[start..n], limit, &mut reply[head..]) {
+            self.last_too_big = Some(now);
+            tracing::debug!(%addr, path, limit, largest, "inner packet too big for the path");
+            if let Err(e) = self.queue.get_ref().write(&reply[..head + len]) {
+                tracing::debug!("tun write: {e}");
+            }
         }
     }
 
@@ -765,6 +823,7 @@ impl Tx {
             return;
         };
         let pkt = &self.src[start..n];
+        let largest = segmenter.map_or(pkt.len(), |s| s.max_segment_len());
         let Some(dst_ip) = Tunn::dst_address(pkt) else {
             return;
         };
@@ -806,6 +865,9 @@ impl Tx {
         }
         if self.lens.is_empty() {
             return;
+        }
+        if let Dest::Direct(addr) = dest {
+            self.tell_too_big(start, n, largest, addr);
         }
         match dest {
             Dest::Direct(addr) => {

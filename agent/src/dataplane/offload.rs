@@ -6,6 +6,11 @@
 //! of ~45 MTU-sized ones; we cut it into MTU-sized segments here, which is
 //! much cheaper than the kernel doing the same work per packet. Pure
 //! functions on caller-owned buffers, no I/O.
+//!
+//! Also the ICMP "fragmentation needed" / ICMPv6 "packet too big" the data
+//! plane writes back into the TUN device for a TCP packet larger than the
+//! path to its peer carries ([`too_big`]), so that TCP's path MTU discovery
+//! lowers its segment size.
 
 /// Size of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
@@ -108,6 +113,81 @@ fn pseudo_header_sum(pkt: &[u8], v6: bool, tcp_len: usize) -> u64 {
         sum(&pkt[8..40], u64::from(TCP) + tcp_len as u64)
     } else {
         sum(&pkt[12..20], u64::from(TCP) + tcp_len as u64)
+    }
+}
+
+/// Bytes of the offending packet an ICMP error quotes: its IP header and
+/// the first 8 bytes after it (TCP ports and sequence number: what the
+/// receiving stack matches the error with).
+const QUOTE_AFTER_HEADER: usize = 8;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+/// IPv6's minimum MTU: no "packet too big" may say less.
+pub const IPV6_MIN_MTU: usize = 1280;
+/// Largest [`too_big`] answer: IPv4 with options (60 + 8 + 60 + 8).
+pub const TOO_BIG_MAX: usize = 136;
+
+/// Writes into `out` (at least [`TOO_BIG_MAX`] bytes) the ICMP error that
+/// tells the sender of `pkt` — a TCP packet, or the first of a TSO batch —
+/// that the path carries at most `mtu` bytes: "fragmentation needed"
+/// (type 3, code 4) for IPv4 with DF, "packet too big" (type 2) for IPv6,
+/// from `pkt`'s destination to its source, checksums done. Returns its
+/// length, or `None` when no such answer is due: not TCP (others get their
+/// packets fragmented instead), IPv4 without DF, IPv6 with extension
+/// headers or `mtu` below 1280, IPv4 `mtu` below 68, a truncated packet.
+pub fn too_big(pkt: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let df = pkt.get(6)? & 0x40 != 0;
+            if ihl < 20 || !df || pkt[9] != TCP || mtu < 68 {
+                return None;
+            }
+            let quote = pkt.get(..ihl + QUOTE_AFTER_HEADER)?;
+            let len = 20 + 8 + quote.len();
+            let out = out.get_mut(..len)?;
+            out.fill(0);
+            out[0] = 0x45;
+            out[1] = 0xc0; // precedence: internetwork control, as routers send
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            out[8] = 64;
+            out[9] = ICMP;
+            out[12..16].copy_from_slice(&pkt[16..20]);
+            out[16..20].copy_from_slice(&pkt[12..16]);
+            let c = checksum(&out[..20], 0);
+            out[10..12].copy_from_slice(&c.to_be_bytes());
+            out[20] = 3;
+            out[21] = 4;
+            out[26..28].copy_from_slice(&(mtu.min(0xffff) as u16).to_be_bytes());
+            out[28..].copy_from_slice(quote);
+            let c = checksum(&out[20..], 0);
+            out[22..24].copy_from_slice(&c.to_be_bytes());
+            Some(len)
+        }
+        6 => {
+            if *pkt.get(6)? != TCP || mtu < IPV6_MIN_MTU {
+                return None;
+            }
+            let quote = pkt.get(..40 + QUOTE_AFTER_HEADER)?;
+            let body = 8 + quote.len();
+            let len = 40 + body;
+            let out = out.get_mut(..len)?;
+            out.fill(0);
+            out[0] = 0x60;
+            out[4..6].copy_from_slice(&(body as u16).to_be_bytes());
+            out[6] = ICMPV6;
+            out[7] = 64;
+            out[8..24].copy_from_slice(&pkt[24..40]);
+            out[24..40].copy_from_slice(&pkt[8..24]);
+            out[40] = 2;
+            out[44..48].copy_from_slice(&(mtu.min(u32::MAX as usize) as u32).to_be_bytes());
+            out[48..].copy_from_slice(quote);
+            let pseudo = sum(&out[8..40], u64::from(ICMPV6) + body as u64);
+            let c = checksum(&out[40..], pseudo);
+            out[42..44].copy_from_slice(&c.to_be_bytes());
+            Some(len)
+        }
+        _ => None,
     }
 }
 
@@ -438,6 +518,60 @@ mod tests {
             s = (s & 0xffff) + (s >> 16);
         }
         !(s as u16)
+    }
+
+    /// A TCP packet too big for the path gets the ICMP error its sender's
+    /// stack acts on: from its destination, quoting its header and ports,
+    /// with the path's MTU and valid checksums.
+    #[test]
+    fn a_tcp_packet_with_df_too_big_for_the_path_is_answered_fragmentation_needed() {
+        let mut pkt = tcp_packet(false, 1400, 0x10);
+        pkt[6] = 0x40; // DF
+        let mut out = [0u8; TOO_BIG_MAX];
+        let n = too_big(&pkt, 1340, &mut out).expect("an answer");
+        let icmp = &out[..n];
+        assert_eq!(n, 20 + 8 + 20 + 8);
+        assert_eq!(checksum(&icmp[..20], 0), 0, "IP header checksum");
+        assert_eq!(icmp[9], ICMP);
+        assert_eq!(&icmp[12..16], &pkt[16..20], "from the packet's destination");
+        assert_eq!(&icmp[16..20], &pkt[12..16], "to its source");
+        assert_eq!((icmp[20], icmp[21]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), 1340);
+        assert_eq!(checksum(&icmp[20..], 0), 0, "ICMP checksum");
+        assert_eq!(&icmp[28..], &pkt[..28], "the header and 8 bytes quoted");
+    }
+
+    #[test]
+    fn only_tcp_with_df_is_answered_over_ipv4() {
+        let mut out = [0u8; TOO_BIG_MAX];
+        let no_df = tcp_packet(false, 1400, 0x10);
+        assert_eq!(too_big(&no_df, 1340, &mut out), None, "no DF: fragmented");
+        let mut udp = tcp_packet(false, 1400, 0x10);
+        udp[6] = 0x40;
+        udp[9] = 17;
+        assert_eq!(too_big(&udp, 1340, &mut out), None, "UDP: fragmented");
+        assert_eq!(too_big(&[0x45, 0, 0], 1340, &mut out), None, "truncated");
+    }
+
+    #[test]
+    fn an_ipv6_tcp_packet_too_big_is_answered_packet_too_big_down_to_1280() {
+        let pkt = tcp_packet(true, 1400, 0x10);
+        let mut out = [0u8; TOO_BIG_MAX];
+        let n = too_big(&pkt, 1320, &mut out).expect("an answer");
+        let icmp = &out[..n];
+        assert_eq!(n, 40 + 8 + 40 + 8);
+        assert_eq!(icmp[6], ICMPV6);
+        assert_eq!(&icmp[8..24], &pkt[24..40], "from the packet's destination");
+        assert_eq!(&icmp[24..40], &pkt[8..24], "to its source");
+        assert_eq!(icmp[40], 2, "packet too big");
+        assert_eq!(
+            u32::from_be_bytes([icmp[44], icmp[45], icmp[46], icmp[47]]),
+            1320
+        );
+        let pseudo = sum(&icmp[8..40], u64::from(ICMPV6) + (n - 40) as u64);
+        assert_eq!(checksum(&icmp[40..], pseudo), 0, "ICMPv6 checksum");
+        assert_eq!(&icmp[48..], &pkt[..48]);
+        assert_eq!(too_big(&pkt, 1200, &mut out), None, "below IPv6's minimum");
     }
 
     #[test]

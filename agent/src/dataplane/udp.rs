@@ -1,11 +1,27 @@
-//! Sending many WireGuard datagrams to one address in one system call:
-//! UDP generic segmentation offload (`UDP_SEGMENT`), with a fallback to one
-//! `send_to` per datagram where the kernel refuses it.
+//! The node's UDP socket: sending many WireGuard datagrams to one address
+//! in one system call (UDP generic segmentation offload, `UDP_SEGMENT`),
+//! with a fallback to one `send_to` per datagram where the kernel refuses,
+//! and receiving runs of them in one call (`UDP_GRO`).
+//!
+//! Path MTU: like kernel WireGuard, the socket never sets DF on IPv4
+//! (`IP_PMTUDISC_DONT`), so a router before a smaller link fragments an
+//! outer datagram rather than dropping it and counting on an ICMP message
+//! that firewalls often eat; over IPv6, where only the sender fragments,
+//! the kernel fragments what exceeds the path MTU that routers' "packet
+//! too big" taught it. The kernel does not segment and fragment in one
+//! call, so a run to a destination whose known path MTU is below the
+//! datagrams goes one by one (for a while, [`NO_GSO_FOR`]), without
+//! giving up segmentation for the other destinations, and again to it for
+//! runs that fit its path MTU. [`super::pmtu`] probes IPv4 paths so that
+//! the kernel learns their MTU although data never carries DF.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -15,6 +31,12 @@ const UDP_SEGMENT: libc::c_int = 103;
 const MAX_SEGMENTS: usize = 64;
 /// Stay below the 64 KiB IP datagram limit.
 const MAX_GSO_BYTES: usize = 65_000;
+/// How long runs to a destination go one by one after the kernel refused
+/// to segment them for it (its path MTU is below the datagrams); then it
+/// is tried again (path MTUs the kernel learnt expire after 10 minutes).
+pub const NO_GSO_FOR: Duration = Duration::from_secs(10);
+/// Destinations remembered as [`NO_GSO_FOR`]: beyond, the oldest goes.
+const NO_GSO_MAX: usize = 1024;
 
 /// A socket address in the form `sendmsg` wants, mapped to IPv6 when the
 /// socket is IPv6 (dual stack).
@@ -119,7 +141,50 @@ fn sendmsg_gso(fd: RawFd, buf: &[u8], segment: u16, addr: &RawAddr) -> io::Resul
 /// allows.
 pub struct GsoSender {
     socket_v6: bool,
+    /// False once the kernel (or the route) proved unable to segment at all.
     enabled: AtomicBool,
+    /// Destinations whose path MTU is below the datagrams sent them: until
+    /// when their runs go one by one (the kernel fragments each), and that
+    /// path MTU as the kernel knows it.
+    no_gso: Mutex<HashMap<SocketAddr, NoGso>>,
+    /// Whether `no_gso` may hold anything (skips its lock when not).
+    any_no_gso: AtomicBool,
+    /// Runs the kernel refused to segment for their destination's path MTU.
+    too_big_runs: AtomicU64,
+    /// Teaches the kernel IPv4 path MTUs (see [`super::pmtu`]).
+    probe: super::pmtu::Prober,
+}
+
+/// A destination whose runs go one by one.
+#[derive(Clone, Copy)]
+struct NoGso {
+    until: Instant,
+    /// Its path MTU as the kernel knew it at `checked`.
+    mtu: Option<usize>,
+    checked: Instant,
+}
+
+/// How often [`GsoSender::path_mtu`] asks the kernel again: the path MTU
+/// may have dropped further since.
+const PATH_MTU_RECHECK: Duration = Duration::from_secs(1);
+
+/// What a failed segmented send says.
+enum Refusal {
+    /// The kernel or the route cannot segment: stop trying.
+    NoOffload,
+    /// The destination's path MTU is below the segment: the kernel
+    /// fragments datagrams only one per call.
+    PathTooSmall,
+    /// Anything else (a full buffer, an unreachable network).
+    Other,
+}
+
+fn refusal(e: &io::Error) -> Refusal {
+    match e.raw_os_error() {
+        Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP) => Refusal::NoOffload,
+        Some(libc::EINVAL | libc::EMSGSIZE) => Refusal::PathTooSmall,
+        _ => Refusal::Other,
+    }
 }
 
 impl GsoSender {
@@ -127,13 +192,116 @@ impl GsoSender {
         GsoSender {
             socket_v6: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
             enabled: AtomicBool::new(true),
+            no_gso: Mutex::new(HashMap::new()),
+            any_no_gso: AtomicBool::new(false),
+            too_big_runs: AtomicU64::new(0),
+            probe: super::pmtu::Prober::new(socket.local_addr().map_or(0, |a| a.port())),
+        }
+    }
+
+    /// Path MTU probes sent (see [`super::pmtu`]).
+    pub fn probes_sent(&self) -> u64 {
+        self.probe.sent()
+    }
+
+    /// The path MTU to `addr`, when it is below the datagrams lately sent
+    /// there (a run was refused within [`NO_GSO_FOR`]) and the kernel knows
+    /// it: the largest IP packet (outer headers included) the path carries.
+    pub fn path_mtu(&self, addr: SocketAddr) -> Option<usize> {
+        if !self.any_no_gso.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        let entry = {
+            let map = self.no_gso.lock().unwrap_or_else(|e| e.into_inner());
+            *map.get(&addr).filter(|e| now < e.until)?
+        };
+        if now.duration_since(entry.checked) < PATH_MTU_RECHECK {
+            return entry.mtu;
+        }
+        let mtu = kernel_path_mtu(addr);
+        let mut map = self.no_gso.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = map.get_mut(&addr) {
+            e.mtu = mtu;
+            e.checked = now;
+        }
+        mtu
+    }
+
+    /// Runs the kernel refused to segment because their destination's path
+    /// MTU is below their datagrams (they went one by one, fragmented).
+    pub fn too_big_runs(&self) -> u64 {
+        self.too_big_runs.load(Ordering::Relaxed)
+    }
+
+    /// Whether runs of `size`-byte datagrams to `addr` may be segmented
+    /// now: not while its path MTU is known to be below them.
+    fn segments_to(&self, addr: SocketAddr, size: usize) -> bool {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.any_no_gso.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut map = self.no_gso.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&addr) {
+            Some(e) if Instant::now() < e.until => {
+                e.mtu.is_some_and(|mtu| size + outer_headers(addr) <= mtu)
+            }
+            Some(_) => {
+                map.remove(&addr);
+                self.any_no_gso.store(!map.is_empty(), Ordering::Relaxed);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Acts on a refused segmented send of `size`-byte datagrams to `addr`
+    /// which then went one by one (`sent` of them).
+    fn refused(&self, e: &io::Error, addr: SocketAddr, size: usize, sent: usize) {
+        if sent == 0 {
+            return;
+        }
+        match refusal(e) {
+            Refusal::NoOffload => {
+                tracing::info!("UDP segmentation offload unavailable ({e}), sending one by one");
+                self.enabled.store(false, Ordering::Relaxed);
+            }
+            Refusal::PathTooSmall => {
+                self.too_big_runs.fetch_add(1, Ordering::Relaxed);
+                // Refused, so the path is below these datagrams whatever a
+                // fresh route lookup says (a socket's own MTU option).
+                let mtu = kernel_path_mtu(addr).filter(|m| *m < size + outer_headers(addr));
+                let mut map = self.no_gso.lock().unwrap_or_else(|e| e.into_inner());
+                if map.len() >= NO_GSO_MAX && !map.contains_key(&addr) {
+                    let oldest = map.iter().min_by_key(|(_, v)| v.until).map(|(a, _)| *a);
+                    if let Some(a) = oldest {
+                        map.remove(&a);
+                    }
+                }
+                let now = Instant::now();
+                let entry = NoGso {
+                    until: now + NO_GSO_FOR,
+                    mtu,
+                    checked: now,
+                };
+                if map.insert(addr, entry).is_none() {
+                    tracing::debug!(%addr, ?mtu, "path MTU below the datagrams: sending one by one ({e})");
+                }
+                self.any_no_gso.store(true, Ordering::Relaxed);
+            }
+            Refusal::Other => {}
         }
     }
 
     /// Sends the datagrams laid end to end in `buf`, whose lengths are
     /// `lens`, to `addr`. Waits when the socket buffer is full.
+    /// Probes the path first where that is due ([`super::pmtu`]).
     pub async fn send(&self, socket: &UdpSocket, buf: &[u8], lens: &[usize], addr: SocketAddr) {
-        if lens.len() > 1 && self.enabled.load(Ordering::Relaxed) {
+        let largest = lens.iter().copied().max().unwrap_or(0);
+        self.probe.before_send(addr, largest, Instant::now());
+        if lens.len() > 1 && self.segments_to(addr, largest) {
             let raw = RawAddr::new(addr, self.socket_v6);
             let mut i = 0;
             let mut off = 0;
@@ -160,9 +328,10 @@ impl GsoSender {
                     send_gso(socket, chunk, size as u16, &raw).await
                 };
                 if let Err(e) = result {
-                    if j - i > 1 && no_offload(&e) {
+                    if j - i > 1 && !matches!(refusal(&e), Refusal::Other) {
                         // Send them one by one; if that works, the kernel
-                        // (or the route) cannot segment: stop trying.
+                        // cannot segment (stop trying), or not for this
+                        // destination's path MTU (not for a while).
                         let mut o = off;
                         let mut sent = 0;
                         for len in &lens[i..j] {
@@ -172,11 +341,17 @@ impl GsoSender {
                             }
                             o += len;
                         }
-                        if sent > 0 {
-                            tracing::info!(
-                                "UDP segmentation offload unavailable ({e}), sending one by one"
-                            );
-                            self.enabled.store(false, Ordering::Relaxed);
+                        self.refused(&e, addr, size, sent);
+                        if sent > 0 && !self.segments_to(addr, size) {
+                            // The rest of this batch goes one by one too.
+                            off += bytes;
+                            for len in &lens[j..] {
+                                if let Err(e) = send_one(socket, &buf[off..off + len], addr).await {
+                                    tracing::debug!(%addr, "send: {e}");
+                                }
+                                off += len;
+                            }
+                            return;
                         }
                     } else {
                         tracing::debug!(%addr, "send: {e}");
@@ -211,24 +386,27 @@ impl GsoSender {
         }
         let per_call = (MAX_GSO_BYTES / segment).min(MAX_SEGMENTS);
         let seg = match u16::try_from(segment) {
-            Ok(seg) if per_call >= 2 && self.enabled.load(Ordering::Relaxed) => seg,
+            Ok(seg) if per_call >= 2 && self.segments_to(addr, segment) => seg,
             _ => return send_each(socket, buf, segment, addr),
         };
         let raw = RawAddr::new(addr, self.socket_v6);
         let fd = socket.as_raw_fd();
-        for group in buf.chunks(per_call * segment) {
+        let mut groups = buf.chunks(per_call * segment);
+        while let Some(group) = groups.next() {
             if group.len() <= segment {
                 send_now(socket, group, addr)?;
                 continue;
             }
             match sendmsg_gso(fd, group, seg, &raw) {
                 Ok(_) => {}
-                Err(e) if no_offload(&e) => {
+                Err(e) if !matches!(refusal(&e), Refusal::Other) => {
                     send_each(socket, group, segment, addr)?;
-                    tracing::info!(
-                        "UDP segmentation offload unavailable ({e}), sending one by one"
-                    );
-                    self.enabled.store(false, Ordering::Relaxed);
+                    self.refused(&e, addr, segment, group.len().div_ceil(segment));
+                    if !self.segments_to(addr, segment) {
+                        for rest in groups.by_ref() {
+                            send_each(socket, rest, segment, addr)?;
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -247,14 +425,6 @@ pub fn send_now(socket: &UdpSocket, buf: &[u8], addr: SocketAddr) -> io::Result<
     socket2::SockRef::from(socket)
         .send_to(buf, &addr.into())
         .map(drop)
-}
-
-/// The kernel (or the route) cannot segment: send one by one.
-fn no_offload(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
-    )
 }
 
 fn send_each(socket: &UdpSocket, buf: &[u8], segment: usize, addr: SocketAddr) -> io::Result<()> {
@@ -314,8 +484,114 @@ pub fn bind_dual_stack(port: u16) -> io::Result<UdpSocket> {
         }
         Err(e) => return Err(e),
     };
+    never_set_df(&std_socket)?;
+    size_buffers(&std_socket);
     std_socket.set_nonblocking(true)?;
     UdpSocket::from_std(std_socket)
+}
+
+/// Send and receive buffer of the node's socket, as wireguard-go sizes its
+/// own: bursts (a fleet starting at once, a GSO run, many peers' replies)
+/// fit instead of failing with ENOBUFS.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Gives the socket [`SOCKET_BUFFER`] each way: beyond the system's
+/// `net.core.{w,r}mem_max` where the process may (CAP_NET_ADMIN), else as
+/// much as those allow. Never fails: the defaults work, only smaller.
+fn size_buffers(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let size = SOCKET_BUFFER as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        let set = |name| {
+            // SAFETY: setsockopt on our own descriptor with an int option.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    name,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 && set(plain) != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot size the socket's buffers");
+        }
+    }
+}
+
+/// The path MTU the kernel knows to `addr` (its route's, lowered by what
+/// ICMP "packet too big" taught it), read through a socket connected
+/// there and closed at once: no datagram is sent.
+fn kernel_path_mtu(addr: SocketAddr) -> Option<usize> {
+    let addr = canonical(addr);
+    let (domain, level, name) = match addr {
+        SocketAddr::V4(_) => (socket2::Domain::IPV4, libc::IPPROTO_IP, libc::IP_MTU),
+        SocketAddr::V6(_) => (socket2::Domain::IPV6, libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, None).ok()?;
+    socket.connect(&addr.into()).ok()?;
+    let mtu = get_int_option(socket.as_raw_fd(), level, name).ok()?;
+    (mtu > 0).then_some(mtu as usize)
+}
+
+/// An int socket option of `fd`.
+fn get_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live c_int with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// IPv4 datagrams from this socket (also those a dual-stack socket sends
+/// to IPv4-mapped addresses) leave without DF: a router before a smaller
+/// link fragments them (see the module's contract).
+fn never_set_df(socket: &std::net::UdpSocket) -> io::Result<()> {
+    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&dont as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// IP and UDP header bytes around a datagram's payload to `addr`.
+fn outer_headers(addr: SocketAddr) -> usize {
+    match canonical(addr) {
+        SocketAddr::V4(_) => 20 + 8,
+        SocketAddr::V6(_) => 40 + 8,
+    }
 }
 
 /// An address as the rest of WireHub keys it: an IPv4-mapped IPv6 address
@@ -459,6 +735,19 @@ mod tests {
         assert_eq!(&buf[..n], b"now");
     }
 
+    #[tokio::test]
+    async fn the_node_socket_has_room_for_bursts() {
+        let socket = bind_dual_stack(0).unwrap();
+        let sock = socket2::SockRef::from(&socket);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            // The kernel reports twice what was set (its own bookkeeping).
+            assert!(sock.send_buffer_size().unwrap() >= SOCKET_BUFFER);
+            assert!(sock.recv_buffer_size().unwrap() >= SOCKET_BUFFER);
+        }
+    }
+
     /// The node's dual-stack socket talks to IPv4 and IPv6 peers, sees IPv4
     /// peers at their plain IPv4 address, and segments runs to both.
     #[tokio::test(flavor = "current_thread")]
@@ -490,6 +779,70 @@ mod tests {
                 assert_eq!(n, 100, "one datagram per segment");
             }
         }
+    }
+
+    fn int_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        get_int_option(socket.as_raw_fd(), level, name).expect("getsockopt")
+    }
+
+    /// Like kernel WireGuard: IPv4 datagrams leave without DF, so a router
+    /// before a smaller link fragments them instead of dropping them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_node_socket_never_sets_df() {
+        let node = bind_dual_stack(0).expect("bind");
+        assert_eq!(
+            int_option(&node, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+            libc::IP_PMTUDISC_DONT
+        );
+    }
+
+    /// A destination whose path MTU is below the datagrams (here: the
+    /// socket's IPv6 MTU cut to 1280) gets them one by one, fragmented and
+    /// whole at the other end, while runs to others stay segmented.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_path_smaller_than_the_datagrams_gets_them_one_by_one() {
+        let node = bind_dual_stack(0).expect("bind");
+        let mtu: libc::c_int = 1280;
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                node.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU,
+                (&mtu as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "IPV6_MTU: {}", io::Error::last_os_error());
+        let gso = GsoSender::new(&node);
+        let small = std::net::UdpSocket::bind("[::1]:0").expect("peer");
+        small
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let to = small.local_addr().expect("address");
+        let run: Vec<u8> = (0..3 * 1400).map(|i| (i % 251) as u8).collect();
+        // The daemon's path, then the data plane's, twice each.
+        for _ in 0..2 {
+            gso.try_send_segments(&node, &run, 1400, to)
+                .expect("sent one by one");
+            gso.send(&node, &run, &[1400, 1400, 1400], to).await;
+        }
+        let mut got = [0u8; 2048];
+        for i in 0..12 {
+            let (n, _) = small.recv_from(&mut got).expect("a datagram");
+            let k = i % 3;
+            assert_eq!(&got[..n], &run[k * 1400..(k + 1) * 1400], "datagram {i}");
+        }
+        assert!(gso.too_big_runs() >= 1, "the kernel refused no run");
+        assert!(
+            !gso.segments_to(to, 1400),
+            "still segmenting to the small path"
+        );
+        let other: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        assert!(
+            gso.segments_to(other, 1400),
+            "segmentation given up for every destination"
+        );
     }
 
     #[test]

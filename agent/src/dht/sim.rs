@@ -7,10 +7,16 @@
 //! (10 to 150 ms one way); packets may be lost; after the network has formed
 //! a fraction of the nodes may be killed without warning, and then lookups
 //! of random live keys from random live nodes are measured.
+//!
+//! In the clock mode (`clock_skew_ms` > 0) a fraction of the nodes get a
+//! random wall-clock offset (up to the given bound either way), every pair
+//! is sealed, and codecs challenge what they cannot judge fresh, as the
+//! daemon does; the report then counts challenges and how well each node
+//! estimated its own offset from its peers.
 
 use super::{Dht, DhtConfig, DhtEvent, LookupId};
 use crate::keys::{PrivateKey, PublicKey};
-use crate::proto::{Codec, CodecConfig, Message};
+use crate::proto::{Codec, CodecConfig, FirstContact, Message, OpenError, Received};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
@@ -45,6 +51,20 @@ pub struct SimConfig {
     pub lookup_interval_ms: u64,
     /// See [`DhtConfig::join_refresh_buckets`].
     pub join_refresh_buckets: usize,
+    /// Clock mode: the largest wall-clock offset (either way) of a skewed
+    /// node; 0 = every clock agrees. Non-zero seals every pair.
+    pub clock_skew_ms: u64,
+    /// Clock mode: the fraction of nodes whose clock is skewed.
+    pub skewed_fraction: f64,
+    /// How codecs judge a first contact (the daemon challenges).
+    pub first_contact: FirstContact,
+    /// Every node boots from node 0 (a fleet started at once with one
+    /// bootstrap), instead of from a random node that joined before.
+    pub single_boot: bool,
+    /// Fraction of nodes on a busy machine: each datagram to one of them
+    /// waits up to `busy_max_ms` more (at random) before it is handled.
+    pub busy_fraction: f64,
+    pub busy_max_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -63,6 +83,12 @@ impl Default for SimConfig {
             settle_ms: 20_000,
             lookup_interval_ms: 10,
             join_refresh_buckets: DhtConfig::default().join_refresh_buckets,
+            clock_skew_ms: 0,
+            skewed_fraction: 1.0,
+            first_contact: FirstContact::ClockWindow,
+            single_boot: false,
+            busy_fraction: 0.0,
+            busy_max_ms: 0,
         }
     }
 }
@@ -111,11 +137,26 @@ pub struct SimReport {
     pub open_failures: u64,
     pub dh_computations: u64,
     pub table_entries_avg: f64,
+    /// The smallest table of a live node.
+    pub table_entries_min: usize,
+    /// Timeouts, refused lookups and unmatched responses of all live nodes.
+    pub timeouts: u64,
+    pub lookups_refused: u64,
+    pub unmatched_responses: u64,
     /// Heap and inline bytes of a node's DHT and codec (by capacity).
     pub memory_per_node: f64,
     /// Of which the DHT's heap, and the codec's (key and replay caches).
     pub dht_heap_per_node: f64,
     pub codec_heap_per_node: f64,
+    /// Challenges sent, not believed (a datagram of the same millisecond
+    /// was already answered), and messages sealed again after one.
+    pub challenges: u64,
+    pub challenges_ignored: u64,
+    pub resent: u64,
+    /// Clock mode: nodes whose own-clock estimate exists, and its error
+    /// against the node's true offset, in ms.
+    pub clock_estimates: usize,
+    pub clock_error_ms: Spread,
     pub wall_formation: Duration,
     pub wall: Duration,
     pub sim_time: Duration,
@@ -163,7 +204,29 @@ impl fmt::Display for SimReport {
             "datagrams: {} sealed {} open failures {} x25519 {}",
             self.messages, self.sealed, self.open_failures, self.dh_computations
         )?;
-        writeln!(f, "table entries: {:.1}", self.table_entries_avg)?;
+        writeln!(
+            f,
+            "challenges: {} (not believed {}) resent {}",
+            self.challenges, self.challenges_ignored, self.resent
+        )?;
+        writeln!(
+            f,
+            "clock estimates: {} nodes, error p50 {:.0} ms p95 {:.0} ms max {:.0} ms",
+            self.clock_estimates,
+            self.clock_error_ms.p50,
+            self.clock_error_ms.p95,
+            self.clock_error_ms.max
+        )?;
+        writeln!(
+            f,
+            "table entries: {:.1} (smallest {})",
+            self.table_entries_avg, self.table_entries_min
+        )?;
+        writeln!(
+            f,
+            "timeouts {} refused lookups {} unmatched responses {}",
+            self.timeouts, self.lookups_refused, self.unmatched_responses
+        )?;
         writeln!(f, "sim time: {:.1} s", self.sim_time.as_secs_f64())?;
         writeln!(
             f,
@@ -228,6 +291,11 @@ fn latency(a: usize, b: usize, seed: u64) -> u64 {
     10 + r.next() % 141
 }
 
+/// Whether node `i` runs on a busy machine.
+fn busy(i: usize, seed: u64, fraction: f64) -> bool {
+    Rng(seed.rotate_left(17) ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)).chance(fraction)
+}
+
 /// Whether the pair (a, b) is in the sealed sample.
 fn pair_sampled(a: usize, b: usize, seed: u64, fraction: f64) -> bool {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
@@ -285,6 +353,8 @@ struct Node {
     codec: Option<Codec>,
     alive: bool,
     timer: Option<u64>,
+    /// Its wall clock minus true time.
+    clock_offset: i64,
 }
 
 /// Milliseconds since the Unix epoch at simulated time 0 (for timestamps).
@@ -303,6 +373,9 @@ struct Sim {
     messages: u64,
     sealed: u64,
     open_failures: u64,
+    challenges: u64,
+    challenges_ignored: u64,
+    resent: u64,
     measured: HashMap<(u32, LookupId), u32>,
     done: Vec<(bool, bool, f64, f64, u64, u64)>,
     buf: Vec<u8>,
@@ -320,6 +393,29 @@ impl Sim {
 
     fn instant(&self) -> Instant {
         self.base + Duration::from_millis(self.now)
+    }
+
+    /// Node `i`'s wall clock, in ms since the Unix epoch.
+    fn wall_ms(&self, i: usize) -> u64 {
+        (UNIX_BASE_MS + self.now).saturating_add_signed(self.nodes[i].clock_offset)
+    }
+
+    /// Sends a datagram a codec made (a challenge, or a message sealed again).
+    fn send_raw(&mut self, from: usize, to: usize, data: Vec<u8>) {
+        self.messages += 1;
+        if self.rng.chance(self.cfg.loss) {
+            return;
+        }
+        let t = self.now + latency(from, to, self.cfg.seed);
+        self.push(
+            t,
+            Ev::Deliver {
+                to: to as u32,
+                from: from as u32,
+                data,
+                sealed: true,
+            },
+        );
     }
 
     fn codec(&mut self, i: usize) -> &mut Codec {
@@ -342,7 +438,7 @@ impl Sim {
             self.messages += 1;
             let seal = pair_sampled(i, to, self.cfg.seed, self.cfg.seal_fraction);
             let data = if seal {
-                let now_ms = UNIX_BASE_MS + self.now;
+                let now_ms = self.wall_ms(i);
                 match self.codec(i).seal(now_ms, &tx.to_key, &tx.message) {
                     Ok(d) => d,
                     Err(e) => {
@@ -363,7 +459,10 @@ impl Sim {
             if self.rng.chance(self.cfg.loss) {
                 continue;
             }
-            let t = self.now + latency(i, to, self.cfg.seed);
+            let mut t = self.now + latency(i, to, self.cfg.seed);
+            if busy(to, self.cfg.seed, self.cfg.busy_fraction) {
+                t += self.rng.below(self.cfg.busy_max_ms as usize + 1) as u64;
+            }
             self.push(
                 t,
                 Ev::Deliver {
@@ -440,9 +539,28 @@ impl Sim {
                 }
                 let from_key = self.nodes[from].key;
                 let msg = if sealed {
-                    let now_ms = UNIX_BASE_MS + self.now;
-                    match self.codec(to).open(now_ms, &data) {
-                        Ok((k, m)) if k == from_key => m,
+                    let now_ms = self.wall_ms(to);
+                    match self.codec(to).receive(now_ms, &data) {
+                        Ok(Received::Message { from: k, message }) if k == from_key => message,
+                        Ok(Received::Challenge {
+                            to: k, challenge, ..
+                        }) if k == from_key => {
+                            self.challenges += 1;
+                            return self.send_raw(to, from, challenge);
+                        }
+                        Ok(Received::Challenged { from: k, resend }) if k == from_key => {
+                            self.resent += resend.len() as u64;
+                            for d in resend {
+                                self.send_raw(to, from, d);
+                            }
+                            return;
+                        }
+                        // A second challenge for datagrams one challenge
+                        // already answered for (sent in the same millisecond).
+                        Err(OpenError::BadChallenge(_)) => {
+                            self.challenges_ignored += 1;
+                            return;
+                        }
                         _ => {
                             self.open_failures += 1;
                             return;
@@ -481,10 +599,14 @@ impl Sim {
                 let mut dht = Dht::new(self.nodes[i].key, self.dht_cfg.clone(), now);
                 if i > 0 {
                     // Boot from a random node that joined before.
-                    let b = loop {
-                        let b = self.rng.below(i);
-                        if self.nodes[b].dht.is_some() {
-                            break b;
+                    let b = if self.cfg.single_boot {
+                        0
+                    } else {
+                        loop {
+                            let b = self.rng.below(i);
+                            if self.nodes[b].dht.is_some() {
+                                break b;
+                            }
                         }
                     };
                     dht.add_bootstrap(self.nodes[b].key, addr_of(b));
@@ -526,6 +648,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let wall = Instant::now();
     let n = cfg.nodes.max(2);
     let mut rng = Rng(cfg.seed);
+    let mut clocks = Rng(cfg.seed ^ 0xC10C);
     let nodes: Vec<Node> = (0..n)
         .map(|_| {
             let mut b = [0u8; 32];
@@ -534,6 +657,12 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             }
             let private = PrivateKey::from_bytes(b);
             let key = private.public_key();
+            let span = cfg.clock_skew_ms.min(i64::MAX as u64 / 2);
+            let clock_offset = if span > 0 && clocks.chance(cfg.skewed_fraction) {
+                (clocks.next() % (2 * span + 1)) as i64 - span as i64
+            } else {
+                0
+            };
             Node {
                 private,
                 key,
@@ -541,6 +670,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 codec: None,
                 alive: true,
                 timer: None,
+                clock_offset,
             }
         })
         .collect();
@@ -556,10 +686,16 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         required_workbits: 0,
         key_cache: 64,
         replay_cache: 512,
+        first_contact: cfg.first_contact,
         ..CodecConfig::default()
     };
+    let mut sim_cfg = cfg.clone();
+    if cfg.clock_skew_ms > 0 {
+        // An unsealed pair would not see the clocks.
+        sim_cfg.seal_fraction = 1.0;
+    }
     let mut sim = Sim {
-        cfg: cfg.clone(),
+        cfg: sim_cfg,
         dht_cfg,
         codec_cfg,
         nodes,
@@ -571,6 +707,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         messages: 0,
         sealed: 0,
         open_failures: 0,
+        challenges: 0,
+        challenges_ignored: 0,
+        resent: 0,
         measured: HashMap::new(),
         done: Vec::new(),
         buf: Vec::new(),
@@ -646,11 +785,25 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         .filter_map(|n| n.dht.as_ref())
         .map(|d| d.len())
         .sum();
+    let counters: Vec<super::DhtCounters> = alive
+        .iter()
+        .filter_map(|n| n.dht.as_ref())
+        .map(|d| d.counters())
+        .collect();
     let dh: u64 = alive
         .iter()
         .filter_map(|n| n.codec.as_ref())
         .map(|c| c.counters().dh_computations)
         .sum();
+    let now_ms = UNIX_BASE_MS + sim.now;
+    let clock_errors: Vec<f64> = alive
+        .iter()
+        .filter_map(|n| {
+            let own = now_ms.saturating_add_signed(n.clock_offset);
+            let e = n.codec.as_ref()?.clock_estimate(own)?;
+            Some((e.offset_ms - n.clock_offset).unsigned_abs() as f64)
+        })
+        .collect();
     let done = &sim.done;
     let lookups = cfg.lookups;
     let succeeded = done.iter().filter(|d| d.0).count();
@@ -672,9 +825,23 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         open_failures: sim.open_failures,
         dh_computations: dh,
         table_entries_avg: entries as f64 / alive.len().max(1) as f64,
+        table_entries_min: alive
+            .iter()
+            .filter_map(|n| n.dht.as_ref())
+            .map(|d| d.len())
+            .min()
+            .unwrap_or(0),
+        timeouts: counters.iter().map(|c| c.timeouts).sum(),
+        lookups_refused: counters.iter().map(|c| c.lookups_refused).sum(),
+        unmatched_responses: counters.iter().map(|c| c.unmatched_responses).sum(),
         memory_per_node: mem as f64 / alive.len().max(1) as f64,
         dht_heap_per_node: dht_heap as f64 / alive.len().max(1) as f64,
         codec_heap_per_node: codec_heap as f64 / alive.len().max(1) as f64,
+        challenges: sim.challenges,
+        challenges_ignored: sim.challenges_ignored,
+        resent: sim.resent,
+        clock_estimates: clock_errors.len(),
+        clock_error_ms: Spread::of(clock_errors),
         wall_formation,
         wall: wall.elapsed(),
         sim_time: Duration::from_millis(sim.now),
@@ -698,6 +865,26 @@ mod tests {
         }
     }
 
+    /// A fleet started at once with one bootstrap, a third of the nodes
+    /// on busy machines (each datagram to them waits up to 3 s): once the
+    /// storm is over, every lookup finds its target and no table is empty.
+    #[test]
+    fn a_storm_of_nodes_started_at_once_on_busy_machines_heals() {
+        let r = run(&SimConfig {
+            nodes: 300,
+            lookups: 100,
+            join_interval_ms: 5,
+            single_boot: true,
+            busy_fraction: 0.3,
+            busy_max_ms: 3000,
+            settle_ms: 300_000,
+            seal_fraction: 0.0,
+            ..SimConfig::default()
+        });
+        assert_eq!(r.succeeded, 100, "{r}");
+        assert!(r.table_entries_min >= 20, "{r}");
+    }
+
     #[test]
     fn small_network_all_lookups_succeed() {
         let r = run(&SimConfig {
@@ -709,5 +896,34 @@ mod tests {
         assert_eq!(r.succeeded, 50, "{r}");
         assert_eq!(r.open_failures, 0, "{r}");
         assert!(r.sealed > 0);
+    }
+
+    #[test]
+    fn clocks_a_day_apart_still_find_every_node() {
+        let r = run(&SimConfig {
+            nodes: 100,
+            lookups: 50,
+            clock_skew_ms: 86_400_000,
+            first_contact: FirstContact::Challenge,
+            ..SimConfig::default()
+        });
+        assert_eq!(r.succeeded, 50, "{r}");
+        assert_eq!(r.open_failures, 0, "{r}");
+        assert!(r.challenges > 0, "{r}");
+    }
+
+    #[test]
+    fn a_skewed_minority_learns_its_offset_from_the_median() {
+        let r = run(&SimConfig {
+            nodes: 100,
+            lookups: 20,
+            clock_skew_ms: 3_600_000,
+            skewed_fraction: 0.3,
+            ..SimConfig::default()
+        });
+        assert_eq!(r.succeeded, 20, "{r}");
+        assert!(r.clock_estimates > 95, "{r}");
+        // Links are 10 to 150 ms one way: offsets are measured that close.
+        assert!(r.clock_error_ms.p95 < 1_000.0, "{r}");
     }
 }

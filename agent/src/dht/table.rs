@@ -1,11 +1,19 @@
 //! The routing table: k-buckets indexed by the length of the common prefix
 //! of a key with ours, each of at most K live entries plus a bounded
 //! replacement cache. A new node never evicts a live one: it waits in the
-//! replacement cache, and takes a place only when an entry fails.
+//! replacement cache, and takes a place only when an entry fails. An entry
+//! whose bucket has no replacement waiting is kept through
+//! [`EVICT_AFTER_FAILURES`] - 1 failed requests in a row: a live node slowed
+//! by a busy machine (a storm of nodes starting at once) is not taken for a
+//! dead one, and tables do not empty out.
 
 use crate::keys::PublicKey;
 use crate::proto::{MAX_ENDPOINTS, NatKind, NodeRecord};
 use std::net::SocketAddr;
+
+/// Failed requests in a row after which an entry is removed even when no
+/// replacement waits for its place.
+pub const EVICT_AFTER_FAILURES: u8 = 3;
 
 /// XOR distance, compared as a big-endian 256-bit number.
 pub fn distance(a: &PublicKey, b: &PublicKey) -> [u8; 32] {
@@ -61,6 +69,8 @@ pub(crate) struct Entry {
     pub nat: NatKind,
     /// A liveness ping is outstanding.
     pub pinging: bool,
+    /// Requests that failed in a row since it was last heard from.
+    pub failures: u8,
     /// Only when the node announced more than its address (rare): keeps
     /// the common entry small.
     pub extra: Option<Box<Extra>>,
@@ -75,6 +85,7 @@ impl Entry {
             rtt_ms: u32::MAX,
             nat: NatKind::Unknown,
             pinging: false,
+            failures: 0,
             extra: None,
         }
     }
@@ -228,6 +239,7 @@ impl Table {
             e.addr = addr;
             e.last_seen = now;
             e.pinging = false;
+            e.failures = 0;
             if let Some(r) = rtt_ms {
                 e.rtt_ms = r;
             }
@@ -268,9 +280,10 @@ impl Table {
         Seen::Full { ping }
     }
 
-    /// An entry failed (a ping or request timed out after its retries):
-    /// it is removed, and the most recent replacement takes its place.
-    /// Returns whether it was there, and the promoted replacement.
+    /// An entry failed (a ping or request timed out after its retries). It
+    /// is removed when a replacement waits for its place (the most recent
+    /// takes it), or after [`EVICT_AFTER_FAILURES`] failures in a row.
+    /// Returns whether it was removed, and the promoted replacement.
     pub fn failed(&mut self, key: &PublicKey) -> (bool, Option<PublicKey>) {
         let Some(i) = bucket_index(&self.own, key) else {
             return (false, None);
@@ -282,6 +295,12 @@ impl Table {
         let Some(pos) = bucket.entries.iter().position(|e| e.key == *key) else {
             return (false, None);
         };
+        let e = &mut bucket.entries[pos];
+        e.failures = e.failures.saturating_add(1);
+        e.pinging = false;
+        if bucket.replacements.is_empty() && e.failures < EVICT_AFTER_FAILURES {
+            return (false, None);
+        }
         bucket.entries.remove(pos);
         let promoted = bucket.replacements.pop().map(|r| {
             let k = r.key;

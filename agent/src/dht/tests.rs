@@ -206,6 +206,34 @@ fn a_pong_from_the_wrong_key_is_not_taken_as_the_answer() {
     assert_eq!(a.counters().unmatched_responses, 1);
 }
 
+/// Pongs to the caller's own pings (id 0, or the top bit set: keepalives
+/// of direct paths and relays) teach the table but are not counted as
+/// unmatched responses; only the DHT's own ids are.
+#[test]
+fn pongs_to_the_callers_pings_are_not_unmatched_responses() {
+    let now = Instant::now();
+    let mut a = Dht::new(key(1, 1), cfg(), now);
+    for id in [0, CALLER_IDS | 7] {
+        let pong = Message::Pong {
+            id,
+            observed: addr(9),
+            info: None,
+        };
+        a.handle_message(now, addr(2), key(2, 2), &pong);
+    }
+    assert_eq!(a.counters().unmatched_responses, 0);
+    assert_eq!(a.len(), 1, "the sender entered the table");
+    for _ in 0..100 {
+        a.ping(key(3, 3), addr(3), now);
+    }
+    for t in drain(&mut a) {
+        let Message::Ping { id, .. } = t.message else {
+            panic!()
+        };
+        assert!(id != 0 && id & CALLER_IDS == 0, "{id:x}");
+    }
+}
+
 #[test]
 fn find_node_is_answered_with_the_closest_without_the_requester() {
     let now = Instant::now();
@@ -356,7 +384,10 @@ fn dead_nodes_are_retried_then_fail_and_the_lookup_still_ends() {
     d.handle_timeout(now + Duration::from_millis(1000));
     assert!(drain(&mut d).is_empty());
     let ev = events(&mut d);
-    assert!(ev.contains(&DhtEvent::NodeRemoved { key: dead }));
+    assert!(
+        !ev.contains(&DhtEvent::NodeRemoved { key: dead }),
+        "one failure alone, with no replacement waiting, is not enough"
+    );
     let done = ev.iter().find_map(|e| match e {
         DhtEvent::LookupDone { found, stats, .. } => Some((found.clone(), stats.clone())),
         _ => None,
@@ -365,7 +396,85 @@ fn dead_nodes_are_retried_then_fail_and_the_lookup_still_ends() {
     assert!(found.is_none());
     assert_eq!(stats.requests, 2);
     assert_eq!(stats.failures, 1);
+    assert_eq!(d.len(), 1);
+    // Two more lookups fail on it: now it is removed.
+    let mut t = now + Duration::from_millis(1000);
+    for _ in 1..table::EVICT_AFTER_FAILURES {
+        d.lookup(target, t);
+        drain(&mut d);
+        for _ in 0..2 {
+            t += Duration::from_millis(500);
+            d.handle_timeout(t);
+            drain(&mut d);
+        }
+    }
+    assert!(events(&mut d).contains(&DhtEvent::NodeRemoved { key: dead }));
     assert_eq!(d.len(), 0);
+}
+
+/// A node slowed by a busy machine misses a request or two: it stays in
+/// the table (nothing waits for its place), and its next answer clears
+/// its failures.
+#[test]
+fn a_slow_live_node_is_not_evicted_by_a_missed_request_or_two() {
+    let mut c = cfg();
+    c.request_timeout = Duration::from_millis(500);
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), c, now);
+    let slow = key(0x80, 1);
+    d.handle_message(now, addr(1), slow, &Message::Ping { id: 1, info: None });
+    drain(&mut d);
+    let mut t = now;
+    for round in 0..10 {
+        // Two lookups time out on it, then it answers a ping late.
+        for _ in 0..2 {
+            d.lookup(key(0x81, round), t);
+            drain(&mut d);
+            for _ in 0..2 {
+                t += Duration::from_millis(500);
+                d.handle_timeout(t);
+                drain(&mut d);
+            }
+        }
+        d.handle_message(t, addr(1), slow, &Message::Ping { id: 2, info: None });
+        drain(&mut d);
+    }
+    assert!(
+        !events(&mut d).contains(&DhtEvent::NodeRemoved { key: slow }),
+        "a node that keeps talking stays"
+    );
+    assert_eq!(d.len(), 1);
+}
+
+/// A node whose table emptied (a storm evicted everybody, or a bootstrap
+/// node nobody answers) looks itself up as soon as anyone contacts it,
+/// not after the back-off grown meanwhile, and refills its table.
+#[test]
+fn a_node_that_lost_its_table_rebuilds_it_as_soon_as_anyone_answers() {
+    let mut net = Net::new(40, cfg());
+    net.join_all();
+    let lost = 7;
+    let full = net.nodes[lost].len();
+    assert!(full >= 20, "{full}");
+    // Its table is lost (a restart keeping its key, or evictions), and it
+    // went on alone long enough for the back-off to grow.
+    let cfg_lost = net.nodes[lost].config().clone();
+    net.nodes[lost] = Dht::new(net.keys[lost], cfg_lost, net.now);
+    let now = net.now;
+    net.nodes[lost].bootstrap(now);
+    net.advance(Duration::from_secs(200));
+    assert_eq!(net.nodes[lost].len(), 0);
+    // Somebody pings it.
+    let other = 3;
+    let (now, k, a) = (net.now, net.keys[lost], addr(lost));
+    net.nodes[other].ping(k, a, now);
+    net.run();
+    net.advance(Duration::from_secs(3));
+    let rebuilt = net.nodes[lost].len();
+    assert!(
+        rebuilt >= full * 3 / 4,
+        "3 s after a first contact the table holds {rebuilt} of {full}"
+    );
 }
 
 /// Keys in bucket 0 of `key(0, 0)`: first bit set.
@@ -787,4 +896,94 @@ fn same_inputs_same_outputs() {
         )
     };
     assert_eq!(run(), run());
+}
+
+/// A node measured slow (a busy machine, 800 ms round trips) gets three
+/// round trips to answer, not the default second: its answers are not
+/// thrown away as late.
+#[test]
+fn a_slow_node_gets_longer_to_answer() {
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), cfg(), now);
+    let slow = key(0x80, 1);
+    d.ping(slow, addr(1), now);
+    let Message::Ping { id, .. } = drain(&mut d)[0].message else {
+        panic!()
+    };
+    let later = now + Duration::from_millis(800);
+    let pong = Message::Pong {
+        id,
+        observed: addr(0),
+        info: None,
+    };
+    d.handle_message(later, addr(1), slow, &pong);
+    d.ping(slow, addr(1), later);
+    drain(&mut d);
+    assert_eq!(d.poll_timeout(), Some(later + Duration::from_millis(2400)));
+    // Never beyond 4 request timeouts.
+    assert!(d.timeout_for(&slow) <= 4 * ms(d.config().request_timeout));
+}
+
+/// The id of the find-node request `d` queued for `to`, if any.
+fn find_node_to(d: &mut Dht, to: PublicKey) -> Option<u64> {
+    drain(d).into_iter().find_map(|t| match t.message {
+        Message::FindNode { id, .. } if t.to_key == to => Some(id),
+        _ => None,
+    })
+}
+
+/// A third party gives a forged record of the target (its own endpoint
+/// and relay); the target then answers itself: the lookup's result is the
+/// target's word, the forged endpoint and relay are gone.
+#[test]
+fn the_targets_own_answer_wins_over_a_record_a_third_party_gave() {
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), cfg(), now);
+    let (liar, target, relay) = (key(0x40, 1), key(0x80, 2), key(0x20, 3));
+    d.handle_message(now, addr(1), liar, &Message::Ping { id: 1, info: None });
+    drain(&mut d);
+    let id = d.lookup(target, now);
+    let ask = find_node_to(&mut d, liar).expect("the liar is asked");
+    let forged = NodeRecord {
+        key: target,
+        endpoints: vec![addr(66)],
+        nat: NatKind::Public,
+        relays: vec![(relay, addr(67))],
+    };
+    d.handle_message(
+        now,
+        addr(1),
+        liar,
+        &Message::Nodes {
+            id: ask,
+            nodes: vec![forged],
+        },
+    );
+    let ask = find_node_to(&mut d, target).expect("the target is asked");
+    d.handle_message(
+        now,
+        addr(2),
+        target,
+        &Message::Nodes {
+            id: ask,
+            nodes: vec![],
+        },
+    );
+    let found = events(&mut d)
+        .into_iter()
+        .find_map(|e| match e {
+            DhtEvent::LookupDone {
+                id: i,
+                found,
+                verified,
+                ..
+            } if i == id => Some((found, verified)),
+            _ => None,
+        })
+        .expect("lookup done");
+    let (found, verified) = found;
+    let found = found.expect("found");
+    assert!(verified);
+    assert_eq!(found.endpoints, vec![addr(2)]);
+    assert!(found.relays.is_empty(), "{found:?}");
 }

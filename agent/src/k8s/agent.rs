@@ -2,7 +2,8 @@
 //!
 //! It keeps the node's private key in a host path (made with the network's
 //! workbits on first start), publishes the public key and the node's
-//! endpoint on its Node, watches the `WireHubNetwork` and the Nodes, builds
+//! endpoint in its node's `WireHubNode` (named after the Node, owned by it),
+//! watches the `WireHubNetwork`, the Nodes and the `WireHubNode`s, builds
 //! the [`NetworkSpec`] every node runs ([`convert::cluster_spec`]), and runs
 //! the node core (`node::daemon::run`, as `wh up` does) with an updates
 //! channel: a change in the cluster becomes a `SpecUpdate`, applied like
@@ -11,23 +12,29 @@
 //! Event; the node keeps running the last good network.
 //!
 //! One agent at a time holds the network's Lease (coordination.k8s.io/v1):
-//! it allocates overlay addresses and pod CIDRs (recorded on the Nodes),
-//! writes the network's conditions, emits the network's Events and removes
-//! the status entries of Nodes that are gone. Every agent writes its own
-//! node's status entry with server-side apply under its own field manager,
-//! so no agent ever overwrites another's.
+//! it allocates overlay addresses and pod CIDRs (recorded once in the
+//! `WireHubNode`s), writes the network's counts and conditions and emits
+//! the network's Events. Every agent writes only its own `WireHubNode`,
+//! and only on change (its status at least once a [`plan::HEARTBEAT`]).
+//!
+//! The shape is kube-rs's controller: each round takes a snapshot, asks the
+//! pure [`plan::plan`] what to do, applies the plan, and returns
+//! `Result<Action>`; [`error_policy`] turns an error into a requeue with
+//! backoff. The agent never takes the node's word for another node: what it
+//! trusts passed the pins ([`Pins`]) and [`convert`]'s checks.
 //!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
 
+use super::K8sError;
 use super::alloc;
 use super::convert::{self, ClusterNode, ClusterSpec, Problem};
-use super::crd::{Condition, NodeStatus, PeerPath, WireHubNetwork, WireHubNetworkStatus};
+use super::crd::{WireHubNetwork, WireHubNetworkStatus, WireHubNode, WireHubNodeStatus};
 use super::metrics::{self, Shared};
-use super::{ANN_ENDPOINT, ANN_OVERLAY_IP, ANN_POD_CIDR, ANN_PUBLIC_KEY, K8sError};
-use crate::cli::Args;
+use super::pins::Pins;
+use super::plan::{self, EventType, PlannedEvent, Snapshot};
 use crate::cli::commands::Outcome;
 use crate::config::{DEFAULT_PORT, NetworkSpec};
-use crate::control::{self, PathStatus, Request};
+use crate::control::{self, Request};
 use crate::dataplane::BackendKind;
 use crate::keys::{PrivateKey, PublicKey, search};
 use crate::node::daemon::{CNI_CONFIG_NAME, SpecUpdate};
@@ -43,7 +50,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,28 +65,43 @@ pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9796";
 const LEASE_SECONDS: i32 = 20;
 /// How often the agent re-checks everything even without a change.
 const RESYNC: Duration = Duration::from_secs(10);
-/// An own status entry is rewritten at least this often (a heartbeat).
-const HEARTBEAT: Duration = Duration::from_secs(30);
-/// A node entry older than this counts as not ready.
-const STALE: Duration = Duration::from_secs(90);
-/// Normal or Warning.
+/// How long a burst of changes may settle before a round.
+const SETTLE: Duration = Duration::from_millis(500);
+/// The longest wait after a failed round.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// When the next round runs without a change: the result of a round, as
+/// kube-runtime's `Action` (whose delay it keeps to itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EventType {
-    Normal,
-    Warning,
+pub struct Action {
+    requeue_after: Duration,
 }
 
-impl EventType {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
+impl Action {
+    pub const fn requeue(after: Duration) -> Action {
+        Action {
+            requeue_after: after,
         }
     }
+
+    pub fn requeue_after(&self) -> Duration {
+        self.requeue_after
+    }
+}
+
+/// The one requeue policy of a failed round: the error is logged, and the
+/// round runs again after a backoff that doubles with each failure in a
+/// row (1 s, 2 s, ... up to [`MAX_BACKOFF`]); a success resets it.
+pub fn error_policy(error: &K8sError, failures: u32) -> Action {
+    tracing::warn!(%error, failures, "round failed; retrying");
+    let after = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6));
+    Action::requeue(after.min(MAX_BACKOFF))
 }
 
 /// The field manager of the network-wide status.
 const LEADER_MANAGER: &str = "wirehub-leader";
+/// The field manager of an agent's own `WireHubNode`.
+const AGENT_MANAGER: &str = "wirehub-agent";
 
 /// What the agent was told (flags, then environment, then defaults).
 #[derive(Debug, Clone)]
@@ -97,6 +119,10 @@ pub struct AgentOptions {
     pub mode: Mode,
     /// Per-source rate the node relays for others, Mbit/s.
     pub relay_mbit: u32,
+    /// No data plane: the agent does all its Kubernetes work but only
+    /// notes the network it would run (`WH_SIMULATE=1`, for the scale
+    /// bench's simulated nodes; never in the chart).
+    pub simulate: bool,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -104,9 +130,10 @@ fn env(name: &str) -> Option<String> {
 }
 
 impl AgentOptions {
-    /// Reads `wh agent`'s keywords, falling back on the environment.
-    pub fn from_args(args: &Args) -> anyhow::Result<AgentOptions> {
-        let get = |kw: &str, var: &str| args.get(kw).map(str::to_string).or_else(|| env(var));
+    /// Reads `wh agent`'s keywords (`keyword` gives each one's value),
+    /// falling back on the environment.
+    pub fn from_keywords(keyword: impl Fn(&str) -> Option<String>) -> anyhow::Result<AgentOptions> {
+        let get = |kw: &str, var: &str| keyword(kw).or_else(|| env(var));
         let node_name = get("node", "NODE_NAME").context(
             "no node name: give 'node NAME' or set NODE_NAME (the DaemonSet sets it from spec.nodeName)",
         )?;
@@ -156,13 +183,14 @@ impl AgentOptions {
             backend,
             mode,
             relay_mbit,
+            simulate: env("WH_SIMULATE").is_some_and(|v| v == "1"),
         })
     }
 }
 
 /// `wh agent ...`: runs until SIGTERM.
-pub fn run(args: &Args) -> Outcome {
-    let opts = AgentOptions::from_args(args).map_err(|e| {
+pub fn run(keyword: impl Fn(&str) -> Option<String>) -> Outcome {
+    let opts = AgentOptions::from_keywords(keyword).map_err(|e| {
         crate::cli::commands::Failure::Usage(crate::cli::Usage {
             command: Some("agent"),
             message: format!("{e:#}"),
@@ -247,24 +275,37 @@ struct Agent {
     client: Client,
     nodes: Store<Node>,
     networks: Store<WireHubNetwork>,
+    records: Store<WireHubNode>,
     shared: Arc<Shared>,
     key: Option<(PrivateKey, PublicKey)>,
     daemon: Option<Daemon>,
     leader: bool,
     lease_renewed: Option<Instant>,
-    /// Problems of this node (status message).
-    node_problems: Vec<Problem>,
-    /// What the leader last found wrong with the network as a whole.
-    network_problems: Vec<Problem>,
+    /// Why the node has no key, if it has none.
+    key_problem: Option<Problem>,
+    /// Why the node refused the last update, until one is accepted.
+    update_problem: Option<Problem>,
+    /// Why the node core failed (the agent then exits).
+    failed: Option<Problem>,
+    /// What the last round found wrong with the network (to log changes).
+    last_network_problems: Vec<Problem>,
     /// Events already sent, so each is sent once per generation.
     events_sent: HashMap<String, i64>,
-    last_status: Option<(NodeStatus, Instant)>,
-    last_conditions: Vec<Condition>,
+    /// The own status last written, and when.
+    last_status: Option<(WireHubNodeStatus, Instant)>,
+    /// The network status last written.
+    last_network_status: Option<WireHubNetworkStatus>,
+    /// Failed rounds in a row (for the backoff).
+    failures: u32,
     stopping: bool,
     /// The node's CNI configuration as the node core last wrote it.
     cni_config: Option<String>,
     /// Since when the node could have started (alone).
     could_start: Option<Instant>,
+    /// The key first seen for each Node object (kept beside the key file).
+    pins: Pins,
+    /// Simulation only: the network the node would run.
+    simulated: Option<NetworkSpec>,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -316,11 +357,31 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         },
     ));
 
-    let mut agent = Agent::new(opts, client, nodes, networks, shared);
+    let (records, records_writer) = reflector::store::<WireHubNode>();
+    let record_stream = reflector::reflector(
+        records_writer,
+        watcher(
+            Api::<WireHubNode>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    // What others trust wakes the agent; statuses (heartbeats) are read at
+    // the next round.
+    tokio::spawn(forward_changes(
+        record_stream,
+        Arc::clone(&changed),
+        "wirehubnodes",
+        |r: &WireHubNode| format!("{:?}/{:?}", r.spec, r.metadata.owner_references),
+    ));
+
+    let mut agent = Agent::new(opts, client, nodes, networks, records, shared);
+    agent.load_pins();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
-    let mut resync = tokio::time::interval(RESYNC);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let next_round = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next_round);
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -332,12 +393,22 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         };
         tokio::select! {
             _ = changed.notified() => {
-                // Let a burst of changes settle.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                agent.reconcile().await;
+                // Let a burst of changes settle (nodes joining together,
+                // an allocation for each): one round for all of them.
+                tokio::time::sleep(SETTLE).await;
+                let after = agent.round().await;
+                next_round.as_mut().reset(tokio::time::Instant::now() + after);
             }
-            _ = resync.tick() => agent.reconcile().await,
-            _ = poll.tick() => agent.poll_daemon().await,
+            _ = &mut next_round => {
+                let after = agent.round().await;
+                next_round.as_mut().reset(tokio::time::Instant::now() + after);
+            }
+            _ = poll.tick() => {
+                if agent.poll_daemon().await {
+                    let after = agent.round().await;
+                    next_round.as_mut().reset(tokio::time::Instant::now() + after);
+                }
+            }
             r = daemon_done => {
                 let result = match r {
                     Some(Ok(r)) => r,
@@ -409,12 +480,6 @@ fn now_rfc3339() -> String {
     Timestamp::now().to_string()
 }
 
-fn age_of(rfc3339: Option<&str>) -> Option<Duration> {
-    let t: Timestamp = rfc3339?.parse().ok()?;
-    let d = Timestamp::now().duration_since(t);
-    d.try_into().ok()
-}
-
 impl Agent {
     /// An agent that has done nothing yet: no key, no node, not leader.
     fn new(
@@ -422,6 +487,7 @@ impl Agent {
         client: Client,
         nodes: Store<Node>,
         networks: Store<WireHubNetwork>,
+        records: Store<WireHubNode>,
         shared: Arc<Shared>,
     ) -> Agent {
         Agent {
@@ -429,20 +495,87 @@ impl Agent {
             client,
             nodes,
             networks,
+            records,
             shared,
             key: None,
             daemon: None,
             leader: false,
             lease_renewed: None,
-            node_problems: Vec::new(),
-            network_problems: Vec::new(),
+            key_problem: None,
+            update_problem: None,
+            failed: None,
+            last_network_problems: Vec::new(),
             events_sent: HashMap::new(),
             last_status: None,
-            last_conditions: Vec::new(),
+            last_network_status: None,
+            failures: 0,
             stopping: false,
             cni_config: None,
             could_start: None,
+            pins: Pins::default(),
+            simulated: None,
         }
+    }
+
+    /// Where the pins live: beside the node's key, in the agent's host path.
+    fn pins_path(&self) -> PathBuf {
+        self.opts.key_file.with_file_name("pins.json")
+    }
+
+    /// Reads the pins a previous agent of this node kept. A missing file is
+    /// a first start; an unreadable one is reported and replaced.
+    fn load_pins(&mut self) {
+        let path = self.pins_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match Pins::from_text(&text) {
+                Some(pins) => {
+                    tracing::info!(file = %path.display(), pins = pins.len(), "node key pins");
+                    self.pins = pins;
+                }
+                None => {
+                    tracing::warn!(file = %path.display(), "not a pins file: starting with no pins")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot read the pins"),
+        }
+    }
+
+    /// Writes the pins aside and renames them into place.
+    fn save_pins(&self) {
+        let path = self.pins_path();
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, self.pins.to_text()).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot keep the pins");
+        }
+    }
+
+    /// The cluster's nodes whose keys match their pins; the others are
+    /// reported as problems of the network.
+    /// Its own node carries the key the agent holds, whatever its record
+    /// says (a forged record is rewritten at the next round).
+    fn pinned_nodes(&mut self, network: &str) -> (Vec<ClusterNode>, Vec<Problem>) {
+        let mut nodes = self.cluster_nodes(network);
+        if let Some((_, public)) = &self.key {
+            for n in nodes.iter_mut().filter(|n| n.name == self.opts.node_name) {
+                n.key = n.key.map(|_| *public);
+            }
+        }
+        let checked = self.pins.check(nodes, &self.opts.node_name);
+        if checked.changed {
+            self.save_pins();
+        }
+        let refused = checked
+            .refused
+            .into_iter()
+            .map(|(node, p)| {
+                tracing::warn!(%node, "{}", p.message);
+                p
+            })
+            .collect();
+        (checked.nodes, refused)
     }
 
     fn network(&self) -> Option<Arc<WireHubNetwork>> {
@@ -454,19 +587,43 @@ impl Agent {
         }
     }
 
-    fn cluster_nodes(&self) -> Vec<ClusterNode> {
+    /// Every Node, with what its `WireHubNode` says when the record
+    /// belongs to it ([`convert::record_belongs`]).
+    fn cluster_nodes(&self, network: &str) -> Vec<ClusterNode> {
+        let records: HashMap<String, Arc<WireHubNode>> = self
+            .records
+            .state()
+            .into_iter()
+            .map(|r| (r.name_any(), r))
+            .collect();
         self.nodes
             .state()
             .iter()
-            .map(|n| ClusterNode::from_node(n))
+            .map(|n| {
+                ClusterNode::from_objects(n, records.get(&n.name_any()).map(|r| &**r), network)
+            })
             .collect()
     }
 
-    /// One round: make sure of the key and the annotations, allocate (as
-    /// leader), build the network, run or update the node, report.
-    async fn reconcile(&mut self) {
+    /// One round and its outcome: when the next one is due.
+    async fn round(&mut self) -> Duration {
+        match self.reconcile().await {
+            Ok(action) => {
+                self.failures = 0;
+                action.requeue_after()
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                error_policy(&e, self.failures).requeue_after()
+            }
+        }
+    }
+
+    /// One round: the key, the snapshot, the plan, then the plan applied
+    /// (own object, allocations as leader, the node core, statuses, events).
+    async fn reconcile(&mut self) -> Result<Action, K8sError> {
         if self.stopping {
-            return;
+            return Ok(Action::requeue(RESYNC));
         }
         let Some(net) = self.network() else {
             let n = self.networks.state().len();
@@ -477,18 +634,77 @@ impl Agent {
                     "{n} WireHubNetworks exist: tell the agent which one (network NAME, or WH_NETWORK)"
                 ),
             }
-            return;
+            return Ok(Action::requeue(RESYNC));
         };
         let name = net.name_any();
-        let generation = net.metadata.generation.unwrap_or_default();
-        self.node_problems.clear();
-        let (workbits, namespace) = (
-            net.spec.workbits.unwrap_or(crate::keys::DEFAULT_WORKBITS),
-            net.spec
-                .namespace
-                .clone()
-                .unwrap_or_else(|| crate::keys::DEFAULT_NAMESPACE.into()),
-        );
+        self.ensure_key(&net).await;
+        let listen_port = self
+            .daemon
+            .as_ref()
+            .map(|d| d.listen_port)
+            .unwrap_or(net.spec.listen_port.unwrap_or(DEFAULT_PORT));
+        let (mut nodes, refused) = self.pinned_nodes(&name);
+        self.renew_lease(&name).await;
+        let mut network_problems = refused;
+        if self.leader {
+            network_problems.extend(self.allocate(&net, &mut nodes).await?);
+        }
+        let records = self.records.state();
+        let records: Vec<WireHubNode> = records.iter().map(|r| (**r).clone()).collect();
+        let inspect = self.shared.status();
+        let node_problems: Vec<Problem> = [&self.key_problem, &self.update_problem, &self.failed]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let public = self.key.as_ref().map(|(_, p)| *p);
+        let snapshot = Snapshot {
+            me: &self.opts.node_name,
+            network: &net,
+            nodes: &nodes,
+            records: &records,
+            key: public.as_ref(),
+            listen_port,
+            running: self
+                .daemon
+                .as_ref()
+                .map(|d| &d.running)
+                .or(self.simulated.as_ref()),
+            running_generation: self.shared.generation(),
+            inspect: inspect.as_ref(),
+            node_problems: &node_problems,
+            network_problems: &network_problems,
+            leader: self.leader,
+            now: Timestamp::now(),
+        };
+        let plan = plan::plan(&snapshot);
+        self.log_problems(&plan.network_problems, net.metadata.generation);
+        self.shared.set_spec_valid(plan.spec_valid);
+        self.write_own_spec(&plan.own_spec).await?;
+        if let Some(cs) = plan.run
+            && self.failed.is_none()
+        {
+            self.run_network(&net, cs).await;
+        }
+        self.write_own_status(plan.own_status).await?;
+        if let Some(status) = plan.network_status {
+            self.write_network_status(&name, status).await?;
+        }
+        for e in plan.events {
+            self.event_once(&net, e).await;
+        }
+        Ok(Action::requeue(RESYNC))
+    }
+
+    /// Loads or makes the node's key once; a failure is kept as a problem
+    /// of the node (and tried again next round).
+    async fn ensure_key(&mut self, net: &WireHubNetwork) {
+        let workbits = net.spec.workbits.unwrap_or(crate::keys::DEFAULT_WORKBITS);
+        let namespace = net
+            .spec
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::keys::DEFAULT_NAMESPACE.into());
         if self.key.is_none() {
             let path = self.opts.key_file.clone();
             let ns = namespace.clone();
@@ -502,11 +718,10 @@ impl Agent {
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "no node key");
-                    self.node_problems.push(Problem {
+                    self.key_problem = Some(Problem {
                         reason: "NoKey",
                         message: e.to_string(),
                     });
-                    self.write_own_status(&net, None).await;
                     return;
                 }
                 Err(e) => {
@@ -515,11 +730,8 @@ impl Agent {
                 }
             }
         }
-        let Some((_, public)) = self.key.clone() else {
-            return;
-        };
-        if public.workbits(&namespace) < workbits {
-            self.node_problems.push(Problem {
+        self.key_problem = self.key.as_ref().and_then(|(_, public)| {
+            (public.workbits(&namespace) < workbits).then(|| Problem {
                 reason: "KeyBelowWorkbits",
                 message: format!(
                     "the node's key {} has {} workbits in namespace '{namespace}', the network requires {workbits}; delete {} on the node and restart its agent to make a new key",
@@ -527,130 +739,65 @@ impl Agent {
                     public.workbits(&namespace),
                     self.opts.key_file.display()
                 ),
-            });
-        }
-        let listen_port = self
-            .daemon
-            .as_ref()
-            .map(|d| d.listen_port)
-            .unwrap_or(net.spec.listen_port.unwrap_or(DEFAULT_PORT));
-        self.publish_annotations(&public, listen_port).await;
-
-        let nodes = self.cluster_nodes();
-        self.renew_lease(&name).await;
-        self.network_problems.clear();
-        if self.leader {
-            self.allocate(&name, &net, &nodes).await;
-        }
-
-        let built = convert::cluster_spec(&name, &net.spec, &nodes, true);
-        match built {
-            Err(problems) => {
-                for p in &problems {
-                    tracing::warn!(generation, "invalid WireHubNetwork {name}: {}", p.message);
-                }
-                let message = problems
-                    .iter()
-                    .map(|p| p.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                self.network_problems.extend(problems);
-                if self.leader {
-                    self.event_once(
-                        &net,
-                        &format!("invalid/{generation}"),
-                        EventType::Warning,
-                        "InvalidSpec",
-                        "Validate",
-                        format!("generation {generation} cannot be used, the nodes keep the last good network: {message}"),
-                    )
-                    .await;
-                }
-                self.shared.set_spec_valid(false);
-            }
-            Ok(cs) => {
-                self.shared.set_spec_valid(true);
-                for (node, p) in &cs.left_out {
-                    if node == &self.opts.node_name {
-                        self.node_problems.push(p.clone());
-                    } else if p.reason != "WaitingForKey" {
-                        self.network_problems.push(p.clone());
-                    }
-                }
-                if cs.members.contains(&self.opts.node_name) {
-                    self.apply(&net, cs).await;
-                } else if self.daemon.is_some() {
-                    self.node_problems.push(Problem {
-                        reason: "LeftOut",
-                        message: "this node is no longer in the network; it keeps running the last network until its agent restarts".into(),
-                    });
-                }
-            }
-        }
-        if self.daemon.is_some() && net.spec.listen_port.unwrap_or(DEFAULT_PORT) != listen_port {
-            self.node_problems.push(Problem {
-                reason: "RestartNeeded",
-                message: format!(
-                    "spec.listenPort changed to {}; the node listens on {listen_port} until its agent restarts",
-                    net.spec.listen_port.unwrap_or(DEFAULT_PORT)
-                ),
-            });
-        }
-        let status = self.shared.status();
-        self.write_own_status(&net, status.as_ref()).await;
-        if self.leader {
-            self.write_network_status(&net, &nodes).await;
-        }
+            })
+        });
     }
 
-    /// Puts the key and endpoint on the Node (merge patch, only on change).
-    async fn publish_annotations(&mut self, public: &PublicKey, listen_port: u16) {
-        let Some(node) = self
-            .nodes
-            .state()
-            .into_iter()
-            .find(|n| n.name_any() == self.opts.node_name)
-        else {
-            tracing::warn!(node = %self.opts.node_name, "my Node is not in the cluster (yet)");
+    /// Logs the network's problems when they change.
+    fn log_problems(&mut self, problems: &[Problem], generation: Option<i64>) {
+        if problems == self.last_network_problems.as_slice() {
             return;
+        }
+        for p in problems {
+            tracing::warn!(generation, reason = p.reason, "{}", p.message);
+        }
+        self.last_network_problems = problems.to_vec();
+    }
+
+    /// Writes the agent's own fields of its `WireHubNode` (server-side
+    /// apply, owned by its Node) when the record differs.
+    async fn write_own_spec(
+        &mut self,
+        spec: &Option<super::crd::WireHubNodeSpec>,
+    ) -> Result<(), K8sError> {
+        let Some(spec) = spec else {
+            return Ok(());
         };
-        let me = ClusterNode::from_node(&node);
-        let endpoint = me.internal_ip.as_ref().map(|ip| {
-            if ip.contains(':') {
-                format!("[{ip}]:{listen_port}")
-            } else {
-                format!("{ip}:{listen_port}")
-            }
+        let me = &self.opts.node_name;
+        let Some(node) = self.nodes.get(&reflector::ObjectRef::new(me)) else {
+            tracing::warn!(node = %me, "my Node is not in the cluster (yet)");
+            return Ok(());
+        };
+        let current = self.records.get(&reflector::ObjectRef::new(me));
+        let owned = current
+            .as_ref()
+            .is_some_and(|r| convert::record_belongs(r, &node, &spec.network));
+        if owned && !plan::own_spec_differs(current.as_deref(), spec) {
+            return Ok(());
+        }
+        let uid = node.metadata.uid.clone().unwrap_or_default();
+        let body = json!({
+            "apiVersion": "wirehub.io/v1alpha1",
+            "kind": "WireHubNode",
+            "metadata": {
+                "name": me,
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": me, "uid": uid}],
+            },
+            "spec": {
+                "network": spec.network,
+                "publicKey": spec.public_key,
+                "endpoints": spec.endpoints,
+            },
         });
-        let annotations = node.metadata.annotations.clone().unwrap_or_default();
-        let mut patch = serde_json::Map::new();
-        let key_text = public.to_string();
-        if annotations.get(ANN_PUBLIC_KEY) != Some(&key_text) {
-            patch.insert(ANN_PUBLIC_KEY.into(), json!(key_text));
-        }
-        if let Some(e) = endpoint
-            && annotations.get(ANN_ENDPOINT) != Some(&e)
-        {
-            patch.insert(ANN_ENDPOINT.into(), json!(e));
-        }
-        if patch.is_empty() {
-            return;
-        }
-        let api: Api<Node> = Api::all(self.client.clone());
-        let body = json!({"metadata": {"annotations": patch}});
-        match api
-            .patch(
-                &self.opts.node_name,
-                &PatchParams::default(),
-                &Patch::Merge(&body),
-            )
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(node = %self.opts.node_name, annotations = ?patch.keys().collect::<Vec<_>>(), "published on the Node")
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot annotate my Node"),
-        }
+        let api: Api<WireHubNode> = Api::all(self.client.clone());
+        api.patch(
+            me,
+            &PatchParams::apply(AGENT_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        tracing::info!(node = %me, key = ?spec.public_key, endpoints = ?spec.endpoints, "published my WireHubNode");
+        Ok(())
     }
 
     /// Takes or renews the network's Lease; `self.leader` says who won.
@@ -724,13 +871,21 @@ impl Agent {
         }
     }
 
-    /// Leader only: gives every selected node with a key what it lacks.
-    async fn allocate(&mut self, name: &str, net: &WireHubNetwork, nodes: &[ClusterNode]) {
-        let Ok((header, _, externals)) = convert::resource_peers(name, &net.spec) else {
-            return;
+    /// Leader only: gives every selected node with a key what it lacks,
+    /// recorded in its `WireHubNode` (a merge patch of the two fields: it
+    /// never creates a record, and leaves the agent's fields alone); `nodes`
+    /// learn it at once. Returns what cannot be allocated.
+    async fn allocate(
+        &mut self,
+        net: &WireHubNetwork,
+        nodes: &mut [ClusterNode],
+    ) -> Result<Vec<Problem>, K8sError> {
+        let name = net.name_any();
+        let Ok((header, _, externals)) = convert::resource_peers(&name, &net.spec) else {
+            return Ok(Vec::new());
         };
         let Some(subnet) = header.subnet else {
-            return;
+            return Ok(Vec::new());
         };
         let selected: Vec<&ClusterNode> = nodes
             .iter()
@@ -762,38 +917,114 @@ impl Agent {
             .pod_cidr_prefix
             .unwrap_or(convert::DEFAULT_POD_CIDR_PREFIX);
         let (plan, problems) = alloc::plan(subnet, pod_subnet, prefix, &selected, &in_use);
-        self.network_problems.extend(problems);
-        let api: Api<Node> = Api::all(self.client.clone());
+        let api: Api<WireHubNode> = Api::all(self.client.clone());
         for a in plan {
-            let mut ann = serde_json::Map::new();
+            let mut fields = serde_json::Map::new();
             if let Some(ip) = a.overlay_ip {
-                ann.insert(ANN_OVERLAY_IP.into(), json!(ip.to_string()));
+                fields.insert("overlayIpv4".into(), json!(ip.to_string()));
             }
             if let Some(c) = a.pod_cidr {
-                ann.insert(ANN_POD_CIDR.into(), json!(c.to_string()));
+                fields.insert("podCidr".into(), json!(c.to_string()));
             }
-            let body = json!({"metadata": {"annotations": ann}});
-            match api
-                .patch(&a.node, &PatchParams::default(), &Patch::Merge(&body))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(node = %a.node, overlay_ip = ?a.overlay_ip, pod_cidr = ?a.pod_cidr, "allocated")
-                }
-                Err(e) => tracing::warn!(node = %a.node, error = %e, "cannot record an allocation"),
+            if !self.patch_as_seen(&api, &a.node, fields).await? {
+                continue;
             }
+            tracing::info!(node = %a.node, overlay_ip = ?a.overlay_ip, pod_cidr = ?a.pod_cidr, "allocated");
+            if let Some(n) = nodes.iter_mut().find(|n| n.name == a.node) {
+                n.overlay_ip = n.overlay_ip.or(a.overlay_ip);
+                n.recorded_pod_cidr = n.recorded_pod_cidr.or(a.pod_cidr);
+            }
+        }
+        self.restore_allocations(nodes).await?;
+        Ok(problems)
+    }
+
+    /// Merge-patches `fields` into the spec of `node`'s record only if the
+    /// record is still the version this agent saw (its resourceVersion):
+    /// an allocation is written once, never over one made meanwhile (by a
+    /// previous lease holder whose writes this agent had not seen yet).
+    /// False when the record is unknown or changed (the next round sees
+    /// the new state).
+    async fn patch_as_seen(
+        &self,
+        api: &Api<WireHubNode>,
+        node: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, K8sError> {
+        let Some(version) = self
+            .records
+            .get(&reflector::ObjectRef::new(node))
+            .and_then(|r| r.metadata.resource_version.clone())
+        else {
+            return Ok(false);
+        };
+        let body = json!({"metadata": {"resourceVersion": version}, "spec": fields});
+        match api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(%node, "its WireHubNode changed meanwhile; next round");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
+    /// Leader only: records whose allocations differ from the pinned ones
+    /// (someone else's token wrote them) get the pinned values back.
+    async fn restore_allocations(&self, nodes: &[ClusterNode]) -> Result<(), K8sError> {
+        let api: Api<WireHubNode> = Api::all(self.client.clone());
+        for n in nodes {
+            let Some(r) = self.records.get(&reflector::ObjectRef::new(&n.name)) else {
+                continue;
+            };
+            let mut fields = serde_json::Map::new();
+            let differs = |recorded: &Option<String>, pinned: Option<String>| {
+                recorded.is_some() && pinned.is_some() && *recorded != pinned
+            };
+            let ip = n.overlay_ip.map(|i| i.to_string());
+            if differs(&r.spec.overlay_ipv4, ip.clone()) {
+                fields.insert("overlayIpv4".into(), json!(ip));
+            }
+            let cidr = n.recorded_pod_cidr.map(|c| c.to_string());
+            if differs(&r.spec.pod_cidr, cidr.clone()) {
+                fields.insert("podCidr".into(), json!(cidr));
+            }
+            if fields.is_empty() {
+                continue;
+            }
+            let restored = format!("{fields:?}");
+            if self.patch_as_seen(&api, &n.name, fields).await? {
+                tracing::warn!(node = %n.name, %restored, "put the pinned allocations back in a WireHubNode someone else changed");
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the node core with `cs`, or sends it `cs` as an update.
-    async fn apply(&mut self, net: &WireHubNetwork, cs: ClusterSpec) {
+    async fn run_network(&mut self, net: &WireHubNetwork, cs: ClusterSpec) {
         let Some((key, public)) = self.key.clone() else {
             return;
         };
         let generation = net.metadata.generation.unwrap_or_default();
+        if self.opts.simulate {
+            if self.simulated.as_ref() != Some(&cs.spec) {
+                tracing::info!(
+                    members = cs.members.len(),
+                    generation,
+                    "simulated node: network"
+                );
+                self.simulated = Some(cs.spec);
+                self.shared.set_generation(generation);
+            }
+            return;
+        }
         if let Some(d) = &mut self.daemon {
             if d.running == cs.spec {
                 self.shared.set_generation(generation);
+                self.update_problem = None;
                 return;
             }
             let (tx, rx) = oneshot::channel();
@@ -808,19 +1039,23 @@ impl Agent {
                 Ok(Ok(Ok(summary))) => {
                     tracing::info!(generation, "network updated: {summary}");
                     d.running = cs.spec;
+                    self.update_problem = None;
                     self.shared.count_update(true);
                     self.shared.set_generation(generation);
                     if self.leader {
+                        let note = format!(
+                            "generation {generation} applied on {}: {summary}",
+                            self.opts.node_name
+                        );
                         self.event_once(
                             net,
-                            "updated",
-                            EventType::Normal,
-                            "Updated",
-                            "Reload",
-                            format!(
-                                "generation {generation} applied on {}: {summary}",
-                                self.opts.node_name
-                            ),
+                            PlannedEvent {
+                                key: "updated".into(),
+                                type_: EventType::Normal,
+                                reason: "Updated",
+                                action: "Reload",
+                                note,
+                            },
                         )
                         .await;
                     }
@@ -828,18 +1063,23 @@ impl Agent {
                 Ok(Ok(Err(why))) => {
                     tracing::warn!(generation, "network update refused: {why}");
                     self.shared.count_update(false);
-                    self.node_problems.push(Problem {
+                    self.update_problem = Some(Problem {
                         reason: "UpdateRefused",
-                        message: format!("generation {generation} refused, the node keeps the last network: {why}"),
+                        message: format!(
+                            "generation {generation} refused, the node keeps the last network: {why}"
+                        ),
                     });
                     let note = format!("node {}: {why}", self.opts.node_name);
+                    let key = format!("refused/{}", self.opts.node_name);
                     self.event_once(
                         net,
-                        &format!("refused/{}", self.opts.node_name),
-                        EventType::Warning,
-                        "UpdateRefused",
-                        "Reload",
-                        note,
+                        PlannedEvent {
+                            key,
+                            type_: EventType::Warning,
+                            reason: "UpdateRefused",
+                            action: "Reload",
+                            note,
+                        },
                     )
                     .await;
                 }
@@ -899,10 +1139,11 @@ impl Agent {
     }
 
     /// Reads the node's state over its control socket (for status and
-    /// metrics).
-    async fn poll_daemon(&mut self) {
+    /// metrics). True when what the status says of it changed (its NAT, a
+    /// path's kind): a round then reports it at once.
+    async fn poll_daemon(&mut self) -> bool {
         let Some(d) = &self.daemon else {
-            return;
+            return false;
         };
         let interface = d.interface.clone();
         let answer = tokio::task::spawn_blocking(move || {
@@ -913,387 +1154,102 @@ impl Agent {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "node state");
-                return;
+                return false;
             }
-            Err(_) => return,
+            Err(_) => return false,
         };
         if let Some(dir) = &self.opts.cni_dir
             && let Ok(text) = std::fs::read_to_string(dir.join(CNI_CONFIG_NAME))
         {
             self.cni_config = Some(text);
         }
-        self.shared.set_inspect(v);
-    }
-
-    /// Who a key is, for the status: a node name or a peer's hostname.
-    fn names(&self) -> HashMap<String, String> {
-        let mut m = HashMap::new();
-        if let Some(d) = &self.daemon {
-            for p in &d.running.peers {
-                if let Some(h) = &p.hostname {
-                    m.insert(p.key.to_string(), h.clone());
-                }
-            }
-        }
-        for n in self.cluster_nodes() {
-            if let Some(k) = n.key {
-                m.insert(k.to_string(), n.name.clone());
-            }
-        }
-        m
-    }
-
-    /// This node's entry of the status, from the node's own state.
-    fn own_entry(&self, net: &WireHubNetwork, status: Option<&control::Status>) -> NodeStatus {
-        let me = self
-            .cluster_nodes()
-            .into_iter()
-            .find(|n| n.name == self.opts.node_name)
-            .unwrap_or_default();
-        let names = self.names();
-        let mut entry = NodeStatus {
-            name: self.opts.node_name.clone(),
-            public_key: self.key.as_ref().map(|(_, p)| p.to_string()),
-            endpoint: me.endpoint.as_ref().map(|e| e.to_string()),
-            overlay_ipv4: me.overlay_ip.map(|i| i.to_string()),
-            pod_cidr: me.pod_cidr().map(|c| c.to_string()),
-            observed_generation: self.shared.generation(),
-            ..NodeStatus::default()
-        };
-        let members: Vec<String> = self
-            .daemon
-            .as_ref()
-            .map(|d| d.running.trusted().map(|p| p.key.to_string()).collect())
-            .unwrap_or_default();
-        if let Some(s) = status {
-            entry.nat = Some(s.nat.clone());
-            entry.overlay_ipv6 = s.ipv6.clone();
-            entry.overlay_ipv4 = s.ipv4.clone().or(entry.overlay_ipv4);
-            let mut peers: Vec<PeerPath> = s
-                .peers
-                .iter()
-                .filter(|p| members.contains(&p.key))
-                .map(|p| {
-                    let (path, via) = match &p.path {
-                        PathStatus::Direct { endpoint } => ("direct", Some(endpoint.clone())),
-                        PathStatus::Relayed { via } => ("relayed", via.first().cloned()),
-                        PathStatus::Unknown => ("unknown", None),
-                    };
-                    let via = via.map(|v| {
-                        // "KEY@addr" for relays: name the relay when known.
-                        match v.split_once('@') {
-                            Some((k, a)) => {
-                                match names.iter().find(|(key, _)| key.starts_with(k)) {
-                                    Some((_, n)) => format!("{n}@{a}"),
-                                    None => v.clone(),
-                                }
-                            }
-                            None => v.clone(),
-                        }
-                    });
-                    PeerPath {
-                        name: names
-                            .get(&p.key)
-                            .cloned()
-                            .or_else(|| p.hostname.clone())
-                            .unwrap_or_else(|| p.key.chars().take(10).collect()),
-                        path: path.into(),
-                        via,
-                        last_handshake_seconds: p.last_handshake_secs,
-                    }
-                })
-                .collect();
-            peers.sort_by(|a, b| a.name.cmp(&b.name));
-            let cluster_keys: Vec<String> = self
-                .cluster_nodes()
-                .iter()
-                .filter(|n| n.name != self.opts.node_name)
-                .filter_map(|n| n.key.map(|k| k.to_string()))
-                .collect();
-            let all_nodes_reached = s
-                .peers
-                .iter()
-                .filter(|p| cluster_keys.contains(&p.key) && members.contains(&p.key))
-                .all(|p| !matches!(p.path, PathStatus::Unknown));
-            entry.ready = self.daemon.is_some() && all_nodes_reached;
-            entry.peers = peers;
-        }
-        if self.daemon.is_none() {
-            self.node_problems_message(&mut entry, Some("the node is not running yet"));
-        } else {
-            self.node_problems_message(&mut entry, None);
-        }
-        let _ = net;
-        entry
-    }
-
-    fn node_problems_message(&self, entry: &mut NodeStatus, extra: Option<&str>) {
-        let mut parts: Vec<String> = self
-            .node_problems
-            .iter()
-            .map(|p| format!("{}: {}", p.reason, p.message))
-            .collect();
-        if let Some(e) = extra {
-            parts.push(e.to_string());
-        }
-        entry.message = (!parts.is_empty()).then(|| parts.join("; "));
-    }
-
-    /// Writes this node's entry (server-side apply, own field manager), when
-    /// it changed or as a heartbeat.
-    async fn write_own_status(&mut self, net: &WireHubNetwork, status: Option<&control::Status>) {
-        let mut entry = self.own_entry(net, status);
-        let unchanged = self.last_status.as_ref().is_some_and(|(last, at)| {
-            let mut l = last.clone();
-            l.last_update = None;
-            // Handshake ages move every second: compare without them.
-            let strip = |e: &mut NodeStatus| {
-                for p in &mut e.peers {
-                    p.last_handshake_seconds = None;
-                }
-            };
-            strip(&mut l);
-            let mut e = entry.clone();
-            strip(&mut e);
-            l == e && at.elapsed() < HEARTBEAT
-        });
-        self.shared.set_ready(entry.ready);
-        if unchanged {
-            return;
-        }
-        entry.last_update = Some(now_rfc3339());
-        let name = net.name_any();
-        let api: Api<WireHubNetwork> = Api::all(self.client.clone());
-        let body = json!({
-            "apiVersion": "wirehub.io/v1alpha1",
-            "kind": "WireHubNetwork",
-            "metadata": {"name": name},
-            "status": {"nodes": [entry]},
-        });
-        let manager = format!("wirehub-agent-{}", self.opts.node_name);
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(&manager).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-        {
-            Ok(_) => self.last_status = Some((entry, Instant::now())),
-            Err(e) => tracing::warn!(error = %e, "cannot write my status entry"),
-        }
-    }
-
-    /// Leader only: the network's conditions and counts, and the removal of
-    /// entries of Nodes that are gone.
-    async fn write_network_status(&mut self, net: &WireHubNetwork, nodes: &[ClusterNode]) {
-        let name = net.name_any();
-        let generation = net.metadata.generation.unwrap_or_default();
-        let status = net.status.clone().unwrap_or_default();
-        let existing: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        let selected: Vec<&ClusterNode> = nodes
-            .iter()
-            .filter(|n| n.selected(&net.spec.node_selector))
-            .collect();
-        // Entries of deleted Nodes: removed with a JSON patch guarded by a test.
-        let api: Api<WireHubNetwork> = Api::all(self.client.clone());
-        for (i, e) in status.nodes.iter().enumerate().rev() {
-            if !existing.contains(&e.name.as_str()) {
-                let patch: json_patch::Patch = match serde_json::from_value(json!([
-                    {"op": "test", "path": format!("/status/nodes/{i}/name"), "value": e.name},
-                    {"op": "remove", "path": format!("/status/nodes/{i}")},
-                ])) {
-                    Ok(p) => p,
-                    Err(_) => continue,
-                };
-                match api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(node = %e.name, "removed the status entry of a deleted Node")
-                    }
-                    Err(err) => tracing::debug!(error = %err, "cannot remove a stale status entry"),
-                }
-                return;
-            }
-        }
-        let fresh = |e: &NodeStatus| age_of(e.last_update.as_deref()).is_some_and(|a| a < STALE);
-        let entries: BTreeMap<&str, &NodeStatus> =
-            status.nodes.iter().map(|e| (e.name.as_str(), e)).collect();
-        // Nodes take part once their agent published a key: a selected
-        // node where no agent runs (the DaemonSet's own nodeSelector, a
-        // node being set up) is named, but does not hold the network back.
-        let without_agent: Vec<String> = selected
-            .iter()
-            .filter(|n| n.key.is_none())
-            .map(|n| n.name.clone())
-            .collect();
-        let members: Vec<&&ClusterNode> = selected.iter().filter(|n| n.key.is_some()).collect();
-        let node_count = members.len() as i32;
-        let mut ready = 0;
-        let mut not_ready = Vec::new();
-        let mut node_messages = Vec::new();
-        for n in &members {
-            match entries.get(n.name.as_str()) {
-                Some(e) if e.ready && fresh(e) => ready += 1,
-                Some(e) => {
-                    not_ready.push(n.name.clone());
-                    if let Some(m) = &e.message {
-                        node_messages.push(format!("{}: {m}", n.name));
-                    }
-                }
-                None => not_ready.push(n.name.clone()),
-            }
-        }
-        let no_agent_note = if without_agent.is_empty() {
-            String::new()
-        } else {
-            format!(" (no agent yet on {})", without_agent.join(", "))
-        };
-        let invalid: Vec<&Problem> = self
-            .network_problems
-            .iter()
-            .filter(|p| p.reason == convert::INVALID_SPEC)
-            .collect();
-        let (ready_status, ready_reason, ready_message) = if node_count == 0 {
-            ("False", "NoNodes", "no node takes part yet".to_string())
-        } else if not_ready.is_empty() {
-            (
-                "True",
-                "AllNodesReady",
-                format!("{ready} of {node_count} nodes are up and reach each other{no_agent_note}"),
-            )
-        } else {
-            (
-                "False",
-                "NodesNotReady",
-                format!("not ready: {}{no_agent_note}", not_ready.join(", ")),
-            )
-        };
-        let (deg_status, deg_reason, deg_message) = if !invalid.is_empty() {
-            (
-                "True",
-                convert::INVALID_SPEC.to_string(),
-                format!(
-                    "generation {generation} cannot be used, the nodes keep running the last good network: {}",
-                    invalid
-                        .iter()
-                        .map(|p| p.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            )
-        } else if let Some(p) = self.network_problems.first() {
-            (
-                "True",
-                p.reason.to_string(),
-                self.network_problems
+        let print = |s: Option<control::Status>| {
+            s.map(|s| {
+                let kinds: Vec<(String, std::mem::Discriminant<control::PathStatus>)> = s
+                    .peers
                     .iter()
-                    .map(|p| p.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        } else if !node_messages.is_empty() {
-            ("True", "NodeProblems".to_string(), node_messages.join("; "))
-        } else if !not_ready.is_empty() {
-            (
-                "True",
-                "NodesNotReady".to_string(),
-                format!("not ready: {}", not_ready.join(", ")),
-            )
-        } else {
-            (
-                "False",
-                "AsExpected".to_string(),
-                "nothing is wrong".to_string(),
-            )
+                    .map(|p| (p.key.clone(), std::mem::discriminant(&p.path)))
+                    .collect();
+                (s.nat, kinds)
+            })
         };
-        let conditions = vec![
-            self.condition(
-                "Ready",
-                ready_status,
-                ready_reason,
-                &ready_message,
-                generation,
-                &status,
-            ),
-            self.condition(
-                "Degraded",
-                deg_status,
-                &deg_reason,
-                &deg_message,
-                generation,
-                &status,
-            ),
-        ];
-        let summary = (conditions.clone(), node_count, ready);
-        let same = self.last_conditions == summary.0
-            && status.node_count == Some(node_count)
-            && status.ready_nodes == Some(ready)
-            && status.observed_generation == Some(generation);
-        if same {
-            return;
+        let before = print(self.shared.status());
+        self.shared.set_inspect(v);
+        before != print(self.shared.status())
+    }
+
+    /// Writes its own `WireHubNode`'s status (server-side apply) when it
+    /// changed or a heartbeat is due.
+    async fn write_own_status(&mut self, mut status: WireHubNodeStatus) -> Result<(), K8sError> {
+        self.shared.set_ready(status.ready);
+        let due = plan::status_due(
+            self.last_status.as_ref().map(|(s, _)| s),
+            self.last_status
+                .as_ref()
+                .map_or(Duration::MAX, |(_, at)| at.elapsed()),
+            &status,
+        );
+        let me = &self.opts.node_name;
+        if !due || self.records.get(&reflector::ObjectRef::new(me)).is_none() {
+            return Ok(());
         }
-        if deg_status == "True"
-            && deg_reason
-                != self
-                    .last_conditions
-                    .get(1)
-                    .and_then(|c| c.reason.clone())
-                    .unwrap_or_default()
+        status.last_update = Some(now_rfc3339());
+        let body = json!({
+            "apiVersion": "wirehub.io/v1alpha1",
+            "kind": "WireHubNode",
+            "metadata": {"name": me},
+            "status": status,
+        });
+        let api: Api<WireHubNode> = Api::all(self.client.clone());
+        api.patch_status(
+            me,
+            &PatchParams::apply(AGENT_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        self.last_status = Some((status, Instant::now()));
+        Ok(())
+    }
+
+    /// Leader only: the network's counts and conditions, when they changed.
+    async fn write_network_status(
+        &mut self,
+        name: &str,
+        status: WireHubNetworkStatus,
+    ) -> Result<(), K8sError> {
+        let current = self
+            .network()
+            .and_then(|n| n.status.clone())
+            .unwrap_or_default();
+        if current == status || self.last_network_status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let degraded = |s: &WireHubNetworkStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True")
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        };
+        if let Some((reason, message)) = degraded(&status)
+            && degraded(&current).map(|d| d.0) != Some(reason.clone())
         {
-            tracing::warn!(reason = %deg_reason, "network degraded: {deg_message}");
+            tracing::warn!(reason = ?reason, "network degraded: {}", message.unwrap_or_default());
         }
-        let patch = WireHubNetworkStatus {
-            observed_generation: Some(generation),
-            node_count: Some(node_count),
-            ready_nodes: Some(ready),
-            conditions,
-            nodes: Vec::new(),
-        };
         let body = json!({
             "apiVersion": "wirehub.io/v1alpha1",
             "kind": "WireHubNetwork",
             "metadata": {"name": name},
-            "status": patch,
+            "status": status,
         });
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(LEADER_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-        {
-            Ok(_) => self.last_conditions = summary.0,
-            Err(e) => tracing::warn!(error = %e, "cannot write the network's conditions"),
-        }
-    }
-
-    fn condition(
-        &self,
-        type_: &str,
-        status: &str,
-        reason: &str,
-        message: &str,
-        generation: i64,
-        current: &WireHubNetworkStatus,
-    ) -> Condition {
-        let since = current
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or_else(now_rfc3339);
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(message.chars().take(1000).collect()),
-            last_transition_time: Some(since),
-            observed_generation: Some(generation),
-        }
+        let api: Api<WireHubNetwork> = Api::all(self.client.clone());
+        api.patch_status(
+            name,
+            &PatchParams::apply(LEADER_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        self.last_network_status = Some(status);
+        Ok(())
     }
 
     /// Publishes an Event about the network once per `key` and generation.
@@ -1301,17 +1257,16 @@ impl Agent {
     /// cluster-scoped object go): Kubernetes before 1.22 refuses an
     /// events.k8s.io/v1 Event about a cluster-scoped object, and `kubectl
     /// describe` finds these.
-    async fn event_once(
-        &mut self,
-        net: &WireHubNetwork,
-        key: &str,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
+    async fn event_once(&mut self, net: &WireHubNetwork, e: PlannedEvent) {
+        let PlannedEvent {
+            key,
+            type_,
+            reason,
+            action,
+            note,
+        } = e;
         let generation = net.metadata.generation.unwrap_or_default();
-        if self.events_sent.get(key) == Some(&generation) {
+        if self.events_sent.get(&key) == Some(&generation) {
             return;
         }
         let now = Timestamp::now();
@@ -1342,7 +1297,7 @@ impl Agent {
         let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
-                self.events_sent.insert(key.to_string(), generation);
+                self.events_sent.insert(key, generation);
             }
             Err(e) => tracing::warn!(error = %e, "cannot publish an event"),
         }
@@ -1371,15 +1326,14 @@ impl Agent {
 
     /// The node failed: say so on the status before exiting.
     async fn report_down(&mut self, why: &str) {
-        let Some(net) = self.network() else {
-            return;
-        };
-        self.node_problems.push(Problem {
+        self.failed = Some(Problem {
             reason: "NodeFailed",
             message: why.to_string(),
         });
         self.last_status = None;
-        self.write_own_status(&net, None).await;
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "cannot report the failure");
+        }
     }
 }
 
@@ -1398,6 +1352,7 @@ mod tests {
     fn agent(client: Client) -> Agent {
         let (nodes, _) = reflector::store::<Node>();
         let (networks, _) = reflector::store::<WireHubNetwork>();
+        let (records, _) = reflector::store::<WireHubNode>();
         Agent::new(
             AgentOptions {
                 node_name: "n1".into(),
@@ -1410,10 +1365,12 @@ mod tests {
                 backend: BackendKind::Auto,
                 mode: Mode::Unknown,
                 relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
+                simulate: false,
             },
             client,
             nodes,
             networks,
+            records,
             Arc::new(Shared::default()),
         )
     }
@@ -1523,7 +1480,7 @@ mod tests {
                             req.uri()
                                 .query()
                                 .unwrap_or_default()
-                                .contains("fieldManager=wirehub-agent-n1"),
+                                .contains("fieldManager=wirehub-leader"),
                             "{}",
                             req.uri()
                         );
@@ -1540,18 +1497,24 @@ mod tests {
                 }
             }
         });
-        a.write_own_status(&net, None).await;
+        let status = WireHubNetworkStatus {
+            node_count: Some(3),
+            ..WireHubNetworkStatus::default()
+        };
+        assert!(a.write_network_status("lab", status).await.is_err());
         assert!(
-            a.last_status.is_none(),
+            a.last_network_status.is_none(),
             "a failed write is written again next round"
         );
         a.event_once(
             &net,
-            "k",
-            EventType::Warning,
-            "InvalidSpec",
-            "Validate",
-            "x".into(),
+            PlannedEvent {
+                key: "k".into(),
+                type_: EventType::Warning,
+                reason: "InvalidSpec",
+                action: "Validate",
+                note: "x".into(),
+            },
         )
         .await;
         assert!(
@@ -1559,5 +1522,78 @@ mod tests {
             "a refused event is sent again next round"
         );
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_allocation_is_written_only_over_the_record_as_seen() {
+        use super::super::crd::WireHubNodeSpec;
+        use http_body_util::BodyExt;
+        let (mut a, mut handle) = mock_agent();
+        let (records, mut writer) = reflector::store::<WireHubNode>();
+        let k = PrivateKey::from_bytes([2; 32]).public_key();
+        let mut r = WireHubNode::new(
+            "n2",
+            WireHubNodeSpec {
+                network: "lab".into(),
+                public_key: Some(k.to_string()),
+                endpoints: Vec::new(),
+                overlay_ipv4: None,
+                pod_cidr: None,
+            },
+        );
+        r.metadata.resource_version = Some("41".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(r.clone()));
+        a.records = records;
+        let net = WireHubNetwork::new(
+            "lab",
+            serde_json::from_value(json!({"subnet": "10.99.0.0/24", "podSubnet": "10.244.0.0/16"}))
+                .unwrap(),
+        );
+        let node = ClusterNode {
+            name: "n2".into(),
+            key: Some(k),
+            ..ClusterNode::default()
+        };
+        let server = tokio::spawn(async move {
+            for answer in [StatusCode::CONFLICT, StatusCode::OK] {
+                let (req, send) = handle.next_request().await.unwrap();
+                assert_eq!(req.method(), "PATCH");
+                assert!(req.uri().path().ends_with("/wirehubnodes/n2"));
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
+                assert_eq!(body["spec"]["overlayIpv4"], "10.99.0.254", "{body}");
+                assert_eq!(body["spec"]["podCidr"], "10.244.0.0/24", "{body}");
+                if answer == StatusCode::OK {
+                    send.send_response(reply(StatusCode::OK, serde_json::to_value(&r).unwrap()));
+                } else {
+                    send.send_response(status_error(answer, "Conflict"));
+                }
+            }
+        });
+        // Someone wrote the record meanwhile: not an error, nothing taken.
+        let mut nodes = vec![node.clone()];
+        assert!(a.allocate(&net, &mut nodes).await.unwrap().is_empty());
+        assert_eq!(
+            (nodes[0].overlay_ip, nodes[0].recorded_pod_cidr),
+            (None, None)
+        );
+        // Written over the version seen: taken.
+        let mut nodes = vec![node];
+        a.allocate(&net, &mut nodes).await.unwrap();
+        assert_eq!(
+            nodes[0].overlay_ip,
+            Some(std::net::Ipv4Addr::new(10, 99, 0, 254))
+        );
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn failed_rounds_back_off_up_to_a_minute_and_no_further() {
+        let e = K8sError::Config("down".into());
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| error_policy(&e, n).requeue_after().as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

@@ -3,8 +3,9 @@
 //! participating node as a `router` of its pod CIDR, plus the resource's
 //! boot nodes and external peers. No I/O here.
 
-use super::crd::{BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec};
-use super::{ANN_ENDPOINT, ANN_OVERLAY_IP, ANN_POD_CIDR, ANN_PUBLIC_KEY};
+use super::crd::{
+    BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode,
+};
 use crate::config::{DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
 use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, PublicKey};
 use ipnet::{IpNet, Ipv4Net};
@@ -43,20 +44,40 @@ impl fmt::Display for Problem {
 /// The reason of problems that make the resource unusable as a whole.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
-/// What the agents know of one cluster node (from its Node object).
+/// What the agents know of one cluster node: from its Node object (name,
+/// UID, labels, Node.spec.podCIDR, InternalIP) and its `WireHubNode` (key,
+/// endpoint, recorded overlay address and pod CIDR).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterNode {
     pub name: String,
+    /// The Node object's UID (new when a node registers again).
+    pub uid: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub key: Option<PublicKey>,
     pub endpoint: Option<Endpoint>,
     pub overlay_ip: Option<Ipv4Addr>,
     /// Node.spec.podCIDR when set (the cluster allocates).
     pub spec_pod_cidr: Option<Ipv4Net>,
-    /// The pod CIDR the agents recorded (annotation).
+    /// The pod CIDR the lease holder recorded (WireHubNode spec.podCidr).
     pub recorded_pod_cidr: Option<Ipv4Net>,
     /// The Node's InternalIP.
     pub internal_ip: Option<String>,
+}
+
+/// Whether `record` may speak for `node` in `network`: it is named after
+/// the Node, owned by this very Node object (its UID: a record left by a
+/// deleted Node of the same name does not count) and about this network.
+pub fn record_belongs(record: &WireHubNode, node: &Node, network: &str) -> bool {
+    let uid = node.metadata.uid.as_deref();
+    record.metadata.name == node.metadata.name
+        && record.spec.network == network
+        && record
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.kind == "Node" && o.api_version == "v1" && Some(o.uid.as_str()) == uid)
 }
 
 impl ClusterNode {
@@ -65,16 +86,9 @@ impl ClusterNode {
         self.spec_pod_cidr.or(self.recorded_pod_cidr)
     }
 
-    /// Reads what matters from a Node object. Unparsable annotations count
-    /// as missing (they are re-recorded).
+    /// Reads what matters from a Node object alone (no WireHub state yet).
     pub fn from_node(node: &Node) -> ClusterNode {
         let meta = &node.metadata;
-        let ann = |k: &str| {
-            meta.annotations
-                .as_ref()
-                .and_then(|a| a.get(k))
-                .map(|v| v.trim().to_string())
-        };
         let spec_pod_cidr = node.spec.as_ref().and_then(|s| {
             s.pod_cidr
                 .clone()
@@ -90,14 +104,38 @@ impl ClusterNode {
             .map(|a| a.address.clone());
         ClusterNode {
             name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
             labels: meta.labels.clone().unwrap_or_default(),
-            key: ann(ANN_PUBLIC_KEY).and_then(|k| k.parse().ok()),
-            endpoint: ann(ANN_ENDPOINT).and_then(|e| Endpoint::parse(&e).ok()),
-            overlay_ip: ann(ANN_OVERLAY_IP).and_then(|i| i.parse().ok()),
             spec_pod_cidr,
-            recorded_pod_cidr: ann(ANN_POD_CIDR).and_then(|c| c.parse().ok()),
             internal_ip,
+            ..ClusterNode::default()
         }
+    }
+
+    /// The Node with what its `WireHubNode` says, when that record belongs
+    /// to it ([`record_belongs`]); a record that does not is ignored (the
+    /// node then waits for its key). Unparsable fields count as missing.
+    pub fn from_objects(node: &Node, record: Option<&WireHubNode>, network: &str) -> ClusterNode {
+        let mut c = ClusterNode::from_node(node);
+        if let Some(r) = record.filter(|r| record_belongs(r, node, network)) {
+            c.take_record(r);
+        }
+        c
+    }
+
+    /// Fills the key, endpoint and allocations from a record.
+    fn take_record(&mut self, r: &WireHubNode) {
+        let s = &r.spec;
+        self.key = s.public_key.as_deref().and_then(|k| k.trim().parse().ok());
+        self.endpoint = s
+            .endpoints
+            .iter()
+            .find_map(|e| Endpoint::parse(e.trim()).ok());
+        self.overlay_ip = s
+            .overlay_ipv4
+            .as_deref()
+            .and_then(|i| i.trim().parse().ok());
+        self.recorded_pod_cidr = s.pod_cidr.as_deref().and_then(|c| c.trim().parse().ok());
     }
 
     /// Whether the node takes part in a network with this node selector.
@@ -171,7 +209,11 @@ pub fn resource_peers(
     }
     if let Some(p) = &spec.pod_subnet {
         match p.parse::<Ipv4Net>() {
-            Ok(n) if n.trunc() == n => {}
+            Ok(n) if n.trunc() == n => {
+                if let Some(problem) = crate::config::routed_subnet_problem(&IpNet::V4(n)) {
+                    bad(format!("spec.podSubnet {n} {problem}"));
+                }
+            }
             _ => bad(format!(
                 "spec.podSubnet '{p}' is not a network such as 10.244.0.0/16"
             )),
@@ -259,6 +301,27 @@ fn external_peer(p: &ExternalPeer) -> Result<PeerSpec, String> {
     })
 }
 
+/// Why a node's pod CIDR cannot be routed, if it cannot: it must lie inside
+/// the resource's `podSubnet` (when one is set), be a subnet any router may
+/// claim, and stay clear of the overlay's own addresses. A node's pod CIDR
+/// comes from its Node object, which a compromised agent may write: a CIDR
+/// such as `0.0.0.0/1` would otherwise become every node's route.
+fn pod_cidr_problem(
+    cidr: Ipv4Net,
+    pod_subnet: Option<Ipv4Net>,
+    net: &NetworkSpec,
+) -> Option<String> {
+    if let Some(ps) = pod_subnet.filter(|ps| !ps.contains(&cidr)) {
+        return Some(format!("lies outside spec.podSubnet {ps}"));
+    }
+    if let Some(problem) = crate::config::routed_subnet_problem(&IpNet::V4(cidr)) {
+        return Some(problem);
+    }
+    net.subnet
+        .filter(|s| s.contains(&cidr.network()) || cidr.contains(&s.network()))
+        .map(|s| format!("overlaps the overlay subnet {s}"))
+}
+
 /// The network a cluster runs, built from the resource and the nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSpec {
@@ -287,6 +350,8 @@ pub fn cluster_spec(
 ) -> Result<ClusterSpec, Vec<Problem>> {
     let (mut net, boots, externals) = resource_peers(name, spec)?;
     let listen_port = spec.listen_port.unwrap_or(DEFAULT_PORT);
+    // resource_peers checked it parses.
+    let pod_subnet: Option<Ipv4Net> = spec.pod_subnet.as_deref().and_then(|p| p.parse().ok());
     let mut sorted: Vec<&ClusterNode> = nodes
         .iter()
         .filter(|n| !use_selector || n.selected(&spec.node_selector))
@@ -327,6 +392,14 @@ pub fn cluster_spec(
             );
             continue;
         };
+        if let Some(problem) = pod_cidr_problem(cidr, pod_subnet, &net) {
+            leave(
+                n,
+                "PodCIDRRefused",
+                format!("node {}'s pod CIDR {cidr} {problem}", n.name),
+            );
+            continue;
+        }
         if external_keys.contains(&key) {
             leave(
                 n,
@@ -425,32 +498,39 @@ pub fn cluster_spec(
     })
 }
 
-/// The nodes a resource's status lists, as cluster nodes (for printing the
-/// network file of an external host).
-pub fn status_nodes(res: &WireHubNetwork) -> Vec<ClusterNode> {
-    let Some(status) = &res.status else {
-        return Vec::new();
-    };
-    status
-        .nodes
+/// The nodes of a network as its `WireHubNode`s tell them (for printing
+/// the network file of an external host, which has no Node objects to
+/// check them against): the pod CIDR the node reports routing, else the
+/// recorded one.
+pub fn record_nodes(network: &str, records: &[WireHubNode]) -> Vec<ClusterNode> {
+    records
         .iter()
-        .map(|n| ClusterNode {
-            name: n.name.clone(),
-            key: n.public_key.as_deref().and_then(|k| k.parse().ok()),
-            endpoint: n.endpoint.as_deref().and_then(|e| Endpoint::parse(e).ok()),
-            overlay_ip: n.overlay_ipv4.as_deref().and_then(|i| i.parse().ok()),
-            recorded_pod_cidr: n.pod_cidr.as_deref().and_then(|c| c.parse().ok()),
-            ..ClusterNode::default()
+        .filter(|r| r.spec.network == network)
+        .map(|r| {
+            let mut c = ClusterNode {
+                name: r.metadata.name.clone().unwrap_or_default(),
+                ..ClusterNode::default()
+            };
+            c.take_record(r);
+            c.spec_pod_cidr = r
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_deref())
+                .and_then(|p| p.parse().ok());
+            c
         })
         .collect()
 }
 
 /// The network file an external host (an edge host running plain `wh up`,
 /// another cluster's gateway) uses to join this network: the resource's
-/// peers plus every node its status lists.
-pub fn resource_to_network(res: &WireHubNetwork) -> Result<ClusterSpec, Vec<Problem>> {
+/// peers plus every node of its `WireHubNode`s.
+pub fn resource_to_network(
+    res: &WireHubNetwork,
+    records: &[WireHubNode],
+) -> Result<ClusterSpec, Vec<Problem>> {
     let name = res.metadata.name.clone().unwrap_or_default();
-    cluster_spec(&name, &res.spec, &status_nodes(res), false)
+    cluster_spec(&name, &res.spec, &record_nodes(&name, records), false)
 }
 
 /// A network file as a resource: boot lines become spec.bootNodes; trust,

@@ -1,8 +1,12 @@
-//! The `WireHubNetwork` custom resource (group `wirehub.io`, version
-//! `v1alpha1`, cluster-scoped): what the network file carries, plus what a
-//! cluster needs. The doc comments of the fields are the descriptions
-//! `kubectl explain` shows; the `crds/wirehubnetwork.yaml` file is generated
-//! from these types by `wh crd` (never edited by hand).
+//! The custom resources (group `wirehub.io`, version `v1alpha1`, both
+//! cluster-scoped): `WireHubNetwork`, what the network file carries plus
+//! what a cluster needs, with O(1) status (counts, conditions); and
+//! `WireHubNode`, one per Node, named after it and owned by it, written by
+//! that node's agent (its key, endpoints, state and a summary of its paths)
+//! and by the lease holder (the allocations it recorded). The doc comments
+//! of the fields are the descriptions `kubectl explain` shows; the files of
+//! `crds/` are generated from these types by `wh crd` (never edited by
+//! hand). Never: a list that grows with the cluster inside one object.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -86,8 +90,8 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
 #[serde(rename_all = "camelCase")]
 pub struct WireHubNetworkSpec {
     /// The overlay's private IPv4 network (CIDR, /30 or larger). Cluster
-    /// nodes take addresses from the top of it (recorded on each Node, so
-    /// they never change); external peers without staticIp take addresses
+    /// nodes take addresses from the top of it (recorded in each node's
+    /// WireHubNode, so they never change); external peers without staticIp take addresses
     /// from the bottom (.2, .3, ...) in list order.
     #[schemars(pattern(IPV4_CIDR_PATTERN))]
     pub subnet: String,
@@ -106,8 +110,8 @@ pub struct WireHubNetworkSpec {
 
     /// The cluster's pod network (CIDR). Each node routes one block of it:
     /// Node.spec.podCIDR when the cluster allocates pod CIDRs, else a block
-    /// of podCidrPrefix bits the agents allocate and record on the Node
-    /// (annotation wirehub.io/pod-cidr). Required when the cluster does not
+    /// of podCidrPrefix bits the agents allocate and record in the node's
+    /// WireHubNode (spec.podCidr). Required when the cluster does not
     /// allocate pod CIDRs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(IPV4_CIDR_PATTERN))]
@@ -226,10 +230,6 @@ pub struct WireHubNetworkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// One entry per node, each written by that node's agent.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub nodes: Vec<NodeStatus>,
 }
 
 /// A condition of the network.
@@ -255,49 +255,167 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// One node of the network, as its agent sees it.
+/// One cluster node's part of the network, named after its Node (which
+/// owns it: it goes when the Node goes). Its agent writes the key and the
+/// endpoints, the holder of the network's Lease records the overlay address
+/// and the pod CIDR once; the status is what the agent sees. The other
+/// agents trust it only as far as it matches what they pinned for the Node
+/// (see docs/threat-model.md).
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "wirehub.io",
+    version = "v1alpha1",
+    kind = "WireHubNode",
+    plural = "wirehubnodes",
+    singular = "wirehubnode",
+    shortname = "whnode",
+    category = "wirehub",
+    status = "WireHubNodeStatus",
+    doc = "One node of a WireHub network, named after its Node: its key, endpoints, overlay address, pod CIDR, NAT, readiness and a summary of its paths.",
+    printcolumn(
+        name = "Network",
+        type_ = "string",
+        json_path = ".spec.network",
+        description = "the WireHubNetwork the node runs"
+    ),
+    printcolumn(
+        name = "Overlay IP",
+        type_ = "string",
+        json_path = ".spec.overlayIpv4",
+        description = "the node's overlay IPv4 address"
+    ),
+    printcolumn(
+        name = "Pod CIDR",
+        type_ = "string",
+        json_path = ".status.podCidr",
+        description = "the pod CIDR the node routes"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.endpoints[0]",
+        description = "where the node listens"
+    ),
+    printcolumn(
+        name = "NAT",
+        type_ = "string",
+        json_path = ".status.nat",
+        description = "the NAT the node found itself behind"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "boolean",
+        json_path = ".status.ready",
+        description = "the node's overlay is up and reaches every other node"
+    ),
+    printcolumn(
+        name = "Direct",
+        type_ = "integer",
+        json_path = ".status.paths.direct",
+        description = "peers reached directly"
+    ),
+    printcolumn(
+        name = "Relayed",
+        type_ = "integer",
+        json_path = ".status.paths.relayed",
+        description = "peers reached through a relay"
+    ),
+    printcolumn(
+        name = "Unknown",
+        type_ = "integer",
+        json_path = ".status.paths.unknown",
+        description = "peers not reached (yet)"
+    ),
+    printcolumn(
+        name = "Worst Peer",
+        type_ = "string",
+        json_path = ".status.paths.worst.name",
+        description = "the peer reached the worst way"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WireHubNodeSpec {
+    /// The WireHubNetwork the node runs.
+    #[schemars(length(min = 1, max = 253))]
+    pub network: String,
+    /// The node's WireHub public key (43 characters of URL-safe base64).
+    /// Written by the node's agent; the other agents keep the first key they
+    /// saw for the Node and refuse another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(KEY_PATTERN))]
+    pub public_key: Option<String>,
+    /// Where the node listens (InternalIP:listenPort first). Written by the
+    /// node's agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(ENDPOINT_PATTERN)), length(max = 8))]
+    pub endpoints: Vec<String>,
+    /// The node's overlay IPv4 address, recorded once by the lease holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IPV4_PATTERN))]
+    pub overlay_ipv4: Option<String>,
+    /// The pod CIDR the lease holder allocated from spec.podSubnet of the
+    /// network, when the cluster does not set Node.spec.podCIDR. Recorded
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IPV4_CIDR_PATTERN))]
+    pub pod_cidr: Option<String>,
+}
+
+/// What a node's agent sees.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// The Node's name.
-    pub name: String,
-    /// The node's WireHub public key (also on the Node, annotation
-    /// wirehub.io/public-key).
+pub struct WireHubNodeStatus {
+    /// The node's overlay is up and reaches every other node.
+    #[serde(default)]
+    pub ready: bool,
+    /// The pod CIDR the node routes (Node.spec.podCIDR, else spec.podCidr).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
-    /// InternalIP:listenPort.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// The node's overlay IPv4 address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlay_ipv4: Option<String>,
+    pub pod_cidr: Option<String>,
     /// The node's overlay IPv6 address (derived from its key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_ipv6: Option<String>,
-    /// The pod CIDR the node routes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_cidr: Option<String>,
     /// The NAT the node found itself behind, as `wh show` says it: DIRECT
     /// (a public address), NAT easy (endpoint-independent mapping), NAT
     /// hard (symmetric), UNKNOWN (not decided yet); with the UPnP mapping
     /// when the router gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<String>,
-    /// The node's overlay is up and reaches every other node.
-    #[serde(default)]
-    pub ready: bool,
+    /// How the node reaches the network's trusted peers, in counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<PathSummary>,
     /// What is wrong on this node, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub message: Option<String>,
-    /// The generation of the spec this node runs.
+    /// The generation of the network's spec this node runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When the agent last wrote this entry (RFC 3339).
+    /// When the agent last wrote this status (RFC 3339); rewritten at least
+    /// once a minute, so an older one means the agent is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<String>,
-    /// How this node reaches each trusted peer.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub peers: Vec<PeerPath>,
+}
+
+/// Paths by kind, and the worst one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathSummary {
+    /// Peers reached directly.
+    pub direct: u32,
+    /// Peers reached through a relay.
+    pub relayed: u32,
+    /// Peers not reached (yet).
+    pub unknown: u32,
+    /// The peer reached the worst way: not reached before relayed before
+    /// direct, then the oldest handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst: Option<PeerPath>,
 }
 
 /// How a node reaches one peer.

@@ -2,7 +2,9 @@ use super::alloc::{next_overlay_ip, next_pod_cidr, plan};
 use super::convert::{
     ClusterNode, INVALID_SPEC, cluster_spec, file_name, network_to_resource, resource_to_network,
 };
-use super::crd::{ExternalPeer, NodeStatus, PeerRole, WireHubNetwork, WireHubNetworkSpec};
+use super::crd::{
+    ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode, WireHubNodeSpec,
+};
 use super::*;
 use crate::config::{self, Role};
 use crate::keys::PrivateKey;
@@ -49,10 +51,18 @@ fn node(name: &str, seed: u8, ip: &str, cidr: &str) -> ClusterNode {
 fn committed_crd_matches_the_types() {
     let generated = crd_yaml().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    for path in [
-        "crds/wirehubnetwork.yaml",
-        "charts/wirehub/crds/wirehubnetwork.yaml",
-    ] {
+    for dir in ["crds", "charts/wirehub/crds"] {
+        let files: Vec<String> = std::fs::read_dir(format!("{root}/{dir}"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            files,
+            ["wirehub.yaml"],
+            "{dir} holds exactly `wh crd`'s output"
+        );
+    }
+    for path in ["crds/wirehub.yaml", "charts/wirehub/crds/wirehub.yaml"] {
         let committed = std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_default();
         assert!(
             committed == generated,
@@ -64,7 +74,18 @@ fn committed_crd_matches_the_types() {
 #[test]
 fn crd_has_the_shape_kubernetes_needs() {
     let yaml = crd_yaml().unwrap();
-    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .collect();
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["wirehubnetworks.wirehub.io", "wirehubnodes.wirehub.io"]
+    );
+    let v = &docs[0];
     assert_eq!(v["spec"]["scope"].as_str(), Some("Cluster"));
     assert_eq!(v["spec"]["group"].as_str(), Some("wirehub.io"));
     let version = &v["spec"]["versions"][0];
@@ -93,8 +114,47 @@ fn crd_has_the_shape_kubernetes_needs() {
             .as_str()
             .is_some()
     );
-    let nodes = &schema["properties"]["status"]["properties"]["nodes"];
-    assert_eq!(nodes["x-kubernetes-list-type"].as_str(), Some("map"));
+    // The network's status is O(1): counts and conditions, no list of nodes.
+    let status: Vec<&str> = schema["properties"]["status"]["properties"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        status,
+        [
+            "conditions",
+            "nodeCount",
+            "observedGeneration",
+            "readyNodes"
+        ]
+    );
+    // A WireHubNode: cluster-scoped, a status, and a table that says how
+    // each node fares.
+    let node = &docs[1]["spec"];
+    assert_eq!(node["scope"].as_str(), Some("Cluster"));
+    let version = &node["versions"][0];
+    assert!(version["subresources"]["status"].is_mapping());
+    let cols: Vec<&str> = version["additionalPrinterColumns"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for c in [
+        "Overlay IP",
+        "Pod CIDR",
+        "NAT",
+        "Ready",
+        "Relayed",
+        "Worst Peer",
+    ] {
+        assert!(cols.contains(&c), "{cols:?}");
+    }
+    let node_spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert!(node_spec["publicKey"]["pattern"].as_str().is_some());
+    assert!(node_spec["podCidr"]["pattern"].as_str().is_some());
     // Structural: no $ref, no anyOf/oneOf at all.
     assert!(
         !yaml.contains("$ref") && !yaml.contains("anyOf") && !yaml.contains("oneOf"),
@@ -305,43 +365,60 @@ fn resource_and_file_convert_both_ways() {
     assert_eq!(res.spec.peers[1].role, Some(PeerRole::Router));
     // YAML round trip through the resource type.
     let yaml = serde_yaml::to_string(&res).unwrap();
-    let back = parse_resource(&yaml).unwrap().unwrap();
+    let (back, records) = parse_resource(&yaml).unwrap().unwrap();
     assert_eq!(back.spec, res.spec);
-    let cs = resource_to_network(&back).unwrap();
+    let cs = resource_to_network(&back, &records).unwrap();
     assert_eq!(cs.spec, net);
 }
 
-#[test]
-fn the_edge_file_lists_the_nodes_of_the_status() {
-    let mut res = WireHubNetwork::new("lab", spec());
-    res.status = Some(super::crd::WireHubNetworkStatus {
-        nodes: vec![NodeStatus {
-            name: "n1".into(),
+fn record(name: &str, uid: &str, network: &str) -> WireHubNode {
+    let mut r = WireHubNode::new(
+        name,
+        WireHubNodeSpec {
+            network: network.into(),
             public_key: Some(key(1).to_string()),
-            endpoint: Some("203.0.113.11:62096".into()),
+            endpoints: vec!["203.0.113.11:62096".into()],
             overlay_ipv4: Some("10.0.0.254".into()),
-            pod_cidr: Some("10.244.0.0/24".into()),
-            ready: true,
-            ..NodeStatus::default()
-        }],
-        ..Default::default()
-    });
-    let cs = resource_to_network(&res).unwrap();
+            pod_cidr: Some("10.244.7.0/24".into()),
+        },
+    );
+    r.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..Default::default()
+        },
+    ]);
+    r
+}
+
+#[test]
+fn the_edge_file_lists_the_nodes_of_their_records() {
+    let res = WireHubNetwork::new("lab", spec());
+    let mut other = record("n9", "u9", "elsewhere");
+    other.spec.public_key = Some(key(5).to_string());
+    let cs = resource_to_network(&res, &[record("n1", "u1", "lab"), other.clone()]).unwrap();
     let text = cs.spec.to_string();
     assert!(
         text.contains(&format!(
-            "router n1 10.0.0.254 {} 203.0.113.11:62096 10.244.0.0/24",
+            "router n1 10.0.0.254 {} 203.0.113.11:62096 10.244.7.0/24",
             key(1)
         )),
         "{text}"
     );
+    assert!(!text.contains("n9"), "another network's node: {text}");
     assert!(text.contains(&format!("trust edge {}", key(9))), "{text}");
-    // kubectl's List form is understood too.
+    // kubectl's List form, with the records, is understood too.
     let list = format!(
-        "apiVersion: v1\nkind: List\nitems:\n{}",
-        serde_yaml::to_string(&vec![&res]).unwrap()
+        "apiVersion: v1\nkind: List\nitems:\n{}{}",
+        serde_yaml::to_string(&vec![&res]).unwrap(),
+        serde_yaml::to_string(&vec![record("n1", "u1", "lab")]).unwrap()
     );
-    assert!(parse_resource(&list).unwrap().is_some());
+    let (parsed, records) = parse_resource(&list).unwrap().unwrap();
+    assert_eq!(parsed.metadata.name.as_deref(), Some("lab"));
+    assert_eq!(records.len(), 1);
     assert!(
         parse_resource("name lab\nsubnet 10.0.0.0/24\n")
             .unwrap()
@@ -368,21 +445,92 @@ fn keys_are_made_once_and_kept() {
 }
 
 #[test]
-fn nodes_are_read_from_node_objects() {
+fn nodes_are_read_from_their_node_and_the_record_it_owns() {
     let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "n1", "labels": {"a": "b"}, "annotations": {
-            ANN_PUBLIC_KEY: key(1).to_string(),
-            ANN_ENDPOINT: "203.0.113.11:62096",
-            ANN_OVERLAY_IP: "10.0.0.254",
-            ANN_POD_CIDR: "10.244.7.0/24",
-        }},
+        "metadata": {"name": "n1", "uid": "u1", "labels": {"a": "b"}},
         "spec": {"podCIDR": "10.244.0.0/24"},
         "status": {"addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "203.0.113.11"}]}
     }))
     .unwrap();
-    let c = ClusterNode::from_node(&n);
+    let c = ClusterNode::from_objects(&n, Some(&record("n1", "u1", "lab")), "lab");
     assert_eq!(c.key, Some(key(1)));
     assert_eq!(c.pod_cidr().unwrap().to_string(), "10.244.0.0/24");
+    assert_eq!(c.recorded_pod_cidr.unwrap().to_string(), "10.244.7.0/24");
     assert_eq!(c.internal_ip.as_deref(), Some("203.0.113.11"));
     assert_eq!(c.overlay_ip, Some(Ipv4Addr::new(10, 0, 0, 254)));
+    assert_eq!(c.endpoint.unwrap().to_string(), "203.0.113.11:62096");
+    // A record not owned by this Node object (left by a deleted Node of
+    // the same name, or made by someone else), another node's, or another
+    // network's, says nothing about it.
+    for stranger in [
+        record("n1", "u0", "lab"),
+        record("n2", "u1", "lab"),
+        record("n1", "u1", "other"),
+    ] {
+        let c = ClusterNode::from_objects(&n, Some(&stranger), "lab");
+        assert_eq!((c.key, c.overlay_ip), (None, None), "{stranger:?}");
+    }
+    let mut unowned = record("n1", "u1", "lab");
+    unowned.metadata.owner_references = None;
+    assert_eq!(
+        ClusterNode::from_objects(&n, Some(&unowned), "lab").key,
+        None
+    );
+}
+
+#[test]
+fn a_pod_cidr_outside_the_pod_subnet_or_too_wide_leaves_its_node_out() {
+    let mut s = spec();
+    let nodes = vec![
+        node("a", 1, "10.0.0.254", "10.244.0.0/24"),
+        node("b", 2, "10.0.0.253", "0.0.0.0/1"),
+        node("c", 3, "10.0.0.252", "10.0.0.0/24"),
+        node("d", 4, "10.0.0.251", "192.168.7.0/24"),
+    ];
+    let cs = cluster_spec("lab", &s, &nodes, true).unwrap();
+    assert_eq!(cs.members, vec!["a"]);
+    let said: Vec<(&str, &str)> = cs
+        .left_out
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.reason))
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            ("b", "PodCIDRRefused"),
+            ("c", "PodCIDRRefused"),
+            ("d", "PodCIDRRefused")
+        ]
+    );
+    assert!(
+        cs.left_out[0]
+            .1
+            .message
+            .contains("outside spec.podSubnet 10.244.0.0/16")
+    );
+    // Without a podSubnet, the route itself is still judged.
+    s.pod_subnet = None;
+    let cs = cluster_spec("lab", &s, &nodes, true).unwrap();
+    assert_eq!(cs.members, vec!["a", "d"]);
+    assert!(
+        cs.left_out[0].1.message.contains("too wide"),
+        "{:?}",
+        cs.left_out
+    );
+    assert!(
+        cs.left_out[1]
+            .1
+            .message
+            .contains("overlay subnet 10.0.0.0/24"),
+        "{:?}",
+        cs.left_out
+    );
+    // A podSubnet that would route everything is refused as a whole.
+    s.pod_subnet = Some("0.0.0.0/0".into());
+    let e = cluster_spec("lab", &s, &nodes, true).unwrap_err();
+    assert!(
+        e[0].message
+            .contains("spec.podSubnet 0.0.0.0/0 is too wide"),
+        "{e:?}"
+    );
 }

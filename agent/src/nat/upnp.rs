@@ -1,7 +1,11 @@
 //! Port mapping on the home router: UPnP IGD (igd-next), else NAT-PMP
 //! ([`super::natpmp`]). Maps the node's UDP port when a gateway answers,
-//! renews the lease before it expires, and removes the mapping on shutdown.
-//! No gateway, or a refusal, is logged once and costs nothing else.
+//! renews the lease before it expires, and removes the mapping on shutdown,
+//! waiting at most [`UNMAP_TIMEOUT`] for the gateway (a stopping node never
+//! waits longer on it), unless the node stops for the next daemon
+//! ([`Stop::Keep`]: the mapping stays, the next daemon renews it, the lease
+//! ends it otherwise). No gateway, or a refusal, is logged once and costs
+//! nothing else.
 
 use super::natpmp;
 use igd_next::aio::tokio::search_gateway;
@@ -28,6 +32,31 @@ fn renew_every() -> Duration {
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before searching again after no gateway answered.
 const RETRY: Duration = Duration::from_secs(60);
+/// How long a stopping node waits for the gateway to remove its mapping: a
+/// gateway answers in milliseconds; one that does not must not hold `wh
+/// down` (the lease ends the mapping anyway).
+pub const UNMAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the node tells the mapping task (through a `watch` channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The node runs: keep the mapping alive.
+    Running,
+    /// The node stops: remove the mapping.
+    Unmap,
+    /// The node stops and a next daemon takes over its port
+    /// (`WH_KEEP_INTERFACE=1`): leave the mapping to it.
+    Keep,
+}
+
+/// Whether a stopping node keeps its mapping (a dropped sender unmaps).
+fn keeps(stop: &watch::Receiver<Stop>) -> bool {
+    let keep = *stop.borrow() == Stop::Keep;
+    if keep {
+        tracing::info!("port mapping left for the next daemon");
+    }
+    keep
+}
 
 /// What the mapping task reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +78,11 @@ fn local_ip_towards(gateway: SocketAddr) -> Option<IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
-/// Runs until `stop` turns true: searches a gateway, maps `port`, renews,
-/// and removes the mapping when stopping. A UPnP IGD is tried first, then
+/// Runs until `stop` leaves [`Stop::Running`]: searches a gateway, maps
+/// `port`, renews, and removes the mapping when stopping (unless told to
+/// keep it). A UPnP IGD is tried first, then
 /// NAT-PMP on the default gateway.
-pub async fn run(port: u16, events: mpsc::Sender<UpnpEvent>, mut stop: watch::Receiver<bool>) {
+pub async fn run(port: u16, events: mpsc::Sender<UpnpEvent>, mut stop: watch::Receiver<Stop>) {
     let mut logged_absent = false;
     loop {
         let mut options = SearchOptions::default();
@@ -94,7 +124,7 @@ enum Ended {
 async fn natpmp_session(
     port: u16,
     events: &mpsc::Sender<UpnpEvent>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<Stop>,
 ) -> Result<Ended, natpmp::NatPmpError> {
     let gateway = natpmp::default_gateway()?;
     let (external, granted) = tokio::select! {
@@ -115,9 +145,13 @@ async fn natpmp_session(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {
-                match natpmp::unmap(gateway, port).await {
-                    Ok(()) => tracing::info!("NAT-PMP port mapping removed"),
-                    Err(e) => tracing::warn!(error = %e, "cannot remove the NAT-PMP port mapping"),
+                if keeps(stop) {
+                    return Ok(Ended::Stopped);
+                }
+                match tokio::time::timeout(UNMAP_TIMEOUT, natpmp::unmap(gateway, port)).await {
+                    Ok(Ok(())) => tracing::info!("NAT-PMP port mapping removed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the NAT-PMP port mapping"),
+                    Err(_) => tracing::warn!(timeout_ms = UNMAP_TIMEOUT.as_millis() as u64, "the gateway did not remove the NAT-PMP port mapping in time; its lease ends it"),
                 }
                 return Ok(Ended::Stopped);
             }
@@ -150,7 +184,7 @@ async fn igd_session(
     gateway: igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>,
     port: u16,
     events: &mpsc::Sender<UpnpEvent>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<Stop>,
 ) {
     let Some(local) = local_ip_towards(gateway.addr) else {
         tracing::info!(gateway = %gateway.addr, "UPnP gateway found but no local address towards it");
@@ -201,12 +235,17 @@ async fn igd_session(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {
+                if keeps(stop) {
+                    return;
+                }
                 // Also when the last request failed: a gateway that did
                 // not answer in time may still have made the mapping.
-                match gateway.remove_port(PortMappingProtocol::UDP, port).await {
-                    Ok(()) => tracing::info!("UPnP port mapping removed"),
-                    Err(e) if mapped => tracing::warn!(error = %e, "cannot remove the UPnP port mapping"),
-                    Err(e) => tracing::debug!(error = %e, "no UPnP port mapping to remove"),
+                let removed = gateway.remove_port(PortMappingProtocol::UDP, port);
+                match tokio::time::timeout(UNMAP_TIMEOUT, removed).await {
+                    Ok(Ok(())) => tracing::info!("UPnP port mapping removed"),
+                    Ok(Err(e)) if mapped => tracing::warn!(error = %e, "cannot remove the UPnP port mapping"),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "no UPnP port mapping to remove"),
+                    Err(_) => tracing::warn!(timeout_ms = UNMAP_TIMEOUT.as_millis() as u64, "the UPnP gateway did not remove the port mapping in time; its lease ends it"),
                 }
                 return;
             }

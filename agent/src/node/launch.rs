@@ -2,7 +2,6 @@
 //! daemon in the foreground or starts it in the background and waits until
 //! its control socket answers.
 
-use crate::cli::Args;
 use crate::cli::commands::{Failure, Outcome};
 use crate::config::{self, DEFAULT_PORT, NetworkSpec};
 use crate::control;
@@ -17,8 +16,7 @@ use std::time::{Duration, Instant};
 /// Longest Linux interface name.
 pub const MAX_IFNAME: usize = 15;
 
-/// Default MTU of the overlay interface.
-pub const DEFAULT_MTU: u32 = 1420;
+pub use crate::dataplane::DEFAULT_MTU;
 
 /// How long `wh up` waits for a background daemon to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,7 +76,15 @@ pub fn read_private_key(path: &str) -> anyhow::Result<PrivateKey> {
     } else {
         std::fs::File::open(path)
             .and_then(|f| f.take(4096).read_to_string(&mut text))
-            .with_context(|| format!("cannot read private key file {path}"))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => anyhow!(
+                    "private key file {path} does not exist; make one with 'wh genkey > {path}'"
+                ),
+                std::io::ErrorKind::IsADirectory => anyhow!(
+                    "private key file {path} is a directory; give the file 'wh genkey' wrote"
+                ),
+                _ => anyhow!("cannot read private key file {path}: {e}"),
+            })?;
     }
     text.trim().parse().with_context(|| {
         format!("{path} does not hold a private key (expected the base64 text 'wh genkey' prints)")
@@ -94,34 +100,63 @@ pub fn load_spec(path: &Path) -> anyhow::Result<NetworkSpec> {
     Ok(parsed.spec)
 }
 
+/// What `wh up` was asked, as typed values (the CLI reads its words into
+/// this; its argument types never reach the node).
+#[derive(Debug, Clone, Default)]
+pub struct UpRequest {
+    pub config_path: PathBuf,
+    /// A private key file, or `-` for stdin; None: an ephemeral key.
+    pub private_key: Option<String>,
+    pub interface: Option<String>,
+    pub listen_port: Option<u16>,
+    /// `direct`, `nat` or anything else (detect).
+    pub mode: Option<String>,
+    pub backend: Option<String>,
+    pub mtu: Option<u32>,
+    pub cni_dir: Option<PathBuf>,
+    /// `dns off` turns the responder off.
+    pub dns: Option<String>,
+    pub dns_port: Option<u16>,
+    /// `hosts on` keeps the names in /etc/hosts.
+    pub hosts: Option<String>,
+    pub relay_limit: Option<u32>,
+    pub foreground: bool,
+}
+
 /// `wh up CONFIG [private-key F] [interface I] [listen-port P] [mode M] [backend B] [mtu N] [relay-limit MBIT] [--foreground]`
-pub fn up(args: &Args) -> Outcome {
-    let config_path = PathBuf::from(args.positional(0).unwrap_or_default());
+pub fn up(req: &UpRequest) -> Outcome {
+    up_with(req).map_err(|f| match f {
+        Failure::Runtime(e) => Failure::Runtime(with_advice(e)),
+        other => other,
+    })
+}
+
+fn up_with(req: &UpRequest) -> Outcome {
+    let config_path = req.config_path.clone();
     let spec = load_spec(&config_path)?;
-    let listen_port = args.number::<u16>("listen-port")?.unwrap_or(DEFAULT_PORT);
-    let mtu = args.number::<u32>("mtu")?.unwrap_or(DEFAULT_MTU);
+    let listen_port = req.listen_port.unwrap_or(DEFAULT_PORT);
+    let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
     if !(1280..=9000).contains(&mtu) && !(576..1280).contains(&mtu) {
         return Err(usage(format!("mtu {mtu} is out of range; use 576 to 9000")));
     }
-    let relay_mbit = args
-        .number::<u32>("relay-limit")?
-        .unwrap_or(crate::relay::DEFAULT_RELAY_MBIT);
+    let relay_mbit = req.relay_limit.unwrap_or(crate::relay::DEFAULT_RELAY_MBIT);
     if !(1..=1_000_000).contains(&relay_mbit) {
         return Err(usage(format!(
             "relay-limit {relay_mbit} is out of range; use 1 to 1000000 (Mbit/s)"
         )));
     }
-    let mode = match args.get("mode") {
+    let mode = match req.mode.as_deref() {
         Some("direct") => Mode::Direct,
         Some("nat") => Mode::Nat,
         _ => Mode::Unknown,
     };
-    let backend: BackendKind = args
-        .get("backend")
+    let backend: BackendKind = req
+        .backend
+        .as_deref()
         .unwrap_or("auto")
         .parse()
         .map_err(|e| usage(format!("{e}")))?;
-    let key = match args.get("private-key") {
+    let key = match req.private_key.as_deref() {
         Some(path) => read_private_key(path)?,
         None => {
             let state = search::SearchState::new();
@@ -142,7 +177,7 @@ pub fn up(args: &Args) -> Outcome {
         )
         .into());
     }
-    let interface = match args.get("interface") {
+    let interface = match req.interface.as_deref() {
         Some(i) => i.to_string(),
         None => format!("wh-{}", public.short(8)),
     };
@@ -168,28 +203,88 @@ pub fn up(args: &Args) -> Outcome {
         mode,
         backend,
         mtu,
-        cni_dir: Some(PathBuf::from(
-            args.get("cni-dir").unwrap_or(DEFAULT_CNI_DIR),
-        )),
-        dns: args.get("dns") != Some("off"),
-        dns_port: args.number::<u16>("dns-port")?.unwrap_or(53),
-        hosts_file: (args.get("hosts") == Some("on")).then(|| PathBuf::from("/etc/hosts")),
+        cni_dir: Some(
+            req.cni_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_DIR)),
+        ),
+        dns: req.dns.as_deref() != Some("off"),
+        dns_port: req.dns_port.unwrap_or(53),
+        hosts_file: (req.hosts.as_deref() == Some("on")).then(|| PathBuf::from("/etc/hosts")),
         relay_mbit,
     };
-    if args.flag("--foreground") {
+    if let Some(dir) = &opts.cni_dir
+        && dir.exists()
+        && !dir.is_dir()
+    {
+        return Err(usage(format!(
+            "cni-dir {} is a file; give a directory",
+            dir.display()
+        )));
+    }
+    if req.foreground {
         crate::node::daemon::run_blocking(opts, spec, key, None)?;
         return Ok(0);
     }
-    start_background(args, &opts, &key)
+    start_background(req, &opts, &key)
+}
+
+/// A failure to start a node, with what to do about it when the cause is a
+/// usual one: a port in use, no root, no TUN device.
+fn with_advice(e: anyhow::Error) -> anyhow::Error {
+    use crate::dataplane::DataPlaneError;
+    use std::io::ErrorKind;
+    let no_tun = e.chain().any(|c| {
+        matches!(c.downcast_ref::<DataPlaneError>(),
+            Some(DataPlaneError::Tun { source, .. }) if source.kind() == ErrorKind::NotFound)
+    });
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    let advice = match kind {
+        _ if no_tun => {
+            "this host has no /dev/net/tun: load the tun module (modprobe tun), or give the container the device"
+        }
+        Some(ErrorKind::AddrInUse) => {
+            "another program uses that port ('wh show interfaces' lists the running interfaces): stop it, or choose another port with 'listen-port P'"
+        }
+        Some(ErrorKind::PermissionDenied) => "wh up needs root (or the CAP_NET_ADMIN capability)",
+        _ => return e,
+    };
+    anyhow!("{}; {advice}", crate::cli::one_line(&e))
+}
+
+/// The run directory, made when missing.
+fn make_run_dir() -> anyhow::Result<()> {
+    let dir = control::run_dir();
+    if dir.exists() && !dir.is_dir() {
+        return Err(anyhow!(
+            "the run directory {} is a file; remove it, or choose another directory with WH_RUN_DIR",
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create run directory {}", dir.display()))
+}
+
+/// Why a background daemon stopped at once: the error it printed last (its
+/// stderr is the log), else the end of its log.
+fn daemon_failed(status: std::process::ExitStatus, log_path: &Path) -> anyhow::Error {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    if let Some(error) = log.lines().rev().find_map(|l| l.strip_prefix("wh: ")) {
+        return anyhow!("{error} (the daemon's log: {})", log_path.display());
+    }
+    let tail: Vec<&str> = log.lines().rev().take(10).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    anyhow!("the daemon stopped ({status}):\n{}", tail.join("\n"))
 }
 
 /// Starts `wh up ... --foreground` detached, hands it the key on stdin, and
 /// waits until its control socket answers.
-fn start_background(args: &Args, opts: &UpOptions, key: &PrivateKey) -> Outcome {
+fn start_background(req: &UpRequest, opts: &UpOptions, key: &PrivateKey) -> Outcome {
     let exe = std::env::current_exe().context("cannot find the wh executable")?;
-    let dir = control::run_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    make_run_dir()?;
     let log_path = control::log_path(&opts.interface);
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create log file {}", log_path.display()))?;
@@ -200,17 +295,22 @@ fn start_background(args: &Args, opts: &UpOptions, key: &PrivateKey) -> Outcome 
         .args(["private-key", "-", "interface", &opts.interface])
         .args(["listen-port", &opts.listen_port.to_string()])
         .args(["mtu", &opts.mtu.to_string()]);
-    for k in [
-        "mode",
-        "backend",
-        "cni-dir",
-        "dns",
-        "dns-port",
-        "hosts",
-        "relay-limit",
-    ] {
-        if let Some(v) = args.get(k) {
-            cmd.args([k, v]);
+    // What was given is passed on as it was given.
+    let given = [
+        ("mode", req.mode.clone()),
+        ("backend", req.backend.clone()),
+        (
+            "cni-dir",
+            req.cni_dir.as_ref().map(|d| d.display().to_string()),
+        ),
+        ("dns", req.dns.clone()),
+        ("dns-port", req.dns_port.map(|p| p.to_string())),
+        ("hosts", req.hosts.clone()),
+        ("relay-limit", req.relay_limit.map(|m| m.to_string())),
+    ];
+    for (k, v) in given {
+        if let Some(v) = v {
+            cmd.args([k, v.as_str()]);
         }
     }
     cmd.arg("--foreground")
@@ -227,13 +327,10 @@ fn start_background(args: &Args, opts: &UpOptions, key: &PrivateKey) -> Outcome 
     let start = Instant::now();
     while start.elapsed() < START_TIMEOUT {
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(anyhow!("the daemon stopped ({status}):\n{}", tail.join("\n")).into());
+            return Err(daemon_failed(status, &log_path).into());
         }
         if control::client::request(&opts.interface, &control::Request::Show).is_ok() {
-            println!("{}", opts.interface);
+            crate::cli::out(format_args!("{}\n", opts.interface))?;
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -1,6 +1,12 @@
 //! The overlay's membership logic, free of I/O: which trusted peers the node
 //! keeps, when to look them up, which path each one takes, and what changes
 //! the data plane must apply. The daemon feeds it events and time.
+//!
+//! Records: a peer's record (endpoints, NAT kind, relays) is taken as its
+//! own only from a message the peer itself sealed ([`Overlay::on_record`]
+//! refuses a record whose key is not its sender's). A record a third party
+//! gave (a lookup's) fills in only while the peer's own is missing or older
+//! than [`OWN_RECORD_TTL`]: the peer's own word wins.
 
 use crate::config::{NetworkSpec, PeerSpec};
 use crate::control::{PathStatus, PeerStatus};
@@ -26,6 +32,8 @@ const KEEPALIVE: Duration = Duration::from_millis(1500);
 /// A keepalive unanswered this long is followed by another, this often,
 /// until the peer answers or the path is given up (`expire_direct`).
 const PROBE_EVERY: Duration = Duration::from_millis(400);
+/// A record a peer gave about itself outranks third parties' this long.
+pub const OWN_RECORD_TTL: Duration = Duration::from_secs(120);
 /// A found peer that gave no endpoint nor relay is looked up again this soon.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(300);
 /// A node that knows nobody pings the static endpoints again this long
@@ -92,6 +100,8 @@ struct Peer {
     ipv6: Ipv6Addr,
     path: Option<PeerPath>,
     record: Option<NodeRecord>,
+    /// When `record` came from the peer itself (else a third party's).
+    own_record_at: Option<Instant>,
     last_contact: Option<Instant>,
     last_relayed: Option<Instant>,
     last_keepalive: Option<Instant>,
@@ -253,6 +263,7 @@ impl Overlay {
                             ipv6,
                             path: None,
                             record: None,
+                            own_record_at: None,
                             last_contact: None,
                             last_relayed: None,
                             last_keepalive: None,
@@ -384,6 +395,16 @@ impl Overlay {
         if p.lookup_in_flight.is_some_and(|(latest, _)| latest == id) {
             p.lookup_in_flight = None;
         }
+        if p.own_record_at
+            .is_some_and(|t| now.saturating_duration_since(t) > OWN_RECORD_TTL)
+        {
+            p.own_record_at = None;
+        }
+        // The peer's own recent record wins over what others said of it.
+        let found = match (&p.record, p.own_record_at) {
+            (Some(own), Some(_)) if found.is_some() => Some(own.clone()),
+            _ => found,
+        };
         match found {
             Some(record) => {
                 // Until the peer answers directly, look it up again with a
@@ -423,7 +444,7 @@ impl Overlay {
         let Some(p) = self.peers.get_mut(&target) else {
             return false;
         };
-        if matches!(p.path, Some(PeerPath::Direct(_))) {
+        if matches!(p.path, Some(PeerPath::Direct(_))) || p.own_record_at.is_some() {
             return false;
         }
         if !record.relays.is_empty() && p.path.is_none() {
@@ -477,34 +498,36 @@ impl Overlay {
         }
     }
 
-    /// The relay in use for `key` is dead: the next one is used, and the
-    /// peer is looked up again for fresh relays. Returns the new relay.
+    /// The relay in use for `key` is dead: the next live one is used, and
+    /// the peer is looked up again for fresh relays. `dead` are the relays
+    /// known dead (skipped); when no relay of the path nor of the peer's
+    /// record is left, the node's `own` relays are tried: the peer, behind
+    /// a NAT too, keeps the same public nodes when few remain, and answers
+    /// through the relay it hears from. Returns the new relay.
     pub fn rotate_relay(
         &mut self,
         key: &PublicKey,
         dead: &PublicKey,
         now: Instant,
+        known_dead: &[PublicKey],
+        own: &[(PublicKey, SocketAddr)],
     ) -> Option<(PublicKey, SocketAddr)> {
         let p = self.peers.get_mut(key)?;
         let Some(PeerPath::Relayed(relays)) = &mut p.path else {
             return None;
         };
-        relays.retain(|(k, _)| k != dead);
+        let alive = |k: &PublicKey| k != dead && !known_dead.contains(k);
+        relays.retain(|(k, _)| alive(k));
         p.next_lookup = now;
         if relays.is_empty() {
-            // Fall back on the relays the peer published, but the dead one.
-            let published: Vec<(PublicKey, SocketAddr)> = p
-                .record
-                .as_ref()
-                .map(|r| {
-                    r.relays
-                        .iter()
-                        .filter(|(k, _)| k != dead)
-                        .copied()
-                        .collect()
-                })
-                .unwrap_or_default();
-            relays.extend(published);
+            // Fall back on the relays the peer published, then on ours.
+            let published = p.record.as_ref().map(|r| r.relays.as_slice());
+            for r in published.unwrap_or_default().iter().chain(own) {
+                if alive(&r.0) && !relays.contains(r) {
+                    relays.push(*r);
+                }
+            }
+            relays.truncate(crate::proto::MAX_RELAYS * 2);
         }
         if relays.is_empty() {
             p.path = None;
@@ -558,11 +581,18 @@ impl Overlay {
         self.peers.contains_key(key)
     }
 
-    /// A record a peer told about itself.
-    pub fn on_record(&mut self, record: NodeRecord) {
+    /// A record that came in a message `sender` sealed: kept as the
+    /// peer's own when it is `sender`'s; a record of another key is refused
+    /// (returns false), whoever sent it.
+    pub fn on_record(&mut self, sender: PublicKey, record: NodeRecord, now: Instant) -> bool {
+        if record.key != sender {
+            return false;
+        }
         if let Some(p) = self.peers.get_mut(&record.key) {
             p.record = Some(record);
+            p.own_record_at = Some(now);
         }
+        true
     }
 
     /// An authenticated message came straight from `key` at `from`.
@@ -613,6 +643,7 @@ impl Overlay {
         if let Some(p) = self.peers.get_mut(key) {
             p.last_contact = None;
             p.record = None;
+            p.own_record_at = None;
             p.next_lookup = now;
             p.backoff = LOOKUP_RETRY_MIN;
         }
@@ -854,6 +885,45 @@ mod tests {
         );
     }
 
+    /// The relay in use and the peer's other relay die together: the path
+    /// skips every relay known dead (never cycling back to one) and falls
+    /// back on the node's own live relays.
+    #[test]
+    fn a_dead_relay_rotates_past_known_dead_ones_to_our_own_relays() {
+        let k = keys(5);
+        let (x, y, z) = (k[2], k[3], k[4]);
+        let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let now = Instant::now();
+        o.lookup_started(k[1], LookupId(1), now);
+        let record = NodeRecord {
+            key: k[1],
+            endpoints: vec![],
+            nat: NatKind::EndpointDependent,
+            relays: vec![(x, at(10)), (y, at(11))],
+        };
+        o.lookup_done(now, LookupId(1), k[1], Some(record));
+        assert_eq!(
+            o.path(&k[1]),
+            Some(PeerPath::Relayed(vec![(x, at(10)), (y, at(11))]))
+        );
+        let own = [(y, at(11)), (z, at(12))];
+        // x dies: y is next (not known dead yet).
+        assert_eq!(
+            o.rotate_relay(&k[1], &x, now, &[x], &own),
+            Some((y, at(11)))
+        );
+        // y dies too: not x again (known dead), but our own live relay z.
+        assert_eq!(
+            o.rotate_relay(&k[1], &y, now, &[x, y], &own),
+            Some((z, at(12)))
+        );
+        // z dies as well: no relay left, no path (looked up again at once).
+        assert_eq!(o.rotate_relay(&k[1], &z, now, &[x, y, z], &own), None);
+        assert_eq!(o.path(&k[1]), None);
+        assert_eq!(o.lookups_due(now), vec![k[1]]);
+    }
+
     #[test]
     fn failed_lookups_back_off() {
         let k = keys(2);
@@ -931,5 +1001,51 @@ mod tests {
         assert_eq!(o.resolve("10.0.0.3"), vec!["b.t".to_string()]);
         assert_eq!(o.resolve("a")[0], "10.0.0.2");
         assert!(o.resolve("zz").is_empty());
+    }
+
+    /// A stranger tells a record of `b` (its own endpoint and relay): it is
+    /// refused; once `b` told its own, a third party's does not replace it.
+    #[test]
+    fn records_count_only_from_their_own_key_and_the_peers_own_wins() {
+        let k = keys(3);
+        let (b, stranger) = (k[1], k[2]);
+        let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", b)]), k[0]);
+        let now = Instant::now();
+        let forged = NodeRecord {
+            key: b,
+            endpoints: vec![at(66)],
+            nat: NatKind::EndpointDependent,
+            relays: vec![(stranger, at(66))],
+        };
+        assert!(!o.on_record(stranger, forged.clone(), now));
+        let nat_of_b = |o: &Overlay| {
+            o.peer_status(&[])
+                .iter()
+                .find(|p| p.key == b.to_string())
+                .and_then(|p| p.nat.clone())
+        };
+        assert_eq!(nat_of_b(&o), None);
+        let own = NodeRecord {
+            key: b,
+            endpoints: vec![at(2)],
+            nat: NatKind::Public,
+            relays: vec![],
+        };
+        assert!(o.on_record(b, own, now));
+        assert_eq!(nat_of_b(&o).as_deref(), Some("none"));
+        assert!(
+            !o.record_seen(b, &forged),
+            "a third party's record is not used"
+        );
+        o.lookup_started(b, LookupId(1), now);
+        o.lookup_done(now, LookupId(1), b, Some(forged.clone()));
+        assert_eq!(o.path(&b), None, "no path through the stranger");
+        assert_eq!(nat_of_b(&o).as_deref(), Some("none"));
+        // Once the peer's own word is old, a lookup's record is taken.
+        let later = now + OWN_RECORD_TTL + Duration::from_secs(1);
+        o.lookup_started(b, LookupId(2), later);
+        o.lookup_done(later, LookupId(2), b, Some(forged));
+        assert_eq!(nat_of_b(&o).as_deref(), Some("hard"));
     }
 }

@@ -8,41 +8,10 @@
 //! Run as root: `cargo run --release -p wirehub-e2e --bin relay-bench [-- SECONDS [LATENCY_MS]]`
 //! (build `wh` in release first: `cargo build --release --bin wh`).
 
-use anyhow::{Context, Result, bail};
-use std::process::{Command, Stdio};
+use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
 use wirehub_e2e::nat::{Kind, Scenario, path_glyph, scenario};
 use wirehub_e2e::{Host, Lab, Nat};
-
-fn iperf(lab: &Lab, client: &Host, server: &Host, target: &str, secs: u64) -> Result<f64> {
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.netns,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            target,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("iperf3 -s")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = lab.exec(
-        &client.netns,
-        &["iperf3", "-c", target, "-t", &secs.to_string(), "-J"],
-    );
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_str(&out?).context("iperf3 JSON")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no throughput in iperf3's output")?;
-    Ok(bps / 1e6)
-}
 
 fn wait_glyph(lab: &Lab, host: &Host, peer: &str, want: char) -> Result<()> {
     let start = Instant::now();
@@ -73,7 +42,7 @@ fn case(kind: Kind, latency: u32, secs: u64) -> Result<(f64, f64)> {
     lab.ping_until(&a, "10.0.42.3", Duration::from_secs(15))?;
     let direct_glyph = if kind == Kind::Public { '●' } else { '◒' };
     wait_glyph(&lab, &a, "node_b", direct_glyph)?;
-    let direct = iperf(&lab, &a, &b, "10.0.42.3", secs)?;
+    let direct = lab.iperf3(&a, &b, "10.0.42.3", secs, false)?;
 
     lab.kill_daemon(&a, "-TERM")?;
     lab.kill_daemon(&b, "-TERM")?;
@@ -82,7 +51,7 @@ fn case(kind: Kind, latency: u32, secs: u64) -> Result<(f64, f64)> {
     lab.wh_up(&b, &config, Some(&keys[1]), &[])?;
     lab.ping_until(&a, "10.0.42.3", Duration::from_secs(20))?;
     wait_glyph(&lab, &a, "node_b", '○')?;
-    let relayed = iperf(&lab, &a, &b, "10.0.42.3", secs)?;
+    let relayed = lab.iperf3(&a, &b, "10.0.42.3", secs, false)?;
     Ok((direct, relayed))
 }
 
