@@ -181,13 +181,18 @@ fn pods_on_two_nated_hosts_reach_each_other_and_the_internet() {
         assert!(ok, "pod a cannot ping pod b{}", lab.report(&[&a, &b]));
         pb.must(&["exec", &cb, "ping", "-c", "2", "-W", "2", &ip_a]);
         // Out to the internet through the masquerade: the web host sees node_a's router.
-        let listener = Command::new("ip")
+        // The listener's stdin stays open: busybox nc that reads EOF on stdin
+        // before the connection's data may leave without printing it (2 in 40
+        // runs), which failed CI once.
+        let mut listener = Command::new("ip")
             .args([
                 "netns", "exec", &web.netns, "timeout", "20", "busybox", "nc", "-l", "-p", "8080",
             ])
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("listener");
+        let listener_stdin = listener.stdin.take();
         std::thread::sleep(Duration::from_millis(300));
         pa.must(&[
             "exec",
@@ -196,11 +201,15 @@ fn pods_on_two_nated_hosts_reach_each_other_and_the_internet() {
             "-c",
             &format!("echo hello-from-a-pod | nc -w 3 {} 8080", web.ip),
         ]);
-        let got = listener.wait_with_output().expect("listener output");
+        let mut got = String::new();
+        if let Some(mut out) = listener.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut got).expect("listener output");
+        }
+        drop(listener_stdin);
+        let status = listener.wait().expect("listener status");
         assert!(
-            String::from_utf8_lossy(&got.stdout).contains("hello-from-a-pod"),
-            "{:?}",
-            got
+            got.contains("hello-from-a-pod"),
+            "the web host got {got:?} (listener {status})"
         );
         // Pod-to-pod was never masqueraded.
         let rules = lab
