@@ -206,7 +206,7 @@ pub const COMMANDS: &[Command] = &[
             Keyword {
                 name: "relay-limit",
                 value: Value::Number,
-                help: "Mbit/s this node relays for each source (default: 2000)",
+                help: "Mbit/s this node relays for each source, 0: for nobody (default: 2000)",
             },
         ],
         flags: &[(
@@ -448,7 +448,7 @@ pub const COMMANDS: &[Command] = &[
             Keyword {
                 name: "relay-limit",
                 value: Value::Number,
-                help: "Mbit/s the node relays for each source (default: $WH_RELAY_LIMIT, else 2000)",
+                help: "Mbit/s the node relays for each source, 0: for nobody (default: $WH_RELAY_LIMIT, else 2000)",
             },
         ],
         flags: &[],

@@ -166,6 +166,8 @@ pub struct NodeInfo {
     pub last_seen: Instant,
     pub rtt: Option<Duration>,
     pub nat: NatKind,
+    /// It relays for others.
+    pub relay_service: bool,
 }
 
 /// Counters of the DHT, for `wh show` and the simulator.
@@ -412,6 +414,7 @@ impl Dht {
             last_seen: self.instant(e.last_seen),
             rtt: (e.rtt_ms != u32::MAX).then(|| Duration::from_millis(e.rtt_ms as u64)),
             nat: e.nat,
+            relay_service: e.relay_service,
         })
     }
 

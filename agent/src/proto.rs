@@ -55,5 +55,5 @@ pub use freshness::{
 };
 pub use message::{
     DecodeError, EncodeError, MAX_ENDPOINTS, MAX_NODES, MAX_RELAY_PAYLOAD, MAX_RELAYS, Message,
-    NatKind, NodeRecord, PROOF_LEN, types,
+    NO_RELAY_SERVICE, NatKind, NodeRecord, PROOF_LEN, types,
 };

@@ -14,7 +14,9 @@
 pub mod channel;
 pub mod limiter;
 
-pub use limiter::{DEFAULT_RELAY_MBIT, RelayCounters, RelayLimiter, RelayLimits};
+pub use limiter::{
+    DEFAULT_RELAY_MBIT, MAX_RELAY_MBIT, RelayCounters, RelayLimiter, RelayLimits, valid_relay_mbit,
+};
 
 use crate::keys::PublicKey;
 use crate::proto::NatKind;
@@ -68,6 +70,8 @@ pub struct Candidate {
     pub addr: SocketAddr,
     pub nat: NatKind,
     pub rtt: Option<Duration>,
+    /// Its record says it relays for others (`relay-limit` above 0).
+    pub relay_service: bool,
 }
 
 fn network_of(ip: IpAddr) -> [u8; 3] {
@@ -118,8 +122,8 @@ impl RelaySet {
         self.shunned.push((key, now));
     }
 
-    /// Fills the set from candidates (public nodes only, never `own` nor a
-    /// relay found dead lately), preferring other /24 networks than the
+    /// Fills the set from candidates (public nodes that relay for others
+    /// only, never `own` nor a relay found dead lately), preferring other /24 networks than the
     /// kept ones, then lower round-trip times. Returns true when the set
     /// changed.
     pub fn fill(&mut self, own: &PublicKey, candidates: &[Candidate], now: Instant) -> bool {
@@ -127,7 +131,8 @@ impl RelaySet {
         let shunned = self.shunned(now);
         let mut pool: Vec<&Candidate> = candidates
             .iter()
-            .filter(|c| c.nat == NatKind::Public && &c.key != own && !shunned.contains(&c.key))
+            .filter(|c| c.nat == NatKind::Public && c.relay_service)
+            .filter(|c| &c.key != own && !shunned.contains(&c.key))
             .filter(|c| !self.kept.iter().any(|k| k.key == c.key))
             .collect();
         pool.sort_by_key(|c| c.rtt.unwrap_or(Duration::from_secs(10)));
@@ -310,6 +315,7 @@ mod tests {
             addr: format!("{ip}:62096").parse().unwrap(),
             nat,
             rtt: Some(Duration::from_millis(rtt)),
+            relay_service: true,
         }
     }
 
@@ -350,6 +356,21 @@ mod tests {
         assert!(
             !s.relays().iter().any(|r| r.0 == cands[2].key),
             "a dead relay is not picked again at once"
+        );
+    }
+
+    #[test]
+    fn a_node_that_relays_for_nobody_is_never_kept() {
+        let own = key();
+        let mut off = candidate("203.0.113.10", NatKind::Public, 1);
+        off.relay_service = false;
+        let cands = vec![off, candidate("198.51.100.10", NatKind::Public, 50)];
+        let mut s = RelaySet::new();
+        s.fill(&own, &cands, Instant::now());
+        assert_eq!(
+            s.relays().iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![cands[1].key],
+            "only the node that relays, though slower"
         );
     }
 

@@ -481,3 +481,93 @@ fn natpmp_maps_the_port_when_the_router_has_no_upnp() {
         "NAT-PMP mapping left after wh down"
     );
 }
+
+/// Two public nodes run `relay-limit 0` (the bootstrap among them), one
+/// relays: two hard-NAT nodes keep and publish only the one that relays,
+/// reach each other through it, and the others forward nothing.
+#[test]
+fn nodes_with_relay_limit_0_are_never_chosen_as_relays() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let public = lab
+        .write("public", "name public\nworkbit 8\n")
+        .expect("config");
+    let boot = lab.public_host("boot").expect("host");
+    let (boot_sk, boot_pk) = lab.genkey("boot").expect("key");
+    let off = ["mode", "direct", "relay-limit", "0"];
+    lab.wh_up(&boot, &public, Some(&boot_sk), &off)
+        .expect("boot up");
+    lab.wait_daemon(&boot, Duration::from_secs(10))
+        .expect("boot answers");
+    let relay_config = lab
+        .write(
+            "relay",
+            &format!("name public\nworkbit 8\nboot {boot_pk} {}\n", boot.ip),
+        )
+        .expect("config");
+    let mut public_nodes = vec![(boot, boot_pk.clone(), false)];
+    for (name, relays) in [("quiet", false), ("relayer", true)] {
+        let h = lab.public_host(name).expect("host");
+        let (sk, pk) = lab.genkey(name).expect("key");
+        let args: &[&str] = if relays { &off[..2] } else { &off };
+        lab.wh_up(&h, &relay_config, Some(&sk), args).expect("up");
+        lab.wait_daemon(&h, Duration::from_secs(10))
+            .expect("answers");
+        public_nodes.push((h, pk, relays));
+    }
+    let relay_pk = public_nodes[2].1.clone();
+    let (a, _) = lab.home_host("node_a", Nat::Hard).expect("home host");
+    let (b, _) = lab.home_host("node_b", Nat::Hard).expect("home host");
+    let (ska, pka) = lab.genkey("node_a").expect("key");
+    let (skb, pkb) = lab.genkey("node_b").expect("key");
+    let config = lab
+        .write(
+            "net.conf",
+            &format!(
+                "name net\nsubnet 10.0.42.0/24\nboot {boot_pk} {}\ntrust node_a {pka}\ntrust node_b {pkb}\n",
+                public_nodes[0].0.ip
+            ),
+        )
+        .expect("config");
+    lab.wh_up(&a, &config, Some(&ska), &[]).expect("a up");
+    lab.wh_up(&b, &config, Some(&skb), &[]).expect("b up");
+    let hosts: Vec<&Host> = [&a, &b]
+        .into_iter()
+        .chain(public_nodes.iter().map(|p| &p.0))
+        .collect();
+    if let Err(e) = lab.ping_until(&a, "10.0.42.3", Duration::from_secs(20)) {
+        panic!("a cannot ping b: {e}{}", lab.report(&hosts));
+    }
+    // What each publishes: the relays in its record, as its peer finds it.
+    for (from, peer) in [(&a, "node_b"), (&b, "node_a")] {
+        let iface = lab.wh_ok(from, &["show", "interfaces"]).expect("iface");
+        let found = lab
+            .wh_ok(from, &["lookup", iface.trim(), peer])
+            .expect("lookup");
+        let v: serde_json::Value = serde_json::from_str(&found).expect("JSON");
+        let relays: Vec<&str> = v["relays"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["key"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            relays,
+            vec![relay_pk.as_str()],
+            "{peer} publishes relays other than the one that relays{}",
+            lab.report(&hosts)
+        );
+    }
+    for (h, _, relays) in &public_nodes {
+        let iface = lab.wh_ok(h, &["show", "interfaces"]).expect("iface");
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.wh_ok(h, &["inspect", iface.trim()]).expect("inspect"))
+                .expect("JSON");
+        let forwarded = v["relay"]["forwarded"].as_u64().unwrap_or(0);
+        assert_eq!(
+            forwarded > 0,
+            *relays,
+            "{}: forwarded {forwarded} ({})",
+            h.name,
+            v["relay"]
+        );
+    }
+}

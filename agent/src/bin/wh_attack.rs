@@ -222,6 +222,7 @@ fn record(target: SocketAddr, key: PrivateKey, victim: PublicKey, seconds: f64) 
         endpoints: vec![own_addr],
         nat: NatKind::EndpointDependent,
         relays: vec![(key.public_key(), own_addr)],
+        relay_service: true,
     };
     let start = Instant::now();
     let mut sent = 0u64;

@@ -67,6 +67,8 @@ pub(crate) struct Entry {
     /// Last measured round trip in ms, `u32::MAX` when never measured.
     pub rtt_ms: u32,
     pub nat: NatKind,
+    /// It relays for others (its record says so; assumed until it tells).
+    pub relay_service: bool,
     /// A liveness ping is outstanding.
     pub pinging: bool,
     /// Requests that failed in a row since it was last heard from.
@@ -84,6 +86,7 @@ impl Entry {
             last_seen: now,
             rtt_ms: u32::MAX,
             nat: NatKind::Unknown,
+            relay_service: true,
             pinging: false,
             failures: 0,
             extra: None,
@@ -93,6 +96,7 @@ impl Entry {
     /// Takes in what the node told about itself (its own record).
     pub fn apply_info(&mut self, info: &NodeRecord) {
         self.nat = info.nat;
+        self.relay_service = info.relay_service;
         let trivial = info.relays.is_empty() && info.endpoints.iter().all(|e| *e == self.addr);
         self.extra = if trivial {
             None
@@ -122,6 +126,7 @@ impl Entry {
             endpoints,
             nat: self.nat,
             relays,
+            relay_service: self.relay_service,
         }
     }
 

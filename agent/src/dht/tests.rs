@@ -792,6 +792,7 @@ fn own_record_and_peer_info_travel() {
         endpoints: vec![addr(50)],
         nat: NatKind::EndpointIndependent,
         relays: vec![relay],
+        relay_service: true,
     });
     d.ping(key(1, 1), addr(1), now);
     let t = drain(&mut d);
@@ -810,6 +811,7 @@ fn own_record_and_peer_info_travel() {
         endpoints: vec![addr(60)],
         nat: NatKind::EndpointDependent,
         relays: vec![relay],
+        relay_service: true,
     };
     d.handle_message(
         now,
@@ -851,6 +853,7 @@ fn nodes_answers_fit_the_control_budget() {
             endpoints: v6.clone(),
             nat: NatKind::Public,
             relays: vec![(key(5, 5), addr(5)); 4],
+            relay_service: true,
         };
         d.handle_message(
             now,
@@ -949,6 +952,7 @@ fn the_targets_own_answer_wins_over_a_record_a_third_party_gave() {
         endpoints: vec![addr(66)],
         nat: NatKind::Public,
         relays: vec![(relay, addr(67))],
+        relay_service: true,
     };
     d.handle_message(
         now,

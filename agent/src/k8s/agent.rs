@@ -163,9 +163,12 @@ impl AgentOptions {
             Some(m) => m
                 .parse::<u32>()
                 .ok()
-                .filter(|m| (1..=1_000_000).contains(m))
+                .filter(|m| crate::relay::valid_relay_mbit(*m))
                 .with_context(|| {
-                    format!("relay-limit '{m}' is not a number of Mbit/s from 1 to 1000000")
+                    format!(
+                        "relay-limit '{m}' is not a number of Mbit/s from 0 (relay for nobody) to {}",
+                        crate::relay::MAX_RELAY_MBIT
+                    )
                 })?,
             None => crate::relay::DEFAULT_RELAY_MBIT,
         };

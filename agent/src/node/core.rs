@@ -343,6 +343,7 @@ impl Node {
                 _ => NatKind::Unknown,
             },
             relays: Vec::new(),
+            relay_service: config.relay_mbit > 0,
         };
         let mut dht = Dht::new(public, dht_config, now.mono);
         dht.set_own_record(own_record.clone());
@@ -1687,6 +1688,7 @@ impl Node {
             endpoints: self.own_endpoints(now),
             nat: verdict.kind,
             relays: self.relays.relays(),
+            relay_service: self.config.relay_mbit > 0,
         };
         self.publish_pending = false;
         if record != self.own_record {
@@ -1724,6 +1726,7 @@ impl Node {
                 addr: n.addr,
                 nat: n.nat,
                 rtt: n.rtt,
+                relay_service: n.relay_service,
             })
             .collect();
         if self.relays.fill(&self.public, &candidates, now.mono) {

@@ -140,9 +140,10 @@ fn up_with(req: &UpRequest) -> Outcome {
         return Err(usage(format!("mtu {mtu} is out of range; use 576 to 9000")));
     }
     let relay_mbit = req.relay_limit.unwrap_or(crate::relay::DEFAULT_RELAY_MBIT);
-    if !(1..=1_000_000).contains(&relay_mbit) {
+    if !crate::relay::valid_relay_mbit(relay_mbit) {
         return Err(usage(format!(
-            "relay-limit {relay_mbit} is out of range; use 1 to 1000000 (Mbit/s)"
+            "relay-limit {relay_mbit} is out of range; use 0 (relay for nobody) to {} (Mbit/s)",
+            crate::relay::MAX_RELAY_MBIT
         )));
     }
     let mode = match req.mode.as_deref() {

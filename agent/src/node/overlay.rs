@@ -901,6 +901,7 @@ mod tests {
             endpoints: vec![],
             nat: NatKind::EndpointDependent,
             relays: vec![(x, at(10)), (y, at(11))],
+            relay_service: true,
         };
         o.lookup_done(now, LookupId(1), k[1], Some(record));
         assert_eq!(
@@ -1017,6 +1018,7 @@ mod tests {
             endpoints: vec![at(66)],
             nat: NatKind::EndpointDependent,
             relays: vec![(stranger, at(66))],
+            relay_service: true,
         };
         assert!(!o.on_record(stranger, forged.clone(), now));
         let nat_of_b = |o: &Overlay| {
@@ -1031,6 +1033,7 @@ mod tests {
             endpoints: vec![at(2)],
             nat: NatKind::Public,
             relays: vec![],
+            relay_service: true,
         };
         assert!(o.on_record(b, own, now));
         assert_eq!(nat_of_b(&o).as_deref(), Some("none"));

@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const MAX_ENDPOINTS: usize = 8;
 /// Most relays a node record may carry.
 pub const MAX_RELAYS: usize = 4;
+/// Bit 7 of a record's NAT byte: the node does not relay for others.
+pub const NO_RELAY_SERVICE: u8 = 0x80;
 /// Most node records one `Nodes` answer may carry.
 pub const MAX_NODES: usize = 32;
 /// Most bytes a relayed payload (a sealed inner datagram or a WireGuard
@@ -62,6 +64,9 @@ pub struct NodeRecord {
     pub nat: NatKind,
     /// At most [`MAX_RELAYS`]: (relay key, relay address).
     pub relays: Vec<(PublicKey, SocketAddr)>,
+    /// The node relays for others (`relay-limit` above 0). On the wire:
+    /// bit 7 of the NAT byte set when it does not ([`NO_RELAY_SERVICE`]).
+    pub relay_service: bool,
 }
 
 impl NodeRecord {
@@ -72,6 +77,7 @@ impl NodeRecord {
             endpoints: vec![addr],
             nat: NatKind::Unknown,
             relays: Vec::new(),
+            relay_service: true,
         }
     }
 
@@ -230,7 +236,8 @@ fn put_record(out: &mut Vec<u8>, r: &NodeRecord) -> Result<(), EncodeError> {
     for a in &r.endpoints {
         put_addr(out, a);
     }
-    out.push(r.nat as u8);
+    let no_relay = if r.relay_service { 0 } else { NO_RELAY_SERVICE };
+    out.push(r.nat as u8 | no_relay);
     out.push(r.relays.len() as u8);
     for (k, a) in &r.relays {
         out.extend_from_slice(k.as_bytes());
@@ -531,8 +538,10 @@ impl<'a> Reader<'a> {
     fn record(&mut self) -> Result<NodeRecord, DecodeError> {
         let key = self.key()?;
         let endpoints = self.addrs()?;
-        let nat = self.u8()?;
-        let nat = NatKind::from_u8(nat).ok_or(DecodeError::BadNatKind(nat))?;
+        let byte = self.u8()?;
+        let relay_service = byte & NO_RELAY_SERVICE == 0;
+        let nat =
+            NatKind::from_u8(byte & !NO_RELAY_SERVICE).ok_or(DecodeError::BadNatKind(byte))?;
         let n = self.count("relays", MAX_RELAYS)?;
         let mut relays = Vec::with_capacity(n);
         for _ in 0..n {
@@ -543,6 +552,7 @@ impl<'a> Reader<'a> {
             endpoints,
             nat,
             relays,
+            relay_service,
         })
     }
 

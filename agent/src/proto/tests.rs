@@ -57,12 +57,14 @@ fn arb_record() -> impl Strategy<Value = NodeRecord> {
         prop::collection::vec(arb_addr(), 0..=MAX_ENDPOINTS),
         arb_nat(),
         prop::collection::vec((arb_key(), arb_addr()), 0..=MAX_RELAYS),
+        any::<bool>(),
     )
-        .prop_map(|(key, endpoints, nat, relays)| NodeRecord {
+        .prop_map(|(key, endpoints, nat, relays, relay_service)| NodeRecord {
             key,
             endpoints,
             nat,
             relays,
+            relay_service,
         })
 }
 
@@ -703,12 +705,47 @@ fn namespaces_do_not_mix() {
 }
 
 #[test]
+fn a_record_that_relays_for_nobody_says_so_in_bit_7_of_its_nat_byte() {
+    let mut r = NodeRecord::new(PublicKey([7; 32]), "198.51.100.7:62096".parse().unwrap());
+    r.nat = NatKind::Public;
+    let serving = Message::Ping {
+        id: 1,
+        info: Some(r.clone()),
+    }
+    .encode()
+    .unwrap();
+    r.relay_service = false;
+    let not_serving = Message::Ping {
+        id: 1,
+        info: Some(r.clone()),
+    }
+    .encode()
+    .unwrap();
+    let diff: Vec<usize> = (0..serving.len())
+        .filter(|&i| serving[i] != not_serving[i])
+        .collect();
+    assert_eq!(diff.len(), 1, "one byte differs");
+    assert_eq!(serving[diff[0]], NatKind::Public as u8);
+    assert_eq!(
+        not_serving[diff[0]],
+        NatKind::Public as u8 | NO_RELAY_SERVICE
+    );
+    match Message::decode(&not_serving) {
+        Ok(Message::Ping {
+            info: Some(back), ..
+        }) => assert_eq!(back, r),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn encode_refuses_over_bounds_and_seal_refuses_too_large() {
     let r = NodeRecord {
         key: PublicKey([1; 32]),
         endpoints: vec!["192.0.2.1:1".parse().unwrap(); MAX_ENDPOINTS + 1],
         nat: NatKind::Public,
         relays: vec![],
+        relay_service: true,
     };
     assert!(matches!(
         Message::Ping {
@@ -729,6 +766,7 @@ fn encode_refuses_over_bounds_and_seal_refuses_too_large() {
                 endpoints: vec!["[2001:db8::1]:1".parse().unwrap(); MAX_ENDPOINTS],
                 nat: NatKind::Public,
                 relays: vec![],
+                relay_service: true,
             };
             MAX_NODES
         ],

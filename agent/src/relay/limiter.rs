@@ -26,6 +26,15 @@ pub const MAX_SOURCES: usize = 4096;
 /// The node-wide limit, in multiples of one source's.
 pub const TOTAL_SOURCES: u64 = 4;
 
+/// The highest `relay-limit` (Mbit/s); 0 switches relaying off.
+pub const MAX_RELAY_MBIT: u32 = 1_000_000;
+
+/// Whether `mbit` is a `relay-limit` a node takes: 0 (relay for nobody) to
+/// [`MAX_RELAY_MBIT`].
+pub fn valid_relay_mbit(mbit: u32) -> bool {
+    mbit <= MAX_RELAY_MBIT
+}
+
 /// A relay's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayLimits {
@@ -37,6 +46,8 @@ pub struct RelayLimits {
     pub packets_per_sec: u64,
     /// The node's total, as a multiple of the above ([`TOTAL_SOURCES`]).
     pub total_sources: u64,
+    /// False: the node relays for nobody (`relay-limit 0`).
+    pub enabled: bool,
 }
 
 /// Default per-source rate a node relays, in Mbit/s (`wh up relay-limit`).
@@ -46,7 +57,7 @@ impl RelayLimits {
     /// Limits for a sustained `mbit` Mbit/s per source: a burst of an
     /// eighth of a second (at least 1 MiB), and a datagram rate that
     /// allows full-sized WireGuard datagrams (a flood of small ones hits it
-    /// first).
+    /// first). 0: relaying off.
     pub fn from_mbit(mbit: u32) -> RelayLimits {
         let bytes_per_sec = u64::from(mbit.max(1)) * 125_000;
         RelayLimits {
@@ -54,6 +65,7 @@ impl RelayLimits {
             burst_bytes: (bytes_per_sec / 8).max(1024 * 1024),
             packets_per_sec: (bytes_per_sec / 1000).max(1000),
             total_sources: TOTAL_SOURCES,
+            enabled: mbit > 0,
         }
     }
 
@@ -63,6 +75,7 @@ impl RelayLimits {
             burst_bytes: self.burst_bytes.saturating_mul(n),
             packets_per_sec: self.packets_per_sec.saturating_mul(n),
             total_sources: 1,
+            enabled: self.enabled,
         }
     }
 }
@@ -173,6 +186,8 @@ pub struct RelayCounters {
     /// Refused: the node's total.
     pub dropped_total_rate: u64,
     pub dropped_unknown_destination: u64,
+    /// Refused: this node relays for nobody (`relay-limit 0`).
+    pub dropped_relay_off: u64,
 }
 
 /// Token buckets per source key, per source network and for the node.
@@ -215,6 +230,10 @@ impl RelayLimiter {
     ) -> bool {
         let (b, n) = (bytes as f64, packets as f64);
         let l = self.limits;
+        if !l.enabled {
+            self.counters.dropped_relay_off += packets as u64;
+            return false;
+        }
         let total_limits = l.scaled(l.total_sources);
         if !self.keys.get(source, &l, now).has(b, n) {
             self.counters.dropped_rate += 1;
@@ -263,7 +282,20 @@ mod tests {
             burst_bytes: 2000,
             packets_per_sec: 100,
             total_sources: 4,
+            enabled: true,
         }
+    }
+
+    #[test]
+    fn a_node_with_relay_limit_0_forwards_nothing_and_counts_it() {
+        let mut l = RelayLimiter::new(RelayLimits::from_mbit(0));
+        let now = Instant::now();
+        assert!(!l.allow(key(), ip("198.51.100.1"), 100, now));
+        assert!(!l.allow_many(key(), ip("198.51.100.1"), 300, 3, now));
+        assert_eq!(l.counters.dropped_relay_off, 4);
+        assert_eq!(l.counters.forwarded, 0);
+        assert!(valid_relay_mbit(0) && valid_relay_mbit(MAX_RELAY_MBIT));
+        assert!(!valid_relay_mbit(MAX_RELAY_MBIT + 1));
     }
 
     #[test]
