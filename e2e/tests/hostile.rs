@@ -112,8 +112,13 @@ struct Scene {
 }
 
 fn scene() -> Scene {
+    scene_with(&[])
+}
+
+/// [`scene`], node `i` started with the extra `wh up` arguments `extra` gives.
+fn scene_with(extra: &[(usize, &[&str])]) -> Scene {
     let mut lab = Lab::new().expect("lab");
-    let net = lab.trusted_network(2, &[]).expect("trusted network");
+    let net = lab.trusted_network(2, extra).expect("trusted network");
     lab.ping_until(&net.nodes[1], "10.0.42.2", Duration::from_secs(20))
         .expect("node_b pings node_a");
     let mallory = lab.public_host("mallory").expect("mallory");
@@ -340,4 +345,86 @@ fn unsolicited_pongs_with_a_forged_observed_address_do_not_change_the_nat_verdic
     );
     assert!(forged > 0);
     assert!(moved.is_empty(), "the verdict moved: {moved:?}");
+}
+
+/// The relay counters of `wh inspect` on `host`: (forwarded datagrams,
+/// forwarded bytes, refused by the source network's rate, all of them).
+fn relay_counters(lab: &Lab, host: &Host) -> (u64, u64, u64, serde_json::Value) {
+    let v: serde_json::Value = serde_json::from_str(&inspect(lab, host)).expect("JSON");
+    let n = |k: &str| v["relay"][k].as_u64().unwrap_or(0);
+    (
+        n("forwarded"),
+        n("forwarded_bytes"),
+        n("dropped_network_rate"),
+        v["relay"].clone(),
+    )
+}
+
+/// Issue 13, item 7: a stranger rotating up to 200 keys from one address
+/// asks node_a (relay-limit 1 Mbit/s) to relay 1,200-byte datagrams to
+/// node_b, 3,000 a second at most, for 6 s: node_a forwards no more than
+/// one source network's share (a 1 MiB burst and 125 kB/s), whatever the
+/// keys (each key alone would get a burst of 1 MiB).
+#[test]
+fn a_stranger_rotating_keys_gets_no_more_relayed_than_one_networks_share() {
+    require_lab!();
+    let s = scene_with(&[(0, &["relay-limit", "1"])]);
+    let (a, b) = (&s.net.nodes[0], &s.net.nodes[1]);
+    let target = format!("{}:{PORT}", a.ip);
+    let victim = s.net.keys[1].1.clone();
+    let (seconds, rate, size) = (6.0, 3000u64, 1200usize);
+    let before = relay_counters(&s.lab, a);
+    let out = attack(
+        &s.mallory,
+        &s.net.keys[0].1,
+        &[
+            "relay",
+            &target,
+            "200",
+            &victim,
+            &size.to_string(),
+            &rate.to_string(),
+            &seconds.to_string(),
+        ],
+    )
+    .output()
+    .expect("wh-attack");
+    assert!(
+        out.status.success(),
+        "wh-attack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = relay_counters(&s.lab, a);
+    let (keys, sent, sent_bytes) = (
+        figure(&out, "keys"),
+        figure(&out, "sent"),
+        figure(&out, "bytes"),
+    );
+    let forwarded = after.1 - before.1;
+    // One network's share: 1 Mbit/s = 125 kB/s sustained, 1 MiB burst
+    // (10 % for the time the counters are read around the attack).
+    let share = (1024.0 * 1024.0 + 125_000.0 * seconds) * 1.1;
+    eprintln!(
+        "relay abuse: {keys} keys sent {sent} datagrams ({sent_bytes} B) in {seconds} s; node_a forwarded {} datagrams, {forwarded} B ({:.0} % of one network's share {share:.0} B), refused {} by the network's rate; relay counters {}",
+        after.0 - before.0,
+        forwarded as f64 * 100.0 / share,
+        after.2 - before.2,
+        after.3,
+    );
+    // node_a meets new keys of one address at a bounded rate (its first
+    // contact budget), so not all 200 may get through: enough to rotate.
+    assert!(keys >= 20, "only {keys} of 200 keys met node_a");
+    assert!(
+        sent_bytes as f64 > 3.0 * share,
+        "the attack sent too little to test the limit: {sent_bytes} B"
+    );
+    assert!(
+        (forwarded as f64) <= share,
+        "node_a forwarded {forwarded} B, beyond one network's share {share:.0} B"
+    );
+    assert!(after.2 > before.2, "nothing refused by the network's rate");
+    // Honest traffic between the two nodes goes on.
+    s.lab
+        .ping_until(b, "10.0.42.2", Duration::from_secs(5))
+        .expect("node_b still pings node_a");
 }

