@@ -7,13 +7,18 @@
 //!   its record: at least two public DHT nodes, diverse and quick.
 //! - [`RelayHealth`]: liveness of the relays a node sends through, so traffic
 //!   moves to another relay within seconds when one dies.
+//! - [`delivery`]: whether the relay in use for a peer delivers data (a
+//!   relay that answers pings but drops what it forwards is left within
+//!   seconds).
 //! - [`channel`]: once a relayed flow is established, its WireGuard
 //!   datagrams travel through the relay on an announced channel, unsealed
 //!   (WireGuard protects them end to end).
 
 pub mod channel;
+pub mod delivery;
 pub mod limiter;
 
+pub use delivery::{DeliveryAction, RelayDelivery};
 pub use limiter::{
     DEFAULT_RELAY_MBIT, MAX_RELAY_MBIT, RelayCounters, RelayLimiter, RelayLimits, valid_relay_mbit,
 };

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use wirehub_e2e::nat::{
-    KINDS, Kind, is_direct, path_glyph, peer_line, scenario, wait_detected, wait_direct,
+    KINDS, Kind, Scenario, is_direct, path_glyph, peer_line, scenario, wait_detected, wait_direct,
 };
 use wirehub_e2e::{Host, Lab, Nat, require_lab};
 
@@ -126,11 +126,11 @@ fn nat_grid_every_pair_pings_on_the_expected_path() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// The relay in use for a hard-hard pair dies: traffic resumes within 3 s.
-#[test]
-fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
-    require_lab!();
-    let (mut s, _) = scenario(Kind::Behind(Nat::Hard), Kind::Behind(Nat::Hard), 0);
+/// A hard-NAT pair relayed, both publishing two relays (steady state);
+/// returns the scenario, the relay node_a uses for node_b, and the
+/// interface names of a and b.
+fn relayed_pair_in_steady_state() -> (Scenario, Host, [String; 2]) {
+    let (s, _) = scenario(Kind::Behind(Nat::Hard), Kind::Behind(Nat::Hard), 0);
     s.lab
         .ping_until(&s.a, "10.0.42.3", Duration::from_secs(15))
         .expect("first ping");
@@ -158,83 +158,54 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
     {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let show = s.lab.wh_ok(&s.a, &["show"]).expect("show");
-    let line = show
-        .lines()
-        .find(|l| l.contains("node_b"))
-        .unwrap_or_default()
-        .to_string();
-    assert!(line.starts_with('○'), "{show}");
-    // Which relay is in use? The first of "relayed via ...". Kill that one.
+    let line = peer_line(&s.lab, &s.a, "node_b");
+    assert!(line.starts_with('○'), "{line}");
+    let victim = relay_in_use(&s, &line);
+    (s, victim, [ia, ib])
+}
+
+/// The relay `line` (node_a's `wh show` line of node_b) names first, the
+/// one in use.
+fn relay_in_use(s: &Scenario, line: &str) -> Host {
     let mut victim: Option<(usize, Host)> = None;
     for r in &s.relays {
-        let out = s.lab.wh_ok(r, &["show"]).expect("relay show");
-        let key = out
-            .lines()
-            .find_map(|l| l.strip_prefix("public key: "))
-            .unwrap_or_default()
-            .to_string();
+        let key = relay_key(s, r);
         if let Some(at) = line.find(&key[..10])
             && victim.as_ref().is_none_or(|(first, _)| at < *first)
         {
             victim = Some((at, r.clone()));
         }
     }
-    let victim = victim
+    victim
         .map(|(_, r)| r)
-        .unwrap_or_else(|| panic!("no relay matches {line}"));
-    // The relayed traffic runs on a relay channel (unsealed relay data),
-    // not sealed datagram by datagram: both ends hold the channel, the
-    // relay in use forwards it.
-    s.lab
-        .exec(
-            &s.a.netns,
-            &["ping", "-n", "-q", "-c", "5", "-i", "0.3", "10.0.42.3"],
-        )
-        .expect("pings through the relay");
-    let inspect = |h: &Host| -> serde_json::Value {
-        let i = iface(h);
-        serde_json::from_str(&s.lab.wh_ok(h, &["inspect", &i]).expect("inspect")).expect("JSON")
-    };
-    for h in [&s.a, &s.b] {
-        let v = inspect(h);
-        assert!(
-            v["relay_channels"]["ours"].as_u64().unwrap_or(0) >= 1,
-            "{} sends on no relay channel: {}",
-            h.name,
-            v["relay_channels"]
-        );
-    }
-    let v = inspect(&victim);
-    assert!(
-        v["relay_channels"]["forwarding"].as_u64().unwrap_or(0) >= 1
-            && v["relay"]["forwarded"].as_u64().unwrap_or(0) > 10,
-        "the relay in use forwards no channel: {} {}",
-        v["relay_channels"],
-        v["relay"]
-    );
+        .unwrap_or_else(|| panic!("no relay matches {line}"))
+}
+
+/// Pings from node_a to node_b every 100 ms (`size` bytes) for 8 s while
+/// `fault` runs 1 s in: the longest gap between answers, in seconds, the
+/// answers' times (Unix seconds, as `ping -D` prints them) and the fault's
+/// time.
+fn longest_gap_around(
+    s: &mut Scenario,
+    size: usize,
+    fault: impl FnOnce(&mut Scenario),
+) -> (f64, Vec<f64>, f64) {
     let pinger = std::process::Command::new("ip")
         .args([
-            "netns",
-            "exec",
-            &s.a.netns,
-            "ping",
-            "-n",
-            "-i",
-            "0.1",
-            "-w",
-            "8",
-            "-D",
-            "10.0.42.3",
+            "netns", "exec", &s.a.netns, "ping", "-n", "-i", "0.1", "-w", "8", "-D", "-s",
         ])
+        .arg(size.to_string())
+        .arg("10.0.42.3")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("ping");
     std::thread::sleep(Duration::from_secs(1));
-    s.lab.kill_daemon(&victim, "-KILL").expect("kill relay");
+    let fault_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    fault(s);
     let out = pinger.wait_with_output().expect("ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // Longest gap between consecutive replies.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let times: Vec<f64> = text
         .lines()
         .filter(|l| l.contains("bytes from"))
@@ -244,14 +215,113 @@ fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
                 .and_then(|t| t.parse().ok())
         })
         .collect();
-    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    eprintln!("longest gap after the relay died: {gap:.2} s");
     assert!(times.len() > 20, "{text}{}", s.lab.report(&[&s.a, &s.b]));
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    (gap, times, fault_at)
+}
+
+/// The relay in use for a hard-hard pair dies: traffic resumes within 3 s.
+#[test]
+fn relay_in_use_dies_and_traffic_moves_on_within_3s() {
+    require_lab!();
+    let (mut s, victim, [ia, ib]) = relayed_pair_in_steady_state();
+    // The relayed traffic runs on a relay channel (unsealed relay data),
+    // not sealed datagram by datagram: both ends hold the channel, the
+    // relay in use forwards it.
+    s.lab
+        .exec(
+            &s.a.netns,
+            &["ping", "-n", "-q", "-c", "5", "-i", "0.3", "10.0.42.3"],
+        )
+        .expect("pings through the relay");
+    let inspect = |h: &Host, i: &str| -> serde_json::Value {
+        serde_json::from_str(&s.lab.wh_ok(h, &["inspect", i]).expect("inspect")).expect("JSON")
+    };
+    for (h, i) in [(&s.a, &ia), (&s.b, &ib)] {
+        let v = inspect(h, i);
+        assert!(
+            v["relay_channels"]["ours"].as_u64().unwrap_or(0) >= 1,
+            "{} sends on no relay channel: {}",
+            h.name,
+            v["relay_channels"]
+        );
+    }
+    let vi = s
+        .lab
+        .wh_ok(&victim, &["show", "interfaces"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let v = inspect(&victim, &vi);
+    assert!(
+        v["relay_channels"]["forwarding"].as_u64().unwrap_or(0) >= 1
+            && v["relay"]["forwarded"].as_u64().unwrap_or(0) > 10,
+        "the relay in use forwards no channel: {} {}",
+        v["relay_channels"],
+        v["relay"]
+    );
+    let (gap, times, _) = longest_gap_around(&mut s, 56, |s| {
+        s.lab.kill_daemon(&victim, "-KILL").expect("kill relay");
+    });
+    eprintln!("longest gap after the relay died: {gap:.2} s");
     assert!(
         gap < 3.0,
-        "traffic stopped for {gap:.2} s:\n{text}\n--- a:\n{}",
+        "traffic stopped for {gap:.2} s:\n{times:?}\n--- a:\n{}",
         s.lab.log(&s.a)
     );
+}
+
+/// The relay in use for a hard-hard pair goes on answering pings but drops
+/// what it should forward (its firewall drops relay-data and every
+/// datagram over 600 bytes; pings are smaller): from 3 s after the fault,
+/// traffic flows again, every ping answered but a few.
+#[test]
+fn a_relay_that_answers_pings_but_drops_data_is_left_within_3s() {
+    require_lab!();
+    let (mut s, victim, _) = relayed_pair_in_steady_state();
+    let rules = s
+        .lab
+        .write(
+            "drop-data.nft",
+            "table inet whdrop {\n  chain in {\n    type filter hook input priority -300;\n    udp dport 62096 @th,64,8 0xfe counter drop\n    udp dport 62096 udp length > 600 counter drop\n  }\n}\n",
+        )
+        .expect("rules");
+    let (gap, times, fault_at) = longest_gap_around(&mut s, 1000, |s| {
+        s.lab
+            .exec(&victim.netns, &["nft", "-f", &rules.to_string_lossy()])
+            .expect("nft");
+    });
+    let dropped = s
+        .lab
+        .exec(&victim.netns, &["nft", "list", "table", "inet", "whdrop"])
+        .unwrap_or_default();
+    // Back for good: the end of the last pause of 0.35 s or more (three
+    // pings lost) after the fault.
+    let back = times
+        .windows(2)
+        .filter(|w| w[1] > fault_at && w[1] - w[0] >= 0.35)
+        .map(|w| w[1] - fault_at)
+        .fold(0.0, f64::max);
+    let end = times.last().map_or(0.0, |t| t - fault_at);
+    eprintln!(
+        "relay dropping data: longest gap {gap:.2} s; traffic back for good {back:.2} s after the fault (pings until {end:.2} s)"
+    );
+    assert!(dropped.contains("packets"), "{dropped}");
+    assert!(end > back + 2.0, "too few pings after recovery: {times:?}");
+    assert!(
+        back < 3.0,
+        "traffic back for good only {back:.2} s after the fault:\n{times:?}\n{dropped}{}",
+        s.lab.report(&[&s.a, &s.b])
+    );
+}
+
+/// `host`'s public key, from its `wh show`.
+fn relay_key(s: &Scenario, host: &Host) -> String {
+    let out = s.lab.wh_ok(host, &["show"]).expect("show");
+    out.lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A NAT router flushes its conntrack table, then changes its public port:

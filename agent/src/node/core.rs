@@ -45,7 +45,9 @@ use crate::nat::punch::PunchAction;
 use crate::nat::{NatDetector, Puncher};
 use crate::proto::{Codec, CodecConfig, FirstContact, Message, NatKind, NodeRecord, Received};
 use crate::relay::channel::{self, ChannelBook, RelayChannels};
-use crate::relay::{Candidate, RelayHealth, RelayLimiter, RelayLimits, RelaySet};
+use crate::relay::{
+    Candidate, DeliveryAction, RelayDelivery, RelayHealth, RelayLimiter, RelayLimits, RelaySet,
+};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -269,6 +271,8 @@ pub struct Node {
     puncher: Puncher,
     relays: RelaySet,
     health: RelayHealth,
+    /// Whether the relay in use for each relayed peer delivers data.
+    delivery: RelayDelivery,
     limiter: RelayLimiter,
     /// As a relay: the channels of the flows we forward.
     channels: RelayChannels,
@@ -364,6 +368,7 @@ impl Node {
             puncher: Puncher::new(),
             relays: RelaySet::new(),
             health: RelayHealth::new(),
+            delivery: RelayDelivery::new(),
             channels: RelayChannels::new(),
             book: ChannelBook::new(),
             frame_buf: Vec::with_capacity(2048),
@@ -724,6 +729,68 @@ impl Node {
         }
     }
 
+    /// Sends `msg` to `peer` through `relay`: on the relay channel, the way
+    /// data goes, when `on_channel` and one is announced, else sealed in a
+    /// relay request.
+    fn send_through_relay(
+        &mut self,
+        now: Now,
+        peer: PublicKey,
+        relay: (PublicKey, SocketAddr),
+        msg: &Message,
+        on_channel: bool,
+    ) {
+        let inner = match self.codec.seal(now.unix_ms, &peer, msg) {
+            Ok(inner) => inner,
+            Err(e) => return tracing::debug!(error = %e, "cannot seal a relayed message"),
+        };
+        match self
+            .book
+            .channel(relay.0, peer, now.mono)
+            .filter(|_| on_channel)
+        {
+            Some(id) => {
+                let mut framed = Vec::with_capacity(inner.len() + channel::HEADER_LEN);
+                channel::frame(&mut framed, id, &inner, inner.len());
+                self.send_raw(framed, relay.1);
+            }
+            None => self.send(now, relay.0, relay.1, &Message::Relay { to: peer, inner }),
+        }
+    }
+
+    /// Probes the peers whose relay delivered nothing lately, and moves
+    /// those it failed to their next relay.
+    fn check_delivery(&mut self, now: Now) {
+        let relayed: Vec<PublicKey> = self
+            .overlay
+            .relayed_paths()
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
+        self.delivery.retain(&relayed);
+        for action in self.delivery.poll(now.mono) {
+            match action {
+                DeliveryAction::Probe { peer, relay, size } => {
+                    let Some(at) = self.overlay.relay_of_path(&peer, &relay) else {
+                        continue;
+                    };
+                    // As large as the data, within what a relay carries.
+                    let padding = size.min(crate::proto::MAX_RELAY_PAYLOAD - 200);
+                    let probe = Message::DeliveryProbe {
+                        id: crate::keys::random_u64(),
+                        padding: vec![0; padding],
+                    };
+                    self.send_through_relay(now, peer, at, &probe, true);
+                }
+                DeliveryAction::Failed { peer, relay } => {
+                    tracing::info!(peer = %peer.short(10), relay = %relay.short(10), "relay in use delivers nothing; moving to the next");
+                    self.count_drop("relay-delivered-nothing");
+                    self.touched = true;
+                }
+            }
+        }
+    }
+
     /// A ping carrying our record (probes, static endpoints, relays).
     fn ping_addr(&mut self, now: Now, key: PublicKey, addr: SocketAddr) {
         let msg = Message::Ping {
@@ -966,12 +1033,24 @@ impl Node {
                     // it is one of ours or of the peer's path.
                     if let Some(relay) = self.relay_at(&k, from) {
                         self.overlay.on_relayed_contact(k, (relay, from), now.mono);
+                        self.delivery.on_heard(&k, &relay);
                         self.touched = true;
                     }
                     last = Some((prefix, k));
                     k
                 }
             };
+            if wireguard.first() == Some(&crate::proto::MAGIC) {
+                // A delivery probe (or its answer), sent the way data goes.
+                match self.relay_at(&peer, from) {
+                    Some(relay) => {
+                        let inner = wireguard.to_vec();
+                        self.on_relayed_control(now, peer, &inner, (relay, from), true);
+                    }
+                    None => self.count_drop("relayed-probe-from-unknown-relay"),
+                }
+                continue;
+            }
             if self.config.has_dataplane {
                 wire.deliver(from, wireguard, Some(peer));
             } else {
@@ -1057,7 +1136,7 @@ impl Node {
                 return;
             }
             Message::Relayed { from: src, inner } => {
-                self.on_relayed_control(now, *src, inner, (key, from));
+                self.on_relayed_control(now, *src, inner, (key, from), false);
             }
             Message::AliasAuth { alias, real, proof } => {
                 if *real == key {
@@ -1089,6 +1168,7 @@ impl Node {
                 if self.overlay.is_trusted(src) {
                     if self.relay_at(src, from) == Some(key) {
                         self.overlay.on_relayed_contact(*src, (key, from), now.mono);
+                        self.delivery.on_heard(src, &key);
                     }
                     if self.config.has_dataplane {
                         wire.deliver(from, packet, Some(*src));
@@ -1227,13 +1307,15 @@ impl Node {
         }
     }
 
-    /// A control message `src` sent us through `relay`.
+    /// A control message `src` sent us through `relay` (`on_channel`: in
+    /// relay-data, the way data goes).
     fn on_relayed_control(
         &mut self,
         now: Now,
         src: PublicKey,
         inner: &[u8],
         relay: (PublicKey, SocketAddr),
+        on_channel: bool,
     ) {
         let (sender, msg) = match self.codec.receive(now.unix_ms, inner) {
             Ok(Received::Message { from, message }) => (from, message),
@@ -1283,7 +1365,30 @@ impl Node {
             self.count_drop("relayed-control-from-untrusted");
             return;
         }
-        self.overlay.on_relayed_contact(src, relay, now.mono);
+        // A control message shows where the peer can be reached when
+        // nothing else does; once there is a path, data decides it (the
+        // peer sends its control messages through any of our relays, and
+        // following each would move its traffic back and forth).
+        if self.overlay.path(&src).is_none() {
+            self.overlay.on_relayed_contact(src, relay, now.mono);
+        }
+        // Only what is as large as data proves the relay delivers data (a
+        // relay may pass small control messages and drop the rest).
+        if matches!(
+            msg,
+            Message::DeliveryProbe { .. } | Message::DeliveryAck { .. }
+        ) {
+            self.delivery.on_heard(&src, &relay.0);
+        }
+        if let Message::DeliveryProbe { id, padding } = msg {
+            // Answered the way it came, as large.
+            let ack = Message::DeliveryAck {
+                id,
+                padding: vec![0; padding.len()],
+            };
+            self.send_through_relay(now, src, relay, &ack, on_channel);
+            return;
+        }
         if let Message::PunchRequest { endpoints, .. } = msg {
             // Probe the peer's endpoints now: our outgoing probes open our
             // NAT for its probes, and its probes arrive through ours.
@@ -1478,13 +1583,28 @@ impl Node {
         }
     }
 
-    /// The relay in use, or the next one when it went silent.
+    /// The relay in use, or the next one when it went silent or stopped
+    /// delivering data to this peer.
     fn live_relay(
         &mut self,
         now: Now,
         peer: PublicKey,
         relay: (PublicKey, SocketAddr),
     ) -> Option<(PublicKey, SocketAddr)> {
+        let failed = self.delivery.failed_for(&peer, now.mono);
+        if failed.contains(&relay.0) {
+            let (mut dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
+            dead.extend(failed);
+            let next = self
+                .overlay
+                .rotate_relay(&peer, &relay.0, now.mono, &dead, &own);
+            if next.is_none() {
+                // Every relay failed this peer: more likely the peer is
+                // gone; try them again rather than drop its traffic.
+                self.delivery.forgive(&peer);
+            }
+            return next;
+        }
         if !self.health.is_dead(&relay.0, now.mono) {
             return Some(relay);
         }
@@ -1512,6 +1632,8 @@ impl Node {
         if self.health.due(relay.0, now.mono) {
             self.ping_addr(now, relay.0, relay.1);
         }
+        self.delivery
+            .on_sent(out.to, relay.0, out.segment, now.mono);
         let route = self.book.send_via(relay.0, out.to, now.mono);
         let sealed = match route.channel {
             None => usize::MAX,
@@ -1570,6 +1692,7 @@ impl Node {
             .map(|(_, r)| r.0)
             .collect();
         self.health.retain(&in_use);
+        self.check_delivery(now);
         self.channels.expire(now.mono);
         self.book.expire(now.mono);
         self.waiting.retain(|_, q| {

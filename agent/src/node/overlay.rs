@@ -420,7 +420,18 @@ impl Overlay {
                 }
                 let direct = matches!(p.path, Some(PeerPath::Direct(_)));
                 if !direct && !record.relays.is_empty() {
-                    let path = Some(PeerPath::Relayed(record.relays.clone()));
+                    // The relays the peer publishes, the one in use first
+                    // when it is among them: a lookup refreshes the
+                    // fallbacks, it does not move working traffic (the
+                    // two ends would chase each other between relays).
+                    let mut relays = record.relays.clone();
+                    if let Some(PeerPath::Relayed(current)) = &p.path
+                        && let Some(first) = current.first()
+                        && let Some(at) = relays.iter().position(|r| r == first)
+                    {
+                        relays[..=at].rotate_right(1);
+                    }
+                    let path = Some(PeerPath::Relayed(relays));
                     if p.path != path {
                         p.path = path;
                         self.changes.push(p.change());
@@ -567,6 +578,19 @@ impl Overlay {
     }
 
     /// Keys of trusted peers (for relays: which paths to watch).
+    /// `relay` (key and address) when it is one of the relays of `key`'s
+    /// relayed path.
+    pub fn relay_of_path(
+        &self,
+        key: &PublicKey,
+        relay: &PublicKey,
+    ) -> Option<(PublicKey, SocketAddr)> {
+        match &self.peers.get(key)?.path {
+            Some(PeerPath::Relayed(r)) => r.iter().find(|x| &x.0 == relay).copied(),
+            _ => None,
+        }
+    }
+
     pub fn relayed_paths(&self) -> Vec<(PublicKey, (PublicKey, SocketAddr))> {
         self.peers
             .values()
@@ -923,6 +947,34 @@ mod tests {
         assert_eq!(o.rotate_relay(&k[1], &z, now, &[x, y, z], &own), None);
         assert_eq!(o.path(&k[1]), None);
         assert_eq!(o.lookups_due(now), vec![k[1]]);
+    }
+
+    /// A lookup refreshes a relayed peer's relays without moving traffic
+    /// off the relay in use (both ends would chase each other otherwise).
+    #[test]
+    fn a_lookup_keeps_the_relay_in_use_first() {
+        let k = keys(4);
+        let (x, y) = (k[2], k[3]);
+        let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let now = Instant::now();
+        let record = NodeRecord {
+            key: k[1],
+            endpoints: vec![],
+            nat: NatKind::EndpointDependent,
+            relays: vec![(x, at(10)), (y, at(11))],
+            relay_service: true,
+        };
+        o.lookup_started(k[1], LookupId(1), now);
+        o.lookup_done(now, LookupId(1), k[1], Some(record.clone()));
+        // The peer's traffic arrives through y: replies go through y.
+        o.on_relayed_contact(k[1], (y, at(11)), now);
+        o.lookup_started(k[1], LookupId(2), now);
+        o.lookup_done(now, LookupId(2), k[1], Some(record));
+        assert_eq!(
+            o.path(&k[1]),
+            Some(PeerPath::Relayed(vec![(y, at(11)), (x, at(10))]))
+        );
     }
 
     #[test]

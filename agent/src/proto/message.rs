@@ -134,6 +134,12 @@ pub enum Message {
     /// `channel` travel between the receiver and `peer` through the sender
     /// (the relay), in both directions, without sealing.
     RelayChannel { peer: PublicKey, channel: u64 },
+    /// 0x25: end to end through a relay, the way data goes: do you get
+    /// what this relay forwards? `padding` makes it as large as the data
+    /// (a relay must not tell it from data by its size).
+    DeliveryProbe { id: u64, padding: Vec<u8> },
+    /// 0x26: answer to a delivery probe, as large, the way it came.
+    DeliveryAck { id: u64, padding: Vec<u8> },
     /// 0x30: I (the sender, `real`) hold the secret of `alias`; `proof` is
     /// [`crate::proto::alias_proof`] computed for the receiver.
     AliasAuth {
@@ -159,6 +165,8 @@ pub mod types {
     pub const RELAY_WG: u8 = 0x22;
     pub const RELAYED_WG: u8 = 0x23;
     pub const RELAY_CHANNEL: u8 = 0x24;
+    pub const DELIVERY_PROBE: u8 = 0x25;
+    pub const DELIVERY_ACK: u8 = 0x26;
     pub const ALIAS_AUTH: u8 = 0x30;
     pub const ALIAS_ACK: u8 = 0x31;
 }
@@ -285,6 +293,8 @@ impl Message {
             Message::RelayWg { .. } => RELAY_WG,
             Message::RelayedWg { .. } => RELAYED_WG,
             Message::RelayChannel { .. } => RELAY_CHANNEL,
+            Message::DeliveryProbe { .. } => DELIVERY_PROBE,
+            Message::DeliveryAck { .. } => DELIVERY_ACK,
             Message::AliasAuth { .. } => ALIAS_AUTH,
             Message::AliasAck { .. } => ALIAS_ACK,
         }
@@ -305,6 +315,8 @@ impl Message {
             Message::RelayWg { .. } => "relay-wg",
             Message::RelayedWg { .. } => "relayed-wg",
             Message::RelayChannel { .. } => "relay-channel",
+            Message::DeliveryProbe { .. } => "delivery-probe",
+            Message::DeliveryAck { .. } => "delivery-ack",
             Message::AliasAuth { .. } => "alias-auth",
             Message::AliasAck { .. } => "alias-ack",
         }
@@ -329,6 +341,9 @@ impl Message {
             | Message::RelayWg { packet: p, .. }
             | Message::RelayedWg { packet: p, .. } => KEY_LEN + 2 + p.len(),
             Message::RelayChannel { .. } => KEY_LEN + 8,
+            Message::DeliveryProbe { padding: p, .. } | Message::DeliveryAck { padding: p, .. } => {
+                8 + 2 + p.len()
+            }
             Message::AliasAuth { .. } => 2 * KEY_LEN + PROOF_LEN,
             Message::AliasAck { .. } => KEY_LEN,
         }
@@ -391,6 +406,10 @@ impl Message {
             Message::RelayChannel { peer, channel } => {
                 out.extend_from_slice(peer.as_bytes());
                 out.extend_from_slice(&channel.to_be_bytes());
+            }
+            Message::DeliveryProbe { id, padding: p } | Message::DeliveryAck { id, padding: p } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                put_payload(out, "padding", p)?;
             }
             Message::AliasAuth { alias, real, proof } => {
                 out.extend_from_slice(alias.as_bytes());
@@ -460,6 +479,14 @@ impl Message {
             RELAY_CHANNEL => Message::RelayChannel {
                 peer: r.key()?,
                 channel: r.u64()?,
+            },
+            DELIVERY_PROBE => Message::DeliveryProbe {
+                id: r.u64()?,
+                padding: r.payload()?,
+            },
+            DELIVERY_ACK => Message::DeliveryAck {
+                id: r.u64()?,
+                padding: r.payload()?,
             },
             ALIAS_AUTH => Message::AliasAuth {
                 alias: r.key()?,

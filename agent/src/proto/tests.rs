@@ -98,6 +98,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (arb_key(), arb_key(), any::<[u8; 32]>())
             .prop_map(|(alias, real, proof)| Message::AliasAuth { alias, real, proof }),
         arb_key().prop_map(|alias| Message::AliasAck { alias }),
+        (any::<u64>(), arb_payload())
+            .prop_map(|(id, padding)| Message::DeliveryProbe { id, padding }),
+        (any::<u64>(), arb_payload())
+            .prop_map(|(id, padding)| Message::DeliveryAck { id, padding }),
     ]
 }
 

@@ -360,6 +360,15 @@ impl ChannelBook {
         );
     }
 
+    /// The channel to `peer` through `relay`, if one is announced and not
+    /// stale (no refresh is counted).
+    pub fn channel(&self, relay: PublicKey, peer: PublicKey, now: Instant) -> Option<u64> {
+        self.outbound
+            .get(&(relay, peer))
+            .filter(|e| now.saturating_duration_since(e.announced) < CHANNEL_STALE)
+            .map(|e| e.channel)
+    }
+
     /// How to send to `peer` through `relay` now; a refresh it asks for
     /// counts as done.
     pub fn send_via(&mut self, relay: PublicKey, peer: PublicKey, now: Instant) -> Route {
