@@ -909,6 +909,17 @@ mod tests {
         );
     }
 
+    /// The record of `key` behind a hard NAT, reachable through `relays`.
+    fn behind_hard_nat(key: PublicKey, relays: &[(PublicKey, SocketAddr)]) -> NodeRecord {
+        NodeRecord {
+            key,
+            endpoints: vec![],
+            nat: NatKind::EndpointDependent,
+            relays: relays.to_vec(),
+            relay_service: true,
+        }
+    }
+
     /// The relay in use and the peer's other relay die together: the path
     /// skips every relay known dead (never cycling back to one) and falls
     /// back on the node's own live relays.
@@ -920,13 +931,7 @@ mod tests {
         let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
         let now = Instant::now();
         o.lookup_started(k[1], LookupId(1), now);
-        let record = NodeRecord {
-            key: k[1],
-            endpoints: vec![],
-            nat: NatKind::EndpointDependent,
-            relays: vec![(x, at(10)), (y, at(11))],
-            relay_service: true,
-        };
+        let record = behind_hard_nat(k[1], &[(x, at(10)), (y, at(11))]);
         o.lookup_done(now, LookupId(1), k[1], Some(record));
         assert_eq!(
             o.path(&k[1]),
@@ -958,13 +963,7 @@ mod tests {
         let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
         let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
         let now = Instant::now();
-        let record = NodeRecord {
-            key: k[1],
-            endpoints: vec![],
-            nat: NatKind::EndpointDependent,
-            relays: vec![(x, at(10)), (y, at(11))],
-            relay_service: true,
-        };
+        let record = behind_hard_nat(k[1], &[(x, at(10)), (y, at(11))]);
         o.lookup_started(k[1], LookupId(1), now);
         o.lookup_done(now, LookupId(1), k[1], Some(record.clone()));
         // The peer's traffic arrives through y: replies go through y.
