@@ -242,8 +242,29 @@ fn ephemeral_key() -> anyhow::Result<PrivateKey> {
     .ok_or_else(|| anyhow::anyhow!("could not make an ephemeral key"))
 }
 
+/// How long a pipe waits for the other side to acknowledge its end.
+const END_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits, at most `limit`, until everything sent on `stream` (its end, the
+/// FIN, included) is acknowledged.
+async fn until_acknowledged(stream: &TcpStream, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let mut unacknowledged: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one int: the bytes
+        // sent but not acknowledged, the FIN counting as one.
+        let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unacknowledged) };
+        if r != 0 || unacknowledged == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Copies stdin to the socket and the socket to stdout until the other
-/// side closes; returns when the socket reaches its end.
+/// side closes; returns when the socket reaches its end and ours is
+/// acknowledged (at most [`END_ACK_WAIT`] later).
 async fn pipe(stream: TcpStream) -> anyhow::Result<()> {
     let (mut rd, mut wr) = stream.into_split();
     let upload = tokio::spawn(async move {
@@ -267,7 +288,12 @@ async fn pipe(stream: TcpStream) -> anyhow::Result<()> {
         stdout.flush().await
     };
     let result = copied.await;
+    // Our end goes out too (dropping the write half sends it), and the
+    // process, whose overlay carries it, stays until the other side has
+    // acknowledged it: else that side may wait for it for ever.
     upload.abort();
+    let _ = upload.await;
+    until_acknowledged(rd.as_ref(), END_ACK_WAIT).await;
     match result {
         // Our reader stopped (`wh nc ... | head`): the pipe's work is over.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
