@@ -46,6 +46,8 @@ const MAX_REMOTES: usize = 256;
 const MAX_RECEIVED: usize = 4096;
 /// Lines of trace kept (the last ones).
 pub const MAX_TRACE: usize = 400;
+/// Lines of trace kept when every datagram is traced (a replay).
+pub const MAX_VERBOSE_TRACE: usize = 200_000;
 /// The first data byte of a WireGuard transport-data datagram.
 pub const WG_DATA: u8 = 4;
 
@@ -562,7 +564,12 @@ impl Net {
 
     /// Adds a line to the trace, stamped with the simulated time.
     pub fn note(&mut self, line: impl std::fmt::Display) {
-        if self.trace.len() >= MAX_TRACE {
+        let cap = if self.verbose {
+            MAX_VERBOSE_TRACE
+        } else {
+            MAX_TRACE
+        };
+        if self.trace.len() >= cap {
             self.trace.pop_front();
         }
         let t = self.elapsed();

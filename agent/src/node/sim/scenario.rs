@@ -65,6 +65,13 @@ pub struct Bounds {
     pub direct: Duration,
     /// Quiet time before the next fault.
     pub quiet: Duration,
+    /// No fault before every node has run this long: the nodes must have
+    /// met the public nodes that started last (a node behind a NAT learns
+    /// of them only through lookups; see docs/simulator.md).
+    pub converge: Duration,
+    /// Start times and fault durations are divided by this (1: as
+    /// generated).
+    pub compress: u32,
     /// End a run as soon as the faults are done and every pair that must
     /// go direct is (rather than after `direct` for every pair): the CI
     /// test's profile; the "% direct" of the other pairs is then a lower
@@ -79,6 +86,8 @@ impl Default for Bounds {
             fault: Duration::from_secs(10),
             direct: Duration::from_secs(10),
             quiet: Duration::from_secs(2),
+            converge: Duration::from_secs(3),
+            compress: 1,
             early_end: false,
         }
     }
@@ -88,7 +97,9 @@ impl Bounds {
     /// The CI test's profile: the same bounds, shorter runs.
     pub fn quick() -> Bounds {
         Bounds {
-            quiet: Duration::from_secs(1),
+            quiet: Duration::from_millis(500),
+            converge: Duration::from_secs(2),
+            compress: 3,
             early_end: true,
             ..Bounds::default()
         }
@@ -279,6 +290,9 @@ struct PairState {
     /// Waiting for data sent at or after this instant, and why.
     waiting: Option<(Instant, &'static str)>,
     both_up: Option<Instant>,
+    /// Past its bound: since when, and the violation to complete when the
+    /// data comes after all.
+    overdue: Option<(Instant, usize)>,
 }
 
 /// What the run loop is doing about faults.
@@ -312,6 +326,7 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
                     to: j,
                     waiting: None,
                     both_up: None,
+                    overdue: None,
                 });
             }
         }
@@ -323,7 +338,9 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
     let mut faults_done = false;
     let mut quiet_since = net.now.mono;
     let mut step: u32 = 0;
-    let last_start = scn.starts.iter().max().copied().unwrap_or_default();
+    let compress = bounds.compress.max(1);
+    let starts: Vec<Duration> = scn.starts.iter().map(|s| *s / compress).collect();
+    let last_start = starts.iter().max().copied().unwrap_or_default();
     // Simulated time allowed in all: starts, each fault and its recovery.
     let limit = last_start
         + bounds.first
@@ -333,7 +350,7 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
         let now = net.now.mono;
         let elapsed = net.elapsed();
         for (i, s) in started.iter_mut().enumerate() {
-            if !*s && elapsed >= scn.starts[i] {
+            if !*s && elapsed >= starts[i] {
                 *s = true;
                 net.start(i);
             }
@@ -362,11 +379,12 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
             None => {
                 let settled = started.iter().all(|s| *s)
                     && pairs.iter().all(|p| p.waiting.is_none())
-                    && now - quiet_since >= bounds.quiet;
+                    && now - quiet_since >= bounds.quiet
+                    && elapsed >= last_start + bounds.converge;
                 if settled && !faults_done {
                     match faults.next() {
                         Some(f) => {
-                            pending = apply(&mut net, *f, &public, &mut pairs, now);
+                            pending = apply(&mut net, *f, compress, &public, &mut pairs, now);
                         }
                         None => faults_done = true,
                     }
@@ -387,6 +405,14 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
         step += 1;
         let now = net.now.mono;
         for a in net.take_arrivals() {
+            if let Some(p) = pairs.iter_mut().find(|p| p.from == a.from && p.to == a.to)
+                && let Some((since, v)) = p.overdue
+                && a.sent >= since
+            {
+                out.violations[v] +=
+                    &format!(" (data came {:.1} s after)", (a.at - since).as_secs_f64());
+                p.overdue = None;
+            }
             if let Some(p) = pairs.iter_mut().find(|p| p.from == a.from && p.to == a.to)
                 && let Some((since, kind)) = p.waiting
                 && a.sent >= since
@@ -417,6 +443,7 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
                         (since - (now - net.elapsed())).as_secs_f64()
                     ));
                     p.waiting = None;
+                    p.overdue = Some((since, out.violations.len() - 1));
                 }
             }
             if direct_at[k].is_none()
@@ -480,6 +507,7 @@ pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
 /// Every pair of nodes both up waits for data sent from `now`.
 fn wait_all(pairs: &mut [PairState], net: &Net, now: Instant, kind: &'static str) {
     for p in pairs.iter_mut() {
+        p.overdue = None;
         if net.is_up(p.from) && net.is_up(p.to) && p.both_up.is_some() {
             p.waiting = Some((now, kind));
         }
@@ -500,6 +528,7 @@ fn both_direct(net: &Net, i: usize, j: usize) -> bool {
 fn apply(
     net: &mut Net,
     f: Fault,
+    compress: u32,
     public: &[usize],
     pairs: &mut Vec<PairState>,
     now: Instant,
@@ -512,7 +541,11 @@ fn apply(
                 // Another public node remains: no path may break at all.
                 wait_all(pairs, net, now, "bootstrap-killed");
             }
-            Some(Pending::Restart(0, now + down, "bootstrap-restarted"))
+            Some(Pending::Restart(
+                0,
+                now + down / compress,
+                "bootstrap-restarted",
+            ))
         }
         Fault::KillRelayInUse => {
             if up_public.len() < 2 {
@@ -546,7 +579,7 @@ fn apply(
             for p in pairs.iter_mut() {
                 p.waiting = None;
             }
-            Some(Pending::Heal(node, now + down))
+            Some(Pending::Heal(node, now + down / compress))
         }
     }
 }
