@@ -10,13 +10,15 @@
 //! `--quick` runs with the CI test's profile (`Bounds::quick`: shorter
 //! quiet times, a run ends once the pairs that must be direct are): a
 //! failure of the test replays with `net-sim --seed S --one --quick`.
+//! `--quiet-ms` and `--converge-ms` override the quiet time before a fault
+//! and the time every node runs before the first one.
 
 use std::process::ExitCode;
 use std::time::Instant;
 use wirehub::node::sim::network_seed;
 use wirehub::node::sim::scenario::{Bounds, Outcome, Tally, generate, run_caught, summary};
 
-const USAGE: &str = "usage: net-sim [--networks N] [--seed S] [--jobs J] [--quick] | net-sim --seed S --one [--quick]";
+const USAGE: &str = "usage: net-sim [--networks N] [--seed S] [--jobs J] [--quick] [--quiet-ms MS] [--converge-ms MS] | net-sim --seed S --one [--quick] ...";
 
 struct Args {
     networks: u64,
@@ -24,6 +26,8 @@ struct Args {
     jobs: u64,
     one: bool,
     quick: bool,
+    quiet_ms: Option<u64>,
+    converge_ms: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -33,6 +37,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         jobs: 1,
         one: false,
         quick: false,
+        quiet_ms: None,
+        converge_ms: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -58,6 +64,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--networks" => a.networks = n,
             "--seed" => a.seed = n,
             "--jobs" => a.jobs = n.clamp(1, 64),
+            "--quiet-ms" => a.quiet_ms = Some(n),
+            "--converge-ms" => a.converge_ms = Some(n),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
@@ -104,11 +112,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let bounds = if a.quick {
+    let mut bounds = if a.quick {
         Bounds::quick()
     } else {
         Bounds::default()
     };
+    if let Some(ms) = a.quiet_ms {
+        bounds.quiet = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = a.converge_ms {
+        bounds.converge = std::time::Duration::from_millis(ms);
+    }
     if a.one {
         return one(a.seed, bounds);
     }
@@ -126,6 +140,9 @@ fn main() -> ExitCode {
                         report_failure(&o);
                     }
                     t.add(&o);
+                    if t.networks.is_multiple_of(1000) {
+                        eprint!("after {:.0} s:\n{t}", started.elapsed().as_secs_f64());
+                    }
                     k += a.jobs;
                 }
             });
