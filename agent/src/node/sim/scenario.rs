@@ -884,6 +884,31 @@ mod tests {
         );
     }
 
+    /// Found by the simulator (docs/simulator.md): after a NAT flush and a
+    /// restart of the only public node, two relayed nodes never get a
+    /// path again (both end `nat Unknown, relays []`).
+    #[test]
+    #[ignore = "fails on today's core: see docs/simulator.md, seed 6891110267847428180"]
+    fn a_lone_bootstrap_that_restarts_breaks_no_established_path_for_good() {
+        let o = run_caught(&generate(6891110267847428180), Bounds::default(), false);
+        assert!(o.passed(), "{o}");
+    }
+
+    /// Found by the simulator: a node behind a hard NAT that only ever
+    /// talked to the bootstrap is cut off for good when the bootstrap dies,
+    /// although two public nodes remain (the fault 1.6 s after they start).
+    #[test]
+    #[ignore = "fails on today's core: see docs/simulator.md, seed 14382016861059019890"]
+    fn a_node_that_knew_only_the_dead_bootstrap_finds_the_public_nodes_that_remain() {
+        let bounds = Bounds {
+            quiet: Duration::from_secs(1),
+            converge: Duration::ZERO,
+            ..Bounds::default()
+        };
+        let o = run_caught(&generate(14382016861059019890), bounds, false);
+        assert!(o.passed(), "{o}");
+    }
+
     #[test]
     fn a_seed_always_generates_the_same_network() {
         let a = generate(42);
