@@ -10,8 +10,9 @@
 //!   seeded [`Rng`] given at build time: the simulator adds no randomness
 //!   of its own. (The cores still draw their codec nonces and relay channel
 //!   ids from the system, and iterate hash maps in a per-process order: a
-//!   replay follows the same topology, schedule and link fates, but may
-//!   differ in the order of datagrams sent within one core call.)
+//!   replay has the same topology, keys and schedule, but the order of the
+//!   datagrams a core sends within one call may differ, and the link fates
+//!   drawn for them with it.)
 //! - Every collection is bounded: datagrams in flight ([`MAX_IN_FLIGHT`],
 //!   past it new ones are dropped and counted), mappings per router
 //!   ([`MAX_MAPPINGS`], the least recently used goes), remotes per mapping,
