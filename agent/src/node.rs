@@ -9,3 +9,4 @@ pub mod launch;
 pub mod overlay;
 #[cfg(test)]
 mod pair;
+pub mod sim;
