@@ -1365,11 +1365,13 @@ impl Node {
             self.count_drop("relayed-control-from-untrusted");
             return;
         }
-        // Replies go back through the relay this came through (it can
-        // reach the peer). Keeping the path where it was until data moved
-        // it was tried: relay failover in net-sim got slower (p95 1.5 s
-        // against 0.9 s over 2,000 networks).
-        self.overlay.on_relayed_contact(src, relay, now.mono);
+        // A control message shows where the peer can be reached when
+        // nothing else does; once there is a path, data decides it (the
+        // peer sends its control messages through any of our relays, and
+        // following each would move its traffic back and forth).
+        if self.overlay.path(&src).is_none() {
+            self.overlay.on_relayed_contact(src, relay, now.mono);
+        }
         // Only what is as large as data proves the relay delivers data (a
         // relay may pass small control messages and drop the rest).
         if matches!(
