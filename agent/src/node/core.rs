@@ -73,6 +73,8 @@ const LOCAL_IPV6_EVERY: Duration = Duration::from_secs(30);
 /// A peer the data plane refused is programmed again after this long.
 const REPROGRAM_AFTER: Duration = Duration::from_secs(1);
 /// Own record changes are republished at most this often.
+/// Public nodes a moved node asks to carry its punch requests.
+const MOVE_ANNOUNCERS: usize = 2;
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// A `wh ping` unanswered this long fails.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -200,6 +202,8 @@ pub struct DataplaneView {
     pub kind: Option<String>,
     pub dropped: u64,
     pub wireguard_via_daemon: Option<u64>,
+    /// Peers an external WireGuard had reset for a broken session.
+    pub session_resets: Option<u64>,
     pub owns_port: bool,
 }
 
@@ -285,6 +289,9 @@ pub struct Node {
     recent: HashMap<PublicKey, (SocketAddr, Instant)>,
     own_record: NodeRecord,
     observed: Option<SocketAddr>,
+    /// The last public endpoint a NAT verdict gave us: when it moves, peers
+    /// behind filtering NATs must be told (see [`Node::announce_move`]).
+    reflexive: Option<SocketAddr>,
     /// The port mapping the home router made, and the protocol that made it.
     port_mapping: Option<(SocketAddr, &'static str)>,
     waiting: HashMap<PublicKey, VecDeque<(Instant, Outgoing)>>,
@@ -375,6 +382,7 @@ impl Node {
             recent: HashMap::new(),
             own_record,
             observed: None,
+            reflexive: None,
             port_mapping: None,
             waiting: HashMap::new(),
             unprogrammed: HashMap::new(),
@@ -1540,6 +1548,33 @@ impl Node {
         self.punch(now);
     }
 
+    /// Our NAT now maps us to another public endpoint (it restarted, its
+    /// table was flushed, the ISP moved us): a peer behind a filtering NAT
+    /// drops what we send from the new endpoint until it sends there, and
+    /// keeps sending to the old one. Punch towards each peer on a direct
+    /// path at once, asking it through up to two public relaying nodes of
+    /// the DHT to probe our new endpoints (instead of waiting for the path
+    /// to go quiet and for lookups to find our new record).
+    fn announce_move(&mut self, now: Now) {
+        let via: Vec<(PublicKey, SocketAddr)> = self
+            .dht
+            .nodes()
+            .filter(|n| n.nat == NatKind::Public && n.relay_service)
+            .take(MOVE_ANNOUNCERS)
+            .map(|n| (n.key, n.addr))
+            .collect();
+        let direct = self.overlay.direct_paths();
+        tracing::info!(
+            peers = direct.len(),
+            via = via.len(),
+            "our public endpoint moved: asking peers to punch to it"
+        );
+        for (peer, addr) in direct {
+            self.puncher.start(peer, vec![addr], via.clone(), now.mono);
+        }
+        self.punch(now);
+    }
+
     /// Sends what the hole-punching schedule says is due.
     fn punch(&mut self, now: Now) {
         for action in self.puncher.poll(now.mono) {
@@ -1550,9 +1585,10 @@ impl Node {
                     }
                 }
                 PunchAction::Request { peer, relay } => {
+                    // Where we are now (the record may wait to be published).
                     let request = Message::PunchRequest {
                         id: 0,
-                        endpoints: self.own_record.endpoints.clone(),
+                        endpoints: self.own_endpoints(now),
                     };
                     match self.codec.seal(now.unix_ms, &peer, &request) {
                         Ok(inner) => {
@@ -1791,6 +1827,12 @@ impl Node {
         if let Some(v) = self.nat.changed(now.mono) {
             tracing::info!(nat = ?v.kind, reflexive = ?v.reflexive, "NAT verdict");
             self.publish_pending = true;
+            if let Some(new) = v.reflexive {
+                if self.reflexive.is_some_and(|old| old != new) {
+                    self.announce_move(now);
+                }
+                self.reflexive = Some(new);
+            }
         }
         self.read_local_ipv6(now);
         let verdict = self.nat.verdict(now.mono);
@@ -1973,6 +2015,7 @@ impl Node {
             "dataplane": {
                 "dropped": view.dropped,
                 "wireguard_data_via_daemon": view.wireguard_via_daemon,
+                "wireguard_session_resets": view.session_resets,
                 "wireguard_owns_port": view.owns_port,
             },
             "relay": self.limiter.counters,

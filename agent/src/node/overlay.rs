@@ -591,6 +591,17 @@ impl Overlay {
         }
     }
 
+    /// Peers on a direct path, and its address.
+    pub fn direct_paths(&self) -> Vec<(PublicKey, SocketAddr)> {
+        self.peers
+            .values()
+            .filter_map(|p| match p.path {
+                Some(PeerPath::Direct(a)) => Some((p.spec.key, a)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn relayed_paths(&self) -> Vec<(PublicKey, (PublicKey, SocketAddr))> {
         self.peers
             .values()
