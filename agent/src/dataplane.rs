@@ -40,6 +40,7 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 pub mod pmtu;
+pub mod session_watch;
 pub mod table;
 pub mod tun;
 pub mod udp;
@@ -358,6 +359,15 @@ impl DataPlane {
         match &self.backend {
             Backend::Embedded(_) => Vec::new(),
             Backend::External(b) => b.direct_receipts(),
+        }
+    }
+
+    /// Peers an external WireGuard had reset because it opened none of
+    /// their data (see [`session_watch`]); `None` for the embedded backend.
+    pub fn session_resets(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::External(b) => Some(b.session_resets()),
         }
     }
 

@@ -658,11 +658,25 @@ fn a_wireguard_go_node_talks_to_embedded_nodes() {
     for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
         let ip = format!("10.0.42.{}", to + 2);
         if let Err(e) = lab.ping_until(&net.nodes[from], &ip, Duration::from_secs(10)) {
-            panic!("{e}{}", lab.report(&[&net.nodes[from], &net.nodes[to]]));
+            let c = &net.nodes[2];
+            let wg = lab
+                .exec(&c.netns, &["wg", "show", &iface(lab, c), "dump"])
+                .unwrap_or_default();
+            panic!(
+                "{e}{}\n--- wireguard-go on node_c (wg show dump):\n{wg}",
+                lab.report(&[&net.nodes[from], &net.nodes[to]])
+            );
         }
     }
     // wireguard-go itself reports the handshakes (through `wg`).
     let i = iface(lab, &net.nodes[2]);
+    let inspect = lab
+        .wh_ok(&net.nodes[2], &["inspect", &i])
+        .unwrap_or_default();
+    let resets = serde_json::from_str::<serde_json::Value>(&inspect)
+        .ok()
+        .and_then(|v| v["dataplane"]["wireguard_session_resets"].as_u64());
+    eprintln!("node_c's broken sessions reset: {resets:?}");
     let wg = lab
         .exec(
             &net.nodes[2].netns,

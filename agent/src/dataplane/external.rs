@@ -49,6 +49,7 @@
 
 use super::kernel_port::PortShare;
 use super::netns::Netns;
+use super::session_watch::{Sample, SessionWatch};
 use super::udp;
 use super::{
     BackendKind, DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats,
@@ -79,6 +80,8 @@ struct ProxyPeer {
     task: JoinHandle<()>,
     rx_bytes: Arc<AtomicU64>,
     tx_bytes: Arc<AtomicU64>,
+    /// Transport-data datagrams of this peer handed to WireGuard.
+    fed: AtomicU64,
     /// The allowed IPs WireGuard was last given for this peer.
     allowed_ips: Mutex<Vec<IpNet>>,
 }
@@ -116,6 +119,10 @@ pub struct External {
     /// What WireGuard had received from each peer at the last
     /// [`External::direct_receipts`], and when that was.
     receipts: Mutex<(Option<std::time::Instant>, HashMap<PublicKey, u64>)>,
+    /// Proxied peers whose data WireGuard stopped opening.
+    watch: Mutex<SessionWatch>,
+    /// Peers reset by the watch.
+    resets: AtomicU64,
     /// What a handshake initiation must pass before it is decrypted.
     gate: HandshakeGate,
     destroyed: bool,
@@ -449,6 +456,8 @@ impl External {
                 unclaimed,
             })),
             receipts: Mutex::new((None, HashMap::new())),
+            watch: Mutex::new(SessionWatch::default()),
+            resets: AtomicU64::new(0),
             gate: HandshakeGate::new(&public),
             destroyed: false,
         })
@@ -457,11 +466,9 @@ impl External {
     /// Owning the port: the peers WireGuard received from at a direct
     /// (non-loopback) endpoint since the previous call, with that endpoint.
     /// At most once per [`RECEIPTS_EVERY`] (else empty); always empty with
-    /// proxies (the daemon sees every datagram then).
+    /// proxies (the daemon sees every datagram then). On the way, peers
+    /// whose session WireGuard cannot open are reset ([`SessionWatch`]).
     pub(crate) fn direct_receipts(&self) -> Vec<(PublicKey, SocketAddr)> {
-        if !self.owns_public_port() {
-            return Vec::new();
-        }
         let mut receipts = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         if receipts
@@ -478,6 +485,10 @@ impl External {
                 return Vec::new();
             }
         };
+        self.watch_sessions(now, &device);
+        if !self.owns_public_port() {
+            return Vec::new();
+        }
         let mut seen = HashMap::with_capacity(device.peers.len());
         let mut out = Vec::new();
         for info in &device.peers {
@@ -494,6 +505,58 @@ impl External {
         }
         receipts.1 = seen;
         out
+    }
+
+    /// Feeds the session watch what went into WireGuard for each proxied
+    /// peer and what WireGuard opened; removes and adds again the peers it
+    /// names, so that a fresh handshake replaces the broken session.
+    fn watch_sessions(&self, now: std::time::Instant, device: &Device) {
+        let samples: Vec<Sample> = {
+            let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+            device
+                .peers
+                .iter()
+                .filter_map(|info| {
+                    let key = PublicKey(info.config.public_key.0);
+                    let proxy = peers.get(&key)?;
+                    Some(Sample {
+                        key,
+                        fed: proxy.fed.load(Ordering::Relaxed),
+                        accepted: info.stats.rx_bytes,
+                    })
+                })
+                .collect()
+        };
+        let reset = self
+            .watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(now, &samples);
+        for key in reset {
+            let Some(info) = device.peers.iter().find(|i| i.config.public_key.0 == key.0) else {
+                continue;
+            };
+            tracing::warn!(
+                peer = ?key,
+                "WireGuard opens none of this peer's data (a broken session): resetting the peer"
+            );
+            self.resets.fetch_add(1, Ordering::Relaxed);
+            let remove = DeviceUpdate::new().remove_peer_by_key(&Key(key.0));
+            let add = DeviceUpdate::new()
+                .add_peer(PeerConfigBuilder::from_peer_config(info.config.clone()));
+            let applied = self.netns.run(|| {
+                remove.apply(&self.iface, self.backend)?;
+                add.apply(&self.iface, self.backend)
+            });
+            if let Err(e) = applied.and_then(|r| r) {
+                tracing::warn!(peer = ?key, "cannot reset the peer: {e}");
+            }
+        }
+    }
+
+    /// Peers the session watch reset.
+    pub(crate) fn session_resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
     }
 
     /// The public port WireGuard listens on, when it owns it.
@@ -603,6 +666,7 @@ impl External {
             task,
             rx_bytes,
             tx_bytes,
+            fed: AtomicU64::new(0),
             allowed_ips: Mutex::new(Vec::new()),
         })
     }
@@ -843,6 +907,7 @@ impl External {
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
         if is_transport_data(datagram) {
             self.via_daemon.fetch_add(1, Ordering::Relaxed);
+            proxy.fed.fetch_add(1, Ordering::Relaxed);
         }
         tracing::trace!(peer = ?key, %from, len = datagram.len(), "to WireGuard");
         if let Err(e) = udp::send_now(&proxy.sock, datagram, self.wg_addr) {

@@ -493,6 +493,7 @@ impl Shell {
             kind: Some(dp.kind().to_string()),
             dropped: dp.dropped(),
             wireguard_via_daemon: dp.wireguard_via_daemon(),
+            session_resets: dp.session_resets(),
             owns_port: dp.public_port().is_some(),
         }
     }
