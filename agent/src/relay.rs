@@ -47,6 +47,19 @@ pub const RELAY_UNANSWERED: Duration = Duration::from_millis(750);
 pub const RELAY_SHUNNED_FOR: Duration = Duration::from_secs(30);
 /// Dead relays remembered.
 const MAX_SHUNNED: usize = 64;
+/// While fewer than [`RELAYS_WANTED`] are kept, a shunned candidate is
+/// pinged this often: its answer (or any message from it) forgives it, so
+/// a relay that restarted is kept again within seconds, not after
+/// [`RELAY_SHUNNED_FOR`] (a lone public node that restarts is the only
+/// relay there is).
+pub const SHUNNED_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy)]
+struct Shunned {
+    key: PublicKey,
+    at: Instant,
+    probed: Option<Instant>,
+}
 
 #[derive(Debug, Clone)]
 struct Kept {
@@ -65,7 +78,7 @@ struct Kept {
 pub struct RelaySet {
     kept: Vec<Kept>,
     /// Relays found dead lately: never kept, never fallen back on.
-    shunned: Vec<(PublicKey, Instant)>,
+    shunned: Vec<Shunned>,
 }
 
 /// A DHT node that could relay.
@@ -113,18 +126,62 @@ impl RelaySet {
     pub fn shunned(&self, now: Instant) -> Vec<PublicKey> {
         self.shunned
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(*at) < RELAY_SHUNNED_FOR)
-            .map(|(k, _)| *k)
+            .filter(|s| now.saturating_duration_since(s.at) < RELAY_SHUNNED_FOR)
+            .map(|s| s.key)
             .collect()
     }
 
     fn shun(&mut self, key: PublicKey, now: Instant) {
         self.shunned
-            .retain(|(k, at)| *k != key && now.saturating_duration_since(*at) < RELAY_SHUNNED_FOR);
+            .retain(|s| s.key != key && now.saturating_duration_since(s.at) < RELAY_SHUNNED_FOR);
         if self.shunned.len() >= MAX_SHUNNED {
             self.shunned.remove(0);
         }
-        self.shunned.push((key, now));
+        self.shunned.push(Shunned {
+            key,
+            at: now,
+            probed: None,
+        });
+    }
+
+    /// Shunned candidates to ping now, while fewer than [`RELAYS_WANTED`]
+    /// relays are kept (each at most every [`SHUNNED_PROBE_EVERY`]).
+    pub fn probe_shunned(
+        &mut self,
+        candidates: &[Candidate],
+        now: Instant,
+    ) -> Vec<(PublicKey, SocketAddr)> {
+        if self.kept.len() >= RELAYS_WANTED {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for s in &mut self.shunned {
+            if now.saturating_duration_since(s.at) >= RELAY_SHUNNED_FOR
+                || s.probed
+                    .is_some_and(|t| now.saturating_duration_since(t) < SHUNNED_PROBE_EVERY)
+            {
+                continue;
+            }
+            let Some(c) = candidates
+                .iter()
+                .find(|c| c.key == s.key && c.nat == NatKind::Public && c.relay_service)
+            else {
+                continue;
+            };
+            s.probed = Some(now);
+            out.push((c.key, c.addr));
+        }
+        out
+    }
+
+    /// Any authenticated message from `key` shows it alive: a kept relay
+    /// is heard from, a shunned one forgiven.
+    pub fn on_contact(&mut self, key: &PublicKey, now: Instant) {
+        if let Some(k) = self.kept.iter_mut().find(|k| &k.key == key) {
+            k.last_heard = now;
+            k.unanswered_since = None;
+        }
+        self.shunned.retain(|s| &s.key != key);
     }
 
     /// Fills the set from candidates (public nodes that relay for others
@@ -163,14 +220,12 @@ impl RelaySet {
 
     /// A kept relay answered.
     pub fn on_pong(&mut self, key: &PublicKey, rtt: Option<Duration>, now: Instant) {
-        if let Some(k) = self.kept.iter_mut().find(|k| &k.key == key) {
-            k.last_heard = now;
-            k.unanswered_since = None;
-            if rtt.is_some() {
-                k.rtt = rtt;
-            }
+        self.on_contact(key, now);
+        if let Some(k) = self.kept.iter_mut().find(|k| &k.key == key)
+            && rtt.is_some()
+        {
+            k.rtt = rtt;
         }
-        self.shunned.retain(|(k, _)| k != key);
     }
 
     /// A relay this node sent through went silent ([`RelayHealth`]): it is
@@ -453,6 +508,46 @@ mod tests {
             answers.extend(ping.iter().map(|_| t + rtt));
             t += Duration::from_millis(250);
         }
+    }
+
+    /// The only public node restarts: found dead, it is shunned, but pinged
+    /// every 2 s while the set is short, and kept again once it answers
+    /// (not after the 30 s a shunned relay otherwise waits).
+    #[test]
+    fn a_lone_relay_that_comes_back_is_kept_again_at_its_first_answer() {
+        let own = key();
+        let cands = vec![candidate("203.0.113.10", NatKind::Public, 5)];
+        let lone = cands[0].key;
+        let t0 = Instant::now();
+        let mut s = RelaySet::new();
+        s.fill(&own, &cands, t0);
+        assert!(s.lost(&lone, t0));
+        assert!(!s.fill(&own, &cands, t0), "kept while shunned");
+        let probes: Vec<u64> = (0..10)
+            .map(|i| t0 + Duration::from_millis(500 * i))
+            .filter(|t| !s.probe_shunned(&cands, *t).is_empty())
+            .map(|t| t.saturating_duration_since(t0).as_millis() as u64)
+            .collect();
+        assert_eq!(probes, [0, 2000, 4000]);
+        let back = t0 + Duration::from_secs(5);
+        s.on_pong(&lone, None, back);
+        assert!(s.fill(&own, &cands, back));
+        assert_eq!(s.relays(), vec![(lone, cands[0].addr)]);
+        assert!(s.probe_shunned(&cands, back).is_empty());
+    }
+
+    /// Any message from a shunned relay forgives it, a ping as well as a pong.
+    #[test]
+    fn a_message_from_a_shunned_relay_forgives_it() {
+        let own = key();
+        let cands = vec![candidate("203.0.113.10", NatKind::Public, 5)];
+        let t0 = Instant::now();
+        let mut s = RelaySet::new();
+        s.fill(&own, &cands, t0);
+        s.lost(&cands[0].key, t0);
+        assert_eq!(s.shunned(t0), vec![cands[0].key]);
+        s.on_contact(&cands[0].key, t0);
+        assert!(s.shunned(t0).is_empty());
     }
 
     /// The relay in use goes silent: it is dropped and shunned, and the

@@ -1115,6 +1115,7 @@ impl Node {
         };
         self.remember(key, from, now.mono);
         self.health.on_contact(&key);
+        self.relays.on_contact(&key, now.mono);
         match &msg {
             Message::Pong { id, observed, info } => {
                 self.on_pong(now, key, from, *id, *observed, info.clone());
@@ -1897,7 +1898,8 @@ impl Node {
         if self.relays.fill(&self.public, &candidates, now.mono) {
             self.publish_pending = true;
         }
-        let (ping, dead) = self.relays.on_tick(now.mono);
+        let (mut ping, dead) = self.relays.on_tick(now.mono);
+        ping.extend(self.relays.probe_shunned(&candidates, now.mono));
         for (k, a) in ping {
             self.ping_addr(now, k, a);
         }
