@@ -184,4 +184,6 @@ pub fn network_command(args: &Args) -> Outcome {
 }
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;

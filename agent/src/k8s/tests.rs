@@ -5,26 +5,14 @@ use super::convert::{
 use super::crd::{
     ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode, WireHubNodeSpec,
 };
+use super::fixtures::{key, lab_spec};
 use super::*;
 use crate::config::{self, Role};
-use crate::keys::PrivateKey;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
-
-fn key(seed: u8) -> crate::keys::PublicKey {
-    PrivateKey::from_bytes([seed; 32]).public_key()
-}
 
 fn spec() -> WireHubNetworkSpec {
     WireHubNetworkSpec {
-        subnet: "10.0.0.0/24".into(),
-        workbits: Some(0),
-        namespace: None,
-        pod_subnet: Some("10.244.0.0/16".into()),
-        pod_cidr_prefix: None,
-        listen_port: None,
-        node_selector: BTreeMap::new(),
-        boot_nodes: Vec::new(),
         peers: vec![ExternalPeer {
             hostname: Some("edge".into()),
             key: key(9).to_string(),
@@ -33,6 +21,7 @@ fn spec() -> WireHubNetworkSpec {
             endpoint: None,
             routes: Vec::new(),
         }],
+        ..lab_spec()
     }
 }
 

@@ -1,29 +1,12 @@
 //! The plan, from snapshots built by hand.
 
 use super::*;
-use crate::k8s::crd::{ExternalPeer, WireHubNetworkSpec};
-use crate::keys::PrivateKey;
+use crate::k8s::crd::ExternalPeer;
+use crate::k8s::fixtures::{key, lab_spec};
 use k8s_openapi::jiff::SignedDuration;
 
-fn key(seed: u8) -> PublicKey {
-    PrivateKey::from_bytes([seed; 32]).public_key()
-}
-
 fn network() -> WireHubNetwork {
-    let mut n = WireHubNetwork::new(
-        "lab",
-        WireHubNetworkSpec {
-            subnet: "10.0.0.0/24".into(),
-            workbits: Some(0),
-            namespace: None,
-            pod_subnet: Some("10.244.0.0/16".into()),
-            pod_cidr_prefix: None,
-            listen_port: None,
-            node_selector: BTreeMap::new(),
-            boot_nodes: Vec::new(),
-            peers: Vec::new(),
-        },
-    );
+    let mut n = WireHubNetwork::new("lab", lab_spec());
     n.metadata.generation = Some(3);
     n
 }

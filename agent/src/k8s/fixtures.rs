@@ -1,0 +1,27 @@
+//! Test fixtures shared by the Kubernetes modules' tests: keys from a seed
+//! and the lab's network spec (10.0.0.0/24, pods 10.244.0.0/16, no work
+//! bits). Compiled for tests only.
+
+use super::crd::WireHubNetworkSpec;
+use crate::keys::{PrivateKey, PublicKey};
+use std::collections::BTreeMap;
+
+/// The public key of the private key made of 32 bytes `seed`.
+pub fn key(seed: u8) -> PublicKey {
+    PrivateKey::from_bytes([seed; 32]).public_key()
+}
+
+/// The lab network, without external peers.
+pub fn lab_spec() -> WireHubNetworkSpec {
+    WireHubNetworkSpec {
+        subnet: "10.0.0.0/24".into(),
+        workbits: Some(0),
+        namespace: None,
+        pod_subnet: Some("10.244.0.0/16".into()),
+        pod_cidr_prefix: None,
+        listen_port: None,
+        node_selector: BTreeMap::new(),
+        boot_nodes: Vec::new(),
+        peers: Vec::new(),
+    }
+}
