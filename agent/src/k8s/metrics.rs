@@ -447,20 +447,10 @@ fn respond(shared: &Shared, method: &Method, path: &str) -> (StatusCode, String,
 mod tests {
     use super::*;
 
-    #[test]
-    fn endpoints_answer() {
-        let s = Shared::default();
-        assert_eq!(respond(&s, &Method::GET, "/healthz").0, StatusCode::OK);
-        assert_eq!(
-            respond(&s, &Method::GET, "/readyz").0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            respond(&s, &Method::POST, "/metrics").0,
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        s.set_daemon_running(true);
-        s.set_inspect(serde_json::json!({
+    /// What `wh inspect` says of a node with a direct peer (n1) and a peer
+    /// relayed through RELAYKEY (n2).
+    fn inspect_of_a_node_with_a_direct_and_a_relayed_peer() -> serde_json::Value {
+        serde_json::json!({
             "status": {
                 "interface": "wh-x", "network": "n", "node": null, "nat": "EASY",
                 "public_key": "k", "listen_port": 1, "backend": "embedded",
@@ -476,7 +466,23 @@ mod tests {
             },
             "dht_size": 4,
             "drops": {"no-path-to-peer": 2}
-        }));
+        })
+    }
+
+    #[test]
+    fn endpoints_answer() {
+        let s = Shared::default();
+        assert_eq!(respond(&s, &Method::GET, "/healthz").0, StatusCode::OK);
+        assert_eq!(
+            respond(&s, &Method::GET, "/readyz").0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            respond(&s, &Method::POST, "/metrics").0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        s.set_daemon_running(true);
+        s.set_inspect(inspect_of_a_node_with_a_direct_and_a_relayed_peer());
         assert_eq!(respond(&s, &Method::GET, "/readyz").0, StatusCode::OK);
         let m = s.metrics();
         assert!(m.contains("wirehub_peers{path=\"direct\"} 1"), "{m}");
@@ -501,20 +507,7 @@ mod tests {
     fn the_dashboard_asks_only_for_metrics_the_agent_serves() {
         let s = Shared::default();
         s.set_daemon_running(true);
-        s.set_inspect(serde_json::json!({
-            "status": {
-                "interface": "wh-x", "network": "n", "node": null, "nat": "EASY",
-                "public_key": "k", "listen_port": 1, "backend": "embedded",
-                "ipv4": null, "ipv6": null, "dht": [],
-                "peers": [
-                    {"key": "b", "hostname": "n2", "role": "router", "ipv4": null, "ipv6": null,
-                     "path": {"kind": "relayed", "via": ["RELAYKEY@1.2.3.4:5"]}, "nat": null,
-                     "last_handshake_secs": 1, "rx_bytes": 1, "tx_bytes": 1}
-                ]
-            },
-            "dht_size": 4,
-            "drops": {"bad-tag": 2}
-        }));
+        s.set_inspect(inspect_of_a_node_with_a_direct_and_a_relayed_peer());
         let served = s.metrics();
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
