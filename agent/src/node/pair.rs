@@ -185,8 +185,10 @@ mod tests {
         assert!(time_to_deliver(&mut net, 2, 3, 1, S).is_some());
     }
 
-    #[test]
-    fn the_relay_in_use_dies_and_traffic_moves_to_another_within_1_s() {
+    /// Two public nodes and two nodes behind hard NATs (n3, n4) relayed
+    /// through one of them, which has just been killed: the network and the
+    /// dead relay's key.
+    fn two_hard_nat_nodes_whose_relay_in_use_just_died() -> (Net, PublicKey) {
         let hard = Place::Behind(NatKind::AddressAndPortDependent);
         let mut net = network(&[Place::Public, Place::Public, hard, hard]);
         net.start_all();
@@ -198,6 +200,12 @@ mod tests {
         let relay = relay_in_use(&net, 3, 4).expect("a relayed path");
         let dead = net.index_of(&relay).expect("the relay is a node");
         net.kill(dead);
+        (net, relay)
+    }
+
+    #[test]
+    fn the_relay_in_use_dies_and_traffic_moves_to_another_within_1_s() {
+        let (mut net, relay) = two_hard_nat_nodes_whose_relay_in_use_just_died();
         let took = time_to_deliver(&mut net, 3, 4, 2, 3 * S).expect("traffic never moved");
         eprintln!("relay in use died while flowing: data again after {took:?}");
         assert!(took <= S, "traffic moved after {took:?}");
@@ -365,17 +373,7 @@ mod tests {
 
     #[test]
     fn the_relay_in_use_dies_and_the_sender_alone_moves_to_another_within_1_s() {
-        let hard = Place::Behind(NatKind::AddressAndPortDependent);
-        let mut net = network(&[Place::Public, Place::Public, hard, hard]);
-        net.start_all();
-        net.run_for(8 * S);
-        assert!(
-            time_to_deliver(&mut net, 3, 4, 1, 2 * S).is_some(),
-            "n3 cannot reach n4"
-        );
-        let relay = relay_in_use(&net, 3, 4).expect("a relayed path");
-        let dead = net.index_of(&relay).expect("the relay is a node");
-        net.kill(dead);
+        let (mut net, relay) = two_hard_nat_nodes_whose_relay_in_use_just_died();
         // n4 says nothing more: only n3's own watch on its relay can move it.
         net.muted.push(4);
         let took = time_to_deliver(&mut net, 3, 4, 2, 3 * S).expect("traffic never moved");
