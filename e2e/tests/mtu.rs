@@ -84,6 +84,11 @@ fn interface_mtu(lab: &Lab, host: &Host) -> u32 {
 }
 
 impl Pair {
+    /// Fails the test with `what` and both nodes' state and logs.
+    fn fail(&self, what: &str) -> ! {
+        panic!("{what}{}", self.lab.report(&[&self.a, &self.b]))
+    }
+
     /// Waits until a and b ping each other, then until the path a shows
     /// for b is `direct` (or relayed) and, if given, names `over`.
     fn wait_path(&self, direct: bool, over: Option<&str>) {
@@ -179,11 +184,11 @@ impl Pair {
             (&self.b, &self.a, self.a_ips[0]),
         ] {
             full_size_ping(&self.lab, from, to_ip, if_mtu)
-                .unwrap_or_else(|e| panic!("{what}, path MTU {mtu}: {e}"));
+                .unwrap_or_else(|e| self.fail(&format!("{what}, path MTU {mtu}: {e}")));
             let rate = tcp_intact(&self.lab, from, to, to_ip)
-                .unwrap_or_else(|e| panic!("{what}, path MTU {mtu}: {e}"));
+                .unwrap_or_else(|e| self.fail(&format!("{what}, path MTU {mtu}: {e}")));
             let got = udp_full_size(&self.lab, from, to, to_ip, if_mtu)
-                .unwrap_or_else(|e| panic!("{what}, path MTU {mtu}: {e}"));
+                .unwrap_or_else(|e| self.fail(&format!("{what}, path MTU {mtu}: {e}")));
             eprintln!(
                 "{what}, path MTU {mtu}, {} -> {}: TCP {rate:.0} Mbit/s, UDP {got}/{UDP_DATAGRAMS} full-size datagrams, inner path MTU {:?}",
                 from.name,
@@ -201,11 +206,11 @@ impl Pair {
             self.b_ips.iter().find(|i| i.is_ipv6()),
         ) {
             full_size_ping(&self.lab, &self.a, *b6, if_mtu)
-                .unwrap_or_else(|e| panic!("{what}, path MTU {mtu}, inner IPv6: {e}"));
+                .unwrap_or_else(|e| self.fail(&format!("{what}, path MTU {mtu}, inner IPv6: {e}")));
             full_size_ping(&self.lab, &self.b, *a6, if_mtu)
-                .unwrap_or_else(|e| panic!("{what}, path MTU {mtu}, inner IPv6: {e}"));
+                .unwrap_or_else(|e| self.fail(&format!("{what}, path MTU {mtu}, inner IPv6: {e}")));
             let rate = tcp_intact(&self.lab, &self.a, &self.b, *b6)
-                .unwrap_or_else(|e| panic!("{what}, path MTU {mtu}, inner IPv6: {e}"));
+                .unwrap_or_else(|e| self.fail(&format!("{what}, path MTU {mtu}, inner IPv6: {e}")));
             eprintln!("{what}, path MTU {mtu}, inner IPv6 a -> b: TCP {rate:.0} Mbit/s");
         }
     }

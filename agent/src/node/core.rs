@@ -1374,13 +1374,9 @@ impl Node {
             self.count_drop("relayed-control-from-untrusted");
             return;
         }
-        // A control message shows where the peer can be reached when
-        // nothing else does; once there is a path, data decides it (the
-        // peer sends its control messages through any of our relays, and
-        // following each would move its traffic back and forth).
-        if self.overlay.path(&src).is_none() {
-            self.overlay.on_relayed_contact(src, relay, now.mono);
-        }
+        // Where the peer can be reached: when nothing else says so, or the
+        // relay in use went quiet (see `Overlay::on_relayed_control`).
+        self.overlay.on_relayed_control(src, relay, now.mono);
         // Only what is as large as data proves the relay delivers data (a
         // relay may pass small control messages and drop the rest).
         if matches!(

@@ -27,6 +27,10 @@ const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
 const LOOKUP_OVERLAP: Duration = Duration::from_millis(500);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
+/// A peer's control message through another relay moves its relayed path
+/// only when the relay in use carried nothing from it for this long (see
+/// [`Overlay::on_relayed_control`]).
+pub const FOLLOW_AFTER_SILENCE: Duration = Duration::from_millis(400);
 /// Control pings to direct peers keep NAT mappings and liveness fresh.
 const KEEPALIVE: Duration = Duration::from_millis(1500);
 /// A keepalive unanswered this long is followed by another, this often,
@@ -103,7 +107,9 @@ struct Peer {
     /// When `record` came from the peer itself (else a third party's).
     own_record_at: Option<Instant>,
     last_contact: Option<Instant>,
+    /// Anything from the peer through a relay, and through the relay in use.
     last_relayed: Option<Instant>,
+    last_via_relay_in_use: Option<Instant>,
     last_keepalive: Option<Instant>,
     /// The latest lookup started, and when.
     lookup_in_flight: Option<(LookupId, Instant)>,
@@ -266,6 +272,7 @@ impl Overlay {
                             own_record_at: None,
                             last_contact: None,
                             last_relayed: None,
+                            last_via_relay_in_use: None,
                             last_keepalive: None,
                             lookup_in_flight: None,
                             next_lookup: now,
@@ -391,6 +398,7 @@ impl Overlay {
         target: PublicKey,
         found: Option<NodeRecord>,
     ) -> Option<NodeRecord> {
+        let found = found.map(|r| without_unusable_relays(r, &self.own));
         let p = self.peers.get_mut(&target)?;
         if p.lookup_in_flight.is_some_and(|(latest, _)| latest == id) {
             p.lookup_in_flight = None;
@@ -452,6 +460,7 @@ impl Overlay {
     /// use its relays at once (the peer itself may never answer the lookup,
     /// being behind a NAT). Returns true when the record is worth punching.
     pub fn record_seen(&mut self, target: PublicKey, record: &NodeRecord) -> bool {
+        let record = &without_unusable_relays(record.clone(), &self.own);
         let Some(p) = self.peers.get_mut(&target) else {
             return false;
         };
@@ -468,6 +477,40 @@ impl Overlay {
 
     /// A message from `key` came through `relay`: without a direct path,
     /// answer through the same relay (it can reach the peer).
+    /// An authenticated control message from `key` through `relay`. With
+    /// no path it gives one. On a relayed path through another relay it
+    /// moves the path only when the relay in use has carried nothing from
+    /// the peer for [`FOLLOW_AFTER_SILENCE`]: the peer sends control
+    /// messages through any of our relays, and following each while both
+    /// ends talk through one relay moved their traffic back and forth;
+    /// but when the relay in use dies, the peer's first word through the
+    /// next one moves us there at once (not after our own watch on the dead
+    /// relay gives up). A direct path is never moved by relayed traffic.
+    pub fn on_relayed_control(
+        &mut self,
+        key: PublicKey,
+        relay: (PublicKey, SocketAddr),
+        now: Instant,
+    ) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let follow = match &p.path {
+            None => true,
+            Some(PeerPath::Direct(_)) => false,
+            Some(PeerPath::Relayed(r)) => {
+                r.first() == Some(&relay)
+                    || p.last_via_relay_in_use
+                        .is_none_or(|t| now.saturating_duration_since(t) >= FOLLOW_AFTER_SILENCE)
+            }
+        };
+        if follow {
+            self.on_relayed_contact(key, relay, now);
+        } else {
+            p.last_relayed = Some(now);
+        }
+    }
+
     pub fn on_relayed_contact(
         &mut self,
         key: PublicKey,
@@ -490,6 +533,7 @@ impl Overlay {
             Some(PeerPath::Relayed(r)) => r.first().copied(),
             _ => None,
         };
+        p.last_via_relay_in_use = Some(now);
         if first != Some(relay) {
             let mut relays = vec![relay];
             if let Some(PeerPath::Relayed(r)) = &p.path {
@@ -534,7 +578,8 @@ impl Overlay {
             // Fall back on the relays the peer published, then on ours.
             let published = p.record.as_ref().map(|r| r.relays.as_slice());
             for r in published.unwrap_or_default().iter().chain(own) {
-                if alive(&r.0) && !relays.contains(r) {
+                // Never the peer itself (one of our relays may be it).
+                if alive(&r.0) && r.0 != *key && !relays.contains(r) {
                     relays.push(*r);
                 }
             }
@@ -623,6 +668,7 @@ impl Overlay {
         if record.key != sender {
             return false;
         }
+        let record = without_unusable_relays(record, &self.own);
         if let Some(p) = self.peers.get_mut(&record.key) {
             p.record = Some(record);
             p.own_record_at = Some(now);
@@ -826,6 +872,15 @@ fn list(names: &[String]) -> String {
     }
 }
 
+/// A peer's record without the relays that cannot carry traffic between
+/// us and it: ourselves (a peer behind NAT may keep us, a public node, as
+/// one of its relays) and the peer itself.
+fn without_unusable_relays(mut record: NodeRecord, own: &PublicKey) -> NodeRecord {
+    let peer = record.key;
+    record.relays.retain(|(k, _)| k != own && *k != peer);
+    record
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,6 +1040,53 @@ mod tests {
             o.path(&k[1]),
             Some(PeerPath::Relayed(vec![(y, at(11)), (x, at(10))]))
         );
+    }
+
+    /// While the relay in use carries the peer's traffic, the peer's control
+    /// messages through another relay do not move the path; once it has
+    /// been quiet for 400 ms, the first one does.
+    #[test]
+    fn a_control_message_through_another_relay_moves_the_path_only_when_the_relay_in_use_is_quiet()
+    {
+        let k = keys(4);
+        let (x, y) = (k[2], k[3]);
+        let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let t0 = Instant::now();
+        o.on_relayed_control(k[1], (x, at(10)), t0);
+        let in_use = |o: &Overlay| match o.path(&k[1]) {
+            Some(PeerPath::Relayed(r)) => r.first().map(|f| f.0),
+            _ => None,
+        };
+        assert_eq!(in_use(&o), Some(x), "no path: the first word gives one");
+        let later = t0 + Duration::from_millis(300);
+        o.on_relayed_contact(k[1], (x, at(10)), later);
+        o.on_relayed_control(k[1], (y, at(11)), later + Duration::from_millis(100));
+        assert_eq!(
+            in_use(&o),
+            Some(x),
+            "moved while x carried the peer's traffic"
+        );
+        o.on_relayed_control(k[1], (y, at(11)), later + FOLLOW_AFTER_SILENCE);
+        assert_eq!(in_use(&o), Some(y), "stayed on a relay quiet for 400 ms");
+    }
+
+    /// A peer behind NAT may keep us (a public node) as a relay, and our
+    /// own relays may include the peer: neither is ever a relay between us.
+    #[test]
+    fn neither_we_nor_the_peer_is_ever_a_relay_between_us() {
+        let k = keys(4);
+        let (a, b, x) = (k[0], k[1], k[2]);
+        let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
+        let mut o = Overlay::new(&spec(&[("a", a), ("b", b)]), a);
+        let now = Instant::now();
+        let record = behind_hard_nat(b, &[(a, at(1)), (b, at(2)), (x, at(10))]);
+        o.lookup_started(b, LookupId(1), now);
+        o.lookup_done(now, LookupId(1), b, Some(record));
+        assert_eq!(o.path(&b), Some(PeerPath::Relayed(vec![(x, at(10))])));
+        // x dies: our own relays are the fallback, but not b itself.
+        let next = o.rotate_relay(&b, &x, now, &[], &[(b, at(2)), (k[3], at(11))]);
+        assert_eq!(next, Some((k[3], at(11))));
     }
 
     #[test]
