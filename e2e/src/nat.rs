@@ -39,6 +39,7 @@ pub fn wait_detected(
     kind: Kind,
     timeout: Duration,
 ) -> Result<Duration, String> {
+    let timeout = crate::patience(timeout);
     let start = Instant::now();
     loop {
         let header = lab.show_header(host);
@@ -150,6 +151,7 @@ pub fn is_direct(g: char) -> bool {
 }
 
 pub fn wait_direct(lab: &Lab, from: &Host, peer: &str, timeout: Duration) -> Option<Duration> {
+    let timeout = crate::patience(timeout);
     let start = Instant::now();
     while start.elapsed() < timeout {
         if is_direct(path_glyph(lab, from, peer)) {
