@@ -1,7 +1,8 @@
 //! Routes into the overlay never take a host's route: a route the host
 //! already has to a peer's subnet stays as it was (and keeps carrying that
 //! subnet's traffic) through `wh up`, a reload that drops the peer's subnet,
-//! and `wh down`; WireHub's own route sits beside it and goes with it.
+//! and `wh down`; WireHub's own route sits beside it and goes with it, and
+//! the daemon warns that the subnet is not reached through the overlay.
 
 use std::time::{Duration, Instant};
 use wirehub_e2e::{Host, Lab, require_lab};
@@ -77,6 +78,18 @@ fn a_host_route_to_a_peers_subnet_is_unchanged_by_up_reload_and_down() {
     assert!(
         get.contains("dev eth0"),
         "the host's route lost its traffic: {get}"
+    );
+    // And the daemon says so: that subnet is not reached through the overlay.
+    let log = lab.log(&b);
+    assert!(
+        log.contains("the host already routes 10.244.1.0/24"),
+        "no warning about the host's route:\n{log}"
+    );
+    // node_a's host routes nothing to node_b's subnet: no warning there.
+    let log_a = lab.log(&a);
+    assert!(
+        !log_a.contains("the host already routes"),
+        "a warning about a subnet the host does not route:\n{log_a}"
     );
 
     // A reload that drops node_a's subnet removes only WireHub's route.

@@ -52,6 +52,15 @@ pub const ROUTE_METRIC: u32 = 0x5748_0000;
 /// Whether `msg` is the route `route_message(index, net)` describes: same
 /// destination prefix, main table, our metric, our interface.
 fn is_route(msg: &RouteMessage, index: u32, net: IpNet) -> bool {
+    use rtnetlink::packet_route::route::RouteAttribute;
+    let has = |want: &RouteAttribute| msg.attributes.iter().any(|a| a == want);
+    routes_prefix(msg, net)
+        && has(&RouteAttribute::Priority(ROUTE_METRIC))
+        && has(&RouteAttribute::Oif(index))
+}
+
+/// Whether `msg` routes exactly `net` in the main table.
+fn routes_prefix(msg: &RouteMessage, net: IpNet) -> bool {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
     let net = net.trunc();
     let dst = msg.attributes.iter().find_map(|a| match a {
@@ -67,15 +76,12 @@ fn is_route(msg: &RouteMessage, index: u32, net: IpNet) -> bool {
             _ => None,
         })
         .unwrap_or(u32::from(msg.header.table));
-    let has = |want: &RouteAttribute| msg.attributes.iter().any(|a| a == want);
     msg.header.destination_prefix_length == net.prefix_len()
         && dst.unwrap_or(match net {
             IpNet::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         }) == net.network()
         && table == u32::from(RouteHeader::RT_TABLE_MAIN)
-        && has(&RouteAttribute::Priority(ROUTE_METRIC))
-        && has(&RouteAttribute::Oif(index))
 }
 
 /// A netlink connection whose background task lives as long as the value.
@@ -171,7 +177,17 @@ impl Netlink {
         let msg = Self::route_message(index, net)?;
         let added = self.handle.route().add(msg).execute().await;
         match added {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.host_routes(index, net).await.unwrap_or(false) {
+                    tracing::warn!(
+                        %net,
+                        "the host already routes {net} (a route of lower metric than WireHub's): \
+                         traffic to it keeps going there, not through the overlay; \
+                         remove that route to reach the overlay"
+                    );
+                }
+                Ok(())
+            }
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
                 if self.has_route(index, net).await? {
                     return Ok(());
@@ -199,6 +215,24 @@ impl Netlink {
         let mut found = false;
         while let Some(msg) = routes.try_next().await.map_err(req("list routes"))? {
             found |= is_route(&msg, index, net);
+        }
+        Ok(found)
+    }
+
+    /// Whether the main table has a route to exactly `net` into another link
+    /// than `index` (a host route, which keeps carrying its traffic).
+    pub async fn host_routes(&self, index: u32, net: IpNet) -> Result<bool, NetlinkError> {
+        let query = match net {
+            IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
+        let mut routes = self.handle.route().get(query).execute();
+        let mut found = false;
+        while let Some(msg) = routes.try_next().await.map_err(req("list routes"))? {
+            let ours = msg
+                .attributes
+                .contains(&rtnetlink::packet_route::route::RouteAttribute::Oif(index));
+            found |= routes_prefix(&msg, net) && !ours;
         }
         Ok(found)
     }
