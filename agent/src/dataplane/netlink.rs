@@ -207,21 +207,25 @@ impl Netlink {
 
     /// Whether our route of `net` into link `index` is in the main table.
     pub async fn has_route(&self, index: u32, net: IpNet) -> Result<bool, NetlinkError> {
-        let query = match net {
-            IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-        };
-        let mut routes = self.handle.route().get(query).execute();
-        let mut found = false;
-        while let Some(msg) = routes.try_next().await.map_err(req("list routes"))? {
-            found |= is_route(&msg, index, net);
-        }
-        Ok(found)
+        self.any_route(net, |msg| is_route(msg, index, net)).await
     }
 
     /// Whether the main table has a route to exactly `net` into another link
     /// than `index` (a host route, which keeps carrying its traffic).
     pub async fn host_routes(&self, index: u32, net: IpNet) -> Result<bool, NetlinkError> {
+        use rtnetlink::packet_route::route::RouteAttribute;
+        self.any_route(net, |msg| {
+            routes_prefix(msg, net) && !msg.attributes.contains(&RouteAttribute::Oif(index))
+        })
+        .await
+    }
+
+    /// Whether any route of `net`'s family satisfies `wanted`.
+    async fn any_route(
+        &self,
+        net: IpNet,
+        wanted: impl Fn(&RouteMessage) -> bool,
+    ) -> Result<bool, NetlinkError> {
         let query = match net {
             IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
             IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
@@ -229,10 +233,7 @@ impl Netlink {
         let mut routes = self.handle.route().get(query).execute();
         let mut found = false;
         while let Some(msg) = routes.try_next().await.map_err(req("list routes"))? {
-            let ours = msg
-                .attributes
-                .contains(&rtnetlink::packet_route::route::RouteAttribute::Oif(index));
-            found |= routes_prefix(&msg, net) && !ours;
+            found |= wanted(&msg);
         }
         Ok(found)
     }
