@@ -14,7 +14,10 @@
 //! One agent at a time holds the network's Lease (coordination.k8s.io/v1):
 //! it allocates overlay addresses and pod CIDRs (recorded once in the
 //! `WireHubNode`s), writes the network's counts and conditions and emits
-//! the network's Events. Every agent writes only its own `WireHubNode`,
+//! the network's Events. The Lease is kept by a task of its own
+//! ([`LeaseKeeper`]: read from a watch, renewed on its own timer as
+//! [`plan::lease`] decides), never in the rounds; a round only reads
+//! whether this agent may act as holder. Every agent writes only its own `WireHubNode`,
 //! and only on change (its status at least once a [`plan::HEARTBEAT`]).
 //!
 //! The shape is kube-rs's controller: each round takes a snapshot, asks the
@@ -31,6 +34,7 @@ use super::convert::{self, ClusterNode, ClusterSpec, Problem};
 use super::crd::{WireHubNetwork, WireHubNetworkStatus, WireHubNode, WireHubNodeStatus};
 use super::metrics::{self, Shared};
 use super::pins::Pins;
+use super::plan::lease::{self, Step};
 use super::plan::{self, EventType, PlannedEvent, Snapshot};
 use crate::cli::commands::Outcome;
 use crate::config::{DEFAULT_PORT, NetworkSpec};
@@ -41,9 +45,9 @@ use crate::node::daemon::{CNI_CONFIG_NAME, SpecUpdate};
 use crate::node::launch::{DEFAULT_MTU, Mode, UpOptions};
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Node};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
@@ -55,14 +59,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Default place of the node's private key (a host path in the DaemonSet).
 pub const DEFAULT_KEY_FILE: &str = "/var/lib/wirehub/private.key";
 /// Default address of the health and metrics endpoints.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9796";
-/// How long the leader's Lease lasts without renewal.
-const LEASE_SECONDS: i32 = 20;
 /// How often the agent re-checks everything even without a change.
 const RESYNC: Duration = Duration::from_secs(10);
 /// How long a burst of changes may settle before a round.
@@ -282,8 +284,13 @@ struct Agent {
     shared: Arc<Shared>,
     key: Option<(PrivateKey, PublicKey)>,
     daemon: Option<Daemon>,
+    /// Whether this agent acted as the Lease's holder at its last round.
     leader: bool,
-    lease_renewed: Option<Instant>,
+    /// The lease keeper of the network named here, and until when it says
+    /// this agent may act as holder.
+    lease: Option<(String, watch::Receiver<Option<Instant>>, LeaseTasks)>,
+    /// Wakes the loop for a round (a change, a new lease holder).
+    changed: Arc<Notify>,
     /// Why the node has no key, if it has none.
     key_problem: Option<Problem>,
     /// Why the node refused the last update, until one is accepted.
@@ -380,6 +387,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     ));
 
     let mut agent = Agent::new(opts, client, nodes, networks, records, shared);
+    agent.changed = Arc::clone(&changed);
     agent.load_pins();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
@@ -479,6 +487,188 @@ async fn forward_changes<S, T, E>(
     }
 }
 
+/// The tasks of a lease keeper (its watch and its timer), stopped when
+/// dropped.
+struct LeaseTasks(Vec<tokio::task::AbortHandle>);
+
+impl Drop for LeaseTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The network's Lease, kept on a timer of its own, never in the rounds
+/// (a round delayed by load must not let the Lease lapse): it reads the
+/// Lease from a watch (no GET), takes it when it is missing or lapsed,
+/// renews it while this agent holds it ([`lease::decide`]), and tells the
+/// rounds until when this agent may act as holder. A change of holder
+/// wakes the rounds, so a new holder allocates at once.
+struct LeaseKeeper {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    /// The Lease as the watch shows it.
+    seen: Store<Lease>,
+    /// The Lease as this agent last wrote it (the watch may lag behind).
+    written: Option<Lease>,
+    /// Until when this agent may act as holder.
+    acting: watch::Sender<Option<Instant>>,
+    changed: Arc<Notify>,
+}
+
+impl LeaseKeeper {
+    /// Starts the watch of `network`'s Lease and the keeper's timer.
+    fn start(
+        client: Client,
+        namespace: &str,
+        network: &str,
+        me: &str,
+        changed: Arc<Notify>,
+    ) -> (LeaseTasks, watch::Receiver<Option<Instant>>) {
+        let name = format!("wirehub-{network}");
+        let api: Api<Lease> = Api::namespaced(client, namespace);
+        let (seen, writer) = reflector::store::<Lease>();
+        let stream = reflector::reflector(
+            writer,
+            watcher(
+                api.clone(),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        let lease_changed = Arc::new(Notify::new());
+        let watch_task = tokio::spawn(forward_changes(
+            stream,
+            Arc::clone(&lease_changed),
+            "leases",
+            |l: &Lease| l.metadata.resource_version.clone().unwrap_or_default(),
+        ));
+        let (acting, rx) = watch::channel(None);
+        let keeper = LeaseKeeper {
+            api,
+            name,
+            me: me.to_string(),
+            seen,
+            written: None,
+            acting,
+            changed,
+        };
+        let timer_task = tokio::spawn(keeper.run(lease_changed));
+        (
+            LeaseTasks(vec![watch_task.abort_handle(), timer_task.abort_handle()]),
+            rx,
+        )
+    }
+
+    /// Once the watch listed the Lease: a step, then a wait until the next
+    /// one is due or the Lease changes.
+    async fn run(mut self, lease_changed: Arc<Notify>) {
+        if self.seen.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            let after = self.step().await;
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {}
+                _ = lease_changed.notified() => {}
+            }
+        }
+    }
+
+    /// Whether this agent acts as holder now.
+    fn is_acting(&self) -> bool {
+        self.acting
+            .borrow()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Sets until when this agent acts as holder; a round follows a change
+    /// of holder.
+    fn set_acting(&self, until: Option<Instant>) {
+        let was = self.is_acting();
+        self.acting.send_replace(until);
+        if self.is_acting() != was {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Does what [`lease::decide`] says about the newest sighting of the
+    /// Lease; returns when to look again.
+    async fn step(&mut self) -> Duration {
+        let seen = self
+            .seen
+            .get(&reflector::ObjectRef::new(&self.name).within(&self.api_namespace()));
+        let newest = lease::newer(
+            seen.as_ref().and_then(|l| l.spec.as_ref()),
+            self.written.as_ref().and_then(|l| l.spec.as_ref()),
+        );
+        let current: Option<Lease> = match (&seen, &self.written) {
+            (Some(s), _) if s.spec.as_ref() == newest => Some((**s).clone()),
+            (_, Some(w)) if w.spec.as_ref() == newest => Some(w.clone()),
+            (s, _) => s.as_deref().cloned(),
+        };
+        let now = Timestamp::now();
+        let sent = Instant::now();
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let step = lease::decide(spec, &self.me, self.is_acting(), now);
+        let written = match &step {
+            Step::Wait { holder, after } => {
+                if *holder != self.me {
+                    self.set_acting(None);
+                }
+                return (*after).clamp(lease::RETRY, lease::RENEW_EVERY);
+            }
+            Step::Create => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(lease::claim(None, &self.me, now)),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            Step::Take | Step::Renew => {
+                let mut lease = current.clone().unwrap_or_default();
+                lease.spec = Some(lease::claim(spec, &self.me, now));
+                // Written over the version seen: a conflict means another
+                // agent wrote it meanwhile.
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match written {
+            Ok(lease) => {
+                self.written = Some(lease);
+                self.set_acting(Some(Instant::now() + lease::acting_for(sent.elapsed())));
+                lease::RENEW_EVERY
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                // Someone else wrote (or removed) it: the watch tells who.
+                tracing::debug!(lease = %self.name, ?step, code = e.code, "lost the race for the lease");
+                self.written = None;
+                if step != Step::Renew {
+                    self.set_acting(None);
+                }
+                lease::RETRY
+            }
+            Err(e) => {
+                // Acting continues until its margin, then stops by itself.
+                tracing::warn!(lease = %self.name, error = %e, "cannot write the lease");
+                lease::RETRY
+            }
+        }
+    }
+
+    fn api_namespace(&self) -> String {
+        self.api.namespace().unwrap_or_default().to_string()
+    }
+}
+
 fn now_rfc3339() -> String {
     Timestamp::now().to_string()
 }
@@ -503,7 +693,8 @@ impl Agent {
             key: None,
             daemon: None,
             leader: false,
-            lease_renewed: None,
+            lease: None,
+            changed: Arc::new(Notify::new()),
             key_problem: None,
             update_problem: None,
             failed: None,
@@ -647,7 +838,7 @@ impl Agent {
             .map(|d| d.listen_port)
             .unwrap_or(net.spec.listen_port.unwrap_or(DEFAULT_PORT));
         let (mut nodes, refused) = self.pinned_nodes(&name);
-        self.renew_lease(&name).await;
+        self.leader = self.lease_holder(&name);
         let mut network_problems = refused;
         if self.leader {
             network_problems.extend(self.allocate(&net, &mut nodes).await?);
@@ -803,75 +994,28 @@ impl Agent {
         Ok(())
     }
 
-    /// Takes or renews the network's Lease; `self.leader` says who won.
-    async fn renew_lease(&mut self, network: &str) {
-        if self
-            .lease_renewed
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
-            return;
+    /// Starts the keeper of `network`'s Lease once (again if the network
+    /// changed), and reads whether this agent may act as its holder now.
+    fn lease_holder(&mut self, network: &str) -> bool {
+        if self.lease.as_ref().is_none_or(|(n, _, _)| n != network) {
+            let (tasks, acting) = LeaseKeeper::start(
+                self.client.clone(),
+                &self.opts.namespace,
+                network,
+                &self.opts.node_name,
+                Arc::clone(&self.changed),
+            );
+            self.lease = Some((network.to_string(), acting, tasks));
         }
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let lease_name = format!("wirehub-{network}");
-        let me = self.opts.node_name.clone();
-        let now = Timestamp::now();
-        let was = self.leader;
-        let result = match api.get_opt(&lease_name).await {
-            Err(e) => Err(e),
-            Ok(None) => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(lease_name.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(me.clone()),
-                        lease_duration_seconds: Some(LEASE_SECONDS),
-                        acquire_time: Some(MicroTime(now)),
-                        renew_time: Some(MicroTime(now)),
-                        lease_transitions: Some(0),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                api.create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| true)
-            }
-            Ok(Some(mut lease)) => {
-                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-                let holder = spec.holder_identity.clone().unwrap_or_default();
-                let duration = spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS).max(1);
-                let expired = spec
-                    .renew_time
-                    .as_ref()
-                    .is_none_or(|t| now.duration_since(t.0).as_secs() > i64::from(duration));
-                if holder == me || holder.is_empty() || expired {
-                    if holder != me {
-                        spec.acquire_time = Some(MicroTime(now));
-                        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-                    }
-                    spec.holder_identity = Some(me.clone());
-                    spec.lease_duration_seconds = Some(LEASE_SECONDS);
-                    spec.renew_time = Some(MicroTime(now));
-                    api.replace(&lease_name, &PostParams::default(), &lease)
-                        .await
-                        .map(|_| true)
-                } else {
-                    Ok(false)
-                }
-            }
-        };
-        self.leader = match result {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "lease");
-                false
-            }
-        };
-        self.lease_renewed = self.leader.then(Instant::now);
-        if self.leader != was {
-            tracing::info!(leader = self.leader, lease = %lease_name, "network lease");
+        let leader = self
+            .lease
+            .as_ref()
+            .and_then(|(_, acting, _)| *acting.borrow())
+            .is_some_and(|until| Instant::now() < until);
+        if leader != self.leader {
+            tracing::info!(leader, lease = %format!("wirehub-{network}"), "network lease");
         }
+        leader
     }
 
     /// Leader only: gives every selected node with a key what it lacks,
@@ -1347,6 +1491,7 @@ impl Agent {
 mod tests {
     use super::*;
     use http::{Request as HttpRequest, Response as HttpResponse, StatusCode};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use kube::client::Body;
     use tower_test::mock;
 
@@ -1403,66 +1548,111 @@ mod tests {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "wirehub-lab", "namespace": "kube-system", "resourceVersion": "7"},
-            "spec": {"holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS,
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": lease::LEASE_SECONDS,
                      "renewTime": MicroTime(renewed)}
         })
     }
 
+    /// A lease keeper of agent n1 against the mock, whose watch has listed
+    /// `seen` (None: no Lease).
+    fn keeper(seen: Option<serde_json::Value>) -> (LeaseKeeper, Handle, Arc<Notify>) {
+        let (service, handle) = mock::pair::<HttpRequest<Body>, HttpResponse<Body>>();
+        let client = Client::new(service, "default");
+        let (store, mut writer) = reflector::store::<Lease>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        if let Some(l) = seen {
+            let l: Lease = serde_json::from_value(l).unwrap();
+            writer.apply_watcher_event(&watcher::Event::InitApply(l));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let changed = Arc::new(Notify::new());
+        let (acting, _) = watch::channel(None);
+        let k = LeaseKeeper {
+            api: Api::namespaced(client, "kube-system"),
+            name: "wirehub-lab".into(),
+            me: "n1".into(),
+            seen: store,
+            written: None,
+            acting,
+            changed: Arc::clone(&changed),
+        };
+        (k, handle, changed)
+    }
+
     #[tokio::test]
-    async fn a_lease_held_by_another_agent_is_left_alone() {
-        let (mut a, mut handle) = mock_agent();
+    async fn a_lease_held_by_another_agent_is_left_alone_without_a_request() {
+        let (mut k, mut handle, _) = keeper(Some(lease("n2", Timestamp::now())));
         let server = tokio::spawn(async move {
-            let (req, send) = handle.next_request().await.unwrap();
-            assert_eq!(req.method(), "GET");
-            assert!(
-                req.uri().path().ends_with("/leases/wirehub-lab"),
-                "{}",
-                req.uri()
-            );
-            send.send_response(reply(StatusCode::OK, lease("n2", Timestamp::now())));
-            // Nothing else: the agent must not try to take it.
+            // Nothing at all: the watch told who holds it.
             assert!(
                 tokio::time::timeout(Duration::from_millis(200), handle.next_request())
                     .await
                     .is_err()
             );
         });
-        a.renew_lease("lab").await;
-        assert!(!a.leader);
+        let after = k.step().await;
+        assert!(!k.is_acting());
+        assert!(after <= lease::RENEW_EVERY, "{after:?}");
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
-        let (mut a, mut handle) = mock_agent();
+        let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
+        let (mut k, mut handle, _) = keeper(Some(lease("n2", old)));
         let server = tokio::spawn(async move {
-            let (_, send) = handle.next_request().await.unwrap();
-            let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
-            send.send_response(reply(StatusCode::OK, lease("n2", old)));
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), "PUT");
+            assert!(req.uri().path().ends_with("/leases/wirehub-lab"));
             send.send_response(status_error(StatusCode::CONFLICT, "Conflict"));
         });
-        a.renew_lease("lab").await;
+        assert_eq!(k.step().await, lease::RETRY);
         assert!(
-            !a.leader,
+            !k.is_acting(),
             "a conflict on the replace means someone else won"
         );
         server.await.unwrap();
     }
 
     #[tokio::test]
-    async fn a_missing_lease_is_created_and_held() {
-        let (mut a, mut handle) = mock_agent();
+    async fn a_missing_lease_is_created_held_and_wakes_a_round() {
+        let (mut k, mut handle, changed) = keeper(None);
         let server = tokio::spawn(async move {
-            let (_, send) = handle.next_request().await.unwrap();
-            send.send_response(status_error(StatusCode::NOT_FOUND, "NotFound"));
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), "POST");
             send.send_response(reply(StatusCode::CREATED, lease("n1", Timestamp::now())));
         });
-        a.renew_lease("lab").await;
-        assert!(a.leader);
+        assert_eq!(k.step().await, lease::RENEW_EVERY);
+        assert!(k.is_acting());
+        tokio::time::timeout(Duration::from_millis(100), changed.notified())
+            .await
+            .expect("a new holder's round is woken");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_holder_renews_from_its_own_write_even_when_the_watch_lags() {
+        let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(8);
+        let (mut k, mut handle, _) = keeper(Some(lease(
+            "n2",
+            old - k8s_openapi::jiff::SignedDuration::from_secs(600),
+        )));
+        k.written = Some(serde_json::from_value(lease("n1", old)).unwrap());
+        k.acting
+            .send_replace(Some(Instant::now() + Duration::from_secs(5)));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "PUT");
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["spec"]["holderIdentity"], "n1", "{body}");
+            send.send_response(reply(StatusCode::OK, lease("n1", Timestamp::now())));
+        });
+        assert_eq!(k.step().await, lease::RENEW_EVERY);
+        assert!(k.is_acting());
         server.await.unwrap();
     }
 

@@ -11,6 +11,10 @@
 //! network's status stays O(1) in the cluster's size; a status that only
 //! differs by handshake ages or timestamps is not a change. Never: I/O, the
 //! clock (the snapshot carries `now`), the API (the agent applies the plan).
+//! The Lease's rules (who takes it, when its holder renews it) are
+//! [`lease`]'s (pure too; the agent's lease keeper applies them).
+
+pub mod lease;
 
 use super::convert::{self, ClusterNode, ClusterSpec, Problem};
 use super::crd::{
