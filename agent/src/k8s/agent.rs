@@ -67,8 +67,10 @@ pub const DEFAULT_KEY_FILE: &str = "/var/lib/wirehub/private.key";
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9796";
 /// How often the agent re-checks everything even without a change.
 const RESYNC: Duration = Duration::from_secs(10);
-/// How long a burst of changes may settle before a round.
-const SETTLE: Duration = Duration::from_millis(500);
+/// How long a burst of changes may settle before a round, at least.
+const SETTLE: Duration = Duration::from_millis(100);
+/// ... and at most (when rounds take long: a loaded host).
+const MAX_SETTLE: Duration = Duration::from_secs(2);
 /// The longest wait after a failed round.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -307,6 +309,8 @@ struct Agent {
     last_network_status: Option<WireHubNetworkStatus>,
     /// Failed rounds in a row (for the backoff).
     failures: u32,
+    /// How long the last round took.
+    last_round: Duration,
     stopping: bool,
     /// The node's CNI configuration as the node core last wrote it.
     cni_config: Option<String>,
@@ -358,13 +362,9 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         net_stream,
         Arc::clone(&changed),
         "wirehubnetworks",
-        |n: &WireHubNetwork| {
-            format!(
-                "{}/{:?}",
-                n.metadata.resource_version.as_deref().unwrap_or_default(),
-                n.metadata.uid
-            )
-        },
+        // Its spec (generation), not its status: the lease holder's
+        // status writes do not wake every agent.
+        |n: &WireHubNetwork| format!("{:?}/{:?}", n.metadata.generation, n.metadata.uid),
     ));
 
     let (records, records_writer) = reflector::store::<WireHubNode>();
@@ -406,7 +406,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
             _ = changed.notified() => {
                 // Let a burst of changes settle (nodes joining together,
                 // an allocation for each): one round for all of them.
-                tokio::time::sleep(SETTLE).await;
+                tokio::time::sleep(settle(agent.last_round)).await;
                 let after = agent.round().await;
                 next_round.as_mut().reset(tokio::time::Instant::now() + after);
             }
@@ -458,6 +458,14 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     }
     tracing::info!("wirehub agent stopped");
     Ok(())
+}
+
+/// How long changes settle before a round, given how long the last round
+/// took: [`SETTLE`] on an idle host, as long as a round takes when rounds
+/// are slow (a loaded host: then a burst costs fewer rounds), never more
+/// than [`MAX_SETTLE`].
+fn settle(last_round: Duration) -> Duration {
+    last_round.clamp(SETTLE, MAX_SETTLE)
 }
 
 /// Wakes the agent's loop when an object changed in a way that matters
@@ -703,6 +711,7 @@ impl Agent {
             last_status: None,
             last_network_status: None,
             failures: 0,
+            last_round: Duration::ZERO,
             stopping: false,
             cni_config: None,
             could_start: None,
@@ -801,7 +810,10 @@ impl Agent {
 
     /// One round and its outcome: when the next one is due.
     async fn round(&mut self) -> Duration {
-        match self.reconcile().await {
+        let started = Instant::now();
+        let result = self.reconcile().await;
+        self.last_round = started.elapsed();
+        match result {
             Ok(action) => {
                 self.failures = 0;
                 action.requeue_after()
@@ -1779,6 +1791,16 @@ mod tests {
             Some(std::net::Ipv4Addr::new(10, 99, 0, 254))
         );
         server.await.unwrap();
+    }
+
+    #[test]
+    fn changes_settle_a_tenth_of_a_second_or_as_long_as_a_slow_round_up_to_two() {
+        assert_eq!(settle(Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(
+            settle(Duration::from_millis(700)),
+            Duration::from_millis(700)
+        );
+        assert_eq!(settle(Duration::from_secs(9)), Duration::from_secs(2));
     }
 
     #[test]
