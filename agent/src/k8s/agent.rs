@@ -30,7 +30,7 @@
 
 use super::K8sError;
 use super::alloc;
-use super::convert::{self, ClusterNode, ClusterSpec, Problem};
+use super::convert::{self, ClusterNode, ClusterSpec, NetworkMemo, Problem};
 use super::crd::{WireHubNetwork, WireHubNetworkStatus, WireHubNode, WireHubNodeStatus};
 use super::metrics::{self, Shared};
 use super::pins::Pins;
@@ -320,6 +320,8 @@ struct Agent {
     pins: Pins,
     /// Simulation only: the network the node would run.
     simulated: Option<NetworkSpec>,
+    /// The last network built, reused while its nodes are the same.
+    memo: NetworkMemo,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -717,6 +719,7 @@ impl Agent {
             could_start: None,
             pins: Pins::default(),
             simulated: None,
+            memo: NetworkMemo::default(),
         }
     }
 
@@ -855,8 +858,13 @@ impl Agent {
         if self.leader {
             network_problems.extend(self.allocate(&net, &mut nodes).await?);
         }
-        let records = self.records.state();
-        let records: Vec<WireHubNode> = records.iter().map(|r| (**r).clone()).collect();
+        // Only the lease holder reads the records' statuses (the network's
+        // status): the others do not copy every record every round.
+        let records: Vec<WireHubNode> = if self.leader {
+            self.records.state().iter().map(|r| (**r).clone()).collect()
+        } else {
+            Vec::new()
+        };
         let inspect = self.shared.status();
         let node_problems: Vec<Problem> = [&self.key_problem, &self.update_problem, &self.failed]
             .into_iter()
@@ -864,11 +872,13 @@ impl Agent {
             .cloned()
             .collect();
         let public = self.key.as_ref().map(|(_, p)| *p);
+        let built = self.memo.cluster_spec(&name, &net.spec, &nodes, true);
         let snapshot = Snapshot {
             me: &self.opts.node_name,
             network: &net,
             nodes: &nodes,
             records: &records,
+            built: Some(&built),
             key: public.as_ref(),
             listen_port,
             running: self
