@@ -17,14 +17,18 @@
 //! the network's Events. The Lease is kept by a task of its own
 //! ([`LeaseKeeper`]: read from a watch, renewed on its own timer as
 //! [`plan::lease`] decides), never in the rounds; a round only reads
-//! whether this agent may act as holder. Every agent writes only its own `WireHubNode`,
-//! and only on change (its status at least once a [`plan::HEARTBEAT`]).
+//! whether this agent may act as holder. Every agent writes only its own
+//! `WireHubNode`, and only on change (its status at least once a
+//! [`plan::HEARTBEAT`]).
 //!
 //! The shape is kube-rs's controller: each round takes a snapshot, asks the
 //! pure [`plan::plan`] what to do, applies the plan, and returns
 //! `Result<Action>`; [`error_policy`] turns an error into a requeue with
 //! backoff. The agent never takes the node's word for another node: what it
-//! trusts passed the pins ([`Pins`]) and [`convert`]'s checks.
+//! trusts passed the pins ([`Pins`]) and [`convert`]'s checks. A change
+//! that matters wakes a round after [`SETTLE`] (longer while rounds are
+//! slow: [`settle`]); a round builds the network again only when a node
+//! that takes part changed ([`NetworkMemo`]).
 //!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
 
