@@ -15,7 +15,7 @@
 //! it allocates overlay addresses and pod CIDRs (recorded once in the
 //! `WireHubNode`s), writes the network's counts and conditions and emits
 //! the network's Events. The Lease is kept by a task of its own
-//! ([`LeaseKeeper`]: read from a watch, renewed on its own timer as
+//! (`LeaseKeeper`: read from a watch, renewed on its own timer as
 //! [`plan::lease`] decides), never in the rounds; a round only reads
 //! whether this agent may act as holder. Every agent writes only its own
 //! `WireHubNode`, and only on change (its status at least once a
@@ -26,8 +26,8 @@
 //! `Result<Action>`; [`error_policy`] turns an error into a requeue with
 //! backoff. The agent never takes the node's word for another node: what it
 //! trusts passed the pins ([`Pins`]) and [`convert`]'s checks. A change
-//! that matters wakes a round after [`SETTLE`] (longer while rounds are
-//! slow: [`settle`]); a round builds the network again only when a node
+//! that matters wakes a round after `SETTLE` (longer while rounds are
+//! slow: `settle`); a round builds the network again only when a node
 //! that takes part changed ([`NetworkMemo`]).
 //!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
