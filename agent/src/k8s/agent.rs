@@ -62,6 +62,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -292,6 +293,8 @@ struct Agent {
     daemon: Option<Daemon>,
     /// Whether this agent acted as the Lease's holder at its last round.
     leader: bool,
+    /// The same, for the watch of the `WireHubNode`s.
+    leading: Arc<AtomicBool>,
     /// The lease keeper of the network named here, and until when it says
     /// this agent may act as holder.
     lease: Option<(String, watch::Receiver<Option<Instant>>, LeaseTasks)>,
@@ -337,6 +340,9 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         .map_err(|e| K8sError::Config(e.to_string()))?;
     let changed = Arc::new(Notify::new());
 
+    let (records, records_writer) = reflector::store::<WireHubNode>();
+    // Whether this agent held the Lease at its last round.
+    let leading = Arc::new(AtomicBool::new(false));
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let node_stream = reflector::reflector(
         nodes_writer,
@@ -346,11 +352,21 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     .touched_objects();
     // Only what the network is built from counts: not the kubelets'
     // heartbeats.
+    let (me, holder, known) = (
+        opts.node_name.clone(),
+        Arc::clone(&leading),
+        records.clone(),
+    );
     tokio::spawn(forward_changes(
         node_stream,
         Arc::clone(&changed),
         "nodes",
-        |n: &Node| format!("{:?}", ClusterNode::from_node(n)),
+        move |n: &Node| {
+            let agent = known
+                .get(&reflector::ObjectRef::new(&n.name_any()))
+                .is_some();
+            node_fingerprint(n, &me, holder.load(Ordering::Relaxed), agent)
+        },
     ));
 
     let (networks, networks_writer) = reflector::store::<WireHubNetwork>();
@@ -373,7 +389,6 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         |n: &WireHubNetwork| format!("{:?}/{:?}", n.metadata.generation, n.metadata.uid),
     ));
 
-    let (records, records_writer) = reflector::store::<WireHubNode>();
     let record_stream = reflector::reflector(
         records_writer,
         watcher(
@@ -385,15 +400,17 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     .touched_objects();
     // What others trust wakes the agent; statuses (heartbeats) are read at
     // the next round.
+    let (me, holder) = (opts.node_name.clone(), Arc::clone(&leading));
     tokio::spawn(forward_changes(
         record_stream,
         Arc::clone(&changed),
         "wirehubnodes",
-        |r: &WireHubNode| format!("{:?}/{:?}", r.spec, r.metadata.owner_references),
+        move |r: &WireHubNode| record_fingerprint(r, &me, holder.load(Ordering::Relaxed)),
     ));
 
     let mut agent = Agent::new(opts, client, nodes, networks, records, shared);
     agent.changed = Arc::clone(&changed);
+    agent.leading = leading;
     agent.load_pins();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
@@ -472,6 +489,32 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
 /// than [`MAX_SETTLE`].
 fn settle(last_round: Duration) -> Duration {
     last_round.clamp(SETTLE, MAX_SETTLE)
+}
+
+/// What of a Node wakes an agent when it changes: what the network is
+/// built from ([`ClusterNode::from_node`]; not the kubelets' heartbeats).
+/// A Node where no agent published a record yet (`agent`: whether it has
+/// a `WireHubNode`) changes nothing another node runs: it wakes only the
+/// lease holder (which names it in the network's status) and the node's
+/// own agent.
+fn node_fingerprint(n: &Node, me: &str, leading: bool, agent: bool) -> String {
+    if !agent && !leading && n.metadata.name.as_deref() != Some(me) {
+        return "no agent yet".into();
+    }
+    format!("{:?}", ClusterNode::from_node(n))
+}
+
+/// What of a `WireHubNode` wakes an agent when it changes: what others
+/// trust (spec, owner). A record still waiting for its overlay address
+/// changes nothing another node runs: it wakes only the lease holder (which
+/// allocates it) and the node's own agent (`leading`: whether this agent
+/// held the Lease at its last round; one that takes the Lease runs a round
+/// then, and allocates what waits).
+fn record_fingerprint(r: &WireHubNode, me: &str, leading: bool) -> String {
+    if r.spec.overlay_ipv4.is_none() && !leading && r.metadata.name.as_deref() != Some(me) {
+        return "waiting for its allocation".into();
+    }
+    format!("{:?}/{:?}", r.spec, r.metadata.owner_references)
 }
 
 /// Wakes the agent's loop when an object changed in a way that matters
@@ -707,6 +750,7 @@ impl Agent {
             key: None,
             daemon: None,
             leader: false,
+            leading: Arc::new(AtomicBool::new(false)),
             lease: None,
             changed: Arc::new(Notify::new()),
             key_problem: None,
@@ -858,6 +902,7 @@ impl Agent {
             .unwrap_or(net.spec.listen_port.unwrap_or(DEFAULT_PORT));
         let (mut nodes, refused) = self.pinned_nodes(&name);
         self.leader = self.lease_holder(&name);
+        self.leading.store(self.leader, Ordering::Relaxed);
         let mut network_problems = refused;
         if self.leader {
             network_problems.extend(self.allocate(&net, &mut nodes).await?);
@@ -1805,6 +1850,70 @@ mod tests {
             Some(std::net::Ipv4Addr::new(10, 99, 0, 254))
         );
         server.await.unwrap();
+    }
+
+    #[test]
+    fn a_record_waiting_for_its_allocation_wakes_only_the_holder_and_its_own_agent() {
+        use super::super::crd::WireHubNodeSpec;
+        let mut r = WireHubNode::new(
+            "n2",
+            WireHubNodeSpec {
+                network: "lab".into(),
+                public_key: Some(PrivateKey::from_bytes([2; 32]).public_key().to_string()),
+                endpoints: Vec::new(),
+                overlay_ipv4: None,
+                pod_cidr: None,
+            },
+        );
+        let waiting = record_fingerprint(&r, "n1", false);
+        assert_eq!(
+            waiting,
+            record_fingerprint(&WireHubNode::new("n3", r.spec.clone()), "n1", false)
+        );
+        assert_ne!(
+            waiting,
+            record_fingerprint(&r, "n1", true),
+            "the holder allocates it"
+        );
+        assert_ne!(
+            waiting,
+            record_fingerprint(&r, "n2", false),
+            "its own agent"
+        );
+        r.spec.overlay_ipv4 = Some("10.99.0.254".into());
+        assert_ne!(
+            waiting,
+            record_fingerprint(&r, "n1", false),
+            "allocated: every agent"
+        );
+    }
+
+    #[test]
+    fn a_node_without_an_agent_yet_wakes_only_the_holder_and_its_own_agent() {
+        let node = |name: &str| Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        };
+        let lonely = node_fingerprint(&node("n2"), "n1", false, false);
+        assert_eq!(lonely, node_fingerprint(&node("n3"), "n1", false, false));
+        assert_ne!(
+            lonely,
+            node_fingerprint(&node("n2"), "n1", true, false),
+            "the holder"
+        );
+        assert_ne!(
+            lonely,
+            node_fingerprint(&node("n2"), "n2", false, false),
+            "its own agent"
+        );
+        assert_ne!(
+            lonely,
+            node_fingerprint(&node("n2"), "n1", false, true),
+            "with an agent: every agent"
+        );
     }
 
     #[test]
