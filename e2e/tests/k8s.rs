@@ -1688,8 +1688,8 @@ fn metrics_are_served(c: &Cluster, t0: Instant) -> Result<()> {
 /// Kubernetes work, watches, pins, the Lease, allocations, its
 /// WireHubNode, and notes the network it would run). Prints, per N: the
 /// largest object, API writes per node per minute at steady state, the time
-/// for a new node to be known to every agent, the API server's CPU and
-/// memory, the agents' memory. A benchmark, so ignored by default:
+/// for a new node to be known to every agent (and where it goes, from the
+/// agents' log stamps), the API server's CPU and memory, the agents' memory. A benchmark, so ignored by default:
 /// `WH_SCALE_N=100,300 cargo test -p wirehub-e2e --test k8s k8s_scale_bench
 /// -- --ignored --nocapture` (default N = 100; `WH_SCALE_STEADY_S`, the
 /// steady-state window, default 120). Agents start 20 per second. Each is a

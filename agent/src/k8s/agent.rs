@@ -429,7 +429,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
             _ = changed.notified() => {
                 // Let a burst of changes settle (nodes joining together,
                 // an allocation for each): one round for all of them.
-                tokio::time::sleep(settle(agent.last_round)).await;
+                tokio::time::sleep(settle(agent.last_round, agent.leader)).await;
                 let after = agent.round().await;
                 next_round.as_mut().reset(tokio::time::Instant::now() + after);
             }
@@ -486,8 +486,13 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
 /// How long changes settle before a round, given how long the last round
 /// took: [`SETTLE`] on an idle host, as long as a round takes when rounds
 /// are slow (a loaded host: then a burst costs fewer rounds), never more
-/// than [`MAX_SETTLE`].
-fn settle(last_round: Duration) -> Duration {
+/// than [`MAX_SETTLE`]. Always [`SETTLE`] for the lease holder: every
+/// other agent waits for its allocations, and one agent's rounds do not
+/// load the host.
+fn settle(last_round: Duration, leader: bool) -> Duration {
+    if leader {
+        return SETTLE;
+    }
     last_round.clamp(SETTLE, MAX_SETTLE)
 }
 
@@ -1918,12 +1923,20 @@ mod tests {
 
     #[test]
     fn changes_settle_a_tenth_of_a_second_or_as_long_as_a_slow_round_up_to_two() {
-        assert_eq!(settle(Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(settle(Duration::ZERO, false), Duration::from_millis(100));
         assert_eq!(
-            settle(Duration::from_millis(700)),
+            settle(Duration::from_millis(700), false),
             Duration::from_millis(700)
         );
-        assert_eq!(settle(Duration::from_secs(9)), Duration::from_secs(2));
+        assert_eq!(
+            settle(Duration::from_secs(9), false),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn the_lease_holder_acts_on_a_change_after_a_tenth_of_a_second_always() {
+        assert_eq!(settle(Duration::from_secs(9), true), SETTLE);
     }
 
     #[test]
