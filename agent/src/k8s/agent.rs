@@ -58,7 +58,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -306,8 +306,10 @@ struct Agent {
     update_problem: Option<Problem>,
     /// Why the node core failed (the agent then exits).
     failed: Option<Problem>,
-    /// What the last round found wrong with the network (to log changes).
+    /// What the last round found wrong with the network (to log changes),
+    /// and about which generation.
     last_network_problems: Vec<Problem>,
+    last_problems_generation: Option<i64>,
     /// Events already sent, so each is sent once per generation.
     events_sent: HashMap<String, i64>,
     /// The own status last written, and when.
@@ -494,6 +496,24 @@ fn settle(last_round: Duration, leader: bool) -> Duration {
         return SETTLE;
     }
     last_round.clamp(SETTLE, MAX_SETTLE)
+}
+
+/// The network's problems to log: every one for a new generation of the
+/// network, else those that were not there last time.
+fn problems_to_log<'a>(
+    problems: &'a [Problem],
+    last: &[Problem],
+    same_generation: bool,
+) -> Vec<&'a Problem> {
+    let logged: HashSet<&str> = if same_generation {
+        last.iter().map(|p| p.message.as_str()).collect()
+    } else {
+        HashSet::new()
+    };
+    problems
+        .iter()
+        .filter(|p| !logged.contains(p.message.as_str()))
+        .collect()
 }
 
 /// What of a Node wakes an agent when it changes: what the network is
@@ -762,6 +782,7 @@ impl Agent {
             update_problem: None,
             failed: None,
             last_network_problems: Vec::new(),
+            last_problems_generation: None,
             events_sent: HashMap::new(),
             last_status: None,
             last_network_status: None,
@@ -1013,15 +1034,22 @@ impl Agent {
         });
     }
 
-    /// Logs the network's problems when they change.
+    /// Logs the network's problems when they change: every one for a new
+    /// generation of the network, else only those not logged last time (a
+    /// node joining would otherwise log again every node still waiting: N
+    /// lines per agent per join).
     fn log_problems(&mut self, problems: &[Problem], generation: Option<i64>) {
-        if problems == self.last_network_problems.as_slice() {
+        if problems == self.last_network_problems.as_slice()
+            && generation == self.last_problems_generation
+        {
             return;
         }
-        for p in problems {
+        let same = generation == self.last_problems_generation;
+        for p in problems_to_log(problems, &self.last_network_problems, same) {
             tracing::warn!(generation, reason = p.reason, "{}", p.message);
         }
         self.last_network_problems = problems.to_vec();
+        self.last_problems_generation = generation;
     }
 
     /// Writes the agent's own fields of its `WireHubNode` (server-side
@@ -1919,6 +1947,19 @@ mod tests {
             node_fingerprint(&node("n2"), "n1", false, true),
             "with an agent: every agent"
         );
+    }
+
+    #[test]
+    fn a_new_problem_is_logged_alone_and_a_new_generation_logs_every_one() {
+        let waiting = |n: &str| Problem {
+            reason: "WaitingForAllocation",
+            message: format!("node {n} has no overlay address or pod CIDR yet"),
+        };
+        let last = vec![waiting("n2")];
+        let now = vec![waiting("n2"), waiting("n3")];
+        assert_eq!(problems_to_log(&now, &last, true), vec![&now[1]]);
+        assert_eq!(problems_to_log(&now, &last, false), vec![&now[0], &now[1]]);
+        assert!(problems_to_log(&last, &now, true).is_empty());
     }
 
     #[test]
