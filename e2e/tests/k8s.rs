@@ -1688,8 +1688,8 @@ fn metrics_are_served(c: &Cluster, t0: Instant) -> Result<()> {
 /// Kubernetes work, watches, pins, the Lease, allocations, its
 /// WireHubNode, and notes the network it would run). Prints, per N: the
 /// largest object, API writes per node per minute at steady state, the time
-/// for a new node to be known to every agent, the API server's CPU and
-/// memory, the agents' memory. A benchmark, so ignored by default:
+/// for a new node to be known to every agent (and where it goes, from the
+/// agents' log stamps), the API server's CPU and memory, the agents' memory. A benchmark, so ignored by default:
 /// `WH_SCALE_N=100,300 cargo test -p wirehub-e2e --test k8s k8s_scale_bench
 /// -- --ignored --nocapture` (default N = 100; `WH_SCALE_STEADY_S`, the
 /// steady-state window, default 120). Agents start 20 per second. Each is a
@@ -1853,6 +1853,29 @@ fn node_list(names: &[String]) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
+/// Seconds since midnight UTC, now (as the agents' log stamps say it).
+fn seconds_of_day_now() -> f64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since.as_secs_f64() % 86_400.0
+}
+
+/// The stamp (seconds since midnight UTC) of the first line of `log` that
+/// holds every one of `needles`: tracing's `2026-12-06T08:22:20.123456Z`.
+fn first_stamp(log: &Path, needles: &[&str]) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))?;
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1956,11 +1979,14 @@ fn bench(n: usize) -> Result<String> {
     // network of n + 1 nodes.
     let newcomer = format!("sim-{n:04}");
     let added = Instant::now();
+    let added_wall = seconds_of_day_now();
     c.k_stdin(
         &["apply", "-f", "-"],
         &node_list(std::slice::from_ref(&newcomer)),
     )?;
+    let node_applied = added.elapsed().as_secs_f64();
     agents.start(&c, &newcomer)?;
+    let agent_spawned = added.elapsed().as_secs_f64();
     let mut known: Vec<f64> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let needle = format!("members={} ", n + 1);
@@ -1976,6 +2002,52 @@ fn bench(n: usize) -> Result<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     known.sort_by(f64::total_cmp);
+    // Where the time went, from the logs' stamps (relative to the Node's
+    // creation): the harness, the new agent's start and key, the lease
+    // holder's allocation, every agent's round.
+    let since_added = |t: Option<f64>| t.map_or(f64::NAN, |t| t - added_wall);
+    let newcomer_log = agents.children.last().map(|(_, _, l)| l.clone());
+    let newcomer_at = |needle: &str| {
+        since_added(
+            newcomer_log
+                .as_deref()
+                .and_then(|l| first_stamp(l, &[needle])),
+        )
+    };
+    let allocated_node = format!("node={newcomer}");
+    let allocated = agents
+        .children
+        .iter()
+        .filter_map(|(_, _, l)| first_stamp(l, &["allocated", &allocated_node]))
+        .reduce(f64::min);
+    // When each agent logged it (the table's figures are when the bench saw
+    // it, reading every log every 100 ms).
+    let mut stamped: Vec<f64> = agents
+        .children
+        .iter()
+        .filter_map(|(_, _, l)| first_stamp(l, &["simulated node: network", &needle]))
+        .map(|t| t - added_wall)
+        .collect();
+    stamped.sort_by(f64::total_cmp);
+    let holders = agents
+        .children
+        .iter()
+        .filter(|(_, _, l)| first_stamp(l, &["network lease", "leader=true"]).is_some())
+        .count();
+    log(
+        t0,
+        &format!(
+            "N={n}: new node: Node applied +{node_applied:.2}s, agent spawned +{agent_spawned:.2}s, agent's first log +{:.2}s, key published +{:.2}s, allocated +{:.2}s; by the logs' stamps, {} agents know it: first +{:.2}s, p50 +{:.2}s, p95 +{:.2}s, last +{:.2}s; {holders} agents held the Lease at some point",
+            newcomer_at("wirehub agent starting"),
+            newcomer_at("published my WireHubNode"),
+            since_added(allocated),
+            stamped.len(),
+            stamped.first().copied().unwrap_or(f64::NAN),
+            percentile(&stamped, 0.5),
+            percentile(&stamped, 0.95),
+            stamped.last().copied().unwrap_or(f64::NAN),
+        ),
+    );
     if let Some((_, _, log)) = agents.children.last() {
         let keep =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("k8s-bench-newcomer-{n}.log"));

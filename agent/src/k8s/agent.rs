@@ -14,23 +14,31 @@
 //! One agent at a time holds the network's Lease (coordination.k8s.io/v1):
 //! it allocates overlay addresses and pod CIDRs (recorded once in the
 //! `WireHubNode`s), writes the network's counts and conditions and emits
-//! the network's Events. Every agent writes only its own `WireHubNode`,
-//! and only on change (its status at least once a [`plan::HEARTBEAT`]).
+//! the network's Events. The Lease is kept by a task of its own
+//! (`LeaseKeeper`: read from a watch, renewed on its own timer as
+//! [`plan::lease`] decides), never in the rounds; a round only reads
+//! whether this agent may act as holder. Every agent writes only its own
+//! `WireHubNode`, and only on change (its status at least once a
+//! [`plan::HEARTBEAT`]).
 //!
 //! The shape is kube-rs's controller: each round takes a snapshot, asks the
 //! pure [`plan::plan`] what to do, applies the plan, and returns
 //! `Result<Action>`; [`error_policy`] turns an error into a requeue with
 //! backoff. The agent never takes the node's word for another node: what it
-//! trusts passed the pins ([`Pins`]) and [`convert`]'s checks.
+//! trusts passed the pins ([`Pins`]) and [`convert`]'s checks. A change
+//! that matters wakes a round after `SETTLE` (longer while rounds are
+//! slow: `settle`); a round builds the network again only when a node
+//! that takes part changed ([`NetworkMemo`]).
 //!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
 
 use super::K8sError;
 use super::alloc;
-use super::convert::{self, ClusterNode, ClusterSpec, Problem};
+use super::convert::{self, ClusterNode, ClusterSpec, NetworkMemo, Problem};
 use super::crd::{WireHubNetwork, WireHubNetworkStatus, WireHubNode, WireHubNodeStatus};
 use super::metrics::{self, Shared};
 use super::pins::Pins;
+use super::plan::lease::{self, Step};
 use super::plan::{self, EventType, PlannedEvent, Snapshot};
 use crate::cli::commands::Outcome;
 use crate::config::{DEFAULT_PORT, NetworkSpec};
@@ -41,32 +49,33 @@ use crate::node::daemon::{CNI_CONFIG_NAME, SpecUpdate};
 use crate::node::launch::{DEFAULT_MTU, Mode, UpOptions};
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Node};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Default place of the node's private key (a host path in the DaemonSet).
 pub const DEFAULT_KEY_FILE: &str = "/var/lib/wirehub/private.key";
 /// Default address of the health and metrics endpoints.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9796";
-/// How long the leader's Lease lasts without renewal.
-const LEASE_SECONDS: i32 = 20;
 /// How often the agent re-checks everything even without a change.
 const RESYNC: Duration = Duration::from_secs(10);
-/// How long a burst of changes may settle before a round.
-const SETTLE: Duration = Duration::from_millis(500);
+/// How long a burst of changes may settle before a round, at least.
+const SETTLE: Duration = Duration::from_millis(100);
+/// ... and at most (when rounds take long: a loaded host).
+const MAX_SETTLE: Duration = Duration::from_secs(2);
 /// The longest wait after a failed round.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -282,16 +291,25 @@ struct Agent {
     shared: Arc<Shared>,
     key: Option<(PrivateKey, PublicKey)>,
     daemon: Option<Daemon>,
+    /// Whether this agent acted as the Lease's holder at its last round.
     leader: bool,
-    lease_renewed: Option<Instant>,
+    /// The same, for the watch of the `WireHubNode`s.
+    leading: Arc<AtomicBool>,
+    /// The lease keeper of the network named here, and until when it says
+    /// this agent may act as holder.
+    lease: Option<(String, watch::Receiver<Option<Instant>>, LeaseTasks)>,
+    /// Wakes the loop for a round (a change, a new lease holder).
+    changed: Arc<Notify>,
     /// Why the node has no key, if it has none.
     key_problem: Option<Problem>,
     /// Why the node refused the last update, until one is accepted.
     update_problem: Option<Problem>,
     /// Why the node core failed (the agent then exits).
     failed: Option<Problem>,
-    /// What the last round found wrong with the network (to log changes).
+    /// What the last round found wrong with the network (to log changes),
+    /// and about which generation.
     last_network_problems: Vec<Problem>,
+    last_problems_generation: Option<i64>,
     /// Events already sent, so each is sent once per generation.
     events_sent: HashMap<String, i64>,
     /// The own status last written, and when.
@@ -300,6 +318,8 @@ struct Agent {
     last_network_status: Option<WireHubNetworkStatus>,
     /// Failed rounds in a row (for the backoff).
     failures: u32,
+    /// How long the last round took.
+    last_round: Duration,
     stopping: bool,
     /// The node's CNI configuration as the node core last wrote it.
     cni_config: Option<String>,
@@ -309,6 +329,8 @@ struct Agent {
     pins: Pins,
     /// Simulation only: the network the node would run.
     simulated: Option<NetworkSpec>,
+    /// The last network built, reused while its nodes are the same.
+    memo: NetworkMemo,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -320,6 +342,9 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         .map_err(|e| K8sError::Config(e.to_string()))?;
     let changed = Arc::new(Notify::new());
 
+    let (records, records_writer) = reflector::store::<WireHubNode>();
+    // Whether this agent held the Lease at its last round.
+    let leading = Arc::new(AtomicBool::new(false));
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let node_stream = reflector::reflector(
         nodes_writer,
@@ -329,11 +354,21 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     .touched_objects();
     // Only what the network is built from counts: not the kubelets'
     // heartbeats.
+    let (me, holder, known) = (
+        opts.node_name.clone(),
+        Arc::clone(&leading),
+        records.clone(),
+    );
     tokio::spawn(forward_changes(
         node_stream,
         Arc::clone(&changed),
         "nodes",
-        |n: &Node| format!("{:?}", ClusterNode::from_node(n)),
+        move |n: &Node| {
+            let agent = known
+                .get(&reflector::ObjectRef::new(&n.name_any()))
+                .is_some();
+            node_fingerprint(n, &me, holder.load(Ordering::Relaxed), agent)
+        },
     ));
 
     let (networks, networks_writer) = reflector::store::<WireHubNetwork>();
@@ -351,16 +386,11 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         net_stream,
         Arc::clone(&changed),
         "wirehubnetworks",
-        |n: &WireHubNetwork| {
-            format!(
-                "{}/{:?}",
-                n.metadata.resource_version.as_deref().unwrap_or_default(),
-                n.metadata.uid
-            )
-        },
+        // Its spec (generation), not its status: the lease holder's
+        // status writes do not wake every agent.
+        |n: &WireHubNetwork| format!("{:?}/{:?}", n.metadata.generation, n.metadata.uid),
     ));
 
-    let (records, records_writer) = reflector::store::<WireHubNode>();
     let record_stream = reflector::reflector(
         records_writer,
         watcher(
@@ -372,14 +402,17 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     .touched_objects();
     // What others trust wakes the agent; statuses (heartbeats) are read at
     // the next round.
+    let (me, holder) = (opts.node_name.clone(), Arc::clone(&leading));
     tokio::spawn(forward_changes(
         record_stream,
         Arc::clone(&changed),
         "wirehubnodes",
-        |r: &WireHubNode| format!("{:?}/{:?}", r.spec, r.metadata.owner_references),
+        move |r: &WireHubNode| record_fingerprint(r, &me, holder.load(Ordering::Relaxed)),
     ));
 
     let mut agent = Agent::new(opts, client, nodes, networks, records, shared);
+    agent.changed = Arc::clone(&changed);
+    agent.leading = leading;
     agent.load_pins();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
@@ -398,7 +431,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
             _ = changed.notified() => {
                 // Let a burst of changes settle (nodes joining together,
                 // an allocation for each): one round for all of them.
-                tokio::time::sleep(SETTLE).await;
+                tokio::time::sleep(settle(agent.last_round, agent.leader)).await;
                 let after = agent.round().await;
                 next_round.as_mut().reset(tokio::time::Instant::now() + after);
             }
@@ -452,6 +485,63 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long changes settle before a round, given how long the last round
+/// took: [`SETTLE`] on an idle host, as long as a round takes when rounds
+/// are slow (a loaded host: then a burst costs fewer rounds), never more
+/// than [`MAX_SETTLE`]. Always [`SETTLE`] for the lease holder: every
+/// other agent waits for its allocations, and one agent's rounds do not
+/// load the host.
+fn settle(last_round: Duration, leader: bool) -> Duration {
+    if leader {
+        return SETTLE;
+    }
+    last_round.clamp(SETTLE, MAX_SETTLE)
+}
+
+/// The network's problems to log: every one for a new generation of the
+/// network, else those that were not there last time.
+fn problems_to_log<'a>(
+    problems: &'a [Problem],
+    last: &[Problem],
+    same_generation: bool,
+) -> Vec<&'a Problem> {
+    let logged: HashSet<&str> = if same_generation {
+        last.iter().map(|p| p.message.as_str()).collect()
+    } else {
+        HashSet::new()
+    };
+    problems
+        .iter()
+        .filter(|p| !logged.contains(p.message.as_str()))
+        .collect()
+}
+
+/// What of a Node wakes an agent when it changes: what the network is
+/// built from ([`ClusterNode::from_node`]; not the kubelets' heartbeats).
+/// A Node where no agent published a record yet (`agent`: whether it has
+/// a `WireHubNode`) changes nothing another node runs: it wakes only the
+/// lease holder (which names it in the network's status) and the node's
+/// own agent.
+fn node_fingerprint(n: &Node, me: &str, leading: bool, agent: bool) -> String {
+    if !agent && !leading && n.metadata.name.as_deref() != Some(me) {
+        return "no agent yet".into();
+    }
+    format!("{:?}", ClusterNode::from_node(n))
+}
+
+/// What of a `WireHubNode` wakes an agent when it changes: what others
+/// trust (spec, owner). A record still waiting for its overlay address
+/// changes nothing another node runs: it wakes only the lease holder (which
+/// allocates it) and the node's own agent (`leading`: whether this agent
+/// held the Lease at its last round; one that takes the Lease runs a round
+/// then, and allocates what waits).
+fn record_fingerprint(r: &WireHubNode, me: &str, leading: bool) -> String {
+    if r.spec.overlay_ipv4.is_none() && !leading && r.metadata.name.as_deref() != Some(me) {
+        return "waiting for its allocation".into();
+    }
+    format!("{:?}/{:?}", r.spec, r.metadata.owner_references)
+}
+
 /// Wakes the agent's loop when an object changed in a way that matters
 /// (its `fingerprint` differs from the last one seen under its name).
 async fn forward_changes<S, T, E>(
@@ -479,6 +569,188 @@ async fn forward_changes<S, T, E>(
     }
 }
 
+/// The tasks of a lease keeper (its watch and its timer), stopped when
+/// dropped.
+struct LeaseTasks(Vec<tokio::task::AbortHandle>);
+
+impl Drop for LeaseTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The network's Lease, kept on a timer of its own, never in the rounds
+/// (a round delayed by load must not let the Lease lapse): it reads the
+/// Lease from a watch (no GET), takes it when it is missing or lapsed,
+/// renews it while this agent holds it ([`lease::decide`]), and tells the
+/// rounds until when this agent may act as holder. A change of holder
+/// wakes the rounds, so a new holder allocates at once.
+struct LeaseKeeper {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    /// The Lease as the watch shows it.
+    seen: Store<Lease>,
+    /// The Lease as this agent last wrote it (the watch may lag behind).
+    written: Option<Lease>,
+    /// Until when this agent may act as holder.
+    acting: watch::Sender<Option<Instant>>,
+    changed: Arc<Notify>,
+}
+
+impl LeaseKeeper {
+    /// Starts the watch of `network`'s Lease and the keeper's timer.
+    fn start(
+        client: Client,
+        namespace: &str,
+        network: &str,
+        me: &str,
+        changed: Arc<Notify>,
+    ) -> (LeaseTasks, watch::Receiver<Option<Instant>>) {
+        let name = format!("wirehub-{network}");
+        let api: Api<Lease> = Api::namespaced(client, namespace);
+        let (seen, writer) = reflector::store::<Lease>();
+        let stream = reflector::reflector(
+            writer,
+            watcher(
+                api.clone(),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        let lease_changed = Arc::new(Notify::new());
+        let watch_task = tokio::spawn(forward_changes(
+            stream,
+            Arc::clone(&lease_changed),
+            "leases",
+            |l: &Lease| l.metadata.resource_version.clone().unwrap_or_default(),
+        ));
+        let (acting, rx) = watch::channel(None);
+        let keeper = LeaseKeeper {
+            api,
+            name,
+            me: me.to_string(),
+            seen,
+            written: None,
+            acting,
+            changed,
+        };
+        let timer_task = tokio::spawn(keeper.run(lease_changed));
+        (
+            LeaseTasks(vec![watch_task.abort_handle(), timer_task.abort_handle()]),
+            rx,
+        )
+    }
+
+    /// Once the watch listed the Lease: a step, then a wait until the next
+    /// one is due or the Lease changes.
+    async fn run(mut self, lease_changed: Arc<Notify>) {
+        if self.seen.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            let after = self.step().await;
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {}
+                _ = lease_changed.notified() => {}
+            }
+        }
+    }
+
+    /// Whether this agent acts as holder now.
+    fn is_acting(&self) -> bool {
+        self.acting
+            .borrow()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Sets until when this agent acts as holder; a round follows a change
+    /// of holder.
+    fn set_acting(&self, until: Option<Instant>) {
+        let was = self.is_acting();
+        self.acting.send_replace(until);
+        if self.is_acting() != was {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Does what [`lease::decide`] says about the newest sighting of the
+    /// Lease; returns when to look again.
+    async fn step(&mut self) -> Duration {
+        let seen = self
+            .seen
+            .get(&reflector::ObjectRef::new(&self.name).within(&self.api_namespace()));
+        let newest = lease::newer(
+            seen.as_ref().and_then(|l| l.spec.as_ref()),
+            self.written.as_ref().and_then(|l| l.spec.as_ref()),
+        );
+        let current: Option<Lease> = match (&seen, &self.written) {
+            (Some(s), _) if s.spec.as_ref() == newest => Some((**s).clone()),
+            (_, Some(w)) if w.spec.as_ref() == newest => Some(w.clone()),
+            (s, _) => s.as_deref().cloned(),
+        };
+        let now = Timestamp::now();
+        let sent = Instant::now();
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let step = lease::decide(spec, &self.me, self.is_acting(), now);
+        let written = match &step {
+            Step::Wait { holder, after } => {
+                if *holder != self.me {
+                    self.set_acting(None);
+                }
+                return (*after).clamp(lease::RETRY, lease::RENEW_EVERY);
+            }
+            Step::Create => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(lease::claim(None, &self.me, now)),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            Step::Take | Step::Renew => {
+                let mut lease = current.clone().unwrap_or_default();
+                lease.spec = Some(lease::claim(spec, &self.me, now));
+                // Written over the version seen: a conflict means another
+                // agent wrote it meanwhile.
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match written {
+            Ok(lease) => {
+                self.written = Some(lease);
+                self.set_acting(Some(Instant::now() + lease::acting_for(sent.elapsed())));
+                lease::RENEW_EVERY
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                // Someone else wrote (or removed) it: the watch tells who.
+                tracing::debug!(lease = %self.name, ?step, code = e.code, "lost the race for the lease");
+                self.written = None;
+                if step != Step::Renew {
+                    self.set_acting(None);
+                }
+                lease::RETRY
+            }
+            Err(e) => {
+                // Acting continues until its margin, then stops by itself.
+                tracing::warn!(lease = %self.name, error = %e, "cannot write the lease");
+                lease::RETRY
+            }
+        }
+    }
+
+    fn api_namespace(&self) -> String {
+        self.api.namespace().unwrap_or_default().to_string()
+    }
+}
+
 fn now_rfc3339() -> String {
     Timestamp::now().to_string()
 }
@@ -503,20 +775,25 @@ impl Agent {
             key: None,
             daemon: None,
             leader: false,
-            lease_renewed: None,
+            leading: Arc::new(AtomicBool::new(false)),
+            lease: None,
+            changed: Arc::new(Notify::new()),
             key_problem: None,
             update_problem: None,
             failed: None,
             last_network_problems: Vec::new(),
+            last_problems_generation: None,
             events_sent: HashMap::new(),
             last_status: None,
             last_network_status: None,
             failures: 0,
+            last_round: Duration::ZERO,
             stopping: false,
             cni_config: None,
             could_start: None,
             pins: Pins::default(),
             simulated: None,
+            memo: NetworkMemo::default(),
         }
     }
 
@@ -610,7 +887,10 @@ impl Agent {
 
     /// One round and its outcome: when the next one is due.
     async fn round(&mut self) -> Duration {
-        match self.reconcile().await {
+        let started = Instant::now();
+        let result = self.reconcile().await;
+        self.last_round = started.elapsed();
+        match result {
             Ok(action) => {
                 self.failures = 0;
                 action.requeue_after()
@@ -647,13 +927,19 @@ impl Agent {
             .map(|d| d.listen_port)
             .unwrap_or(net.spec.listen_port.unwrap_or(DEFAULT_PORT));
         let (mut nodes, refused) = self.pinned_nodes(&name);
-        self.renew_lease(&name).await;
+        self.leader = self.lease_holder(&name);
+        self.leading.store(self.leader, Ordering::Relaxed);
         let mut network_problems = refused;
         if self.leader {
             network_problems.extend(self.allocate(&net, &mut nodes).await?);
         }
-        let records = self.records.state();
-        let records: Vec<WireHubNode> = records.iter().map(|r| (**r).clone()).collect();
+        // Only the lease holder reads the records' statuses (the network's
+        // status): the others do not copy every record every round.
+        let records: Vec<WireHubNode> = if self.leader {
+            self.records.state().iter().map(|r| (**r).clone()).collect()
+        } else {
+            Vec::new()
+        };
         let inspect = self.shared.status();
         let node_problems: Vec<Problem> = [&self.key_problem, &self.update_problem, &self.failed]
             .into_iter()
@@ -661,11 +947,13 @@ impl Agent {
             .cloned()
             .collect();
         let public = self.key.as_ref().map(|(_, p)| *p);
+        let built = self.memo.cluster_spec(&name, &net.spec, &nodes, true);
         let snapshot = Snapshot {
             me: &self.opts.node_name,
             network: &net,
             nodes: &nodes,
             records: &records,
+            built: Some(&built),
             key: public.as_ref(),
             listen_port,
             running: self
@@ -746,15 +1034,22 @@ impl Agent {
         });
     }
 
-    /// Logs the network's problems when they change.
+    /// Logs the network's problems when they change: every one for a new
+    /// generation of the network, else only those not logged last time (a
+    /// node joining would otherwise log again every node still waiting: N
+    /// lines per agent per join).
     fn log_problems(&mut self, problems: &[Problem], generation: Option<i64>) {
-        if problems == self.last_network_problems.as_slice() {
+        if problems == self.last_network_problems.as_slice()
+            && generation == self.last_problems_generation
+        {
             return;
         }
-        for p in problems {
+        let same = generation == self.last_problems_generation;
+        for p in problems_to_log(problems, &self.last_network_problems, same) {
             tracing::warn!(generation, reason = p.reason, "{}", p.message);
         }
         self.last_network_problems = problems.to_vec();
+        self.last_problems_generation = generation;
     }
 
     /// Writes the agent's own fields of its `WireHubNode` (server-side
@@ -803,75 +1098,28 @@ impl Agent {
         Ok(())
     }
 
-    /// Takes or renews the network's Lease; `self.leader` says who won.
-    async fn renew_lease(&mut self, network: &str) {
-        if self
-            .lease_renewed
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
-            return;
+    /// Starts the keeper of `network`'s Lease once (again if the network
+    /// changed), and reads whether this agent may act as its holder now.
+    fn lease_holder(&mut self, network: &str) -> bool {
+        if self.lease.as_ref().is_none_or(|(n, _, _)| n != network) {
+            let (tasks, acting) = LeaseKeeper::start(
+                self.client.clone(),
+                &self.opts.namespace,
+                network,
+                &self.opts.node_name,
+                Arc::clone(&self.changed),
+            );
+            self.lease = Some((network.to_string(), acting, tasks));
         }
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let lease_name = format!("wirehub-{network}");
-        let me = self.opts.node_name.clone();
-        let now = Timestamp::now();
-        let was = self.leader;
-        let result = match api.get_opt(&lease_name).await {
-            Err(e) => Err(e),
-            Ok(None) => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(lease_name.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(me.clone()),
-                        lease_duration_seconds: Some(LEASE_SECONDS),
-                        acquire_time: Some(MicroTime(now)),
-                        renew_time: Some(MicroTime(now)),
-                        lease_transitions: Some(0),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                api.create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| true)
-            }
-            Ok(Some(mut lease)) => {
-                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-                let holder = spec.holder_identity.clone().unwrap_or_default();
-                let duration = spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS).max(1);
-                let expired = spec
-                    .renew_time
-                    .as_ref()
-                    .is_none_or(|t| now.duration_since(t.0).as_secs() > i64::from(duration));
-                if holder == me || holder.is_empty() || expired {
-                    if holder != me {
-                        spec.acquire_time = Some(MicroTime(now));
-                        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-                    }
-                    spec.holder_identity = Some(me.clone());
-                    spec.lease_duration_seconds = Some(LEASE_SECONDS);
-                    spec.renew_time = Some(MicroTime(now));
-                    api.replace(&lease_name, &PostParams::default(), &lease)
-                        .await
-                        .map(|_| true)
-                } else {
-                    Ok(false)
-                }
-            }
-        };
-        self.leader = match result {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "lease");
-                false
-            }
-        };
-        self.lease_renewed = self.leader.then(Instant::now);
-        if self.leader != was {
-            tracing::info!(leader = self.leader, lease = %lease_name, "network lease");
+        let leader = self
+            .lease
+            .as_ref()
+            .and_then(|(_, acting, _)| *acting.borrow())
+            .is_some_and(|until| Instant::now() < until);
+        if leader != self.leader {
+            tracing::info!(leader, lease = %format!("wirehub-{network}"), "network lease");
         }
+        leader
     }
 
     /// Leader only: gives every selected node with a key what it lacks,
@@ -1347,6 +1595,7 @@ impl Agent {
 mod tests {
     use super::*;
     use http::{Request as HttpRequest, Response as HttpResponse, StatusCode};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use kube::client::Body;
     use tower_test::mock;
 
@@ -1403,66 +1652,111 @@ mod tests {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "wirehub-lab", "namespace": "kube-system", "resourceVersion": "7"},
-            "spec": {"holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS,
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": lease::LEASE_SECONDS,
                      "renewTime": MicroTime(renewed)}
         })
     }
 
+    /// A lease keeper of agent n1 against the mock, whose watch has listed
+    /// `seen` (None: no Lease).
+    fn keeper(seen: Option<serde_json::Value>) -> (LeaseKeeper, Handle, Arc<Notify>) {
+        let (service, handle) = mock::pair::<HttpRequest<Body>, HttpResponse<Body>>();
+        let client = Client::new(service, "default");
+        let (store, mut writer) = reflector::store::<Lease>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        if let Some(l) = seen {
+            let l: Lease = serde_json::from_value(l).unwrap();
+            writer.apply_watcher_event(&watcher::Event::InitApply(l));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let changed = Arc::new(Notify::new());
+        let (acting, _) = watch::channel(None);
+        let k = LeaseKeeper {
+            api: Api::namespaced(client, "kube-system"),
+            name: "wirehub-lab".into(),
+            me: "n1".into(),
+            seen: store,
+            written: None,
+            acting,
+            changed: Arc::clone(&changed),
+        };
+        (k, handle, changed)
+    }
+
     #[tokio::test]
-    async fn a_lease_held_by_another_agent_is_left_alone() {
-        let (mut a, mut handle) = mock_agent();
+    async fn a_lease_held_by_another_agent_is_left_alone_without_a_request() {
+        let (mut k, mut handle, _) = keeper(Some(lease("n2", Timestamp::now())));
         let server = tokio::spawn(async move {
-            let (req, send) = handle.next_request().await.unwrap();
-            assert_eq!(req.method(), "GET");
-            assert!(
-                req.uri().path().ends_with("/leases/wirehub-lab"),
-                "{}",
-                req.uri()
-            );
-            send.send_response(reply(StatusCode::OK, lease("n2", Timestamp::now())));
-            // Nothing else: the agent must not try to take it.
+            // Nothing at all: the watch told who holds it.
             assert!(
                 tokio::time::timeout(Duration::from_millis(200), handle.next_request())
                     .await
                     .is_err()
             );
         });
-        a.renew_lease("lab").await;
-        assert!(!a.leader);
+        let after = k.step().await;
+        assert!(!k.is_acting());
+        assert!(after <= lease::RENEW_EVERY, "{after:?}");
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
-        let (mut a, mut handle) = mock_agent();
+        let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
+        let (mut k, mut handle, _) = keeper(Some(lease("n2", old)));
         let server = tokio::spawn(async move {
-            let (_, send) = handle.next_request().await.unwrap();
-            let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
-            send.send_response(reply(StatusCode::OK, lease("n2", old)));
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), "PUT");
+            assert!(req.uri().path().ends_with("/leases/wirehub-lab"));
             send.send_response(status_error(StatusCode::CONFLICT, "Conflict"));
         });
-        a.renew_lease("lab").await;
+        assert_eq!(k.step().await, lease::RETRY);
         assert!(
-            !a.leader,
+            !k.is_acting(),
             "a conflict on the replace means someone else won"
         );
         server.await.unwrap();
     }
 
     #[tokio::test]
-    async fn a_missing_lease_is_created_and_held() {
-        let (mut a, mut handle) = mock_agent();
+    async fn a_missing_lease_is_created_held_and_wakes_a_round() {
+        let (mut k, mut handle, changed) = keeper(None);
         let server = tokio::spawn(async move {
-            let (_, send) = handle.next_request().await.unwrap();
-            send.send_response(status_error(StatusCode::NOT_FOUND, "NotFound"));
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), "POST");
             send.send_response(reply(StatusCode::CREATED, lease("n1", Timestamp::now())));
         });
-        a.renew_lease("lab").await;
-        assert!(a.leader);
+        assert_eq!(k.step().await, lease::RENEW_EVERY);
+        assert!(k.is_acting());
+        tokio::time::timeout(Duration::from_millis(100), changed.notified())
+            .await
+            .expect("a new holder's round is woken");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_holder_renews_from_its_own_write_even_when_the_watch_lags() {
+        let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(8);
+        let (mut k, mut handle, _) = keeper(Some(lease(
+            "n2",
+            old - k8s_openapi::jiff::SignedDuration::from_secs(600),
+        )));
+        k.written = Some(serde_json::from_value(lease("n1", old)).unwrap());
+        k.acting
+            .send_replace(Some(Instant::now() + Duration::from_secs(5)));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "PUT");
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["spec"]["holderIdentity"], "n1", "{body}");
+            send.send_response(reply(StatusCode::OK, lease("n1", Timestamp::now())));
+        });
+        assert_eq!(k.step().await, lease::RENEW_EVERY);
+        assert!(k.is_acting());
         server.await.unwrap();
     }
 
@@ -1589,6 +1883,101 @@ mod tests {
             Some(std::net::Ipv4Addr::new(10, 99, 0, 254))
         );
         server.await.unwrap();
+    }
+
+    #[test]
+    fn a_record_waiting_for_its_allocation_wakes_only_the_holder_and_its_own_agent() {
+        use super::super::crd::WireHubNodeSpec;
+        let mut r = WireHubNode::new(
+            "n2",
+            WireHubNodeSpec {
+                network: "lab".into(),
+                public_key: Some(PrivateKey::from_bytes([2; 32]).public_key().to_string()),
+                endpoints: Vec::new(),
+                overlay_ipv4: None,
+                pod_cidr: None,
+            },
+        );
+        let waiting = record_fingerprint(&r, "n1", false);
+        assert_eq!(
+            waiting,
+            record_fingerprint(&WireHubNode::new("n3", r.spec.clone()), "n1", false)
+        );
+        assert_ne!(
+            waiting,
+            record_fingerprint(&r, "n1", true),
+            "the holder allocates it"
+        );
+        assert_ne!(
+            waiting,
+            record_fingerprint(&r, "n2", false),
+            "its own agent"
+        );
+        r.spec.overlay_ipv4 = Some("10.99.0.254".into());
+        assert_ne!(
+            waiting,
+            record_fingerprint(&r, "n1", false),
+            "allocated: every agent"
+        );
+    }
+
+    #[test]
+    fn a_node_without_an_agent_yet_wakes_only_the_holder_and_its_own_agent() {
+        let node = |name: &str| Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        };
+        let lonely = node_fingerprint(&node("n2"), "n1", false, false);
+        assert_eq!(lonely, node_fingerprint(&node("n3"), "n1", false, false));
+        assert_ne!(
+            lonely,
+            node_fingerprint(&node("n2"), "n1", true, false),
+            "the holder"
+        );
+        assert_ne!(
+            lonely,
+            node_fingerprint(&node("n2"), "n2", false, false),
+            "its own agent"
+        );
+        assert_ne!(
+            lonely,
+            node_fingerprint(&node("n2"), "n1", false, true),
+            "with an agent: every agent"
+        );
+    }
+
+    #[test]
+    fn a_new_problem_is_logged_alone_and_a_new_generation_logs_every_one() {
+        let waiting = |n: &str| Problem {
+            reason: "WaitingForAllocation",
+            message: format!("node {n} has no overlay address or pod CIDR yet"),
+        };
+        let last = vec![waiting("n2")];
+        let now = vec![waiting("n2"), waiting("n3")];
+        assert_eq!(problems_to_log(&now, &last, true), vec![&now[1]]);
+        assert_eq!(problems_to_log(&now, &last, false), vec![&now[0], &now[1]]);
+        assert!(problems_to_log(&last, &now, true).is_empty());
+    }
+
+    #[test]
+    fn changes_settle_a_tenth_of_a_second_or_as_long_as_a_slow_round_up_to_two() {
+        assert_eq!(settle(Duration::ZERO, false), Duration::from_millis(100));
+        assert_eq!(
+            settle(Duration::from_millis(700), false),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            settle(Duration::from_secs(9), false),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn the_lease_holder_acts_on_a_change_after_a_tenth_of_a_second_always() {
+        assert_eq!(settle(Duration::from_secs(9), true), SETTLE);
     }
 
     #[test]

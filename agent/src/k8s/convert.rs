@@ -1,7 +1,9 @@
 //! Conversions between the `WireHubNetwork` resource and the network file's
 //! [`NetworkSpec`], both ways, and the spec a cluster node runs: every
 //! participating node as a `router` of its pod CIDR, plus the resource's
-//! boot nodes and external peers. No I/O here.
+//! boot nodes and external peers. No I/O here; [`NetworkMemo`] keeps the
+//! last network built (one) so an agent does not build it again for
+//! changes that leave it as it was.
 
 use super::crd::{
     BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode,
@@ -348,15 +350,102 @@ pub fn cluster_spec(
     nodes: &[ClusterNode],
     use_selector: bool,
 ) -> Result<ClusterSpec, Vec<Problem>> {
+    NetworkMemo::default().cluster_spec(name, spec, nodes, use_selector)
+}
+
+/// [`cluster_spec`], remembering the last network built and what from (the
+/// resource and the nodes that can take part): when only nodes still
+/// waiting for a key or an allocation changed (a Node registered, an agent
+/// published its key), the network is not built and checked again. Every
+/// agent rebuilds at every change, so this spares a cluster O(N) work per
+/// agent for most changes. Bounded: it holds one network. Gives exactly
+/// what [`cluster_spec`] gives.
+#[derive(Debug, Default)]
+pub struct NetworkMemo {
+    inputs: Option<(String, WireHubNetworkSpec, Vec<ClusterNode>)>,
+    built: Option<Result<ClusterSpec, Vec<Problem>>>,
+    builds: u64,
+}
+
+impl NetworkMemo {
+    /// What [`cluster_spec`] gives for these inputs.
+    pub fn cluster_spec(
+        &mut self,
+        name: &str,
+        spec: &WireHubNetworkSpec,
+        nodes: &[ClusterNode],
+        use_selector: bool,
+    ) -> Result<ClusterSpec, Vec<Problem>> {
+        let mut sorted: Vec<&ClusterNode> = nodes
+            .iter()
+            .filter(|n| !use_selector || n.selected(&spec.node_selector))
+            .collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut waiting = Vec::new();
+        let mut complete = Vec::new();
+        for n in sorted {
+            match waiting_for(n) {
+                Some(p) => waiting.push((n.name.clone(), p)),
+                None => complete.push(n.clone()),
+            }
+        }
+        let inputs = (name.to_string(), spec.clone(), complete);
+        let built = match (&self.inputs, &self.built) {
+            (Some(seen), Some(built)) if *seen == inputs => built.clone(),
+            _ => {
+                let built = build(name, spec, &inputs.2);
+                self.builds = self.builds.saturating_add(1);
+                self.inputs = Some(inputs);
+                self.built = Some(built.clone());
+                built
+            }
+        };
+        built.map(|mut cs| {
+            // In name order, as the nodes are taken.
+            cs.left_out.extend(waiting);
+            cs.left_out.sort_by(|a, b| a.0.cmp(&b.0));
+            cs
+        })
+    }
+
+    /// How many times a network was built (not reused).
+    pub fn builds(&self) -> u64 {
+        self.builds
+    }
+}
+
+/// Why a node cannot take part yet: no key (its agent has not started),
+/// or no overlay address or pod CIDR (not allocated yet).
+fn waiting_for(n: &ClusterNode) -> Option<Problem> {
+    if n.key.is_none() {
+        return Some(Problem::new(
+            "WaitingForKey",
+            format!(
+                "node {} has no WireHub key yet (its agent has not started)",
+                n.name
+            ),
+        ));
+    }
+    if n.overlay_ip.is_none() || n.pod_cidr().is_none() {
+        return Some(Problem::new(
+            "WaitingForAllocation",
+            format!("node {} has no overlay address or pod CIDR yet", n.name),
+        ));
+    }
+    None
+}
+
+/// The network of the resource and `sorted`: selected nodes, in name
+/// order, none of them waiting ([`waiting_for`]).
+fn build(
+    name: &str,
+    spec: &WireHubNetworkSpec,
+    sorted: &[ClusterNode],
+) -> Result<ClusterSpec, Vec<Problem>> {
     let (mut net, boots, externals) = resource_peers(name, spec)?;
     let listen_port = spec.listen_port.unwrap_or(DEFAULT_PORT);
     // resource_peers checked it parses.
     let pod_subnet: Option<Ipv4Net> = spec.pod_subnet.as_deref().and_then(|p| p.parse().ok());
-    let mut sorted: Vec<&ClusterNode> = nodes
-        .iter()
-        .filter(|n| !use_selector || n.selected(&spec.node_selector))
-        .collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let external_keys: HashSet<PublicKey> = boots.iter().chain(&externals).map(|p| p.key).collect();
     let external_ips: HashSet<Ipv4Addr> = externals.iter().filter_map(|p| p.static_ip).collect();
     let external_names: HashSet<&str> = externals
@@ -373,23 +462,8 @@ pub fn cluster_spec(
         left_out.push((n.name.clone(), Problem::new(reason, m)));
     };
     for n in sorted {
-        let Some(key) = n.key else {
-            leave(
-                n,
-                "WaitingForKey",
-                format!(
-                    "node {} has no WireHub key yet (its agent has not started)",
-                    n.name
-                ),
-            );
-            continue;
-        };
-        let (Some(ip), Some(cidr)) = (n.overlay_ip, n.pod_cidr()) else {
-            leave(
-                n,
-                "WaitingForAllocation",
-                format!("node {} has no overlay address or pod CIDR yet", n.name),
-            );
+        // waiting_for() took the others out.
+        let (Some(key), Some(ip), Some(cidr)) = (n.key, n.overlay_ip, n.pod_cidr()) else {
             continue;
         };
         if let Some(problem) = pod_cidr_problem(cidr, pod_subnet, &net) {

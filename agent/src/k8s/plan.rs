@@ -11,6 +11,10 @@
 //! network's status stays O(1) in the cluster's size; a status that only
 //! differs by handshake ages or timestamps is not a change. Never: I/O, the
 //! clock (the snapshot carries `now`), the API (the agent applies the plan).
+//! The Lease's rules (who takes it, when its holder renews it) are
+//! [`lease`]'s (pure too; the agent's lease keeper applies them).
+
+pub mod lease;
 
 use super::convert::{self, ClusterNode, ClusterSpec, Problem};
 use super::crd::{
@@ -69,8 +73,12 @@ pub struct Snapshot<'a> {
     /// The cluster's nodes that passed the pins (key and allocations as
     /// first seen), with what their `WireHubNode`s say.
     pub nodes: &'a [ClusterNode],
-    /// Every `WireHubNode` (their statuses: readiness, messages).
+    /// Every `WireHubNode` (their statuses: readiness, messages); read only
+    /// for the network's status, so only when `leader`.
     pub records: &'a [WireHubNode],
+    /// The network built from `network` and `nodes`, when the agent built
+    /// it already ([`convert::NetworkMemo`]); None: the plan builds it.
+    pub built: Option<&'a Result<ClusterSpec, Vec<Problem>>>,
     /// This node's public key, once it has one.
     pub key: Option<&'a PublicKey>,
     /// The port the node listens on (the running one, else the spec's).
@@ -123,7 +131,10 @@ pub fn plan(s: &Snapshot) -> Plan {
     let mut network_problems = s.network_problems.to_vec();
     let mut events = Vec::new();
     let mut run = None;
-    let built = convert::cluster_spec(&name, &s.network.spec, s.nodes, true);
+    let built = match s.built {
+        Some(b) => b.clone(),
+        None => convert::cluster_spec(&name, &s.network.spec, s.nodes, true),
+    };
     let spec_valid = built.is_ok();
     match built {
         Err(problems) => {

@@ -1,6 +1,7 @@
 use super::alloc::{next_overlay_ip, next_pod_cidr, plan};
 use super::convert::{
-    ClusterNode, INVALID_SPEC, cluster_spec, file_name, network_to_resource, resource_to_network,
+    ClusterNode, INVALID_SPEC, NetworkMemo, cluster_spec, file_name, network_to_resource,
+    resource_to_network,
 };
 use super::crd::{
     ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode, WireHubNodeSpec,
@@ -209,6 +210,36 @@ fn cluster_spec_has_nodes_then_external_peers() {
     // Printed and parsed back: the same network.
     let parsed = config::parse(&s.to_string()).unwrap();
     assert_eq!(&parsed.spec, s);
+}
+
+#[test]
+fn the_network_is_built_again_only_when_a_node_that_takes_part_changes() {
+    let mut memo = NetworkMemo::default();
+    let mut nodes = vec![
+        node("n2", 2, "10.0.0.253", "10.244.1.0/24"),
+        node("n1", 1, "10.0.0.254", "10.244.0.0/24"),
+    ];
+    let mut check = |nodes: &[ClusterNode]| {
+        let got = memo.cluster_spec("lab", &spec(), nodes, true);
+        assert_eq!(got, cluster_spec("lab", &spec(), nodes, true));
+        (memo.builds(), got.map(|cs| cs.left_out.len()).unwrap_or(99))
+    };
+    assert_eq!(check(&nodes), (1, 0));
+    // A Node registers, then its agent publishes a key: the same network,
+    // one more node waiting, not built again.
+    nodes.push(ClusterNode {
+        name: "n0".into(),
+        ..ClusterNode::default()
+    });
+    assert_eq!(check(&nodes), (1, 1));
+    nodes[2].key = Some(key(3));
+    assert_eq!(check(&nodes), (1, 1));
+    // Its allocation makes it take part: built again.
+    nodes[2] = node("n0", 3, "10.0.0.252", "10.244.2.0/24");
+    assert_eq!(check(&nodes), (2, 0));
+    // A member's endpoint moves: built again.
+    nodes[0].internal_ip = Some("203.0.113.99".into());
+    assert_eq!(check(&nodes), (3, 0));
 }
 
 #[test]

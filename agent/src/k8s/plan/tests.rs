@@ -129,6 +129,7 @@ impl World {
             network: &self.network,
             nodes: &self.nodes,
             records: &self.records,
+            built: None,
             key: Some(&k),
             listen_port: 62096,
             running: self.running.as_ref(),
