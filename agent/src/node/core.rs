@@ -1374,9 +1374,21 @@ impl Node {
             self.count_drop("relayed-control-from-untrusted");
             return;
         }
-        // Where the peer can be reached: when nothing else says so, or the
-        // relay in use went quiet (see `Overlay::on_relayed_control`).
-        self.overlay.on_relayed_control(src, relay, now.mono);
+        // Where the peer can be reached: when nothing else says so, or our
+        // data through the relay in use goes unanswered (see
+        // `Overlay::on_relayed_control`).
+        let in_use_silent = match self.overlay.path(&src) {
+            Some(PeerPath::Relayed(r)) => r.first().is_some_and(|cur| {
+                cur.0 != relay.0
+                    && self
+                        .delivery
+                        .unanswered_for(&src, &cur.0, now.mono)
+                        .is_some_and(|d| d >= crate::node::overlay::FOLLOW_AFTER_SILENCE)
+            }),
+            _ => false,
+        };
+        self.overlay
+            .on_relayed_control(src, relay, in_use_silent, now.mono);
         // Only what is as large as data proves the relay delivers data (a
         // relay may pass small control messages and drop the rest).
         if matches!(

@@ -28,8 +28,8 @@ const LOOKUP_OVERLAP: Duration = Duration::from_millis(500);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
 /// A peer's control message through another relay moves its relayed path
-/// only when the relay in use carried nothing from it for this long (see
-/// [`Overlay::on_relayed_control`]).
+/// only when data sent through the relay in use got nothing back for this
+/// long (see [`Overlay::on_relayed_control`]).
 pub const FOLLOW_AFTER_SILENCE: Duration = Duration::from_millis(400);
 /// Control pings to direct peers keep NAT mappings and liveness fresh.
 const KEEPALIVE: Duration = Duration::from_millis(1500);
@@ -107,9 +107,7 @@ struct Peer {
     /// When `record` came from the peer itself (else a third party's).
     own_record_at: Option<Instant>,
     last_contact: Option<Instant>,
-    /// Anything from the peer through a relay, and through the relay in use.
     last_relayed: Option<Instant>,
-    last_via_relay_in_use: Option<Instant>,
     last_keepalive: Option<Instant>,
     /// The latest lookup started, and when.
     lookup_in_flight: Option<(LookupId, Instant)>,
@@ -272,7 +270,6 @@ impl Overlay {
                             own_record_at: None,
                             last_contact: None,
                             last_relayed: None,
-                            last_via_relay_in_use: None,
                             last_keepalive: None,
                             lookup_in_flight: None,
                             next_lookup: now,
@@ -479,17 +476,19 @@ impl Overlay {
     /// answer through the same relay (it can reach the peer).
     /// An authenticated control message from `key` through `relay`. With
     /// no path it gives one. On a relayed path through another relay it
-    /// moves the path only when the relay in use has carried nothing from
-    /// the peer for [`FOLLOW_AFTER_SILENCE`]: the peer sends control
-    /// messages through any of our relays, and following each while both
-    /// ends talk through one relay moved their traffic back and forth;
-    /// but when the relay in use dies, the peer's first word through the
-    /// next one moves us there at once (not after our own watch on the dead
-    /// relay gives up). A direct path is never moved by relayed traffic.
+    /// moves the path only when `in_use_silent`: the caller has sent the
+    /// peer data through the relay in use for [`FOLLOW_AFTER_SILENCE`] and
+    /// heard nothing back through it. The peer sends control messages
+    /// through any of our relays: following each moved idle or working
+    /// traffic back and forth; but when the relay in use dies, the peer's
+    /// first word through the next one moves us there at once (not after
+    /// our own watch on the dead relay gives up). A direct path is never
+    /// moved by relayed traffic.
     pub fn on_relayed_control(
         &mut self,
         key: PublicKey,
         relay: (PublicKey, SocketAddr),
+        in_use_silent: bool,
         now: Instant,
     ) {
         let Some(p) = self.peers.get_mut(&key) else {
@@ -498,11 +497,7 @@ impl Overlay {
         let follow = match &p.path {
             None => true,
             Some(PeerPath::Direct(_)) => false,
-            Some(PeerPath::Relayed(r)) => {
-                r.first() == Some(&relay)
-                    || p.last_via_relay_in_use
-                        .is_none_or(|t| now.saturating_duration_since(t) >= FOLLOW_AFTER_SILENCE)
-            }
+            Some(PeerPath::Relayed(r)) => r.first() == Some(&relay) || in_use_silent,
         };
         if follow {
             self.on_relayed_contact(key, relay, now);
@@ -533,7 +528,6 @@ impl Overlay {
             Some(PeerPath::Relayed(r)) => r.first().copied(),
             _ => None,
         };
-        p.last_via_relay_in_use = Some(now);
         if first != Some(relay) {
             let mut relays = vec![relay];
             if let Some(PeerPath::Relayed(r)) = &p.path {
@@ -1042,37 +1036,33 @@ mod tests {
         );
     }
 
-    /// While the relay in use carries the peer's traffic, the peer's control
-    /// messages through another relay do not move the path; once it has
-    /// been quiet for 400 ms, the first one does.
+    /// While the relay in use answers (or the pair is idle), the peer's
+    /// control messages through another relay do not move the path; once
+    /// our data through it has gone unanswered, the first one does.
     #[test]
-    fn a_control_message_through_another_relay_moves_the_path_only_when_the_relay_in_use_is_quiet()
+    fn a_control_message_through_another_relay_moves_the_path_only_when_the_relay_in_use_is_silent()
     {
         let k = keys(4);
         let (x, y) = (k[2], k[3]);
         let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
         let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
         let t0 = Instant::now();
-        o.on_relayed_control(k[1], (x, at(10)), t0);
+        o.on_relayed_control(k[1], (x, at(10)), false, t0);
         let in_use = |o: &Overlay| match o.path(&k[1]) {
             Some(PeerPath::Relayed(r)) => r.first().map(|f| f.0),
             _ => None,
         };
         assert_eq!(in_use(&o), Some(x), "no path: the first word gives one");
-        let later = t0 + Duration::from_millis(300);
-        o.on_relayed_contact(k[1], (x, at(10)), later);
-        o.on_relayed_control(k[1], (y, at(11)), later + Duration::from_millis(100));
+        o.on_relayed_control(k[1], (y, at(11)), false, t0);
+        assert_eq!(in_use(&o), Some(x), "moved while x answered (or idle)");
+        o.on_relayed_control(k[1], (y, at(11)), true, t0);
         assert_eq!(
             in_use(&o),
-            Some(x),
-            "moved while x carried the peer's traffic"
+            Some(y),
+            "stayed on a relay that answers nothing"
         );
-        o.on_relayed_control(k[1], (y, at(11)), later + FOLLOW_AFTER_SILENCE);
-        assert_eq!(in_use(&o), Some(y), "stayed on a relay quiet for 400 ms");
     }
 
-    /// A peer behind NAT may keep us (a public node) as a relay, and our
-    /// own relays may include the peer: neither is ever a relay between us.
     #[test]
     fn neither_we_nor_the_peer_is_ever_a_relay_between_us() {
         let k = keys(4);

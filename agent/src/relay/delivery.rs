@@ -111,6 +111,18 @@ impl RelayDelivery {
         }
     }
 
+    /// How long data has gone to `peer` through `relay` with nothing heard
+    /// back through it (`None` while answered, or when nothing was sent).
+    pub fn unanswered_for(
+        &self,
+        peer: &PublicKey,
+        relay: &PublicKey,
+        now: Instant,
+    ) -> Option<Duration> {
+        let w = self.watched.get(&(*peer, *relay))?;
+        w.unanswered_since.map(|t| now.saturating_duration_since(t))
+    }
+
     /// Forgets the relays that failed `peer` (all of its relays did: the
     /// peer, not the relays, is the likelier fault; try them again).
     pub fn forgive(&mut self, peer: &PublicKey) {
