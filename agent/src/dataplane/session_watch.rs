@@ -17,7 +17,7 @@
 //! a key not fed at a check is forgotten.
 
 use crate::keys::PublicKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Consecutive checks with data in and nothing accepted before a reset.
@@ -55,8 +55,8 @@ pub struct SessionWatch {
 impl SessionWatch {
     /// One check: the peers to reset now.
     pub fn check(&mut self, now: Instant, samples: &[Sample]) -> Vec<PublicKey> {
-        self.peers
-            .retain(|k, _| samples.iter().any(|s| s.key == *k));
+        let fed: HashSet<&PublicKey> = samples.iter().map(|s| &s.key).collect();
+        self.peers.retain(|k, _| fed.contains(k));
         let mut reset = Vec::new();
         for s in samples {
             let seen = self.peers.entry(s.key).or_insert(Seen {

@@ -72,9 +72,9 @@ const DIRECT_QUIET: Duration = Duration::from_secs(3);
 const LOCAL_IPV6_EVERY: Duration = Duration::from_secs(30);
 /// A peer the data plane refused is programmed again after this long.
 const REPROGRAM_AFTER: Duration = Duration::from_secs(1);
-/// Own record changes are republished at most this often.
 /// Public nodes a moved node asks to carry its punch requests.
 const MOVE_ANNOUNCERS: usize = 2;
+/// Own record changes are republished at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// A `wh ping` unanswered this long fails.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1213,7 +1213,6 @@ impl Node {
         } else {
             self.count_drop("pong-answers-no-ping-of-ours");
         }
-        self.relays.on_pong(&key, None, now.mono);
         let answered = self.pending.iter().find_map(|(req, p)| match p {
             Pending::Ping {
                 id: i,
