@@ -4,8 +4,9 @@
 //!
 //! With TSO the kernel's TCP stack sends one packet of up to 64 KiB instead
 //! of ~45 MTU-sized ones; we cut it into MTU-sized segments here, which is
-//! much cheaper than the kernel doing the same work per packet. Pure
-//! functions on caller-owned buffers, no I/O.
+//! much cheaper than the kernel doing the same work per packet, either
+//! into a copy or inside the packet's own buffer (no copy of the payload).
+//! Pure functions on caller-owned buffers, no I/O.
 //!
 //! Also the ICMP "fragmentation needed" / ICMPv6 "packet too big" the data
 //! plane writes back into the TUN device for a TCP packet larger than the
