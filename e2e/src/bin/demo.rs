@@ -110,7 +110,10 @@ fn heading(text: &str) {
 /// The hosts and keys: a bootstrap, three public nodes, one node behind
 /// each NAT kind.
 fn build_lab(lab: &mut Lab) -> Result<Demo> {
-    heading("The lab: six hosts, each in its own network namespace");
+    heading(&format!(
+        "Lab {}: six hosts and two NAT routers, each in its own network namespace",
+        lab.tag
+    ));
     let boot = lab
         .public_host("boot")
         .context("cannot make the boot host")?;
