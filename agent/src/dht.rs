@@ -901,12 +901,14 @@ impl Dht {
     /// requests, lookups past their deadline, liveness pings, refreshes.
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.now_ms(now);
-        let expired: Vec<u64> = self
+        let mut expired: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= t)
             .map(|(id, _)| *id)
             .collect();
+        // In id order, not the map's: the same inputs fail the same way.
+        expired.sort_unstable();
         for id in expired {
             let Some(p) = self.pending.remove(&id) else {
                 continue;

@@ -15,7 +15,7 @@ use crate::dht::LookupId;
 use crate::keys::PublicKey;
 use crate::proto::{Message, NatKind, NodeRecord};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -144,10 +144,10 @@ pub struct Overlay {
     own_spec: Option<PeerSpec>,
     own_ipv4: Option<(Ipv4Addr, u8)>,
     own_ipv6: Ipv6Addr,
-    peers: HashMap<PublicKey, Peer>,
+    peers: BTreeMap<PublicKey, Peer>,
     /// Trusted peers by the first 8 bytes of their key (relayed data names
     /// its sender so).
-    by_prefix: HashMap<u64, PublicKey>,
+    by_prefix: BTreeMap<u64, PublicKey>,
     changes: Vec<PathChange>,
     transmits: Vec<(PublicKey, SocketAddr, Message)>,
     next_ping: u64,
@@ -161,8 +161,8 @@ impl Overlay {
             own_spec: None,
             own_ipv4: None,
             own_ipv6: spec.ipv6_of(&own),
-            peers: HashMap::new(),
-            by_prefix: HashMap::new(),
+            peers: BTreeMap::new(),
+            by_prefix: BTreeMap::new(),
             changes: Vec::new(),
             transmits: Vec::new(),
             next_ping: 1 << 63,

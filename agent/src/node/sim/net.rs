@@ -24,7 +24,7 @@ use super::Rng;
 use crate::config::parse;
 use crate::control::{Request, Response};
 use crate::dataplane::Outgoing;
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::{PrivateKey, PublicKey, RandomStream};
 use crate::node::core::{
     DataplaneOp, DataplaneView, Event, Host, Node, NodeConfig, Now, Reply, Wire,
 };
@@ -519,6 +519,8 @@ impl Net {
                 from_file: true,
                 has_dataplane,
                 join: None,
+                // Drawn again at each start (see Net::start).
+                random: RandomStream::from_seed([0; 32]),
             };
             nodes.push(SimNode {
                 public: key.public_key(),
@@ -588,9 +590,15 @@ impl Net {
 
     /// Starts (or restarts, with a fresh state) node `i` now.
     pub fn start(&mut self, i: usize) {
+        // A new process draws new randomness; here it comes from the seed.
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_mut(8) {
+            chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        }
         let n = &mut self.nodes[i];
+        n.config.random = RandomStream::from_seed(seed);
         let host = Box::new(SimHost(n.addr.ip()));
-        n.core = Some(Node::new(n.config.clone(), host, self.now).expect("random source"));
+        n.core = Some(Node::new(n.config.clone(), host, self.now));
         n.peers.clear();
         self.note(format_args!("n{i} starts"));
         self.drain(i, SimWire::default());
