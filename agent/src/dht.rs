@@ -880,14 +880,19 @@ impl Dht {
             l.found = Some(record);
         }
         let next_hop = hop.saturating_add(1);
-        // The first record of the target another node gives: tell the
-        // caller now, while the lookup goes on (the target itself may never
-        // answer, being behind a NAT; its relays are in the record).
-        let early = (l.purpose == Purpose::User && !l.record_reported)
-            .then(|| valid.iter().find(|r| r.key == target).cloned())
-            .flatten();
+        // The first record of the target another node gives, and any later
+        // one that says more: tell the caller now, while the lookup goes on
+        // (the target itself may never answer, being behind a NAT; its
+        // relays are in the record).
+        let mut early = None;
+        let user = l.purpose == Purpose::User;
         for r in valid {
-            l.add(r, next_hop);
+            let first = (user && r.key == target && !l.record_reported).then(|| r.clone());
+            if l.add(r, next_hop) && user {
+                early = l.found.clone();
+            } else if first.is_some() {
+                early = first;
+            }
         }
         if let Some(record) = early {
             l.record_reported = true;

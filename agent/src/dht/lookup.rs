@@ -3,7 +3,7 @@
 
 use super::table::distance;
 use crate::keys::PublicKey;
-use crate::proto::NodeRecord;
+use crate::proto::{NatKind, NodeRecord};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -104,11 +104,21 @@ impl Lookup {
 
     /// Adds a candidate learned at `hop` (0 = from our own table). Nodes
     /// with no endpoint cannot be asked; they still count as the target.
-    pub fn add(&mut self, record: NodeRecord, hop: u8) {
-        if record.key == self.target && self.found.is_none() {
+    /// Returns true when this is a better record of the target than the
+    /// lookup had (see [`says_more`]).
+    pub fn add(&mut self, record: NodeRecord, hop: u8) -> bool {
+        let better = record.key == self.target
+            && !self.target_answered
+            && self.found.as_ref().is_none_or(|f| says_more(&record, f));
+        if better {
             self.found = Some(record.clone());
             self.found_hop = Some(hop);
         }
+        self.add_candidate(record, hop);
+        better
+    }
+
+    fn add_candidate(&mut self, record: NodeRecord, hop: u8) {
         let Some(&addr) = record.endpoints.first() else {
             return;
         };
@@ -228,4 +238,18 @@ impl Lookup {
                 })
                 .sum::<usize>()
     }
+}
+
+/// Whether record `a` of a node says more than record `b` of it: records
+/// carry no version, and a node's early record (before its NAT verdict and
+/// relays) or a table entry learnt from a message without its record (a
+/// punch probe) says neither, while its later records say both. A lookup
+/// keeps the first record of the target unless a later one says more, so
+/// that a stale hint of our own table or of a node the target has not
+/// talked to since never hides the record the target published.
+pub(crate) fn says_more(a: &NodeRecord, b: &NodeRecord) -> bool {
+    fn told(r: &NodeRecord) -> u8 {
+        u8::from(r.nat != NatKind::Unknown) + u8::from(!r.relays.is_empty())
+    }
+    told(a) > told(b)
 }

@@ -1861,6 +1861,7 @@ impl Node {
         };
         self.publish_pending = false;
         if record != self.own_record {
+            tracing::debug!(nat = ?record.nat, endpoints = record.endpoints.len(), relays = record.relays.len(), "publishing the own record");
             self.own_record = record.clone();
             self.dht.set_own_record(record);
             self.last_publish = Some(now.mono);
