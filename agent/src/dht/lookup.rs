@@ -253,3 +253,57 @@ pub(crate) fn says_more(a: &NodeRecord, b: &NodeRecord) -> bool {
     }
     told(a) > told(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: PublicKey, nat: NatKind, relays: usize) -> NodeRecord {
+        let addr: SocketAddr = "203.0.113.7:40000".parse().expect("literal");
+        let relay: SocketAddr = "198.51.100.1:62096".parse().expect("literal");
+        NodeRecord {
+            nat,
+            relays: (0..relays)
+                .map(|i| (PublicKey([i as u8 + 1; 32]), relay))
+                .collect(),
+            ..NodeRecord::new(key, addr)
+        }
+    }
+
+    fn lookup_of(target: PublicKey) -> Lookup {
+        Lookup::new(LookupId(1), target, Purpose::User, 0, 1_000, 20)
+    }
+
+    #[test]
+    fn a_bare_record_from_our_table_gives_way_to_one_that_names_relays() {
+        let target = PublicKey([9; 32]);
+        let mut l = lookup_of(target);
+        assert!(l.add(record(target, NatKind::Unknown, 0), 0));
+        assert!(l.add(record(target, NatKind::EndpointDependent, 1), 2));
+        let found = l.found.as_ref().expect("a record of the target");
+        assert_eq!(found.relays.len(), 1);
+        assert_eq!(l.found_hop, Some(2));
+    }
+
+    #[test]
+    fn a_record_that_says_no_more_keeps_the_first() {
+        let target = PublicKey([9; 32]);
+        let mut l = lookup_of(target);
+        assert!(l.add(record(target, NatKind::EndpointDependent, 1), 1));
+        assert!(!l.add(record(target, NatKind::EndpointIndependent, 1), 2));
+        assert!(!l.add(record(target, NatKind::Unknown, 0), 3));
+        let found = l.found.as_ref().expect("a record of the target");
+        assert_eq!(found.nat, NatKind::EndpointDependent);
+        assert_eq!(l.found_hop, Some(1));
+    }
+
+    #[test]
+    fn what_the_target_said_of_itself_is_never_replaced() {
+        let target = PublicKey([9; 32]);
+        let mut l = lookup_of(target);
+        l.found = Some(record(target, NatKind::Unknown, 0));
+        l.target_answered = true;
+        assert!(!l.add(record(target, NatKind::EndpointDependent, 2), 2));
+        assert_eq!(l.found.as_ref().map(|r| r.nat), Some(NatKind::Unknown));
+    }
+}
