@@ -887,6 +887,9 @@ impl Dht {
         let mut early = None;
         let user = l.purpose == Purpose::User;
         for r in valid {
+            if r.key == target {
+                tracing::trace!(target = %target.short(10), from = %from_key.short(10), hop = next_hop, relays = r.relays.len(), nat = ?r.nat, "a record of the target");
+            }
             let first = (user && r.key == target && !l.record_reported).then(|| r.clone());
             if l.add(r, next_hop) && user {
                 early = l.found.clone();

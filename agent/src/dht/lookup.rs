@@ -106,6 +106,9 @@ impl Lookup {
     /// with no endpoint cannot be asked; they still count as the target.
     /// Returns true when this is a better record of the target than the
     /// lookup had (see [`says_more`]).
+    ///
+    /// Once the target answered, what it said of itself (at the address
+    /// it answered from) is never replaced by what others say of it.
     pub fn add(&mut self, record: NodeRecord, hop: u8) -> bool {
         let better = record.key == self.target
             && !self.target_answered

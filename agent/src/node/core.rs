@@ -1412,18 +1412,27 @@ impl Node {
     fn on_dht_event(&mut self, now: Now, ev: DhtEvent) {
         match ev {
             DhtEvent::LookupDone {
-                id, target, found, ..
+                id,
+                target,
+                found,
+                stats,
+                ..
             } => {
                 tracing::debug!(
                     target = %target.short(10),
                     found = found.is_some(),
+                    asked = stats.requests,
+                    answers = stats.responses,
+                    refused = stats.refused,
                     endpoints = ?found.as_ref().map(|r| r.endpoints.clone()),
                     relays = found.as_ref().map_or(0, |r| r.relays.len()),
                     nat = ?found.as_ref().map(|r| r.nat),
                     "lookup done"
                 );
                 self.answer_lookup(id, target, found.as_ref());
-                if let Some(record) = self.overlay.lookup_done(now.mono, id, target, found)
+                if stats.refused {
+                    self.overlay.lookup_refused(now.mono, id, target);
+                } else if let Some(record) = self.overlay.lookup_done(now.mono, id, target, found)
                     && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_)))
                 {
                     self.punch_towards(now, target, &record);
