@@ -116,7 +116,6 @@ struct Peer {
     /// When `record` came from the peer itself (else a third party's).
     own_record_at: Option<Instant>,
     last_contact: Option<Instant>,
-    last_relayed: Option<Instant>,
     last_keepalive: Option<Instant>,
     /// The lookups running, and when each started, the latest last (at
     /// most [`MAX_LOOKUPS_PER_PEER`]).
@@ -279,7 +278,6 @@ impl Overlay {
                             record: None,
                             own_record_at: None,
                             last_contact: None,
-                            last_relayed: None,
                             last_keepalive: None,
                             lookups_in_flight: Vec::new(),
                             next_lookup: now,
@@ -500,8 +498,6 @@ impl Overlay {
         !record.endpoints.is_empty() || !record.relays.is_empty()
     }
 
-    /// A message from `key` came through `relay`: without a direct path,
-    /// answer through the same relay (it can reach the peer).
     /// An authenticated control message from `key` through `relay`. With
     /// no path it gives one. On a relayed path through another relay it
     /// moves the path only when `in_use_silent`: the caller has sent the
@@ -529,8 +525,6 @@ impl Overlay {
         };
         if follow {
             self.on_relayed_contact(key, relay, now);
-        } else {
-            p.last_relayed = Some(now);
         }
     }
 
@@ -543,7 +537,6 @@ impl Overlay {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
-        p.last_relayed = Some(now);
         if matches!(p.path, Some(PeerPath::Direct(_))) {
             return;
         }
