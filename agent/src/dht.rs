@@ -880,14 +880,22 @@ impl Dht {
             l.found = Some(record);
         }
         let next_hop = hop.saturating_add(1);
-        // The first record of the target another node gives: tell the
-        // caller now, while the lookup goes on (the target itself may never
-        // answer, being behind a NAT; its relays are in the record).
-        let early = (l.purpose == Purpose::User && !l.record_reported)
-            .then(|| valid.iter().find(|r| r.key == target).cloned())
-            .flatten();
+        // The first record of the target another node gives, and any later
+        // one that says more: tell the caller now, while the lookup goes on
+        // (the target itself may never answer, being behind a NAT; its
+        // relays are in the record).
+        let mut early = None;
+        let user = l.purpose == Purpose::User;
         for r in valid {
-            l.add(r, next_hop);
+            if r.key == target {
+                tracing::trace!(target = %target.short(10), from = %from_key.short(10), hop = next_hop, relays = r.relays.len(), nat = ?r.nat, "a record of the target");
+            }
+            let first = (user && r.key == target && !l.record_reported).then(|| r.clone());
+            if l.add(r, next_hop) && user {
+                early = l.found.clone();
+            } else if first.is_some() {
+                early = first;
+            }
         }
         if let Some(record) = early {
             l.record_reported = true;
@@ -901,12 +909,14 @@ impl Dht {
     /// requests, lookups past their deadline, liveness pings, refreshes.
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.now_ms(now);
-        let expired: Vec<u64> = self
+        let mut expired: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= t)
             .map(|(id, _)| *id)
             .collect();
+        // In id order, not the map's: the same inputs fail the same way.
+        expired.sort_unstable();
         for id in expired {
             let Some(p) = self.pending.remove(&id) else {
                 continue;

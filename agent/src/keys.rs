@@ -248,6 +248,54 @@ pub fn orchid(public: &[u8; KEY_LEN], namespace: &str) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
+/// A stream of random values drawn from one 32-byte seed: the node core's
+/// only source of randomness (nonce seeds, channel and probe ids), so that
+/// a core given the same seed and the same inputs does the same thing (the
+/// simulator replays a seed exactly). BLAKE2b over the seed and a counter:
+/// as unpredictable as the seed, which the daemon draws from the operating
+/// system.
+#[derive(Clone)]
+pub struct RandomStream {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl RandomStream {
+    pub fn from_seed(seed: [u8; 32]) -> RandomStream {
+        RandomStream { seed, counter: 0 }
+    }
+
+    /// A stream seeded from the operating system's random source.
+    pub fn from_os() -> Result<RandomStream, getrandom::Error> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed)?;
+        Ok(RandomStream::from_seed(seed))
+    }
+
+    /// The next 32 random bytes.
+    pub fn next_bytes(&mut self) -> [u8; 32] {
+        let mut h = Blake2b256::new();
+        h.update(self.seed);
+        h.update(self.counter.to_le_bytes());
+        self.counter = self.counter.wrapping_add(1);
+        h.finalize().into()
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let b = self.next_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&b[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+impl fmt::Debug for RandomStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the seed.
+        write!(f, "RandomStream {{ counter: {} }}", self.counter)
+    }
+}
+
 /// A random number that need not be secret (receiver indices, relay
 /// channel ids): from the operating system's random source, else from the
 /// clock and the process id, which still spreads values.
@@ -265,6 +313,18 @@ pub fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_seed_gives_one_stream_and_another_seed_another() {
+        let draw = |seed| {
+            let mut r = RandomStream::from_seed(seed);
+            (r.next_u64(), r.next_u64(), r.next_bytes())
+        };
+        assert_eq!(draw([7; 32]), draw([7; 32]));
+        assert_ne!(draw([7; 32]), draw([8; 32]));
+        let (a, b, _) = draw([7; 32]);
+        assert_ne!(a, b, "successive draws differ");
+    }
 
     // A key pair produced by `wg genkey | tee k | wg pubkey` (wireguard-tools).
     const WG_PRIVATE: &str = "oNo+kQes2W8JMC2g5Zeam2X8uHG2tod1O0xz0jpLUn4=";

@@ -25,7 +25,7 @@ pub use limiter::{
 
 use crate::keys::PublicKey;
 use crate::proto::NatKind;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -305,7 +305,7 @@ struct Watch {
 /// Liveness of the relays this node sends through.
 #[derive(Debug, Default)]
 pub struct RelayHealth {
-    watched: HashMap<PublicKey, Watch>,
+    watched: BTreeMap<PublicKey, Watch>,
 }
 
 impl RelayHealth {

@@ -7,6 +7,9 @@
 //! net-sim --seed S --one                          replay network S, traced
 //! ```
 //!
+//! With `--one`, `RUST_LOG` (e.g. `wirehub=debug`) prints the cores' own
+//! log lines too, each with the node and the simulated time.
+//!
 //! `--quick` runs with the CI test's profile (`Bounds::quick`: shorter
 //! quiet times, a run ends once the pairs that must be direct are): a
 //! failure of the test replays with `net-sim --seed S --one --quick`.
@@ -85,6 +88,16 @@ fn report_failure(o: &Outcome) {
 }
 
 fn one(seed: u64, bounds: Bounds) -> ExitCode {
+    // The cores' own log lines, each in a span naming the node and the
+    // simulated time (e.g. RUST_LOG=wirehub=debug): none unless asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .without_time()
+            .with_ansi(false)
+            .with_writer(std::io::stdout)
+            .init();
+    }
     let scn = generate(seed);
     println!("network {}", summary(&scn));
     let o = run_caught(&scn, bounds, true);

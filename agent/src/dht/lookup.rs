@@ -3,7 +3,7 @@
 
 use super::table::distance;
 use crate::keys::PublicKey;
-use crate::proto::NodeRecord;
+use crate::proto::{NatKind, NodeRecord};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -104,11 +104,24 @@ impl Lookup {
 
     /// Adds a candidate learned at `hop` (0 = from our own table). Nodes
     /// with no endpoint cannot be asked; they still count as the target.
-    pub fn add(&mut self, record: NodeRecord, hop: u8) {
-        if record.key == self.target && self.found.is_none() {
+    /// Returns true when this is a better record of the target than the
+    /// lookup had (see [`says_more`]).
+    ///
+    /// Once the target answered, what it said of itself (at the address
+    /// it answered from) is never replaced by what others say of it.
+    pub fn add(&mut self, record: NodeRecord, hop: u8) -> bool {
+        let better = record.key == self.target
+            && !self.target_answered
+            && self.found.as_ref().is_none_or(|f| says_more(&record, f));
+        if better {
             self.found = Some(record.clone());
             self.found_hop = Some(hop);
         }
+        self.add_candidate(record, hop);
+        better
+    }
+
+    fn add_candidate(&mut self, record: NodeRecord, hop: u8) {
         let Some(&addr) = record.endpoints.first() else {
             return;
         };
@@ -227,5 +240,73 @@ impl Lookup {
                             * std::mem::size_of::<(PublicKey, SocketAddr)>()
                 })
                 .sum::<usize>()
+    }
+}
+
+/// Whether record `a` of a node says more than record `b` of it: records
+/// carry no version, and a node's early record (before its NAT verdict and
+/// relays) or a table entry learnt from a message without its record (a
+/// punch probe) says neither, while its later records say both. A lookup
+/// keeps the first record of the target unless a later one says more, so
+/// that a stale hint of our own table or of a node the target has not
+/// talked to since never hides the record the target published.
+pub(crate) fn says_more(a: &NodeRecord, b: &NodeRecord) -> bool {
+    fn told(r: &NodeRecord) -> u8 {
+        u8::from(r.nat != NatKind::Unknown) + u8::from(!r.relays.is_empty())
+    }
+    told(a) > told(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: PublicKey, nat: NatKind, relays: usize) -> NodeRecord {
+        let addr: SocketAddr = "203.0.113.7:40000".parse().expect("literal");
+        let relay: SocketAddr = "198.51.100.1:62096".parse().expect("literal");
+        NodeRecord {
+            nat,
+            relays: (0..relays)
+                .map(|i| (PublicKey([i as u8 + 1; 32]), relay))
+                .collect(),
+            ..NodeRecord::new(key, addr)
+        }
+    }
+
+    fn lookup_of(target: PublicKey) -> Lookup {
+        Lookup::new(LookupId(1), target, Purpose::User, 0, 1_000, 20)
+    }
+
+    #[test]
+    fn a_bare_record_from_our_table_gives_way_to_one_that_names_relays() {
+        let target = PublicKey([9; 32]);
+        let mut l = lookup_of(target);
+        assert!(l.add(record(target, NatKind::Unknown, 0), 0));
+        assert!(l.add(record(target, NatKind::EndpointDependent, 1), 2));
+        let found = l.found.as_ref().expect("a record of the target");
+        assert_eq!(found.relays.len(), 1);
+        assert_eq!(l.found_hop, Some(2));
+    }
+
+    #[test]
+    fn a_record_that_says_no_more_keeps_the_first() {
+        let target = PublicKey([9; 32]);
+        let mut l = lookup_of(target);
+        assert!(l.add(record(target, NatKind::EndpointDependent, 1), 1));
+        assert!(!l.add(record(target, NatKind::EndpointIndependent, 1), 2));
+        assert!(!l.add(record(target, NatKind::Unknown, 0), 3));
+        let found = l.found.as_ref().expect("a record of the target");
+        assert_eq!(found.nat, NatKind::EndpointDependent);
+        assert_eq!(l.found_hop, Some(1));
+    }
+
+    #[test]
+    fn what_the_target_said_of_itself_is_never_replaced() {
+        let target = PublicKey([9; 32]);
+        let mut l = lookup_of(target);
+        l.found = Some(record(target, NatKind::Unknown, 0));
+        l.target_answered = true;
+        assert!(!l.add(record(target, NatKind::EndpointDependent, 2), 2));
+        assert_eq!(l.found.as_ref().map(|r| r.nat), Some(NatKind::Unknown));
     }
 }

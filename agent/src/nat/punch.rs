@@ -5,7 +5,7 @@
 //! relayed. A direct contact ends the punching.
 
 use crate::keys::PublicKey;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ struct Target {
 /// Punching state for every peer being punched.
 #[derive(Debug, Default)]
 pub struct Puncher {
-    targets: HashMap<PublicKey, Target>,
+    targets: BTreeMap<PublicKey, Target>,
 }
 
 impl Puncher {

@@ -40,7 +40,7 @@ use crate::config::{Endpoint, NetworkSpec, Role};
 use crate::control::{self, Request, Response};
 use crate::dataplane::{Outgoing, PeerConfig, PeerStats};
 use crate::dht::{Dht, DhtConfig, DhtEvent, LookupId};
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::{PrivateKey, PublicKey, RandomStream};
 use crate::nat::punch::PunchAction;
 use crate::nat::{NatDetector, Puncher};
 use crate::proto::{Codec, CodecConfig, FirstContact, Message, NatKind, NodeRecord, Received};
@@ -49,7 +49,7 @@ use crate::relay::{
     Candidate, DeliveryAction, RelayDelivery, RelayHealth, RelayLimiter, RelayLimits, RelaySet,
 };
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -235,13 +235,9 @@ pub struct NodeConfig {
     pub has_dataplane: bool,
     /// Join through an alias: send this proof until the listener answers.
     pub join: Option<AliasJoin>,
-}
-
-/// The core could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("no random source for nonces: {0}")]
-    NoRandom(String),
+    /// The core's randomness (nonce seeds, ids): the daemon draws it from
+    /// the operating system, the simulator from its seed.
+    pub random: RandomStream,
 }
 
 /// How to reach a peer with a control message.
@@ -286,7 +282,7 @@ pub struct Node {
     frame_buf: Vec<u8>,
     /// Where each key last sent us an authenticated message from (bounded):
     /// where a relay forwards to.
-    recent: HashMap<PublicKey, (SocketAddr, Instant)>,
+    recent: BTreeMap<PublicKey, (SocketAddr, Instant)>,
     own_record: NodeRecord,
     observed: Option<SocketAddr>,
     /// The last public endpoint a NAT verdict gave us: when it moves, peers
@@ -294,9 +290,9 @@ pub struct Node {
     reflexive: Option<SocketAddr>,
     /// The port mapping the home router made, and the protocol that made it.
     port_mapping: Option<(SocketAddr, &'static str)>,
-    waiting: HashMap<PublicKey, VecDeque<(Instant, Outgoing)>>,
+    waiting: BTreeMap<PublicKey, VecDeque<(Instant, Outgoing)>>,
     /// Peers the data plane refused to take: programmed again when due.
-    unprogrammed: HashMap<PublicKey, Instant>,
+    unprogrammed: BTreeMap<PublicKey, Instant>,
     routes_installed: Vec<ipnet::IpNet>,
     routes_dirty: bool,
     local_ips: Vec<IpAddr>,
@@ -312,25 +308,27 @@ pub struct Node {
     last_join_attempt: Option<Instant>,
     /// The clock offset last told in the log.
     clock_told: Option<i64>,
-    pending: HashMap<RequestId, Pending>,
+    pending: BTreeMap<RequestId, Pending>,
     next_ping_id: u64,
     next_tick: Instant,
     stopping: bool,
     /// Something besides data happened: paths and lookups need a look.
     touched: bool,
-    drops: HashMap<&'static str, u64>,
+    drops: BTreeMap<&'static str, u64>,
     transmits: VecDeque<Transmit>,
     dataplane_ops: VecDeque<DataplaneOp>,
     events: VecDeque<Event>,
+    random: RandomStream,
 }
 
 impl Node {
     /// A node that starts now: it bootstraps from the boot nodes with
     /// literal addresses and asks for the others to be resolved.
-    pub fn new(config: NodeConfig, host: Box<dyn Host>, now: Now) -> Result<Node, NodeError> {
+    pub fn new(config: NodeConfig, host: Box<dyn Host>, now: Now) -> Node {
         let public = config.key.public_key();
         let spec = config.spec.clone();
-        let codec = Codec::new(
+        let mut random = config.random.clone();
+        let codec = Codec::with_nonce_seed(
             config.key.clone(),
             CodecConfig {
                 required_workbits: spec.workbits,
@@ -339,8 +337,8 @@ impl Node {
                 first_contact: FirstContact::Challenge,
                 ..CodecConfig::default()
             },
-        )
-        .map_err(|e| NodeError::NoRandom(e.to_string()))?;
+            random.next_bytes(),
+        );
         let dht_config = DhtConfig {
             required_workbits: spec.workbits,
             namespace: spec.namespace.clone(),
@@ -379,13 +377,13 @@ impl Node {
             channels: RelayChannels::new(),
             book: ChannelBook::new(),
             frame_buf: Vec::with_capacity(2048),
-            recent: HashMap::new(),
+            recent: BTreeMap::new(),
             own_record,
             observed: None,
             reflexive: None,
             port_mapping: None,
-            waiting: HashMap::new(),
-            unprogrammed: HashMap::new(),
+            waiting: BTreeMap::new(),
+            unprogrammed: BTreeMap::new(),
             routes_installed: Vec::new(),
             routes_dirty: false,
             local_ips: Vec::new(),
@@ -397,20 +395,21 @@ impl Node {
             resolving: Vec::new(),
             last_join_attempt: None,
             clock_told: None,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             // Apart from the DHT's request ids and the overlay's keepalives.
             next_ping_id: crate::dht::CALLER_IDS | (1 << 62),
             next_tick: now.mono + TICK,
             stopping: false,
             touched: true,
-            drops: HashMap::new(),
+            drops: BTreeMap::new(),
             transmits: VecDeque::new(),
             dataplane_ops: VecDeque::new(),
             events: VecDeque::new(),
+            random,
             config,
         };
         node.start(now);
-        Ok(node)
+        node
     }
 
     /// Boot nodes into the DHT, static endpoints pinged, paths applied.
@@ -476,7 +475,7 @@ impl Node {
     }
 
     /// Drops by reason.
-    pub fn drops(&self) -> &HashMap<&'static str, u64> {
+    pub fn drops(&self) -> &BTreeMap<&'static str, u64> {
         &self.drops
     }
 
@@ -785,7 +784,7 @@ impl Node {
                     // As large as the data, within what a relay carries.
                     let padding = size.min(crate::proto::MAX_RELAY_PAYLOAD - 200);
                     let probe = Message::DeliveryProbe {
-                        id: crate::keys::random_u64(),
+                        id: self.random.next_u64(),
                         padding: vec![0; padding],
                     };
                     self.send_through_relay(now, peer, at, &probe, true);
@@ -1304,12 +1303,9 @@ impl Node {
         let Some(&(to_addr, _)) = self.recent.get(&to) else {
             return;
         };
-        let announcements = self.channels.on_sealed_forward(
-            source,
-            (to, to_addr),
-            now.mono,
-            crate::keys::random_u64,
-        );
+        let announcements =
+            self.channels
+                .on_sealed_forward(source, (to, to_addr), now.mono, || self.random.next_u64());
         for (key, addr, msg) in announcements {
             self.send(now, key, addr, &msg);
         }
@@ -1416,18 +1412,27 @@ impl Node {
     fn on_dht_event(&mut self, now: Now, ev: DhtEvent) {
         match ev {
             DhtEvent::LookupDone {
-                id, target, found, ..
+                id,
+                target,
+                found,
+                stats,
+                ..
             } => {
                 tracing::debug!(
                     target = %target.short(10),
                     found = found.is_some(),
+                    asked = stats.requests,
+                    answers = stats.responses,
+                    refused = stats.refused,
                     endpoints = ?found.as_ref().map(|r| r.endpoints.clone()),
                     relays = found.as_ref().map_or(0, |r| r.relays.len()),
                     nat = ?found.as_ref().map(|r| r.nat),
                     "lookup done"
                 );
                 self.answer_lookup(id, target, found.as_ref());
-                if let Some(record) = self.overlay.lookup_done(now.mono, id, target, found)
+                if stats.refused {
+                    self.overlay.lookup_refused(now.mono, id, target);
+                } else if let Some(record) = self.overlay.lookup_done(now.mono, id, target, found)
                     && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_)))
                 {
                     self.punch_towards(now, target, &record);
@@ -1865,6 +1870,7 @@ impl Node {
         };
         self.publish_pending = false;
         if record != self.own_record {
+            tracing::debug!(nat = ?record.nat, endpoints = record.endpoints.len(), relays = record.relays.len(), "publishing the own record");
             self.own_record = record.clone();
             self.dht.set_own_record(record);
             self.last_publish = Some(now.mono);

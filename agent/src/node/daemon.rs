@@ -20,7 +20,7 @@ use crate::config::{Endpoint, NetworkSpec};
 use crate::control::server::{Call, ControlSocket};
 use crate::control::{self, Request, Response};
 use crate::dataplane::{DataPlane, InterfaceConfig, Outgoing, udp};
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::{PrivateKey, PublicKey, RandomStream};
 use crate::nat::upnp::{self, UpnpEvent};
 use anyhow::Context;
 use std::collections::HashMap;
@@ -270,8 +270,10 @@ pub async fn run_with(
         from_file,
         has_dataplane: dataplane.is_some(),
         join: extras.join,
+        random: RandomStream::from_os()
+            .map_err(|e| anyhow::anyhow!("no random source for the node: {e}"))?,
     };
-    let node = Node::new(config, Box::new(host), Now::system())?;
+    let node = Node::new(config, Box::new(host), Now::system());
     let (upnp_tx, mut upnp_events) = mpsc::channel::<UpnpEvent>(4);
     let (upnp_stop, upnp_stop_rx) = watch::channel(upnp::Stop::Running);
     let upnp_task = (opts.mode != Mode::Direct)

@@ -15,7 +15,7 @@ use crate::dht::LookupId;
 use crate::keys::PublicKey;
 use crate::proto::{Message, NatKind, NodeRecord};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,8 +23,17 @@ use std::time::{Duration, Instant, SystemTime};
 const LOOKUP_RETRY_MIN: Duration = Duration::from_millis(250);
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A peer without a path is looked up again this long after the last lookup
-/// started, even if that one still runs.
+/// started, even if that one still runs ...
 const LOOKUP_OVERLAP: Duration = Duration::from_millis(500);
+/// ... but never more than this many lookups of one peer run at once: a
+/// node started before its bootstrap (whose lookups wait on requests nobody
+/// answers) would otherwise fill the DHT's lookup slots and have the next
+/// ones refused.
+const MAX_LOOKUPS_PER_PEER: usize = 2;
+/// A found peer behind a NAT whose record names no relay (an early record,
+/// or a bare hint) is looked up again at least this often while it has no
+/// direct path: its record gains relays within seconds.
+const BARE_RECORD_RETRY: Duration = Duration::from_secs(2);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
 /// A peer's control message through another relay moves its relayed path
@@ -107,10 +116,10 @@ struct Peer {
     /// When `record` came from the peer itself (else a third party's).
     own_record_at: Option<Instant>,
     last_contact: Option<Instant>,
-    last_relayed: Option<Instant>,
     last_keepalive: Option<Instant>,
-    /// The latest lookup started, and when.
-    lookup_in_flight: Option<(LookupId, Instant)>,
+    /// The lookups running, and when each started, the latest last (at
+    /// most [`MAX_LOOKUPS_PER_PEER`]).
+    lookups_in_flight: Vec<(LookupId, Instant)>,
     next_lookup: Instant,
     backoff: Duration,
 }
@@ -144,10 +153,10 @@ pub struct Overlay {
     own_spec: Option<PeerSpec>,
     own_ipv4: Option<(Ipv4Addr, u8)>,
     own_ipv6: Ipv6Addr,
-    peers: HashMap<PublicKey, Peer>,
+    peers: BTreeMap<PublicKey, Peer>,
     /// Trusted peers by the first 8 bytes of their key (relayed data names
     /// its sender so).
-    by_prefix: HashMap<u64, PublicKey>,
+    by_prefix: BTreeMap<u64, PublicKey>,
     changes: Vec<PathChange>,
     transmits: Vec<(PublicKey, SocketAddr, Message)>,
     next_ping: u64,
@@ -161,8 +170,8 @@ impl Overlay {
             own_spec: None,
             own_ipv4: None,
             own_ipv6: spec.ipv6_of(&own),
-            peers: HashMap::new(),
-            by_prefix: HashMap::new(),
+            peers: BTreeMap::new(),
+            by_prefix: BTreeMap::new(),
             changes: Vec::new(),
             transmits: Vec::new(),
             next_ping: 1 << 63,
@@ -269,9 +278,8 @@ impl Overlay {
                             record: None,
                             own_record_at: None,
                             last_contact: None,
-                            last_relayed: None,
                             last_keepalive: None,
-                            lookup_in_flight: None,
+                            lookups_in_flight: Vec::new(),
                             next_lookup: now,
                             backoff: LOOKUP_RETRY_MIN,
                         },
@@ -361,13 +369,15 @@ impl Overlay {
         self.peers
             .values()
             .filter(|p| p.next_lookup <= now)
-            .filter(|p| match p.lookup_in_flight {
+            .filter(|p| match p.lookups_in_flight.last() {
                 None => true,
                 // Without any path, a lookup stuck waiting for the peer
                 // itself (behind NAT, it never answers) does not hold the
                 // next one back: records improve as peers pick relays.
                 Some((_, started)) => {
-                    p.path.is_none() && now.saturating_duration_since(started) >= LOOKUP_OVERLAP
+                    p.path.is_none()
+                        && p.lookups_in_flight.len() < MAX_LOOKUPS_PER_PEER
+                        && now.saturating_duration_since(*started) >= LOOKUP_OVERLAP
                 }
             })
             .filter(|p| {
@@ -380,7 +390,19 @@ impl Overlay {
 
     pub fn lookup_started(&mut self, key: PublicKey, id: LookupId, now: Instant) {
         if let Some(p) = self.peers.get_mut(&key) {
-            p.lookup_in_flight = Some((id, now));
+            if p.lookups_in_flight.len() >= MAX_LOOKUPS_PER_PEER {
+                p.lookups_in_flight.remove(0);
+            }
+            p.lookups_in_flight.push((id, now));
+        }
+    }
+
+    /// The DHT refused to start a lookup (too many running): it is tried
+    /// again soon, and does not count as a failure.
+    pub fn lookup_refused(&mut self, now: Instant, id: LookupId, target: PublicKey) {
+        if let Some(p) = self.peers.get_mut(&target) {
+            p.lookups_in_flight.retain(|(l, _)| *l != id);
+            p.next_lookup = now + LOOKUP_RETRY_MIN;
         }
     }
 
@@ -397,9 +419,7 @@ impl Overlay {
     ) -> Option<NodeRecord> {
         let found = found.map(|r| without_unusable_relays(r, &self.own));
         let p = self.peers.get_mut(&target)?;
-        if p.lookup_in_flight.is_some_and(|(latest, _)| latest == id) {
-            p.lookup_in_flight = None;
-        }
+        p.lookups_in_flight.retain(|(l, _)| *l != id);
         if p.own_record_at
             .is_some_and(|t| now.saturating_duration_since(t) > OWN_RECORD_TTL)
         {
@@ -417,13 +437,19 @@ impl Overlay {
                 // and picks relays. A record that gives no way in at all is
                 // looked up again soon. A direct contact pushes the next
                 // lookup back (see `on_direct_contact`).
+                let direct = matches!(p.path, Some(PeerPath::Direct(_)));
                 if record.endpoints.is_empty() && record.relays.is_empty() {
                     p.next_lookup = now + UNREACHABLE_RETRY;
                 } else {
-                    p.next_lookup = now + p.backoff;
+                    let bare = !direct && record.relays.is_empty() && record.nat != NatKind::Public;
+                    let pause = if bare {
+                        p.backoff.min(BARE_RECORD_RETRY)
+                    } else {
+                        p.backoff
+                    };
+                    p.next_lookup = now + pause;
                     p.backoff = (p.backoff * 2).min(LOOKUP_RETRY_MAX);
                 }
-                let direct = matches!(p.path, Some(PeerPath::Direct(_)));
                 if !direct && !record.relays.is_empty() {
                     // The relays the peer publishes, the one in use first
                     // when it is among them: a lookup refreshes the
@@ -472,8 +498,6 @@ impl Overlay {
         !record.endpoints.is_empty() || !record.relays.is_empty()
     }
 
-    /// A message from `key` came through `relay`: without a direct path,
-    /// answer through the same relay (it can reach the peer).
     /// An authenticated control message from `key` through `relay`. With
     /// no path it gives one. On a relayed path through another relay it
     /// moves the path only when `in_use_silent`: the caller has sent the
@@ -501,8 +525,6 @@ impl Overlay {
         };
         if follow {
             self.on_relayed_contact(key, relay, now);
-        } else {
-            p.last_relayed = Some(now);
         }
     }
 
@@ -515,13 +537,12 @@ impl Overlay {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
-        p.last_relayed = Some(now);
         if matches!(p.path, Some(PeerPath::Direct(_))) {
             return;
         }
         // Know the relays the peer publishes: they are the fallbacks if this
         // relay dies.
-        if p.record.is_none() && p.lookup_in_flight.is_none() && p.next_lookup > now {
+        if p.record.is_none() && p.lookups_in_flight.is_empty() && p.next_lookup > now {
             p.next_lookup = now;
         }
         let first = match &p.path {
@@ -1090,6 +1111,47 @@ mod tests {
         assert_eq!(o.lookups_due(now + LOOKUP_RETRY_MIN), vec![k[1]]);
         o.lookup_done(now, LookupId(1), k[1], None);
         assert!(o.lookups_due(now + LOOKUP_RETRY_MIN).is_empty());
+    }
+
+    #[test]
+    fn no_more_than_two_lookups_of_one_peer_run_at_once() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let t0 = Instant::now();
+        o.lookup_started(k[1], LookupId(1), t0);
+        let t1 = t0 + LOOKUP_OVERLAP;
+        o.lookup_started(k[1], LookupId(2), t1);
+        let t2 = t1 + LOOKUP_OVERLAP * 4;
+        assert!(o.lookups_due(t2).is_empty(), "two already run");
+        o.lookup_done(t2, LookupId(1), k[1], None);
+        let t3 = t2 + LOOKUP_RETRY_MIN;
+        assert_eq!(o.lookups_due(t3), vec![k[1]], "one ended: room again");
+    }
+
+    #[test]
+    fn a_refused_lookup_is_tried_again_soon_without_backing_off() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let now = Instant::now();
+        for id in 1..=5 {
+            o.lookup_started(k[1], LookupId(id), now);
+            o.lookup_refused(now, LookupId(id), k[1]);
+        }
+        assert_eq!(o.lookups_due(now + LOOKUP_RETRY_MIN), vec![k[1]]);
+    }
+
+    #[test]
+    fn a_peer_behind_a_nat_found_without_relays_is_looked_up_again_within_two_seconds() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let mut now = Instant::now();
+        let bare = NodeRecord::new(k[1], "203.0.113.9:4000".parse().unwrap());
+        for id in 1..=8 {
+            o.lookup_started(k[1], LookupId(id), now);
+            o.lookup_done(now, LookupId(id), k[1], Some(bare.clone()));
+            now += BARE_RECORD_RETRY;
+            assert_eq!(o.lookups_due(now), vec![k[1]], "lookup {id}");
+        }
     }
 
     #[test]

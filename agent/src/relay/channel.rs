@@ -35,7 +35,7 @@
 
 use crate::keys::PublicKey;
 use crate::proto::Message;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ impl ChannelDrop {
 #[derive(Debug, Default)]
 pub struct RelayChannels {
     by_id: HashMap<u64, Channel>,
-    by_pair: HashMap<(PublicKey, PublicKey), u64>,
+    by_pair: BTreeMap<(PublicKey, PublicKey), u64>,
 }
 
 fn ordered(a: PublicKey, b: PublicKey) -> (PublicKey, PublicKey) {
@@ -282,7 +282,11 @@ impl RelayChannels {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some((&id, ch)) = self.by_id.iter().min_by_key(|(_, ch)| ch.last_used) {
+        if let Some((&id, ch)) = self
+            .by_id
+            .iter()
+            .min_by_key(|(id, ch)| (ch.last_used, **id))
+        {
             let pair = (ch.ends[0].0, ch.ends[1].0);
             self.by_id.remove(&id);
             self.by_pair.remove(&pair);
@@ -301,7 +305,7 @@ struct Entry {
 /// An end's channels: which id to use towards a peer through a relay.
 #[derive(Debug, Default)]
 pub struct ChannelBook {
-    outbound: HashMap<(PublicKey, PublicKey), Entry>,
+    outbound: BTreeMap<(PublicKey, PublicKey), Entry>,
 }
 
 /// How to send datagrams to a peer through a relay.

@@ -24,7 +24,7 @@
 //! other peers (the peer may be the one that is gone).
 
 use crate::keys::PublicKey;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Silence through a relay, data going out, before the peer is probed.
@@ -75,9 +75,9 @@ pub enum DeliveryAction {
 #[derive(Debug, Default)]
 pub struct RelayDelivery {
     /// (peer, relay) -> its watch.
-    watched: HashMap<(PublicKey, PublicKey), Watch>,
+    watched: BTreeMap<(PublicKey, PublicKey), Watch>,
     /// Per peer: relays that failed it, and when.
-    failed: HashMap<PublicKey, Vec<(PublicKey, Instant)>>,
+    failed: BTreeMap<PublicKey, Vec<(PublicKey, Instant)>>,
 }
 
 impl RelayDelivery {

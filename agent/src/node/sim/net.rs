@@ -24,7 +24,7 @@ use super::Rng;
 use crate::config::parse;
 use crate::control::{Request, Response};
 use crate::dataplane::Outgoing;
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::{PrivateKey, PublicKey, RandomStream};
 use crate::node::core::{
     DataplaneOp, DataplaneView, Event, Host, Node, NodeConfig, Now, Reply, Wire,
 };
@@ -519,6 +519,8 @@ impl Net {
                 from_file: true,
                 has_dataplane,
                 join: None,
+                // Drawn again at each start (see Net::start).
+                random: RandomStream::from_seed([0; 32]),
             };
             nodes.push(SimNode {
                 public: key.public_key(),
@@ -588,9 +590,20 @@ impl Net {
 
     /// Starts (or restarts, with a fresh state) node `i` now.
     pub fn start(&mut self, i: usize) {
+        // A new process draws new randomness; here it comes from the seed.
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_mut(8) {
+            chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        }
         let n = &mut self.nodes[i];
+        n.config.random = RandomStream::from_seed(seed);
         let host = Box::new(SimHost(n.addr.ip()));
-        n.core = Some(Node::new(n.config.clone(), host, self.now).expect("random source"));
+        let now = self.now;
+        let config = n.config.clone();
+        let span = self.span(i);
+        self.nodes[i].core = Some(Node::new(config, host, now));
+        drop(span);
+        let n = &mut self.nodes[i];
         n.peers.clear();
         self.note(format_args!("n{i} starts"));
         self.drain(i, SimWire::default());
@@ -634,6 +647,14 @@ impl Net {
             "n{i} {}",
             if cut { "partitioned" } else { "healed" }
         ));
+    }
+
+    /// A span naming node `i` and the simulated time: the cores' log lines
+    /// (`RUST_LOG` with `net-sim --one`) say which node and when.
+    fn span(&self, i: usize) -> tracing::span::EnteredSpan {
+        let t = self.elapsed();
+        tracing::info_span!("sim", t = %format_args!("{}.{:03}", t.as_secs(), t.subsec_millis()), node = i)
+            .entered()
     }
 
     pub fn core(&self, i: usize) -> &Node {
@@ -715,6 +736,7 @@ impl Net {
 
     fn timeout(&mut self, i: usize) {
         let now = self.now;
+        let _span = self.span(i);
         if let Some(c) = self.nodes[i].core.as_mut() {
             c.handle_timeout(now);
         }
@@ -740,6 +762,7 @@ impl Net {
             None => {
                 let now = self.now;
                 let mut wire = SimWire::default();
+                let _span = self.span(i);
                 if let Some(c) = self.nodes[i].core.as_mut() {
                     c.handle_outgoing(now, Outgoing::one(to, datagram), &mut wire);
                 }
@@ -796,6 +819,7 @@ impl Net {
                 bytes.first().copied().unwrap_or(0)
             ));
         }
+        let _span = self.span(j);
         match self.nodes[j].core.as_mut() {
             Some(c) => c.handle_datagrams(now, p.from, &mut bytes, len, &mut wire),
             None => {
@@ -1043,6 +1067,7 @@ impl Net {
                     .get(&endpoint.host)
                     .map(|a| SocketAddr::new(a.ip(), endpoint.port));
                 self.resolved.push(endpoint.host);
+                let _span = self.span(i);
                 if let Some(core) = self.nodes[i].core.as_mut() {
                     core.on_resolved(now, purpose, addr);
                 }

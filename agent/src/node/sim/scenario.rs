@@ -841,12 +841,10 @@ mod tests {
     /// Networks the CI test runs (the `net-sim` benchmark runs 10,000).
     const NETWORKS: u64 = 300;
 
-    /// Ignored in CI for now: today's cores fail about 3 % of these
-    /// networks (docs/simulator.md, "Found by the simulator"), and in the
-    /// debug profile the 300 take minutes on a loaded two-core machine.
-    /// Run it with `cargo test -p wirehub --lib node::sim -- --ignored`.
+    /// The CI batch: 300 generated networks in the quick profile, two
+    /// workers (about 3.5 CPU minutes in the debug profile). A failure
+    /// names its seed; `net-sim --seed S --one --quick` replays it exactly.
     #[test]
-    #[ignore = "today's cores fail ~3 % of the networks; minutes in debug"]
     fn three_hundred_generated_networks_connect_and_keep_their_properties() {
         let started = Instant::now();
         let tally = std::sync::Mutex::new(Tally::default());
@@ -898,8 +896,12 @@ mod tests {
     /// Found by the simulator: a node behind a hard NAT that only ever
     /// talked to the bootstrap is cut off for good when the bootstrap dies,
     /// although two public nodes remain (the fault 1.6 s after they start).
+    /// With today's cores this seed's network converges later and the fault
+    /// strikes 3 s after they start, when the node has met them through
+    /// lookups: it passes, but no longer reproduces the case. Kept ignored
+    /// until a fault can be pinned to a time (docs/simulator.md).
     #[test]
-    #[ignore = "fails on today's core: see docs/simulator.md, seed 14382016861059019890"]
+    #[ignore = "no longer reproduces its case: the fault comes later (docs/simulator.md)"]
     fn a_node_that_knew_only_the_dead_bootstrap_finds_the_public_nodes_that_remain() {
         let bounds = Bounds {
             quiet: Duration::from_secs(1),
@@ -908,6 +910,21 @@ mod tests {
         };
         let o = run_caught(&generate(14382016861059019890), bounds, false);
         assert!(o.passed(), "{o}");
+    }
+
+    /// The cores draw their randomness from the simulator's seed and keep
+    /// no hash-ordered state that changes what they send: a failure found
+    /// in a batch replays datagram for datagram.
+    #[test]
+    fn a_seed_replays_the_same_run_datagram_for_datagram() {
+        // Five nodes behind three kinds of NAT, a partition and a restart.
+        let scn = generate(631961877638814915);
+        let first = run_caught(&scn, Bounds::quick(), true);
+        let again = run_caught(&scn, Bounds::quick(), true);
+        assert!(first.trace.len() > 100, "a verbose trace of the run");
+        assert_eq!(first.trace, again.trace);
+        assert_eq!(first.first_data, again.first_data);
+        assert_eq!(first.violations, again.violations);
     }
 
     #[test]
