@@ -8,7 +8,7 @@
 use super::crd::{
     BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode,
 };
-use crate::config::{DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
+use crate::config::{Claims, DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
 use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, PublicKey};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Node;
@@ -457,7 +457,8 @@ fn build(
     let mut node_peers = Vec::new();
     let mut seen_keys: HashMap<PublicKey, String> = HashMap::new();
     let mut seen_ips: HashMap<Ipv4Addr, String> = HashMap::new();
-    let mut seen_cidrs: Vec<(Ipv4Net, String)> = Vec::new();
+    // Pod CIDRs of the nodes taken so far, by their index in `members`.
+    let mut seen_cidrs = Claims::default();
     let mut leave = |n: &ClusterNode, reason: &'static str, m: String| {
         left_out.push((n.name.clone(), Problem::new(reason, m)));
     };
@@ -520,9 +521,9 @@ fn build(
             );
             continue;
         }
-        if let Some((_, other)) = seen_cidrs
-            .iter()
-            .find(|(c, _)| c.contains(&cidr.network()) || cidr.contains(&c.network()))
+        if let Some(other) = seen_cidrs
+            .first_overlap(&IpNet::V4(cidr))
+            .and_then(|(_, i)| members.get(i))
         {
             leave(
                 n,
@@ -545,7 +546,7 @@ fn build(
         });
         seen_keys.insert(key, n.name.clone());
         seen_ips.insert(ip, n.name.clone());
-        seen_cidrs.push((cidr, n.name.clone()));
+        seen_cidrs.claim(IpNet::V4(cidr), members.len());
         members.push(n.name.clone());
         node_peers.push(PeerSpec {
             role: Role::Router,

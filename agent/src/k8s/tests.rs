@@ -554,3 +554,78 @@ fn a_pod_cidr_outside_the_pod_subnet_or_too_wide_leaves_its_node_out() {
         "{e:?}"
     );
 }
+
+/// `n` nodes that all take part, as a bench's cluster of up to 1,000: key
+/// from the index, addresses from the top of 10.0.0.0/16, pod CIDRs
+/// 10.244.i.0/24 upwards.
+fn many_nodes(n: usize) -> Vec<ClusterNode> {
+    (0..n)
+        .map(|i| {
+            let mut k = [7u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let base = u32::from(Ipv4Addr::new(10, 244, 0, 0)) + ((i as u32) << 8);
+            ClusterNode {
+                name: format!("sim-{i:04}"),
+                key: Some(crate::keys::PublicKey(k)),
+                overlay_ip: Some(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 0, 255, 254)) - i as u32,
+                )),
+                recorded_pod_cidr: Some(ipnet::Ipv4Net::new(Ipv4Addr::from(base), 24).unwrap()),
+                internal_ip: Some(format!("10.250.{}.{}", i / 250, i % 250 + 1)),
+                ..ClusterNode::default()
+            }
+        })
+        .collect()
+}
+
+fn big_spec() -> WireHubNetworkSpec {
+    WireHubNetworkSpec {
+        subnet: "10.0.0.0/16".into(),
+        pod_subnet: Some("10.244.0.0/14".into()),
+        ..lab_spec()
+    }
+}
+
+/// The median of `runs` timings of `f`, in milliseconds.
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// What one agent spends on a join, at N = 100, 300 and 1,000 nodes:
+/// building the whole network again (what a join costs every agent), and
+/// of that, checking the spec, directly and the old way (printing it as a
+/// file and parsing it back). Figures, not assertions:
+/// `cargo test -p wirehub --lib k8s::tests::rebuild_cost -- --ignored --nocapture`
+/// (add `--release` for a release build's figures).
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn rebuild_cost() {
+    eprintln!(
+        "| N | build the network (N+1 nodes) | of which: validate() | print + parse (the old check) |"
+    );
+    eprintln!("|---|---|---|---|");
+    for n in [100, 300, 1000] {
+        let nodes = many_nodes(n + 1);
+        let spec = big_spec();
+        let built = cluster_spec("bench", &spec, &nodes, true).unwrap();
+        assert_eq!(built.members.len(), n + 1, "{:?}", built.left_out.first());
+        let runs = if n >= 1000 { 5 } else { 11 };
+        let build = median_ms(runs, || {
+            let mut memo = NetworkMemo::default();
+            assert!(memo.cluster_spec("bench", &spec, &nodes, true).is_ok());
+        });
+        let validate = median_ms(runs, || assert!(built.spec.validate().is_ok()));
+        let printed = median_ms(runs, || {
+            assert!(config::parse(&built.spec.to_string()).is_ok_and(|p| p.spec == built.spec))
+        });
+        eprintln!("| {n} | {build:.2} ms | {validate:.2} ms | {printed:.2} ms |");
+    }
+}
