@@ -319,6 +319,57 @@ impl NetworkSpec {
         }
     }
 
+    /// Whether the spec passes [`NetworkSpec::validate`], knowing that it
+    /// passed without its peer `added`: runs only the checks that one peer
+    /// can fail (its own, and against each other peer once), so a join
+    /// costs one pass over the peers, not the whole validation. Says no
+    /// more than yes or no: the caller validates the whole spec for the
+    /// messages.
+    pub fn valid_with_added(&self, added: usize) -> bool {
+        let Some(new) = self.peers.get(added) else {
+            return false;
+        };
+        if !peer_problems(new, self.subnet.is_some()).is_empty() {
+            return false;
+        }
+        if new.hostname.as_deref() == Some(self.name.as_str()) {
+            return false;
+        }
+        if let (Some(ip), Some(net)) = (new.static_ip, self.subnet)
+            && (!net.contains(&ip) || ip == net.network() || ip == net.broadcast())
+        {
+            return false;
+        }
+        let mut prefix = [0u8; 16];
+        prefix[..8].copy_from_slice(&crate::keys::ula_prefix(&self.name));
+        let overlay_v6 = IpNet::V6(Ipv6Net::new(Ipv6Addr::from(prefix), 48).expect("48 <= 128"));
+        for (i, net) in new.routes.iter().enumerate() {
+            if self.subnet.is_some_and(|s| overlaps(net, &IpNet::V4(s)))
+                || overlaps(net, &overlay_v6)
+                || new.routes[..i].iter().any(|r| overlaps(net, r))
+            {
+                return false;
+            }
+        }
+        let clash = self.peers.iter().enumerate().any(|(i, p)| {
+            i != added
+                && (p.key == new.key
+                    || (p.hostname.is_some() && p.hostname == new.hostname)
+                    || (p.static_ip.is_some() && p.static_ip == new.static_ip)
+                    || p.routes
+                        .iter()
+                        .any(|r| new.routes.iter().any(|n| overlaps(n, r))))
+        });
+        if clash {
+            return false;
+        }
+        // Room: an added peer may take an address another one had.
+        self.ipv4_addresses()
+            .into_iter()
+            .zip(&self.peers)
+            .all(|(ip, p)| ip.is_some() || !p.role.is_trusted() || self.subnet.is_none())
+    }
+
     /// The checks of the header lines (name, subnet, workbit, namespace).
     fn check_header(&self, errors: &mut Vec<String>) {
         if let Err(e) = valid_name(&self.name) {

@@ -740,3 +740,26 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A spec that was valid without one peer is valid with it exactly
+    /// when the one-peer check says so.
+    #[test]
+    fn checking_one_added_peer_agrees_with_validating_the_whole_spec(
+        mut spec in spec_strategy(),
+        mistakes in proptest::collection::vec((any::<usize>(), mistake_strategy()), 0..2),
+        at in any::<usize>(),
+    ) {
+        for (at, m) in mistakes {
+            make_mistake(&mut spec, at, m);
+        }
+        prop_assume!(!spec.peers.is_empty());
+        let added = at % spec.peers.len();
+        let mut without = spec.clone();
+        without.peers.remove(added);
+        prop_assume!(without.validate().is_ok());
+        prop_assert_eq!(spec.valid_with_added(added), spec.validate().is_ok(), "{}", spec);
+    }
+}

@@ -28,7 +28,8 @@
 //! trusts passed the pins ([`Pins`]) and [`convert`]'s checks. A change
 //! that matters wakes a round after `SETTLE` (longer while rounds are
 //! slow: `settle`); a round builds the network again only when a node
-//! that takes part changed ([`NetworkMemo`]).
+//! that takes part changed, and a join only extends it by the one node
+//! ([`NetworkMemo`]).
 //!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
 

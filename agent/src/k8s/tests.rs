@@ -222,24 +222,120 @@ fn the_network_is_built_again_only_when_a_node_that_takes_part_changes() {
     let mut check = |nodes: &[ClusterNode]| {
         let got = memo.cluster_spec("lab", &spec(), nodes, true);
         assert_eq!(got, cluster_spec("lab", &spec(), nodes, true));
-        (memo.builds(), got.map(|cs| cs.left_out.len()).unwrap_or(99))
+        (
+            memo.builds(),
+            memo.extended(),
+            got.map(|cs| cs.left_out.len()).unwrap_or(99),
+        )
     };
-    assert_eq!(check(&nodes), (1, 0));
+    assert_eq!(check(&nodes), (1, 0, 0));
     // A Node registers, then its agent publishes a key: the same network,
     // one more node waiting, not built again.
     nodes.push(ClusterNode {
         name: "n0".into(),
         ..ClusterNode::default()
     });
-    assert_eq!(check(&nodes), (1, 1));
+    assert_eq!(check(&nodes), (1, 0, 1));
     nodes[2].key = Some(key(3));
-    assert_eq!(check(&nodes), (1, 1));
-    // Its allocation makes it take part: built again.
+    assert_eq!(check(&nodes), (1, 0, 1));
+    // Its allocation makes it take part: the network is extended by it.
     nodes[2] = node("n0", 3, "10.0.0.252", "10.244.2.0/24");
-    assert_eq!(check(&nodes), (2, 0));
+    assert_eq!(check(&nodes), (1, 1, 0));
     // A member's endpoint moves: built again.
     nodes[0].internal_ip = Some("203.0.113.99".into());
-    assert_eq!(check(&nodes), (3, 0));
+    assert_eq!(check(&nodes), (2, 1, 0));
+}
+
+#[test]
+fn a_join_extends_the_network_and_gives_what_a_full_build_gives() {
+    let all = many_nodes(60);
+    let mut memo = NetworkMemo::default();
+    // Joining in an order that is not the names' order.
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|i| (i * 37) % all.len());
+    let mut nodes = Vec::new();
+    for i in order {
+        nodes.push(all[i].clone());
+        let got = memo.cluster_spec("bench", &big_spec(), &nodes, true);
+        assert_eq!(got, cluster_spec("bench", &big_spec(), &nodes, true));
+    }
+    assert_eq!((memo.builds(), memo.extended()), (1, 59));
+}
+
+/// One step of a generated cluster's life.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A node joins with these (name, key seed, address, pod CIDR) indexes
+    /// into small pools, so that they collide now and then.
+    Join(usize, u8, usize, usize),
+    /// A node's Node registers before its agent (waiting, no key).
+    Register(usize),
+    /// A member's endpoint moves.
+    Move(usize),
+}
+
+const NAMES: [&str; 12] = [
+    "a", "b", "c", "d", "e.f", "e-f", "lab", "edge", "9z", "g", "h", "i",
+];
+const CIDRS: [&str; 10] = [
+    "10.244.1.0/24",
+    "10.244.2.0/24",
+    "10.244.3.0/24",
+    "10.244.4.0/24",
+    "10.244.5.0/24",
+    "10.244.0.0/22",
+    "10.245.0.0/24",
+    "10.0.0.0/28",
+    "127.0.0.0/24",
+    "10.244.6.0/24",
+];
+
+fn step_strategy() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0..NAMES.len(), 1u8..14, 0usize..14, 0..CIDRS.len())
+            .prop_map(|(n, k, ip, c)| Step::Join(n, k, ip, c)),
+        1 => (0..NAMES.len()).prop_map(Step::Register),
+        1 => (0..NAMES.len()).prop_map(Step::Move),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever the joins (conflicting keys, addresses and pod CIDRs,
+    /// refused CIDRs, names that read alike, a node named after the
+    /// network or an external peer), the memo's network, extended join by
+    /// join, is the one a full build of the same nodes gives.
+    #[test]
+    fn generated_joins_extend_the_network_as_a_full_build_would(
+        steps in proptest::collection::vec(step_strategy(), 1..30),
+    ) {
+        let mut memo = NetworkMemo::default();
+        let mut nodes: Vec<ClusterNode> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Join(n, k, ip, c) => {
+                    // 10.0.0.9 is the external peer's address below.
+                    let joined = node(NAMES[n], k, &format!("10.0.0.{}", 240 + ip - 5), CIDRS[c]);
+                    nodes.retain(|x| x.name != joined.name);
+                    nodes.push(joined);
+                }
+                Step::Register(n) => {
+                    if nodes.iter().all(|x| x.name != NAMES[n]) {
+                        nodes.push(ClusterNode { name: NAMES[n].into(), ..ClusterNode::default() });
+                    }
+                }
+                Step::Move(n) => {
+                    if let Some(x) = nodes.iter_mut().find(|x| x.name == NAMES[n]) {
+                        x.internal_ip = Some("203.0.113.200".into());
+                    }
+                }
+            }
+            let mut spec = spec();
+            spec.peers[0].static_ip = Some("10.0.0.240".into());
+            let got = memo.cluster_spec("lab", &spec, &nodes, true);
+            proptest::prop_assert_eq!(got, cluster_spec("lab", &spec, &nodes, true));
+        }
+    }
 }
 
 #[test]
@@ -609,9 +705,9 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
 #[ignore = "a benchmark: prints figures"]
 fn rebuild_cost() {
     eprintln!(
-        "| N | build the network (N+1 nodes) | of which: validate() | print + parse (the old check) |"
+        "| N | build the network (N+1 nodes) | of which: validate() | print + parse (the old check) | a join: extend N nodes by one |"
     );
-    eprintln!("|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|");
     for n in [100, 300, 1000] {
         let nodes = many_nodes(n + 1);
         let spec = big_spec();
@@ -626,6 +722,21 @@ fn rebuild_cost() {
         let printed = median_ms(runs, || {
             assert!(config::parse(&built.spec.to_string()).is_ok_and(|p| p.spec == built.spec))
         });
-        eprintln!("| {n} | {build:.2} ms | {validate:.2} ms | {printed:.2} ms |");
+        // The memo holds N nodes; the (N+1)th joins.
+        let mut joins: Vec<f64> = (0..runs)
+            .map(|_| {
+                let mut memo = NetworkMemo::default();
+                assert!(memo.cluster_spec("bench", &spec, &nodes[..n], true).is_ok());
+                let start = std::time::Instant::now();
+                let got = memo.cluster_spec("bench", &spec, &nodes, true);
+                let took = start.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(got.as_ref().ok(), Some(&built));
+                assert_eq!(memo.extended(), 1);
+                took
+            })
+            .collect();
+        joins.sort_by(f64::total_cmp);
+        let join = joins[joins.len() / 2];
+        eprintln!("| {n} | {build:.2} ms | {validate:.2} ms | {printed:.2} ms | {join:.2} ms |");
     }
 }
