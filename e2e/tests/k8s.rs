@@ -1718,7 +1718,7 @@ fn k8s_scale_bench() {
         }
     }
     eprintln!(
-        "\n| N | largest WireHubNode | WireHubNetwork | wirehub.io writes/node/min | lease writes/min | all agents know a new node (p50 / p95 / max) | kube-apiserver CPU | kube-apiserver RSS | agent RSS (median / max) |"
+        "\n| N | largest WireHubNode | WireHubNetwork | wirehub.io writes/node/min | lease writes/min | all agents know a new node (p50 / p95 / max) | kube-apiserver CPU | kube-apiserver RSS | agent RSS median / max (PSS median) |"
     );
     eprintln!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -1870,7 +1870,38 @@ impl SimAgents {
             .filter_map(|(_, c, _)| proc_rss_kib(c.id()))
             .collect()
     }
+
+    /// Proportional memory of each agent, KiB.
+    fn pss_kib(&self) -> Vec<u64> {
+        self.children
+            .iter()
+            .filter_map(|(_, c, _)| proc_pss_kib(c.id()))
+            .collect()
+    }
 }
+
+/// Proportional memory of a process, KiB (shared pages such as the
+/// binary's, counted in every agent's RSS, split among their users).
+fn proc_pss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The host's available memory, KiB.
+fn mem_available_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The bench stops starting agents below this much available memory
+/// (the host is shared).
+const BENCH_MEMORY_FLOOR_KIB: u64 = 3 << 20;
 
 fn proc_rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -2028,7 +2059,15 @@ fn bench(n: usize) -> Result<String> {
     };
     // Started at a steady pace, as nodes joining a cluster would (all at
     // once, every agent reacts to every join at the same moment).
-    for name in &names {
+    for (i, name) in names.iter().enumerate() {
+        if i % 20 == 0
+            && let Some(left) = mem_available_kib().filter(|&m| m < BENCH_MEMORY_FLOOR_KIB)
+        {
+            bail!(
+                "only {} MiB of memory left after {i} agents: stopped before the host runs out",
+                left / 1024
+            );
+        }
         agents.start(&c, name)?;
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -2060,6 +2099,9 @@ fn bench(n: usize) -> Result<String> {
     rss.sort_unstable();
     let rss_median = rss.get(rss.len() / 2).copied().unwrap_or(0);
     let rss_max = rss.last().copied().unwrap_or(0);
+    let mut pss = agents.pss_kib();
+    pss.sort_unstable();
+    let pss_median = pss.get(pss.len() / 2).copied().unwrap_or(0);
     // Object sizes as stored (JSON).
     let records = c.json(&["get", "wirehubnodes"])?;
     let largest = records["items"]
@@ -2136,13 +2178,14 @@ fn bench(n: usize) -> Result<String> {
     log(
         t0,
         &format!(
-            "N={n}: load average {}; new node: Node applied +{node_applied:.2}s, agent spawned +{agent_spawned:.2}s, agent's first log +{:.2}s, key published +{:.2}s, allocated +{:.2}s; by the logs' stamps, {} agents know it: first +{:.2}s, p50 +{:.2}s, p95 +{:.2}s, last +{:.2}s; {holders} agents held the Lease at some point",
+            "N={n}: load average {}, {} MiB of memory available; new node: Node applied +{node_applied:.2}s, agent spawned +{agent_spawned:.2}s, agent's first log +{:.2}s, key published +{:.2}s, allocated +{:.2}s; by the logs' stamps, {} agents know it: first +{:.2}s, p50 +{:.2}s, p95 +{:.2}s, last +{:.2}s; {holders} agents held the Lease at some point",
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .split_whitespace()
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" "),
+            mem_available_kib().unwrap_or(0) / 1024,
             newcomer_at("wirehub agent starting"),
             newcomer_at("published my WireHubNode"),
             since_added(allocated),
@@ -2170,7 +2213,7 @@ fn bench(n: usize) -> Result<String> {
     drop(agents);
     drop(c);
     Ok(format!(
-        "| {n} | {:.1} KiB | {:.1} KiB | {writes_per_node_min:.2} | {lease_per_min:.1} | {:.1} s / {:.1} s / {:.1} s ({} of {}) | {api_cpu:.0} % | {} MiB | {:.1} / {:.1} MiB |",
+        "| {n} | {:.1} KiB | {:.1} KiB | {writes_per_node_min:.2} | {lease_per_min:.1} | {:.1} s / {:.1} s / {:.1} s ({} of {}) | {api_cpu:.0} % | {} MiB | {:.1} / {:.1} MiB ({:.1} MiB) |",
         largest as f64 / 1024.0,
         network as f64 / 1024.0,
         percentile(&known, 0.5),
@@ -2181,5 +2224,6 @@ fn bench(n: usize) -> Result<String> {
         api_rss / 1024,
         rss_median as f64 / 1024.0,
         rss_max as f64 / 1024.0,
+        pss_median as f64 / 1024.0,
     ))
 }
