@@ -3,7 +3,8 @@
 //! participating node as a `router` of its pod CIDR, plus the resource's
 //! boot nodes and external peers. No I/O here; [`NetworkMemo`] keeps the
 //! last network built (one) so an agent does not build it again for
-//! changes that leave it as it was.
+//! changes that leave it as it was, and only extends it when one node
+//! joins (the result always equals a full build).
 
 use super::crd::{
     BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode,
