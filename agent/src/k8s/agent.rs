@@ -349,7 +349,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let node_stream = reflector::reflector(
         nodes_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<Node>::all(client.clone()), list_watch()),
     )
     .default_backoff()
     .touched_objects();
@@ -373,7 +373,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     ));
 
     let (networks, networks_writer) = reflector::store::<WireHubNetwork>();
-    let mut net_config = watcher::Config::default();
+    let mut net_config = list_watch();
     if let Some(name) = &opts.network {
         net_config = net_config.fields(&format!("metadata.name={name}"));
     }
@@ -394,10 +394,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
 
     let record_stream = reflector::reflector(
         records_writer,
-        watcher(
-            Api::<WireHubNode>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        watcher(Api::<WireHubNode>::all(client.clone()), list_watch()),
     )
     .default_backoff()
     .touched_objects();
@@ -517,6 +514,17 @@ fn problems_to_log<'a>(
         .collect()
 }
 
+/// How every watch of the agent lists: from the API server's watch cache
+/// (resourceVersion 0), not a quorum read of etcd. Each agent lists every
+/// Node and `WireHubNode` when it starts and whenever its watch restarts;
+/// at 1,000 nodes the quorum reads of 1,000 agents starting timed out
+/// (504) on the lab's API server. The cache may be a little behind; the
+/// watch that follows brings what it missed, and every write the agent
+/// makes is checked against the version it read.
+fn list_watch() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
 /// What of a Node wakes an agent when it changes: what the network is
 /// built from ([`ClusterNode::from_node`]; not the kubelets' heartbeats).
 /// A Node where no agent published a record yet (`agent`: whether it has
@@ -617,7 +625,7 @@ impl LeaseKeeper {
             writer,
             watcher(
                 api.clone(),
-                watcher::Config::default().fields(&format!("metadata.name={name}")),
+                list_watch().fields(&format!("metadata.name={name}")),
             ),
         )
         .default_backoff()
@@ -1961,6 +1969,11 @@ mod tests {
         assert_eq!(problems_to_log(&now, &last, true), vec![&now[1]]);
         assert_eq!(problems_to_log(&now, &last, false), vec![&now[0], &now[1]]);
         assert!(problems_to_log(&last, &now, true).is_empty());
+    }
+
+    #[test]
+    fn watches_list_from_the_api_servers_cache_not_from_etcd() {
+        assert_eq!(list_watch().list_semantic, watcher::ListSemantic::Any);
     }
 
     #[test]
