@@ -519,8 +519,9 @@ fn problems_to_log<'a>(
 /// Node and `WireHubNode` when it starts and whenever its watch restarts;
 /// at 1,000 nodes the quorum reads of 1,000 agents starting timed out
 /// (504) on the lab's API server. The cache may be a little behind; the
-/// watch that follows brings what it missed, and every write the agent
-/// makes is checked against the version it read.
+/// watch that follows brings what it missed. (The lease holder's
+/// allocations rely on its view of the records, from this watch: see the
+/// scale bench's notes in docs/kubernetes.md.)
 fn list_watch() -> watcher::Config {
     watcher::Config::default().any_semantic()
 }
