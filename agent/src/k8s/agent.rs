@@ -332,6 +332,9 @@ struct Agent {
     simulated: Option<NetworkSpec>,
     /// The last network built, reused while its nodes are the same.
     memo: NetworkMemo,
+    /// What this agent allocated as lease holder that its watch may not
+    /// show yet.
+    written: alloc::Written,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -804,6 +807,7 @@ impl Agent {
             pins: Pins::default(),
             simulated: None,
             memo: NetworkMemo::default(),
+            written: alloc::Written::default(),
         }
     }
 
@@ -1148,7 +1152,10 @@ impl Agent {
         let Some(subnet) = header.subnet else {
             return Ok(Vec::new());
         };
-        let selected: Vec<&ClusterNode> = nodes
+        // Planned from the view with this agent's own recent allocations,
+        // which its watch may not show yet.
+        let view = self.written.fill(nodes);
+        let selected: Vec<&ClusterNode> = view
             .iter()
             .filter(|n| n.selected(&net.spec.node_selector))
             .collect();
@@ -1191,6 +1198,7 @@ impl Agent {
                 continue;
             }
             tracing::info!(node = %a.node, overlay_ip = ?a.overlay_ip, pod_cidr = ?a.pod_cidr, "allocated");
+            self.written.note(&a.node, a.overlay_ip, a.pod_cidr);
             if let Some(n) = nodes.iter_mut().find(|n| n.name == a.node) {
                 n.overlay_ip = n.overlay_ip.or(a.overlay_ip);
                 n.recorded_pod_cidr = n.recorded_pod_cidr.or(a.pod_cidr);

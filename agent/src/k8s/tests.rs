@@ -740,3 +740,40 @@ fn rebuild_cost() {
         eprintln!("| {n} | {build:.2} ms | {validate:.2} ms | {printed:.2} ms | {join:.2} ms |");
     }
 }
+
+#[test]
+fn a_holder_whose_watch_lags_never_gives_one_address_twice() {
+    let subnet: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let pods: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    let waiting = |name: &str, seed: u8| ClusterNode {
+        name: name.into(),
+        key: Some(key(seed)),
+        ..ClusterNode::default()
+    };
+    let mut written = super::alloc::Written::default();
+    let allocate = |written: &mut super::alloc::Written, view: &[ClusterNode]| {
+        let filled = written.fill(view);
+        let selected: Vec<&ClusterNode> = filled.iter().collect();
+        let (planned, _) = plan(subnet, Some(pods), 24, &selected, &HashSet::new());
+        for a in &planned {
+            written.note(&a.node, a.overlay_ip, a.pod_cidr);
+        }
+        planned
+    };
+    // b is allocated; the watch does not show it yet when c arrives.
+    let first = allocate(&mut written, &[waiting("b", 2)]);
+    assert_eq!(first.len(), 1);
+    let second = allocate(&mut written, &[waiting("b", 2), waiting("c", 3)]);
+    assert_eq!(second.len(), 1, "b is not allocated again: {second:?}");
+    assert_eq!(second[0].node, "c");
+    assert_ne!(second[0].overlay_ip, first[0].overlay_ip);
+    assert_ne!(second[0].pod_cidr, first[0].pod_cidr);
+    assert_eq!(written.len(), 2);
+    // Once the watch shows b's allocation, it is forgotten; a node gone
+    // (c) is forgotten too.
+    let mut b = waiting("b", 2);
+    b.overlay_ip = first[0].overlay_ip;
+    b.recorded_pod_cidr = first[0].pod_cidr;
+    assert!(written.fill(&[b]).iter().all(|n| n.name == "b"));
+    assert!(written.is_empty());
+}
