@@ -18,6 +18,10 @@
 //! Parsing reports every error of a file at once, each with its line and
 //! column; unknown directives are warnings. The result is a [`NetworkSpec`],
 //! the type the daemon and the Kubernetes resource share.
+//! [`NetworkSpec::validate`] runs the same checks on a spec built elsewhere
+//! (a Kubernetes resource), on the spec itself without printing it, and
+//! names peers where the parser names lines: it passes exactly the specs
+//! that print and parse back unchanged.
 //!
 //! Nothing here does I/O but [`load`].
 
@@ -290,18 +294,238 @@ impl NetworkSpec {
         self.peers.iter().filter(|p| p.role.is_trusted())
     }
 
-    /// Runs the checks that do not depend on positions in a file (used for
-    /// specs built elsewhere, such as from a Kubernetes resource). Each error
-    /// names the peer it is about.
+    /// Runs the file's checks on a spec built elsewhere (such as from a
+    /// Kubernetes resource), directly on the spec: it passes exactly when
+    /// printing the spec and parsing it back would give the same spec
+    /// without an error. Each error names the peer it is about, by its
+    /// place (1-based), role and hostname or key, and so does a message
+    /// that compares two peers.
     pub fn validate(&self) -> Result<(), Vec<String>> {
-        let text = self.to_string();
-        match parse(&text) {
-            Ok(parsed) if &parsed.spec == self => Ok(()),
-            Ok(_) => Err(vec![
-                "the spec does not survive printing and parsing back".into(),
-            ]),
-            Err(d) => Err(d.errors.into_iter().map(|e| e.message).collect()),
+        let mut sink = PeerSink {
+            peers: &self.peers,
+            errors: Vec::new(),
+        };
+        self.check_header(&mut sink.errors);
+        for (i, peer) in self.peers.iter().enumerate() {
+            for message in peer_problems(peer, self.subnet.is_some()) {
+                sink.error(i, Field::Key, message);
+            }
         }
+        check_peers(&mut sink, self);
+        if sink.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(sink.errors)
+        }
+    }
+
+    /// Whether the spec passes [`NetworkSpec::validate`], knowing that it
+    /// passed without its peer `added`: runs only the checks that one peer
+    /// can fail (its own, and against each other peer once), so a join
+    /// costs one pass over the peers, not the whole validation. Says no
+    /// more than yes or no: the caller validates the whole spec for the
+    /// messages.
+    pub fn valid_with_added(&self, added: usize) -> bool {
+        let Some(new) = self.peers.get(added) else {
+            return false;
+        };
+        if !peer_problems(new, self.subnet.is_some()).is_empty() {
+            return false;
+        }
+        if new.hostname.as_deref() == Some(self.name.as_str()) {
+            return false;
+        }
+        if let (Some(ip), Some(net)) = (new.static_ip, self.subnet)
+            && (!net.contains(&ip) || ip == net.network() || ip == net.broadcast())
+        {
+            return false;
+        }
+        let mut prefix = [0u8; 16];
+        prefix[..8].copy_from_slice(&crate::keys::ula_prefix(&self.name));
+        let overlay_v6 = IpNet::V6(Ipv6Net::new(Ipv6Addr::from(prefix), 48).expect("48 <= 128"));
+        for (i, net) in new.routes.iter().enumerate() {
+            if self.subnet.is_some_and(|s| overlaps(net, &IpNet::V4(s)))
+                || overlaps(net, &overlay_v6)
+                || new.routes[..i].iter().any(|r| overlaps(net, r))
+            {
+                return false;
+            }
+        }
+        let clash = self.peers.iter().enumerate().any(|(i, p)| {
+            i != added
+                && (p.key == new.key
+                    || (p.hostname.is_some() && p.hostname == new.hostname)
+                    || (p.static_ip.is_some() && p.static_ip == new.static_ip)
+                    || p.routes
+                        .iter()
+                        .any(|r| new.routes.iter().any(|n| overlaps(n, r))))
+        });
+        if clash {
+            return false;
+        }
+        // Room: an added peer may take an address another one had.
+        self.ipv4_addresses()
+            .into_iter()
+            .zip(&self.peers)
+            .all(|(ip, p)| ip.is_some() || !p.role.is_trusted() || self.subnet.is_none())
+    }
+
+    /// The checks of the header lines (name, subnet, workbit, namespace).
+    fn check_header(&self, errors: &mut Vec<String>) {
+        if let Err(e) = valid_name(&self.name) {
+            errors.push(format!("network name {e}"));
+        }
+        if let Some(net) = self.subnet {
+            if net.trunc() != net {
+                errors.push(format!(
+                    "subnet {net} is not a network address: its host bits are set; did you mean {}?",
+                    net.trunc()
+                ));
+            } else if net.prefix_len() > 30 {
+                errors.push(format!(
+                    "subnet {net} is too small: a /{} holds no host past .1; use /30 or larger",
+                    net.prefix_len()
+                ));
+            }
+        }
+        if self.workbits > 64 {
+            errors.push(format!(
+                "workbit '{}' is not a number from 0 to 64",
+                self.workbits
+            ));
+        }
+        let ns = &self.namespace;
+        if ns.is_empty() || ns.contains(|c: char| c.is_whitespace() || c == '#') {
+            errors.push(format!(
+                "namespace '{ns}' must be one word, without spaces or '#'"
+            ));
+        }
+    }
+}
+
+/// What is wrong with one peer on its own, as the parser would find it on
+/// the peer's printed line. `has_subnet`: whether the network has one.
+fn peer_problems(peer: &PeerSpec, has_subnet: bool) -> Vec<String> {
+    let role = peer.role;
+    let mut out = Vec::new();
+    if let Some(h) = &peer.hostname {
+        if let Err(e) = valid_name(h) {
+            out.push(format!("hostname {e}"));
+        } else if h.parse::<PublicKey>().is_ok() {
+            out.push(format!(
+                "hostname '{h}' would be read as a public key; a name must not be one"
+            ));
+        }
+    }
+    if peer.static_ip.is_some() && !role.is_trusted() {
+        out.push(format!(
+            "only trusted nodes ('trust', 'router') have a private IP; '{role}' cannot take one"
+        ));
+    }
+    if role.is_trusted() && !has_subnet {
+        out.push(format!(
+            "'{role}' gives a node a private IP, so the network needs a 'subnet'"
+        ));
+    }
+    match &peer.endpoint {
+        None if role == Role::Boot => out.push(
+            "a 'boot' peer needs an endpoint (host[:port]): a bootstrap node must be reachable"
+                .into(),
+        ),
+        None => {}
+        Some(e) => match Endpoint::parse(&e.to_string()) {
+            Ok(back) if &back == e => {}
+            Ok(back) => out.push(format!("endpoint '{e}' would be read back as '{back}'")),
+            Err(why) => out.push(why),
+        },
+    }
+    if role != Role::Router && !peer.routes.is_empty() {
+        out.push(format!(
+            "only 'router' peers route subnets; '{role}' cannot route {}",
+            peer.routes[0]
+        ));
+    }
+    for net in &peer.routes {
+        if net.trunc() != *net {
+            out.push(format!(
+                "routed subnet '{net}' has host bits set; did you mean {}?",
+                net.trunc()
+            ));
+        } else if let Some(problem) = routed_subnet_problem(net) {
+            out.push(format!("routed subnet {net} {problem}"));
+        }
+    }
+    out
+}
+
+/// Which word of a peer's line a check is about (the parser reports at
+/// its column).
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Key,
+    Host,
+    Ip,
+    Routes,
+}
+
+/// Where the checks across peers report: the parser at a line and
+/// column, [`NetworkSpec::validate`] by peer.
+trait Sink {
+    fn error(&mut self, peer: usize, field: Field, message: String);
+    /// How a message names another peer: "on line 3", "by peer 2 (trust a)".
+    fn place(&self, peer: usize) -> String;
+}
+
+/// The parser's sink: peer `i` is `lines[i]`.
+struct LineSink<'a> {
+    p: &'a mut Parser,
+    lines: &'a [PeerLine],
+}
+
+impl Sink for LineSink<'_> {
+    fn error(&mut self, peer: usize, field: Field, message: String) {
+        let pos = &self.lines[peer];
+        let column = match field {
+            Field::Key => pos.key_col,
+            Field::Host => pos.host_col,
+            Field::Ip => pos.ip_col,
+            Field::Routes => pos.routes_col,
+        };
+        self.p.error(pos.line, column, message);
+    }
+
+    fn place(&self, peer: usize) -> String {
+        format!("on line {}", self.lines[peer].line)
+    }
+}
+
+/// [`NetworkSpec::validate`]'s sink: messages open with the peer.
+struct PeerSink<'a> {
+    peers: &'a [PeerSpec],
+    errors: Vec<String>,
+}
+
+impl PeerSink<'_> {
+    /// "peer 3 (router node-a)", or with the key's start when unnamed.
+    fn name(&self, i: usize) -> String {
+        match self.peers.get(i) {
+            Some(p) => match &p.hostname {
+                Some(h) => format!("peer {} ({} {h})", i + 1, p.role),
+                None => format!("peer {} ({} {})", i + 1, p.role, p.key.short(10)),
+            },
+            None => format!("peer {}", i + 1),
+        }
+    }
+}
+
+impl Sink for PeerSink<'_> {
+    fn error(&mut self, peer: usize, _field: Field, message: String) {
+        let name = self.name(peer);
+        self.errors.push(format!("{name}: {message}"));
+    }
+
+    fn place(&self, peer: usize) -> String {
+        format!("by {}", self.name(peer))
     }
 }
 
@@ -660,7 +884,13 @@ pub fn parse(text: &str) -> Result<Parsed, Diagnostics> {
         namespace: namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
         peers,
     };
-    check_peers(&mut p, &spec, &lines);
+    check_peers(
+        &mut LineSink {
+            p: &mut p,
+            lines: &lines,
+        },
+        &spec,
+    );
 
     if p.errors.is_empty() {
         Ok(Parsed {
@@ -919,73 +1149,78 @@ pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Checks across lines: duplicates, static IPs, subnet capacity.
-fn check_peers(p: &mut Parser, spec: &NetworkSpec, lines: &[PeerLine]) {
+/// Checks across peers: duplicates, static IPs, routed subnets, subnet
+/// capacity. The same checks for a parsed file and for
+/// [`NetworkSpec::validate`]; only where they report differs.
+fn check_peers(sink: &mut impl Sink, spec: &NetworkSpec) {
     let mut keys: HashMap<PublicKey, usize> = HashMap::new();
     let mut hosts: HashMap<&str, usize> = HashMap::new();
     let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
-    for (peer, pos) in spec.peers.iter().zip(lines) {
-        if let Some(prev) = keys.insert(peer.key, pos.line) {
-            p.error(
-                pos.line,
-                pos.key_col,
+    for (i, peer) in spec.peers.iter().enumerate() {
+        if let Some(prev) = keys.insert(peer.key, i) {
+            let place = sink.place(prev);
+            sink.error(
+                i,
+                Field::Key,
                 format!(
-                    "key {} is already used on line {prev}; each key appears once",
+                    "key {} is already used {place}; each key appears once",
                     peer.key.short(10)
                 ),
             );
         }
         if let Some(h) = &peer.hostname {
             if h == &spec.name {
-                p.error(
-                    pos.line,
-                    pos.host_col,
+                sink.error(
+                    i,
+                    Field::Host,
                     format!("hostname '{h}' is the network's name; a node needs a name of its own"),
                 );
             }
-            if let Some(prev) = hosts.insert(h, pos.line) {
-                p.error(
-                    pos.line,
-                    pos.host_col,
-                    format!("hostname '{h}' is already used on line {prev}"),
+            if let Some(prev) = hosts.insert(h, i) {
+                let place = sink.place(prev);
+                sink.error(
+                    i,
+                    Field::Host,
+                    format!("hostname '{h}' is already used {place}"),
                 );
             }
         }
         if let Some(ip) = peer.static_ip {
-            if let Some(prev) = ips.insert(ip, pos.line) {
-                p.error(
-                    pos.line,
-                    pos.ip_col,
-                    format!("static IP {ip} is already given on line {prev}"),
+            if let Some(prev) = ips.insert(ip, i) {
+                let place = sink.place(prev);
+                sink.error(
+                    i,
+                    Field::Ip,
+                    format!("static IP {ip} is already given {place}"),
                 );
             }
             if let Some(net) = spec.subnet {
                 if !net.contains(&ip) {
-                    p.error(
-                        pos.line,
-                        pos.ip_col,
+                    sink.error(
+                        i,
+                        Field::Ip,
                         format!("static IP {ip} is outside the subnet {net}"),
                     );
                 } else if ip == net.network() || ip == net.broadcast() {
-                    p.error(
-                        pos.line,
-                        pos.ip_col,
+                    sink.error(
+                        i,
+                        Field::Ip,
                         format!("static IP {ip} is the network or broadcast address of {net}"),
                     );
                 }
             }
         }
     }
-    check_routes(p, spec, lines);
+    check_routes(sink, spec);
     if let Some(net) = spec.subnet {
         let addrs = spec.ipv4_addresses();
-        for ((peer, pos), ip) in spec.peers.iter().zip(lines).zip(addrs) {
+        for (i, (peer, ip)) in spec.peers.iter().zip(addrs).enumerate() {
             if peer.role.is_trusted() && ip.is_none() {
                 let room = (u32::from(net.broadcast()) - u32::from(net.network()))
                     .saturating_sub(FIRST_HOST);
-                p.error(
-                    pos.line,
-                    pos.key_col,
+                sink.error(
+                    i,
+                    Field::Key,
                     format!("no address left for this node: subnet {net} holds {room} hosts from .{FIRST_HOST}; use a larger subnet"),
                 );
                 break;
@@ -997,36 +1232,112 @@ fn check_peers(p: &mut Parser, spec: &NetworkSpec, lines: &[PeerLine]) {
 /// Routed subnets must not overlap the overlay's own addresses, nor each
 /// other: WireGuard gives an address to the last peer that claims it, so an
 /// overlap would silently move one router's traffic to another.
-fn check_routes(p: &mut Parser, spec: &NetworkSpec, lines: &[PeerLine]) {
+fn check_routes(sink: &mut impl Sink, spec: &NetworkSpec) {
     let mut prefix = [0u8; 16];
     prefix[..8].copy_from_slice(&crate::keys::ula_prefix(&spec.name));
     let overlay_v6 = IpNet::V6(Ipv6Net::new(Ipv6Addr::from(prefix), 48).expect("48 <= 128"));
-    let mut claimed: Vec<(IpNet, usize)> = Vec::new();
-    for (peer, pos) in spec.peers.iter().zip(lines) {
+    let mut claimed = Claims::default();
+    for (i, peer) in spec.peers.iter().enumerate() {
         for net in &peer.routes {
             if let Some(subnet) = spec.subnet.filter(|s| overlaps(net, &IpNet::V4(*s))) {
-                p.error(
-                    pos.line,
-                    pos.routes_col,
+                sink.error(
+                    i,
+                    Field::Routes,
                     format!("routed subnet {net} overlaps the network's subnet {subnet}"),
                 );
             }
             if overlaps(net, &overlay_v6) {
-                p.error(
-                    pos.line,
-                    pos.routes_col,
+                sink.error(
+                    i,
+                    Field::Routes,
                     format!("routed subnet {net} overlaps the network's IPv6 overlay prefix {overlay_v6}"),
                 );
             }
-            if let Some((other, line)) = claimed.iter().find(|(c, _)| overlaps(net, c)) {
-                p.error(
-                    pos.line,
-                    pos.routes_col,
-                    format!("routed subnet {net} overlaps {other}, routed on line {line}; each address has one router"),
+            if let Some((other, by)) = claimed.first_overlap(net) {
+                let place = sink.place(by);
+                sink.error(
+                    i,
+                    Field::Routes,
+                    format!("routed subnet {net} overlaps {other}, routed {place}; each address has one router"),
                 );
             }
-            claimed.push((*net, pos.line));
+            claimed.claim(*net, i);
         }
+    }
+}
+
+/// Subnets claimed so far, in claim order, found by overlap without a
+/// scan of them all: two networks overlap when one holds the other, so
+/// the claims that overlap `net` are its supernets (one per shorter
+/// prefix, looked up) and the claims inside it (a range of starts).
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    /// Each network's first claim: (order, peer).
+    first: HashMap<IpNet, (usize, usize)>,
+    /// The (family, prefix length) pairs claimed, so a supernet is looked
+    /// up only at lengths someone claimed.
+    lens: std::collections::BTreeSet<(u8, u8)>,
+    /// The same, by (family, start, prefix length), for ranges.
+    by_start: std::collections::BTreeMap<(u8, u128, u8), (usize, usize, IpNet)>,
+    count: usize,
+}
+
+impl Claims {
+    fn key(net: &IpNet) -> (u8, u128) {
+        match net {
+            IpNet::V4(n) => (4, u128::from(u32::from(n.network()))),
+            IpNet::V6(n) => (6, u128::from(n.network())),
+        }
+    }
+
+    /// The first claim (in claim order) that overlaps `net`, and its peer.
+    pub(crate) fn first_overlap(&self, net: &IpNet) -> Option<(IpNet, usize)> {
+        let mut best: Option<(usize, usize, IpNet)> = None;
+        let mut take = |order: usize, peer: usize, n: IpNet| {
+            if best.is_none_or(|(o, _, _)| order < o) {
+                best = Some((order, peer, n));
+            }
+        };
+        // Claims that hold net: net cut to each claimed prefix up to its own.
+        let (family, start) = Self::key(net);
+        for &(_, len) in self.lens.range((family, 0)..=(family, net.prefix_len())) {
+            let Ok(sup) = (match net {
+                IpNet::V4(n) => Ipv4Net::new(n.network(), len).map(|s| IpNet::V4(s.trunc())),
+                IpNet::V6(n) => Ipv6Net::new(n.network(), len).map(|s| IpNet::V6(s.trunc())),
+            }) else {
+                continue;
+            };
+            if let Some(&(order, peer)) = self.first.get(&sup) {
+                take(order, peer, sup);
+            }
+        }
+        // Claims inside net: starts from net's first to its last address,
+        // longer prefixes.
+        let end = match net {
+            IpNet::V4(n) => u128::from(u32::from(n.broadcast())),
+            IpNet::V6(n) => u128::from(n.broadcast()),
+        };
+        for (&(_, _, len), &(order, peer, n)) in self
+            .by_start
+            .range((family, start, 0)..=(family, end, u8::MAX))
+        {
+            if len > net.prefix_len() {
+                take(order, peer, n);
+            }
+        }
+        best.map(|(_, peer, n)| (n, peer))
+    }
+
+    /// Notes that `peer` claims `net` (after every claim before it).
+    pub(crate) fn claim(&mut self, net: IpNet, peer: usize) {
+        let order = self.count;
+        self.count += 1;
+        self.first.entry(net).or_insert((order, peer));
+        let (family, start) = Self::key(&net);
+        self.lens.insert((family, net.prefix_len()));
+        self.by_start
+            .entry((family, start, net.prefix_len()))
+            .or_insert((order, peer, net));
     }
 }
 

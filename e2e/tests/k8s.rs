@@ -1692,9 +1692,12 @@ fn metrics_are_served(c: &Cluster, t0: Instant) -> Result<()> {
 /// agents' log stamps), the API server's CPU and memory, the agents' memory. A benchmark, so ignored by default:
 /// `WH_SCALE_N=100,300 cargo test -p wirehub-e2e --test k8s k8s_scale_bench
 /// -- --ignored --nocapture` (default N = 100; `WH_SCALE_STEADY_S`, the
-/// steady-state window, default 120). Agents start 20 per second. Each is a
-/// debug-built process of about 25 MiB: N = 1,000 does not fit one shared
-/// lab host.
+/// steady-state window, default 120). Agents start 20 per second. The
+/// agents run the `wh` of this build unless `WH_BIN` names another: a
+/// debug-built agent takes about 25 MiB, so N = 1,000 wants a release
+/// build (`cargo build --release -p wirehub --bin wh`, then
+/// `WH_BIN=target/release/wh`). The bench reads only what the agents' logs
+/// gained since its last read.
 #[test]
 #[ignore = "a benchmark: prints figures"]
 fn k8s_scale_bench() {
@@ -1715,7 +1718,7 @@ fn k8s_scale_bench() {
         }
     }
     eprintln!(
-        "\n| N | largest WireHubNode | WireHubNetwork | wirehub.io writes/node/min | lease writes/min | all agents know a new node (p50 / p95 / max) | kube-apiserver CPU | kube-apiserver RSS | agent RSS (mean / max) |"
+        "\n| N | largest WireHubNode | WireHubNetwork | wirehub.io writes/node/min | lease writes/min | all agents know a new node (p50 / p95 / max) | kube-apiserver CPU | kube-apiserver RSS | agent RSS median / max (PSS median) |"
     );
     eprintln!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -1725,7 +1728,7 @@ fn k8s_scale_bench() {
 
 /// The simulated agents, stopped (by PID) when dropped.
 struct SimAgents {
-    children: Vec<(String, std::process::Child, PathBuf)>,
+    children: Vec<(String, std::process::Child, LogTail)>,
 }
 
 impl Drop for SimAgents {
@@ -1737,6 +1740,87 @@ impl Drop for SimAgents {
             let _ = c.wait();
         }
     }
+}
+
+/// An agent's log, read as it grows: each read takes only the bytes
+/// appended since the last (a byte offset per file; a line not finished
+/// yet waits for the next read), and keeps the largest network the agent
+/// logged running. Reading every whole log every 100 ms slowed the agents
+/// it measured (186 MB a read at N = 300).
+struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    /// The start of a line whose end has not been written yet.
+    partial: Vec<u8>,
+    /// The most nodes a network this agent ran had ("members=N").
+    members: usize,
+}
+
+impl LogTail {
+    fn new(path: PathBuf) -> LogTail {
+        LogTail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            members: 0,
+        }
+    }
+
+    /// Reads what was appended since the last call.
+    fn catch_up(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut new = Vec::new();
+        let Ok(read) = f.read_to_end(&mut new) else {
+            return;
+        };
+        self.offset += read as u64;
+        self.partial.extend_from_slice(&new);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let lines: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in String::from_utf8_lossy(&lines).lines() {
+            if !line.contains("simulated node: network") {
+                continue;
+            }
+            let members = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("members="))
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            self.members = self.members.max(members);
+        }
+    }
+}
+
+#[test]
+fn a_log_tail_reads_only_what_was_appended_and_waits_for_whole_lines() -> Result<()> {
+    use std::io::Write;
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("log-tail-test.log");
+    let mut f = std::fs::File::create(&path)?;
+    let mut tail = LogTail::new(path.clone());
+    writeln!(f, "T INFO simulated node: network members=3 generation=1")?;
+    // Half a line: its number is not read until the line ends.
+    write!(f, "T INFO simulated node: network members=1")?;
+    f.flush()?;
+    tail.catch_up();
+    assert_eq!(tail.members, 3);
+    let read = tail.offset;
+    writeln!(f, "2 generation=1")?;
+    writeln!(f, "T INFO allocated members=99")?;
+    f.flush()?;
+    tail.catch_up();
+    assert_eq!(tail.members, 12, "the finished line, not the other message");
+    assert!(tail.offset > read);
+    assert!(tail.partial.is_empty());
+    let _ = std::fs::remove_file(&path);
+    Ok(())
 }
 
 impl SimAgents {
@@ -1760,17 +1844,23 @@ impl SimAgents {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        self.children.push((name.to_string(), child, log));
+        self.children
+            .push((name.to_string(), child, LogTail::new(log)));
         Ok(())
     }
 
-    /// How many agents logged that they run a network of `members` nodes.
-    fn knowing(&self, members: usize) -> usize {
-        let needle = format!("members={members} ");
-        self.children
-            .iter()
-            .filter(|(_, _, log)| std::fs::read_to_string(log).is_ok_and(|t| t.contains(&needle)))
-            .count()
+    /// How many agents logged that they run a network of at least
+    /// `members` nodes (nodes only join in the bench), reading what their
+    /// logs gained since the last call.
+    fn knowing(&mut self, members: usize) -> usize {
+        let mut knowing = 0;
+        for (_, _, log) in &mut self.children {
+            if log.members < members {
+                log.catch_up();
+            }
+            knowing += usize::from(log.members >= members);
+        }
+        knowing
     }
 
     /// Resident memory of each agent, KiB.
@@ -1780,7 +1870,38 @@ impl SimAgents {
             .filter_map(|(_, c, _)| proc_rss_kib(c.id()))
             .collect()
     }
+
+    /// Proportional memory of each agent, KiB.
+    fn pss_kib(&self) -> Vec<u64> {
+        self.children
+            .iter()
+            .filter_map(|(_, c, _)| proc_pss_kib(c.id()))
+            .collect()
+    }
 }
+
+/// Proportional memory of a process, KiB (shared pages such as the
+/// binary's, counted in every agent's RSS, split among their users).
+fn proc_pss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The host's available memory, KiB.
+fn mem_available_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The bench stops starting agents below this much available memory
+/// (the host is shared).
+const BENCH_MEMORY_FLOOR_KIB: u64 = 3 << 20;
 
 fn proc_rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -1926,18 +2047,32 @@ fn bench(n: usize) -> Result<String> {
     for chunk in names.chunks(100) {
         c.k_stdin(&["apply", "-f", "-"], &node_list(chunk))?;
     }
-    log(t0, &format!("N={n}: control plane up, {n} Nodes"));
+    log(
+        t0,
+        &format!(
+            "N={n}: control plane up, {n} Nodes; agents run {}",
+            wh_bin().display()
+        ),
+    );
     let mut agents = SimAgents {
         children: Vec::new(),
     };
     // Started at a steady pace, as nodes joining a cluster would (all at
     // once, every agent reacts to every join at the same moment).
-    for name in &names {
+    for (i, name) in names.iter().enumerate() {
+        if i % 20 == 0
+            && let Some(left) = mem_available_kib().filter(|&m| m < BENCH_MEMORY_FLOOR_KIB)
+        {
+            bail!(
+                "only {} MiB of memory left after {i} agents: stopped before the host runs out",
+                left / 1024
+            );
+        }
         agents.start(&c, name)?;
         std::thread::sleep(Duration::from_millis(50));
     }
     let converged = wait_for(
-        Duration::from_secs(600),
+        Duration::from_secs(600.max(n as u64)),
         &format!("all {n} agents to run a network of {n} nodes"),
         || Ok((agents.knowing(n) == n).then(|| t0.elapsed())),
     )?;
@@ -1960,9 +2095,13 @@ fn bench(n: usize) -> Result<String> {
     let ticks = 100.0; // USER_HZ
     let api_cpu = (cpu2.saturating_sub(cpu1)) as f64 / ticks / window as f64 * 100.0;
     let api_rss = proc_rss_kib(api).unwrap_or(0);
-    let rss = agents.rss_kib();
-    let rss_mean = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
-    let rss_max = rss.iter().copied().max().unwrap_or(0);
+    let mut rss = agents.rss_kib();
+    rss.sort_unstable();
+    let rss_median = rss.get(rss.len() / 2).copied().unwrap_or(0);
+    let rss_max = rss.last().copied().unwrap_or(0);
+    let mut pss = agents.pss_kib();
+    pss.sort_unstable();
+    let pss_median = pss.get(pss.len() / 2).copied().unwrap_or(0);
     // Object sizes as stored (JSON).
     let records = c.json(&["get", "wirehubnodes"])?;
     let largest = records["items"]
@@ -1991,10 +2130,12 @@ fn bench(n: usize) -> Result<String> {
     let mut seen = std::collections::HashSet::new();
     let needle = format!("members={} ", n + 1);
     while seen.len() < n + 1 && added.elapsed() < Duration::from_secs(120) {
-        for (name, _, log) in &agents.children {
-            if !seen.contains(name)
-                && std::fs::read_to_string(log).is_ok_and(|t| t.contains(&needle))
-            {
+        for (name, _, log) in &mut agents.children {
+            if seen.contains(name) {
+                continue;
+            }
+            log.catch_up();
+            if log.members > n {
                 seen.insert(name.clone());
                 known.push(added.elapsed().as_secs_f64());
             }
@@ -2006,7 +2147,7 @@ fn bench(n: usize) -> Result<String> {
     // creation): the harness, the new agent's start and key, the lease
     // holder's allocation, every agent's round.
     let since_added = |t: Option<f64>| t.map_or(f64::NAN, |t| t - added_wall);
-    let newcomer_log = agents.children.last().map(|(_, _, l)| l.clone());
+    let newcomer_log = agents.children.last().map(|(_, _, l)| l.path.clone());
     let newcomer_at = |needle: &str| {
         since_added(
             newcomer_log
@@ -2018,26 +2159,33 @@ fn bench(n: usize) -> Result<String> {
     let allocated = agents
         .children
         .iter()
-        .filter_map(|(_, _, l)| first_stamp(l, &["allocated", &allocated_node]))
+        .filter_map(|(_, _, l)| first_stamp(&l.path, &["allocated", &allocated_node]))
         .reduce(f64::min);
     // When each agent logged it (the table's figures are when the bench saw
     // it, reading every log every 100 ms).
     let mut stamped: Vec<f64> = agents
         .children
         .iter()
-        .filter_map(|(_, _, l)| first_stamp(l, &["simulated node: network", &needle]))
+        .filter_map(|(_, _, l)| first_stamp(&l.path, &["simulated node: network", &needle]))
         .map(|t| t - added_wall)
         .collect();
     stamped.sort_by(f64::total_cmp);
     let holders = agents
         .children
         .iter()
-        .filter(|(_, _, l)| first_stamp(l, &["network lease", "leader=true"]).is_some())
+        .filter(|(_, _, l)| first_stamp(&l.path, &["network lease", "leader=true"]).is_some())
         .count();
     log(
         t0,
         &format!(
-            "N={n}: new node: Node applied +{node_applied:.2}s, agent spawned +{agent_spawned:.2}s, agent's first log +{:.2}s, key published +{:.2}s, allocated +{:.2}s; by the logs' stamps, {} agents know it: first +{:.2}s, p50 +{:.2}s, p95 +{:.2}s, last +{:.2}s; {holders} agents held the Lease at some point",
+            "N={n}: load average {}, {} MiB of memory available; new node: Node applied +{node_applied:.2}s, agent spawned +{agent_spawned:.2}s, agent's first log +{:.2}s, key published +{:.2}s, allocated +{:.2}s; by the logs' stamps, {} agents know it: first +{:.2}s, p50 +{:.2}s, p95 +{:.2}s, last +{:.2}s; {holders} agents held the Lease at some point",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            mem_available_kib().unwrap_or(0) / 1024,
             newcomer_at("wirehub agent starting"),
             newcomer_at("published my WireHubNode"),
             since_added(allocated),
@@ -2051,7 +2199,7 @@ fn bench(n: usize) -> Result<String> {
     if let Some((_, _, log)) = agents.children.last() {
         let keep =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("k8s-bench-newcomer-{n}.log"));
-        let _ = std::fs::copy(log, keep);
+        let _ = std::fs::copy(&log.path, keep);
     }
     log(
         t0,
@@ -2065,7 +2213,7 @@ fn bench(n: usize) -> Result<String> {
     drop(agents);
     drop(c);
     Ok(format!(
-        "| {n} | {:.1} KiB | {:.1} KiB | {writes_per_node_min:.2} | {lease_per_min:.1} | {:.1} s / {:.1} s / {:.1} s ({} of {}) | {api_cpu:.0} % | {} MiB | {:.0} / {} MiB |",
+        "| {n} | {:.1} KiB | {:.1} KiB | {writes_per_node_min:.2} | {lease_per_min:.1} | {:.1} s / {:.1} s / {:.1} s ({} of {}) | {api_cpu:.0} % | {} MiB | {:.1} / {:.1} MiB ({:.1} MiB) |",
         largest as f64 / 1024.0,
         network as f64 / 1024.0,
         percentile(&known, 0.5),
@@ -2074,7 +2222,8 @@ fn bench(n: usize) -> Result<String> {
         known.len(),
         n + 1,
         api_rss / 1024,
-        rss_mean / 1024.0,
-        rss_max / 1024,
+        rss_median as f64 / 1024.0,
+        rss_max as f64 / 1024.0,
+        pss_median as f64 / 1024.0,
     ))
 }

@@ -421,3 +421,345 @@ fn routed_subnets_overlap_neither_the_overlay_nor_each_other() {
         errs[0].message
     );
 }
+
+/// The old way of checking a built spec: print it, parse it back.
+fn valid_by_printing(spec: &NetworkSpec) -> bool {
+    parse(&spec.to_string()).is_ok_and(|p| &p.spec == spec)
+}
+
+/// One mistake made in a spec (index picks the peer, modulo their number).
+#[derive(Debug, Clone)]
+enum Mistake {
+    BadHostname(String),
+    KeyAsHostname,
+    HostnameIsNetworkName,
+    DuplicateKey,
+    DuplicateHostname,
+    StaticIp(u32),
+    Route(String),
+    DropEndpoint,
+    Endpoint(String, u16),
+    NoSubnet,
+    Subnet(u32, u8),
+    Workbits(u8),
+    Namespace(String),
+    Name(String),
+}
+
+fn mistake_strategy() -> impl Strategy<Value = Mistake> {
+    prop_oneof![
+        "[a-z0-9 #.!-]{0,70}".prop_map(Mistake::BadHostname),
+        Just(Mistake::KeyAsHostname),
+        Just(Mistake::HostnameIsNetworkName),
+        Just(Mistake::DuplicateKey),
+        Just(Mistake::DuplicateHostname),
+        any::<u32>().prop_map(Mistake::StaticIp),
+        prop_oneof![
+            Just("0.0.0.0/0".to_string()),
+            Just("10.244.0.0/16".to_string()),
+            Just("10.244.1.0/24".to_string()),
+            Just("127.0.0.0/8".to_string()),
+            Just("fd00:1::/48".to_string()),
+            Just("192.168.0.0/24".to_string()),
+        ]
+        .prop_map(Mistake::Route),
+        Just(Mistake::DropEndpoint),
+        ("[a-z0-9 :#.\\[\\]]{0,12}", any::<u16>()).prop_map(|(h, p)| Mistake::Endpoint(h, p)),
+        Just(Mistake::NoSubnet),
+        (any::<u32>(), 0u8..=32).prop_map(|(a, l)| Mistake::Subnet(a, l)),
+        any::<u8>().prop_map(Mistake::Workbits),
+        "[a-z #]{0,6}".prop_map(Mistake::Namespace),
+        "[a-z0-9 #_-]{0,8}".prop_map(Mistake::Name),
+    ]
+}
+
+fn make_mistake(spec: &mut NetworkSpec, at: usize, m: Mistake) {
+    let n = spec.peers.len();
+    let i = if n == 0 { 0 } else { at % n };
+    let other = if n == 0 { 0 } else { (at / 7) % n };
+    let name = spec.name.clone();
+    let key_of_other = spec.peers.get(other).map(|p| p.key);
+    let host_of_other = spec.peers.get(other).and_then(|p| p.hostname.clone());
+    let subnet = spec.subnet;
+    match m {
+        Mistake::Subnet(a, l) => {
+            spec.subnet = Some(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap());
+            return;
+        }
+        Mistake::NoSubnet => {
+            spec.subnet = None;
+            return;
+        }
+        Mistake::Workbits(w) => {
+            spec.workbits = w;
+            return;
+        }
+        Mistake::Namespace(ns) => {
+            spec.namespace = ns;
+            return;
+        }
+        Mistake::Name(nm) => {
+            spec.name = nm;
+            return;
+        }
+        _ => {}
+    }
+    let Some(p) = spec.peers.get_mut(i) else {
+        return;
+    };
+    match m {
+        Mistake::BadHostname(h) => p.hostname = Some(h),
+        Mistake::KeyAsHostname => p.hostname = Some(format!("a{}", &KA[1..])),
+        Mistake::HostnameIsNetworkName => p.hostname = Some(name),
+        Mistake::DuplicateKey => p.key = key_of_other.unwrap_or(p.key),
+        Mistake::DuplicateHostname => p.hostname = host_of_other,
+        Mistake::StaticIp(a) => {
+            // Inside the subnet most of the time, its edges, or anywhere.
+            p.static_ip = Some(match (a % 4, subnet) {
+                (0, Some(s)) => s.network(),
+                (1, Some(s)) => s.broadcast(),
+                (2, Some(s)) => Ipv4Addr::from(u32::from(s.network()) + 2 + a % 3),
+                _ => Ipv4Addr::from(a),
+            })
+        }
+        Mistake::Route(r) => p.routes.push(r.parse().unwrap()),
+        Mistake::DropEndpoint => p.endpoint = None,
+        Mistake::Endpoint(host, port) => p.endpoint = Some(Endpoint { host, port }),
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// validate() checks the spec itself; it must pass exactly the specs
+    /// that printing and parsing back kept (its old way), whatever is
+    /// wrong with them.
+    #[test]
+    fn validate_passes_exactly_what_survives_printing_and_parsing(
+        mut spec in spec_strategy(),
+        mistakes in proptest::collection::vec((any::<usize>(), mistake_strategy()), 0..3),
+    ) {
+        for (at, m) in mistakes {
+            make_mistake(&mut spec, at, m);
+        }
+        let direct = spec.validate();
+        prop_assert_eq!(
+            direct.is_ok(),
+            valid_by_printing(&spec),
+            "{}\nvalidate: {:?}\nparse: {:?}",
+            spec,
+            direct,
+            parse(&spec.to_string()).err()
+        );
+    }
+}
+
+fn peer(role: Role, hostname: Option<&str>, key: &str) -> PeerSpec {
+    PeerSpec {
+        role,
+        hostname: hostname.map(str::to_string),
+        static_ip: None,
+        key: key.parse().unwrap(),
+        endpoint: None,
+        routes: Vec::new(),
+    }
+}
+
+#[test]
+fn each_mistake_of_a_built_spec_is_named_with_its_peer() {
+    let base = || {
+        let mut s = NetworkSpec::new("n");
+        s.subnet = Some("10.0.0.0/24".parse().unwrap());
+        s.peers = vec![
+            peer(Role::Trust, Some("a"), KA),
+            peer(Role::Router, Some("b"), KB),
+        ];
+        s
+    };
+    type Edit = fn(&mut NetworkSpec);
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            |s| s.peers[1].key = s.peers[0].key,
+            "peer 2 (router b): key zW-1lBeQ7I is already used by peer 1 (trust a); each key appears once",
+        ),
+        (
+            |s| s.peers[1].hostname = Some("a".into()),
+            "peer 2 (router a): hostname 'a' is already used by peer 1 (trust a)",
+        ),
+        (
+            |s| s.peers[0].hostname = Some("n".into()),
+            "peer 1 (trust n): hostname 'n' is the network's name",
+        ),
+        (
+            |s| s.peers[0].hostname = Some("9a".into()),
+            "peer 1 (trust 9a): hostname '9a' does not start with a letter",
+        ),
+        (
+            |s| s.peers[0].hostname = Some(format!("a{}", &KA[1..])),
+            "would be read as a public key",
+        ),
+        (
+            |s| {
+                s.peers[0].static_ip = Some("10.0.0.7".parse().unwrap());
+                s.peers[1].static_ip = Some("10.0.0.7".parse().unwrap());
+            },
+            "peer 2 (router b): static IP 10.0.0.7 is already given by peer 1 (trust a)",
+        ),
+        (
+            |s| s.peers[0].static_ip = Some("10.9.0.1".parse().unwrap()),
+            "peer 1 (trust a): static IP 10.9.0.1 is outside the subnet 10.0.0.0/24",
+        ),
+        (
+            |s| s.peers[0].static_ip = Some("10.0.0.255".parse().unwrap()),
+            "peer 1 (trust a): static IP 10.0.0.255 is the network or broadcast address",
+        ),
+        (|s| s.peers[1].role = Role::Peer, ""),
+        (
+            |s| {
+                s.peers[1].role = Role::Peer;
+                s.peers[1].static_ip = Some("10.0.0.9".parse().unwrap());
+            },
+            "peer 2 (peer b): only trusted nodes ('trust', 'router') have a private IP; 'peer' cannot take one",
+        ),
+        (
+            |s| s.subnet = None,
+            "peer 1 (trust a): 'trust' gives a node a private IP, so the network needs a 'subnet'",
+        ),
+        (
+            |s| s.peers[1].role = Role::Boot,
+            "peer 2 (boot b): a 'boot' peer needs an endpoint",
+        ),
+        (
+            |s| {
+                s.peers[1].endpoint = Some(Endpoint {
+                    host: "h".into(),
+                    port: 0,
+                })
+            },
+            "peer 2 (router b): port 0 is not a port",
+        ),
+        (
+            |s| {
+                s.peers[1].endpoint = Some(Endpoint {
+                    host: "a b".into(),
+                    port: 1,
+                })
+            },
+            "peer 2 (router b): endpoint host 'a b' has the character ' '",
+        ),
+        (
+            |s| s.peers[0].routes = vec!["10.244.1.0/24".parse().unwrap()],
+            "peer 1 (trust a): only 'router' peers route subnets; 'trust' cannot route 10.244.1.0/24",
+        ),
+        (
+            |s| s.peers[1].routes = vec!["10.244.1.1/24".parse().unwrap()],
+            "peer 2 (router b): routed subnet '10.244.1.1/24' has host bits set; did you mean 10.244.1.0/24?",
+        ),
+        (
+            |s| s.peers[1].routes = vec!["0.0.0.0/0".parse().unwrap()],
+            "peer 2 (router b): routed subnet 0.0.0.0/0 is too wide",
+        ),
+        (
+            |s| s.peers[1].routes = vec!["10.0.0.0/8".parse().unwrap()],
+            "peer 2 (router b): routed subnet 10.0.0.0/8 overlaps the network's subnet 10.0.0.0/24",
+        ),
+        (
+            |s| {
+                s.peers[0].role = Role::Router;
+                s.peers[0].routes = vec!["10.244.0.0/16".parse().unwrap()];
+                s.peers[1].routes = vec!["10.244.3.0/24".parse().unwrap()];
+            },
+            "peer 2 (router b): routed subnet 10.244.3.0/24 overlaps 10.244.0.0/16, routed by peer 1 (router a); each address has one router",
+        ),
+        (
+            |s| s.subnet = Some("10.0.0.0/30".parse().unwrap()),
+            "peer 2 (router b): no address left for this node",
+        ),
+        (
+            |s| s.subnet = Some("10.0.0.1/24".parse().unwrap()),
+            "subnet 10.0.0.1/24 is not a network address",
+        ),
+        (
+            |s| s.workbits = 65,
+            "workbit '65' is not a number from 0 to 64",
+        ),
+        (
+            |s| s.namespace = "two words".into(),
+            "namespace 'two words' must be one word",
+        ),
+        (
+            |s| s.name = "".into(),
+            "network name '' does not start with a letter",
+        ),
+    ];
+    assert!(base().validate().is_ok());
+    for (edit, needle) in cases {
+        let mut spec = base();
+        edit(&mut spec);
+        let result = spec.validate();
+        assert_eq!(
+            result.is_ok(),
+            valid_by_printing(&spec),
+            "{needle}: {result:?}"
+        );
+        if needle.is_empty() {
+            assert!(result.is_ok(), "{result:?}");
+            continue;
+        }
+        let errors = result.expect_err(needle);
+        assert!(
+            errors.iter().any(|e| e.contains(needle)),
+            "no error containing {needle:?}: {errors:#?}"
+        );
+    }
+}
+
+/// The overlap of routed subnets, checked by lookups, names the same
+/// earlier claim as a scan of every claim in order would.
+fn first_overlap_by_scan(claims: &[(IpNet, usize)], net: &IpNet) -> Option<(IpNet, usize)> {
+    claims.iter().find(|(c, _)| overlaps(net, c)).copied()
+}
+
+proptest! {
+    #[test]
+    fn route_claims_find_the_first_overlap_as_a_scan_would(
+        nets in proptest::collection::vec((0u32..64, 4u8..=12, any::<bool>()), 1..40),
+    ) {
+        let mut claims = Claims::default();
+        let mut scanned = Vec::new();
+        for (i, (start, len, v6)) in nets.into_iter().enumerate() {
+            let net = if v6 {
+                IpNet::V6(Ipv6Net::new(Ipv6Addr::from(u128::from(start) << 118), len).unwrap().trunc())
+            } else {
+                IpNet::V4(Ipv4Net::new(Ipv4Addr::from(start << 26), len).unwrap().trunc())
+            };
+            prop_assert_eq!(claims.first_overlap(&net), first_overlap_by_scan(&scanned, &net), "{}", net);
+            claims.claim(net, i);
+            scanned.push((net, i));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A spec that was valid without one peer is valid with it exactly
+    /// when the one-peer check says so.
+    #[test]
+    fn checking_one_added_peer_agrees_with_validating_the_whole_spec(
+        mut spec in spec_strategy(),
+        mistakes in proptest::collection::vec((any::<usize>(), mistake_strategy()), 0..2),
+        at in any::<usize>(),
+    ) {
+        for (at, m) in mistakes {
+            make_mistake(&mut spec, at, m);
+        }
+        prop_assume!(!spec.peers.is_empty());
+        let added = at % spec.peers.len();
+        let mut without = spec.clone();
+        without.peers.remove(added);
+        prop_assume!(without.validate().is_ok());
+        prop_assert_eq!(spec.valid_with_added(added), spec.validate().is_ok(), "{}", spec);
+    }
+}

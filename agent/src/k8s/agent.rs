@@ -28,7 +28,8 @@
 //! trusts passed the pins ([`Pins`]) and [`convert`]'s checks. A change
 //! that matters wakes a round after `SETTLE` (longer while rounds are
 //! slow: `settle`); a round builds the network again only when a node
-//! that takes part changed ([`NetworkMemo`]).
+//! that takes part changed, and a join only extends it by the one node
+//! ([`NetworkMemo`]).
 //!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
 
@@ -331,6 +332,9 @@ struct Agent {
     simulated: Option<NetworkSpec>,
     /// The last network built, reused while its nodes are the same.
     memo: NetworkMemo,
+    /// What this agent allocated as lease holder that its watch may not
+    /// show yet.
+    written: alloc::Written,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -348,7 +352,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let node_stream = reflector::reflector(
         nodes_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<Node>::all(client.clone()), list_watch()),
     )
     .default_backoff()
     .touched_objects();
@@ -372,7 +376,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     ));
 
     let (networks, networks_writer) = reflector::store::<WireHubNetwork>();
-    let mut net_config = watcher::Config::default();
+    let mut net_config = list_watch();
     if let Some(name) = &opts.network {
         net_config = net_config.fields(&format!("metadata.name={name}"));
     }
@@ -393,10 +397,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
 
     let record_stream = reflector::reflector(
         records_writer,
-        watcher(
-            Api::<WireHubNode>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        watcher(Api::<WireHubNode>::all(client.clone()), list_watch()),
     )
     .default_backoff()
     .touched_objects();
@@ -516,6 +517,18 @@ fn problems_to_log<'a>(
         .collect()
 }
 
+/// How every watch of the agent lists: from the API server's watch cache
+/// (resourceVersion 0), not a quorum read of etcd. Each agent lists every
+/// Node and `WireHubNode` when it starts and whenever its watch restarts;
+/// at 1,000 nodes the quorum reads of 1,000 agents starting timed out
+/// (504) on the lab's API server. The cache may be a little behind; the
+/// watch that follows brings what it missed. (The lease holder's
+/// allocations rely on its view of the records, from this watch: see the
+/// scale bench's notes in docs/kubernetes.md.)
+fn list_watch() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
 /// What of a Node wakes an agent when it changes: what the network is
 /// built from ([`ClusterNode::from_node`]; not the kubelets' heartbeats).
 /// A Node where no agent published a record yet (`agent`: whether it has
@@ -616,7 +629,7 @@ impl LeaseKeeper {
             writer,
             watcher(
                 api.clone(),
-                watcher::Config::default().fields(&format!("metadata.name={name}")),
+                list_watch().fields(&format!("metadata.name={name}")),
             ),
         )
         .default_backoff()
@@ -794,6 +807,7 @@ impl Agent {
             pins: Pins::default(),
             simulated: None,
             memo: NetworkMemo::default(),
+            written: alloc::Written::default(),
         }
     }
 
@@ -1138,7 +1152,10 @@ impl Agent {
         let Some(subnet) = header.subnet else {
             return Ok(Vec::new());
         };
-        let selected: Vec<&ClusterNode> = nodes
+        // Planned from the view with this agent's own recent allocations,
+        // which its watch may not show yet.
+        let view = self.written.fill(nodes);
+        let selected: Vec<&ClusterNode> = view
             .iter()
             .filter(|n| n.selected(&net.spec.node_selector))
             .collect();
@@ -1181,6 +1198,7 @@ impl Agent {
                 continue;
             }
             tracing::info!(node = %a.node, overlay_ip = ?a.overlay_ip, pod_cidr = ?a.pod_cidr, "allocated");
+            self.written.note(&a.node, a.overlay_ip, a.pod_cidr);
             if let Some(n) = nodes.iter_mut().find(|n| n.name == a.node) {
                 n.overlay_ip = n.overlay_ip.or(a.overlay_ip);
                 n.recorded_pod_cidr = n.recorded_pod_cidr.or(a.pod_cidr);
@@ -1960,6 +1978,11 @@ mod tests {
         assert_eq!(problems_to_log(&now, &last, true), vec![&now[1]]);
         assert_eq!(problems_to_log(&now, &last, false), vec![&now[0], &now[1]]);
         assert!(problems_to_log(&last, &now, true).is_empty());
+    }
+
+    #[test]
+    fn watches_list_from_the_api_servers_cache_not_from_etcd() {
+        assert_eq!(list_watch().list_semantic, watcher::ListSemantic::Any);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Overlay addresses and pod CIDRs for cluster nodes. One agent at a time
 //! (the holder of the network's Lease) allocates, and records the result on
 //! the Node, so a restart, or another agent, always finds the same values.
-//! No I/O here.
+//! [`Written`] keeps what the holder wrote until its watch shows it, so it
+//! never gives one address twice while its watch lags. No I/O here.
 
 use super::convert::{ClusterNode, Problem};
 use crate::config::FIRST_HOST;
 use ipnet::Ipv4Net;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// What a node needs recorded.
@@ -108,4 +109,51 @@ pub fn plan(
         }
     }
     (out, problems)
+}
+
+/// The allocations this lease holder wrote that its view of the records
+/// (a watch, which may lag) may not show yet. Planning from a view that
+/// lacks them gave one address to two nodes a few seconds apart (seen at
+/// N = 300 under load). Bounded: one entry per node still in the view.
+#[derive(Debug, Default)]
+pub struct Written {
+    by_node: HashMap<String, (Option<Ipv4Addr>, Option<Ipv4Net>)>,
+}
+
+impl Written {
+    /// Notes an allocation written for `node`.
+    pub fn note(&mut self, node: &str, ip: Option<Ipv4Addr>, cidr: Option<Ipv4Net>) {
+        self.by_node.insert(node.to_string(), (ip, cidr));
+    }
+
+    /// `nodes` with what was written and is not shown yet filled in (to
+    /// plan from); forgets what the view shows now and the nodes gone.
+    pub fn fill(&mut self, nodes: &[ClusterNode]) -> Vec<ClusterNode> {
+        let names: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        self.by_node.retain(|name, _| names.contains(name.as_str()));
+        let mut out = nodes.to_vec();
+        for n in &mut out {
+            let Some(&(ip, cidr)) = self.by_node.get(&n.name) else {
+                continue;
+            };
+            let shown = (ip.is_none() || n.overlay_ip.is_some())
+                && (cidr.is_none() || n.pod_cidr().is_some());
+            if shown {
+                self.by_node.remove(&n.name);
+            } else {
+                n.overlay_ip = n.overlay_ip.or(ip);
+                n.recorded_pod_cidr = n.recorded_pod_cidr.or(cidr);
+            }
+        }
+        out
+    }
+
+    /// How many allocations are not shown yet.
+    pub fn len(&self) -> usize {
+        self.by_node.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_node.is_empty()
+    }
 }

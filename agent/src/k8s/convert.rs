@@ -3,12 +3,13 @@
 //! participating node as a `router` of its pod CIDR, plus the resource's
 //! boot nodes and external peers. No I/O here; [`NetworkMemo`] keeps the
 //! last network built (one) so an agent does not build it again for
-//! changes that leave it as it was.
+//! changes that leave it as it was, and only extends it when one node
+//! joins (the result always equals a full build).
 
 use super::crd::{
     BootNode, ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode,
 };
-use crate::config::{DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
+use crate::config::{Claims, DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
 use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, PublicKey};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Node;
@@ -356,15 +357,19 @@ pub fn cluster_spec(
 /// [`cluster_spec`], remembering the last network built and what from (the
 /// resource and the nodes that can take part): when only nodes still
 /// waiting for a key or an allocation changed (a Node registered, an agent
-/// published its key), the network is not built and checked again. Every
-/// agent rebuilds at every change, so this spares a cluster O(N) work per
-/// agent for most changes. Bounded: it holds one network. Gives exactly
+/// published its key), the network is not built and checked again; when
+/// one node more takes part (a join) and nothing else changed, the network
+/// is extended by that node, checking only what it can break. Every agent
+/// rebuilds at every change, so this spares a cluster O(N) work per agent
+/// for most changes, and turns a join's full build and validation into
+/// one pass over the peers. Bounded: it holds one network. Gives exactly
 /// what [`cluster_spec`] gives.
 #[derive(Debug, Default)]
 pub struct NetworkMemo {
     inputs: Option<(String, WireHubNetworkSpec, Vec<ClusterNode>)>,
     built: Option<Result<ClusterSpec, Vec<Problem>>>,
     builds: u64,
+    extended: u64,
 }
 
 impl NetworkMemo {
@@ -393,8 +398,23 @@ impl NetworkMemo {
         let built = match (&self.inputs, &self.built) {
             (Some(seen), Some(built)) if *seen == inputs => built.clone(),
             _ => {
-                let built = build(name, spec, &inputs.2);
-                self.builds = self.builds.saturating_add(1);
+                let extended = match (&self.inputs, &self.built) {
+                    (Some(seen), Some(Ok(built))) if seen.0 == inputs.0 && seen.1 == inputs.1 => {
+                        one_more(&seen.2, &inputs.2)
+                            .and_then(|added| add_one(name, spec, built, &seen.2, added))
+                    }
+                    _ => None,
+                };
+                let built = match extended {
+                    Some(cs) => {
+                        self.extended = self.extended.saturating_add(1);
+                        Ok(cs)
+                    }
+                    None => {
+                        self.builds = self.builds.saturating_add(1);
+                        build(name, spec, &inputs.2)
+                    }
+                };
                 self.inputs = Some(inputs);
                 self.built = Some(built.clone());
                 built
@@ -408,10 +428,29 @@ impl NetworkMemo {
         })
     }
 
-    /// How many times a network was built (not reused).
+    /// How many times the whole network was built (not reused, not
+    /// extended by one node).
     pub fn builds(&self) -> u64 {
         self.builds
     }
+
+    /// How many times the network was extended by one node.
+    pub fn extended(&self) -> u64 {
+        self.extended
+    }
+}
+
+/// The node inserted, when `now` is `before` with one node inserted.
+fn one_more<'a>(before: &[ClusterNode], now: &'a [ClusterNode]) -> Option<&'a ClusterNode> {
+    if now.len() != before.len() + 1 {
+        return None;
+    }
+    let i = before
+        .iter()
+        .zip(now)
+        .position(|(a, b)| a != b)
+        .unwrap_or(before.len());
+    (before[i..] == now[i + 1..]).then(|| &now[i])
 }
 
 /// Why a node cannot take part yet: no key (its agent has not started),
@@ -457,7 +496,8 @@ fn build(
     let mut node_peers = Vec::new();
     let mut seen_keys: HashMap<PublicKey, String> = HashMap::new();
     let mut seen_ips: HashMap<Ipv4Addr, String> = HashMap::new();
-    let mut seen_cidrs: Vec<(Ipv4Net, String)> = Vec::new();
+    // Pod CIDRs of the nodes taken so far, by their index in `members`.
+    let mut seen_cidrs = Claims::default();
     let mut leave = |n: &ClusterNode, reason: &'static str, m: String| {
         left_out.push((n.name.clone(), Problem::new(reason, m)));
     };
@@ -520,9 +560,9 @@ fn build(
             );
             continue;
         }
-        if let Some((_, other)) = seen_cidrs
-            .iter()
-            .find(|(c, _)| c.contains(&cidr.network()) || cidr.contains(&c.network()))
+        if let Some(other) = seen_cidrs
+            .first_overlap(&IpNet::V4(cidr))
+            .and_then(|(_, i)| members.get(i))
         {
             leave(
                 n,
@@ -531,30 +571,19 @@ fn build(
             );
             continue;
         }
-        let hostname = file_name(&n.name);
-        let hostname = (!external_names.contains(hostname.as_str()) && hostname != net.name)
-            .then_some(hostname);
-        let endpoint = n.endpoint.clone().or_else(|| {
-            n.internal_ip
-                .as_ref()
-                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-                .map(|ip| Endpoint {
-                    host: ip.to_string(),
-                    port: listen_port,
-                })
-        });
         seen_keys.insert(key, n.name.clone());
         seen_ips.insert(ip, n.name.clone());
-        seen_cidrs.push((cidr, n.name.clone()));
+        seen_cidrs.claim(IpNet::V4(cidr), members.len());
         members.push(n.name.clone());
-        node_peers.push(PeerSpec {
-            role: Role::Router,
-            hostname,
-            static_ip: Some(ip),
+        node_peers.push(node_peer(
+            n,
             key,
-            endpoint,
-            routes: vec![IpNet::V4(cidr)],
-        });
+            ip,
+            cidr,
+            listen_port,
+            &external_names,
+            &net.name,
+        ));
     }
     net.peers = boots;
     net.peers.extend(node_peers);
@@ -570,6 +599,97 @@ fn build(
         members,
         left_out,
     })
+}
+
+/// The `router` line of a node that takes part: its pod CIDR routed, its
+/// overlay address pinned, named after it unless an external peer or the
+/// network has that name, reached at its endpoint, else its InternalIP.
+fn node_peer(
+    n: &ClusterNode,
+    key: PublicKey,
+    ip: Ipv4Addr,
+    cidr: Ipv4Net,
+    listen_port: u16,
+    external_names: &HashSet<&str>,
+    network: &str,
+) -> PeerSpec {
+    let hostname = file_name(&n.name);
+    let hostname =
+        (!external_names.contains(hostname.as_str()) && hostname != network).then_some(hostname);
+    let endpoint = n.endpoint.clone().or_else(|| {
+        n.internal_ip
+            .as_ref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| Endpoint {
+                host: ip.to_string(),
+                port: listen_port,
+            })
+    });
+    PeerSpec {
+        role: Role::Router,
+        hostname,
+        static_ip: Some(ip),
+        key,
+        endpoint,
+        routes: vec![IpNet::V4(cidr)],
+    }
+}
+
+/// The network of `built` (built from the resource and `before`) with one
+/// node more, `added`, checking only what that node can break; `None`
+/// when it might change anything else (it conflicts with a node, a peer or
+/// the resource, or the spec would not pass validation), and the whole
+/// network must be built.
+fn add_one(
+    name: &str,
+    spec: &WireHubNetworkSpec,
+    built: &ClusterSpec,
+    before: &[ClusterNode],
+    added: &ClusterNode,
+) -> Option<ClusterSpec> {
+    let (Some(key), Some(ip), Some(cidr)) = (added.key, added.overlay_ip, added.pod_cidr()) else {
+        return None;
+    };
+    let (net, boots, externals) = resource_peers(name, spec).ok()?;
+    let pod_subnet: Option<Ipv4Net> = spec.pod_subnet.as_deref().and_then(|p| p.parse().ok());
+    if pod_cidr_problem(cidr, pod_subnet, &net).is_some() {
+        return None;
+    }
+    let overlap = |c: Ipv4Net| c.contains(&cidr.network()) || cidr.contains(&c.network());
+    // Any node, taking part or left out: what it conflicts with depends on
+    // the order, and so might its reason to be left out.
+    let conflict = before.iter().any(|o| {
+        o.key == Some(key) || o.overlay_ip == Some(ip) || o.pod_cidr().is_some_and(overlap)
+    }) || boots.iter().chain(&externals).any(|p| p.key == key)
+        || externals.iter().any(|p| p.static_ip == Some(ip));
+    if conflict {
+        return None;
+    }
+    let external_names: HashSet<&str> = externals
+        .iter()
+        .filter_map(|p| p.hostname.as_deref())
+        .collect();
+    let listen_port = spec.listen_port.unwrap_or(DEFAULT_PORT);
+    let at = built
+        .members
+        .binary_search_by(|m| m.as_str().cmp(&added.name))
+        .err()?;
+    let mut out = built.clone();
+    let index = boots.len() + at;
+    out.spec.peers.insert(
+        index,
+        node_peer(
+            added,
+            key,
+            ip,
+            cidr,
+            listen_port,
+            &external_names,
+            &net.name,
+        ),
+    );
+    out.members.insert(at, added.name.clone());
+    out.spec.valid_with_added(index).then_some(out)
 }
 
 /// The nodes of a network as its `WireHubNode`s tell them (for printing

@@ -222,24 +222,120 @@ fn the_network_is_built_again_only_when_a_node_that_takes_part_changes() {
     let mut check = |nodes: &[ClusterNode]| {
         let got = memo.cluster_spec("lab", &spec(), nodes, true);
         assert_eq!(got, cluster_spec("lab", &spec(), nodes, true));
-        (memo.builds(), got.map(|cs| cs.left_out.len()).unwrap_or(99))
+        (
+            memo.builds(),
+            memo.extended(),
+            got.map(|cs| cs.left_out.len()).unwrap_or(99),
+        )
     };
-    assert_eq!(check(&nodes), (1, 0));
+    assert_eq!(check(&nodes), (1, 0, 0));
     // A Node registers, then its agent publishes a key: the same network,
     // one more node waiting, not built again.
     nodes.push(ClusterNode {
         name: "n0".into(),
         ..ClusterNode::default()
     });
-    assert_eq!(check(&nodes), (1, 1));
+    assert_eq!(check(&nodes), (1, 0, 1));
     nodes[2].key = Some(key(3));
-    assert_eq!(check(&nodes), (1, 1));
-    // Its allocation makes it take part: built again.
+    assert_eq!(check(&nodes), (1, 0, 1));
+    // Its allocation makes it take part: the network is extended by it.
     nodes[2] = node("n0", 3, "10.0.0.252", "10.244.2.0/24");
-    assert_eq!(check(&nodes), (2, 0));
+    assert_eq!(check(&nodes), (1, 1, 0));
     // A member's endpoint moves: built again.
     nodes[0].internal_ip = Some("203.0.113.99".into());
-    assert_eq!(check(&nodes), (3, 0));
+    assert_eq!(check(&nodes), (2, 1, 0));
+}
+
+#[test]
+fn a_join_extends_the_network_and_gives_what_a_full_build_gives() {
+    let all = many_nodes(60);
+    let mut memo = NetworkMemo::default();
+    // Joining in an order that is not the names' order.
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|i| (i * 37) % all.len());
+    let mut nodes = Vec::new();
+    for i in order {
+        nodes.push(all[i].clone());
+        let got = memo.cluster_spec("bench", &big_spec(), &nodes, true);
+        assert_eq!(got, cluster_spec("bench", &big_spec(), &nodes, true));
+    }
+    assert_eq!((memo.builds(), memo.extended()), (1, 59));
+}
+
+/// One step of a generated cluster's life.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A node joins with these (name, key seed, address, pod CIDR) indexes
+    /// into small pools, so that they collide now and then.
+    Join(usize, u8, usize, usize),
+    /// A node's Node registers before its agent (waiting, no key).
+    Register(usize),
+    /// A member's endpoint moves.
+    Move(usize),
+}
+
+const NAMES: [&str; 12] = [
+    "a", "b", "c", "d", "e.f", "e-f", "lab", "edge", "9z", "g", "h", "i",
+];
+const CIDRS: [&str; 10] = [
+    "10.244.1.0/24",
+    "10.244.2.0/24",
+    "10.244.3.0/24",
+    "10.244.4.0/24",
+    "10.244.5.0/24",
+    "10.244.0.0/22",
+    "10.245.0.0/24",
+    "10.0.0.0/28",
+    "127.0.0.0/24",
+    "10.244.6.0/24",
+];
+
+fn step_strategy() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0..NAMES.len(), 1u8..14, 0usize..14, 0..CIDRS.len())
+            .prop_map(|(n, k, ip, c)| Step::Join(n, k, ip, c)),
+        1 => (0..NAMES.len()).prop_map(Step::Register),
+        1 => (0..NAMES.len()).prop_map(Step::Move),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever the joins (conflicting keys, addresses and pod CIDRs,
+    /// refused CIDRs, names that read alike, a node named after the
+    /// network or an external peer), the memo's network, extended join by
+    /// join, is the one a full build of the same nodes gives.
+    #[test]
+    fn generated_joins_extend_the_network_as_a_full_build_would(
+        steps in proptest::collection::vec(step_strategy(), 1..30),
+    ) {
+        let mut memo = NetworkMemo::default();
+        let mut nodes: Vec<ClusterNode> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Join(n, k, ip, c) => {
+                    // 10.0.0.9 is the external peer's address below.
+                    let joined = node(NAMES[n], k, &format!("10.0.0.{}", 240 + ip - 5), CIDRS[c]);
+                    nodes.retain(|x| x.name != joined.name);
+                    nodes.push(joined);
+                }
+                Step::Register(n) => {
+                    if nodes.iter().all(|x| x.name != NAMES[n]) {
+                        nodes.push(ClusterNode { name: NAMES[n].into(), ..ClusterNode::default() });
+                    }
+                }
+                Step::Move(n) => {
+                    if let Some(x) = nodes.iter_mut().find(|x| x.name == NAMES[n]) {
+                        x.internal_ip = Some("203.0.113.200".into());
+                    }
+                }
+            }
+            let mut spec = spec();
+            spec.peers[0].static_ip = Some("10.0.0.240".into());
+            let got = memo.cluster_spec("lab", &spec, &nodes, true);
+            proptest::prop_assert_eq!(got, cluster_spec("lab", &spec, &nodes, true));
+        }
+    }
 }
 
 #[test]
@@ -553,4 +649,131 @@ fn a_pod_cidr_outside_the_pod_subnet_or_too_wide_leaves_its_node_out() {
             .contains("spec.podSubnet 0.0.0.0/0 is too wide"),
         "{e:?}"
     );
+}
+
+/// `n` nodes that all take part, as a bench's cluster of up to 1,000: key
+/// from the index, addresses from the top of 10.0.0.0/16, pod CIDRs
+/// 10.244.i.0/24 upwards.
+fn many_nodes(n: usize) -> Vec<ClusterNode> {
+    (0..n)
+        .map(|i| {
+            let mut k = [7u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let base = u32::from(Ipv4Addr::new(10, 244, 0, 0)) + ((i as u32) << 8);
+            ClusterNode {
+                name: format!("sim-{i:04}"),
+                key: Some(crate::keys::PublicKey(k)),
+                overlay_ip: Some(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 0, 255, 254)) - i as u32,
+                )),
+                recorded_pod_cidr: Some(ipnet::Ipv4Net::new(Ipv4Addr::from(base), 24).unwrap()),
+                internal_ip: Some(format!("10.250.{}.{}", i / 250, i % 250 + 1)),
+                ..ClusterNode::default()
+            }
+        })
+        .collect()
+}
+
+fn big_spec() -> WireHubNetworkSpec {
+    WireHubNetworkSpec {
+        subnet: "10.0.0.0/16".into(),
+        pod_subnet: Some("10.244.0.0/14".into()),
+        ..lab_spec()
+    }
+}
+
+/// The median of `runs` timings of `f`, in milliseconds.
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// What one agent spends on a join, at N = 100, 300 and 1,000 nodes:
+/// building the whole network again (what a join costs every agent), and
+/// of that, checking the spec, directly and the old way (printing it as a
+/// file and parsing it back). Figures, not assertions:
+/// `cargo test -p wirehub --lib k8s::tests::rebuild_cost -- --ignored --nocapture`
+/// (add `--release` for a release build's figures).
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn rebuild_cost() {
+    eprintln!(
+        "| N | build the network (N+1 nodes) | of which: validate() | print + parse (the old check) | a join: extend N nodes by one |"
+    );
+    eprintln!("|---|---|---|---|---|");
+    for n in [100, 300, 1000] {
+        let nodes = many_nodes(n + 1);
+        let spec = big_spec();
+        let built = cluster_spec("bench", &spec, &nodes, true).unwrap();
+        assert_eq!(built.members.len(), n + 1, "{:?}", built.left_out.first());
+        let runs = if n >= 1000 { 5 } else { 11 };
+        let build = median_ms(runs, || {
+            let mut memo = NetworkMemo::default();
+            assert!(memo.cluster_spec("bench", &spec, &nodes, true).is_ok());
+        });
+        let validate = median_ms(runs, || assert!(built.spec.validate().is_ok()));
+        let printed = median_ms(runs, || {
+            assert!(config::parse(&built.spec.to_string()).is_ok_and(|p| p.spec == built.spec))
+        });
+        // The memo holds N nodes; the (N+1)th joins.
+        let mut joins: Vec<f64> = (0..runs)
+            .map(|_| {
+                let mut memo = NetworkMemo::default();
+                assert!(memo.cluster_spec("bench", &spec, &nodes[..n], true).is_ok());
+                let start = std::time::Instant::now();
+                let got = memo.cluster_spec("bench", &spec, &nodes, true);
+                let took = start.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(got.as_ref().ok(), Some(&built));
+                assert_eq!(memo.extended(), 1);
+                took
+            })
+            .collect();
+        joins.sort_by(f64::total_cmp);
+        let join = joins[joins.len() / 2];
+        eprintln!("| {n} | {build:.2} ms | {validate:.2} ms | {printed:.2} ms | {join:.2} ms |");
+    }
+}
+
+#[test]
+fn a_holder_whose_watch_lags_never_gives_one_address_twice() {
+    let subnet: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let pods: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    let waiting = |name: &str, seed: u8| ClusterNode {
+        name: name.into(),
+        key: Some(key(seed)),
+        ..ClusterNode::default()
+    };
+    let mut written = super::alloc::Written::default();
+    let allocate = |written: &mut super::alloc::Written, view: &[ClusterNode]| {
+        let filled = written.fill(view);
+        let selected: Vec<&ClusterNode> = filled.iter().collect();
+        let (planned, _) = plan(subnet, Some(pods), 24, &selected, &HashSet::new());
+        for a in &planned {
+            written.note(&a.node, a.overlay_ip, a.pod_cidr);
+        }
+        planned
+    };
+    // b is allocated; the watch does not show it yet when c arrives.
+    let first = allocate(&mut written, &[waiting("b", 2)]);
+    assert_eq!(first.len(), 1);
+    let second = allocate(&mut written, &[waiting("b", 2), waiting("c", 3)]);
+    assert_eq!(second.len(), 1, "b is not allocated again: {second:?}");
+    assert_eq!(second[0].node, "c");
+    assert_ne!(second[0].overlay_ip, first[0].overlay_ip);
+    assert_ne!(second[0].pod_cidr, first[0].pod_cidr);
+    assert_eq!(written.len(), 2);
+    // Once the watch shows b's allocation, it is forgotten; a node gone
+    // (c) is forgotten too.
+    let mut b = waiting("b", 2);
+    b.overlay_ip = first[0].overlay_ip;
+    b.recorded_pod_cidr = first[0].pod_cidr;
+    assert!(written.fill(&[b]).iter().all(|n| n.name == "b"));
+    assert!(written.is_empty());
 }
