@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The live demo: builds WireHub, brings a four-node overlay up in network
-# namespaces on this machine, shows it, pings across, and cleans up.
+# The live demo: builds WireHub, brings an overlay up in network namespaces
+# on this machine (a bootstrap, three public nodes, one node behind an easy
+# NAT, one behind a hard NAT), shows the direct and relayed paths with
+# `wh show`, pings across, and cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

@@ -25,8 +25,13 @@
 //! wireguard-go.
 //!
 //! ```text
-//! cargo run --release --bin wg-bench -- [--time S] [--rounds N] [--only LIST] [--wggo-current PATH] [--udp-gro]
+//! cargo run --release --bin wg-bench -- [--time S] [--rounds N] [--only LIST] [--wggo-current PATH] [--no-udp-gro]
 //! ```
+//!
+//! The embedded data plane's nodes read their socket as the daemon does
+//! (`node::daemon`): with `UDP_GRO`, a run of datagrams per system call.
+//! `--no-udp-gro` reads one datagram per call instead (the plain loop of
+//! docs/dataplane.md; the default of this bench until 2026-12-06).
 //!
 //! A lab tool, not part of the product: it spawns `ip`, `wg`, `wireguard-go`,
 //! `iperf3` and `ping`. Everything it creates carries a per-run prefix and is
@@ -61,7 +66,8 @@ struct Options {
     rounds: u32,
     only: Vec<String>,
     wggo_current: Option<PathBuf>,
-    /// The daemon loop reads with UDP_GRO (dataplane::udp::try_recv_gro).
+    /// The daemon loop reads with UDP_GRO (dataplane::udp::try_recv_gro),
+    /// as the daemon does; off with `--no-udp-gro`.
     udp_gro: bool,
 }
 
@@ -73,7 +79,7 @@ fn parse_args() -> Result<Options> {
             .map(String::from)
             .to_vec(),
         wggo_current: None,
-        udp_gro: false,
+        udp_gro: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -91,10 +97,12 @@ fn parse_args() -> Result<Options> {
             "--wggo-current" => {
                 o.wggo_current = Some(args.next().context("--wggo-current PATH")?.into())
             }
+            // Kept for old command lines: it is the default now.
             "--udp-gro" => o.udp_gro = true,
+            "--no-udp-gro" => o.udp_gro = false,
             "--help" | "-h" => {
                 println!(
-                    "wg-bench [--time SECONDS (5)] [--rounds N (3)] [--only veth,wggo-old,wggo-current,embedded,plain] [--wggo-current PATH] [--udp-gro]"
+                    "wg-bench [--time SECONDS (5)] [--rounds N (3)] [--only veth,wggo-old,wggo-current,embedded,plain] [--wggo-current PATH] [--no-udp-gro]"
                 );
                 std::process::exit(0);
             }
@@ -696,10 +704,15 @@ fn main() -> Result<()> {
     let ns = [ns_a.as_str(), ns_b.as_str()];
     let names: Vec<&str> = o.only.iter().map(String::as_str).collect();
     println!(
-        "wg-bench: {} round(s) of {} s per figure, namespaces {ns_a} -> {ns_b}; contenders {}",
+        "wg-bench: {} round(s) of {} s per figure, namespaces {ns_a} -> {ns_b}; contenders {}; embedded socket read {}",
         o.rounds,
         o.seconds,
-        names.join(", ")
+        names.join(", "),
+        if o.udp_gro {
+            "with UDP_GRO (as the daemon)"
+        } else {
+            "one datagram per call (--no-udp-gro)"
+        }
     );
     for (name, bin) in &bins {
         println!("  {name}: {}", bin.display());

@@ -3,7 +3,8 @@
 //!
 //! Hot paths:
 //! - outbound: one task per TUN queue reads packets (TSO packets of up to
-//!   64 KiB when offloads are on, cut into segments here), finds the peer by
+//!   64 KiB when offloads are on, cut into segments here, in the read
+//!   buffer itself: no copy per segment), finds the peer by
 //!   longest-prefix match on a snapshot of the peer table (refreshed only when
 //!   its generation changes: no lock), encrypts under the peer's own lock
 //!   into a task-owned buffer, and sends the segments of one packet in one
@@ -647,9 +648,9 @@ struct Tx {
     shared: Arc<Shared>,
     queue: Arc<AsyncFd<TunQueue>>,
     /// What the TUN device gave us (virtio header first when offloading).
+    /// A TSO packet is cut into segments inside it, one after the other
+    /// (see [`TcpSegmenter::segment_in_place`]): no copy per segment.
     src: Vec<u8>,
-    /// One TCP segment cut from a TSO packet.
-    seg: Vec<u8>,
     /// Encrypted datagrams laid end to end, and their lengths.
     out: Vec<u8>,
     lens: Vec<usize>,
@@ -679,7 +680,6 @@ impl Tx {
             shared,
             queue,
             src: vec![0u8; VNET_HDR_LEN + MAX_PACKET],
-            seg: vec![0u8; MAX_PACKET],
             out: vec![0u8; 2 * BUF_LEN],
             lens: Vec::with_capacity(64),
             extra: Vec::new(),
@@ -695,7 +695,9 @@ impl Tx {
     /// would: ICMP "fragmentation needed" / "packet too big" written into
     /// the TUN device, for TCP only (see [`offload::too_big`]). The packet
     /// itself still goes, fragmented; the sender's TCP then sends segments
-    /// that fit, and segmentation offload works again.
+    /// that fit, and segmentation offload works again. The answer quotes
+    /// the start of the read buffer: the packet, or its first segment once
+    /// it has been cut in place (same addresses, ports and sequence).
     fn tell_too_big(&mut self, start: usize, n: usize, largest: usize, addr: SocketAddr) {
         let Some(path) = self.shared.gso.path_mtu(addr) else {
             return;
@@ -827,6 +829,12 @@ impl Tx {
         let Some(dst_ip) = Tunn::dst_address(pkt) else {
             return;
         };
+        // The original headers, kept aside: cutting in place overwrites them.
+        let mut headers = [0u8; offload::MAX_TCP_HEADERS];
+        if let Some(s) = segmenter {
+            let h = s.header_len();
+            headers[..h].copy_from_slice(&pkt[..h]);
+        }
         let Some(peer) = self.table.allowed.lookup(dst_ip).cloned() else {
             tracing::trace!(%dst_ip, "no peer for destination");
             return;
@@ -844,11 +852,12 @@ impl Tx {
                     &mut self.extra,
                 ),
                 Some(s) => {
+                    let pkt = &mut self.src[start..n];
                     for i in 0..s.count() {
-                        let len = s.segment(pkt, i, &mut self.seg);
+                        let seg = s.segment_in_place(pkt, &headers, i);
                         Self::encapsulate(
                             &mut st,
-                            &self.seg[..len],
+                            &pkt[seg],
                             &mut self.out,
                             &mut pos,
                             &mut self.lens,

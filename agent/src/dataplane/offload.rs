@@ -4,8 +4,9 @@
 //!
 //! With TSO the kernel's TCP stack sends one packet of up to 64 KiB instead
 //! of ~45 MTU-sized ones; we cut it into MTU-sized segments here, which is
-//! much cheaper than the kernel doing the same work per packet. Pure
-//! functions on caller-owned buffers, no I/O.
+//! much cheaper than the kernel doing the same work per packet, either
+//! into a copy or inside the packet's own buffer (no copy of the payload).
+//! Pure functions on caller-owned buffers, no I/O.
 //!
 //! Also the ICMP "fragmentation needed" / ICMPv6 "packet too big" the data
 //! plane writes back into the TUN device for a TCP packet larger than the
@@ -191,6 +192,10 @@ pub fn too_big(pkt: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
     }
 }
 
+/// Largest IP and TCP headers a [`TcpSegmenter`] accepts: IPv4 with
+/// options (60) and TCP with options (60).
+pub const MAX_TCP_HEADERS: usize = 120;
+
 /// A large TCP packet to cut into `gso_size` segments.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSegmenter {
@@ -245,45 +250,88 @@ impl TcpSegmenter {
         self.hlen + self.gso_size.min(self.payload_len)
     }
 
+    /// Bytes of IP and TCP headers in front of every segment: at most
+    /// [`MAX_TCP_HEADERS`].
+    pub fn header_len(&self) -> usize {
+        self.hlen
+    }
+
     /// Writes segment `i` of `pkt` into `out` with its headers and
     /// checksums fixed; returns its length. `out` must hold
     /// [`max_segment_len`](Self::max_segment_len) bytes.
     pub fn segment(&self, pkt: &[u8], i: usize, out: &mut [u8]) -> usize {
-        let (hlen, ip_hlen) = (self.hlen, self.ip_hlen);
-        let off = i * self.gso_size;
-        let len = self.gso_size.min(self.payload_len.saturating_sub(off));
+        let hlen = self.hlen;
+        let (off, len) = self.payload_range(i);
         let total = hlen + len;
         out[..hlen].copy_from_slice(&pkt[..hlen]);
         out[hlen..total].copy_from_slice(&pkt[hlen + off..hlen + off + len]);
+        self.fix_headers(&pkt[..hlen], i, &mut out[..total]);
+        total
+    }
+
+    /// Makes segment `i` inside `pkt` itself, without copying its payload:
+    /// the headers go into the `header_len()` bytes just in front of the
+    /// segment's payload, which held the end of segment `i - 1` (segment 0's
+    /// are where they were). Returns where segment `i` now lies in `pkt`.
+    ///
+    /// `headers` are the packet's original headers (its first
+    /// [`header_len`](Self::header_len) bytes, saved before segment 0).
+    /// Call for `i = 0, 1, ...` in order, each once the previous segment is
+    /// no longer needed: it is overwritten. Same bytes as [`segment`](Self::segment).
+    pub fn segment_in_place(
+        &self,
+        pkt: &mut [u8],
+        headers: &[u8],
+        i: usize,
+    ) -> std::ops::Range<usize> {
+        let hlen = self.hlen;
+        let (off, len) = self.payload_range(i);
+        let seg = &mut pkt[off..off + hlen + len];
+        seg[..hlen].copy_from_slice(&headers[..hlen]);
+        self.fix_headers(&headers[..hlen], i, seg);
+        off..off + hlen + len
+    }
+
+    /// Where segment `i`'s payload starts (after the headers) and its length.
+    fn payload_range(&self, i: usize) -> (usize, usize) {
+        let off = i * self.gso_size;
+        (off, self.gso_size.min(self.payload_len.saturating_sub(off)))
+    }
+
+    /// Sets the lengths, IPv4 ID, sequence number, flags and checksums of
+    /// segment `i` (`seg`: the original headers, then its payload).
+    fn fix_headers(&self, orig: &[u8], i: usize, seg: &mut [u8]) {
+        let ip_hlen = self.ip_hlen;
+        let total = seg.len();
+        let off = i * self.gso_size;
         let last = i + 1 >= self.count();
         if self.v6 {
             let plen = (total - 40) as u16;
-            out[4..6].copy_from_slice(&plen.to_be_bytes());
+            seg[4..6].copy_from_slice(&plen.to_be_bytes());
         } else {
-            out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            let id = u16::from_be_bytes([pkt[4], pkt[5]]).wrapping_add(i as u16);
-            out[4..6].copy_from_slice(&id.to_be_bytes());
-            out[10..12].copy_from_slice(&[0, 0]);
-            let c = checksum(&out[..ip_hlen], 0);
-            out[10..12].copy_from_slice(&c.to_be_bytes());
+            seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            let id = u16::from_be_bytes([orig[4], orig[5]]).wrapping_add(i as u16);
+            seg[4..6].copy_from_slice(&id.to_be_bytes());
+            seg[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&seg[..ip_hlen], 0);
+            seg[10..12].copy_from_slice(&c.to_be_bytes());
         }
         let tcp = ip_hlen;
-        let seq = u32::from_be_bytes([pkt[tcp + 4], pkt[tcp + 5], pkt[tcp + 6], pkt[tcp + 7]])
+        let seq = u32::from_be_bytes([orig[tcp + 4], orig[tcp + 5], orig[tcp + 6], orig[tcp + 7]])
             .wrapping_add(off as u32);
-        out[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
-        let mut flags = pkt[tcp + 13];
+        seg[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut flags = orig[tcp + 13];
         if !last {
             flags &= !(0x01 | 0x08); // FIN, PSH only on the last segment
         }
         if i > 0 {
             flags &= !0x80; // CWR only on the first
         }
-        out[tcp + 13] = flags;
-        out[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
-        let ph = pseudo_header_sum(out, self.v6, total - tcp);
-        let c = checksum(&out[tcp..total], ph);
-        out[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
-        total
+        seg[tcp + 13] = flags;
+        seg[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
+        let ph = pseudo_header_sum(seg, self.v6, total - tcp);
+        let c = checksum(&seg[tcp..total], ph);
+        seg[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
     }
 }
 
@@ -659,6 +707,25 @@ mod tests {
                 payload.extend_from_slice(&seg[t + 32..]);
             }
             assert_eq!(payload, pkt[pkt.len() - 5000..]);
+        }
+    }
+
+    #[test]
+    fn segmenting_in_place_gives_the_same_segments_as_segmenting_into_a_copy() {
+        for v6 in [false, true] {
+            // 1368: a usual MSS; 7: segments smaller than their headers.
+            for (payload, gso) in [(5000, 1368), (5000, 5000), (300, 7)] {
+                let pkt = tcp_packet(v6, payload, 0x18 | 0x01 | 0x80);
+                let s = TcpSegmenter::new(&pkt, gso).unwrap();
+                let headers = pkt[..s.header_len()].to_vec();
+                let mut in_place = pkt.clone();
+                let mut copy = vec![0u8; s.max_segment_len()];
+                for i in 0..s.count() {
+                    let n = s.segment(&pkt, i, &mut copy);
+                    let r = s.segment_in_place(&mut in_place, &headers, i);
+                    assert_eq!(&in_place[r], &copy[..n], "v6 {v6}, gso {gso}, segment {i}");
+                }
+            }
         }
     }
 
