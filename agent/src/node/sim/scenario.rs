@@ -927,6 +927,18 @@ mod tests {
         assert!(o.passed(), "{o}");
     }
 
+    /// Found by the simulator (10,000 networks, seed 1): a lone bootstrap
+    /// dies twice; after the second death both NATed nodes' tables are
+    /// empty, and their self-lookups (which ask the boot nodes) had backed
+    /// off to 8 s and more while the tables were merely sparse: data came
+    /// back 7-10 s after the bootstrap. An emptied table now looks itself
+    /// up 2 s later and at most every 4 s.
+    #[test]
+    fn nodes_whose_lone_bootstrap_dies_twice_find_it_again_soon_after_it_returns() {
+        let o = run_caught(&generate(11706980732511098069), Bounds::default(), false);
+        assert!(o.passed(), "{o}");
+    }
+
     /// Found by the simulator: a node behind a hard NAT that only ever
     /// talked to the bootstrap is cut off for good when the bootstrap dies,
     /// although two public nodes remain (the fault 1.6 s after they start).
