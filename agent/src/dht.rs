@@ -240,6 +240,10 @@ const REBOOTSTRAP_MAX_MS: u64 = 60_000;
 /// A sparse table that gains a node looks itself up within this long (a
 /// node that lost its whole table rebuilds it as soon as anyone answers).
 const REBOOTSTRAP_ON_CONTACT_MS: u64 = 500;
+/// Longest delay between the self-lookups of an empty table (they ask the
+/// boot nodes): a node whose last entry failed (its lone bootstrap died)
+/// finds the bootstrap within this long of its return.
+const REBOOTSTRAP_EMPTY_MAX_MS: u64 = 4_000;
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -655,9 +659,12 @@ impl Dht {
                     let delay = self
                         .rebootstrap
                         .map_or(REBOOTSTRAP_FIRST_MS, |(_, d)| d.saturating_mul(2));
-                    let delay = delay
-                        .min(ms(self.config.refresh_interval))
-                        .clamp(1, REBOOTSTRAP_MAX_MS);
+                    let max = if nodes == 0 {
+                        REBOOTSTRAP_EMPTY_MAX_MS
+                    } else {
+                        REBOOTSTRAP_MAX_MS
+                    };
+                    let delay = delay.min(ms(self.config.refresh_interval)).clamp(1, max);
                     Some((t + delay, delay))
                 } else {
                     None
@@ -684,6 +691,20 @@ impl Dht {
         let soon = t + REBOOTSTRAP_ON_CONTACT_MS;
         self.rebootstrap = match self.rebootstrap {
             Some((at, _)) if at <= soon => self.rebootstrap,
+            _ => Some((soon, REBOOTSTRAP_FIRST_MS)),
+        };
+    }
+
+    /// The last entry failed: look ourselves up (through the boot nodes)
+    /// soon and often again, not after a back-off grown while the table
+    /// was merely sparse.
+    fn table_emptied(&mut self, t: u64) {
+        if self.last_bootstrap.is_none() {
+            return;
+        }
+        let soon = t + REBOOTSTRAP_FIRST_MS;
+        self.rebootstrap = match self.rebootstrap {
+            Some((at, d)) if at <= soon => Some((at, d.min(REBOOTSTRAP_FIRST_MS))),
             _ => Some((soon, REBOOTSTRAP_FIRST_MS)),
         };
     }
@@ -980,6 +1001,9 @@ impl Dht {
         let (removed, promoted) = self.table.failed(&p.key);
         if removed {
             self.push_event(DhtEvent::NodeRemoved { key: p.key });
+            if self.is_empty() {
+                self.table_emptied(t);
+            }
         }
         if let Some(k) = promoted
             && let Some(e) = self.table.get(&k)
