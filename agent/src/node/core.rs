@@ -76,6 +76,8 @@ const REPROGRAM_AFTER: Duration = Duration::from_secs(1);
 const MOVE_ANNOUNCERS: usize = 2;
 /// Own record changes are republished at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+/// Lookup slots of the DHT that lookups of trusted peers leave free.
+const LOOKUP_SLOTS_KEPT_FOR_THE_DHT: usize = 2;
 /// A `wh ping` unanswered this long fails.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control requests waiting for the network (lookups, pings).
@@ -831,7 +833,16 @@ impl Node {
 
     fn after_event(&mut self, now: Now) {
         self.touched = false;
-        for key in self.overlay.lookups_due(now.mono) {
+        // Only as many as the DHT has room for (keeping some for its own
+        // self-lookups and refreshes): the others stay due, the longest
+        // waiting first next time, rather than being refused.
+        let room = self
+            .dht
+            .config()
+            .max_lookups
+            .saturating_sub(LOOKUP_SLOTS_KEPT_FOR_THE_DHT)
+            .saturating_sub(self.dht.active_lookups());
+        for key in self.overlay.lookups_due(now.mono).into_iter().take(room) {
             tracing::debug!(target = %key.short(10), "looking up a trusted peer");
             let id = self.dht.lookup(key, now.mono);
             self.overlay.lookup_started(key, id, now.mono);

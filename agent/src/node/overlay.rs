@@ -365,8 +365,10 @@ impl Overlay {
     }
 
     /// Trusted peers whose lookup is due now.
+    /// The peers to look up now, the longest waiting first.
     pub fn lookups_due(&mut self, now: Instant) -> Vec<PublicKey> {
-        self.peers
+        let mut due: Vec<(Instant, PublicKey)> = self
+            .peers
             .values()
             .filter(|p| p.next_lookup <= now)
             .filter(|p| match p.lookups_in_flight.last() {
@@ -384,8 +386,10 @@ impl Overlay {
                 p.last_contact
                     .is_none_or(|t| now.duration_since(t) > SILENCE)
             })
-            .map(|p| p.spec.key)
-            .collect()
+            .map(|p| (p.next_lookup, p.spec.key))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, key)| key).collect()
     }
 
     pub fn lookup_started(&mut self, key: PublicKey, id: LookupId, now: Instant) {
