@@ -51,11 +51,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 pub use netlink::NetlinkError;
+pub use wirehub_core::dataplane::{Outgoing, PeerConfig, PeerStats};
 
 /// Default MTU of the overlay interface (WireGuard's usual value).
 pub const DEFAULT_MTU: u32 = 1420;
@@ -67,57 +67,6 @@ pub const OUTGOING_CAPACITY: usize = 4096;
 /// 1..=4, as opposed to WireHub control messages, which start with 0xFF).
 pub fn is_wireguard_datagram(datagram: &[u8]) -> bool {
     datagram.len() >= 4 && matches!(datagram[0], 1..=4)
-}
-
-/// One peer as the daemon wants it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub key: PublicKey,
-    pub allowed_ips: Vec<IpNet>,
-    /// `Some(addr)`: the path is direct, WireGuard datagrams go to `addr`
-    /// through the shared socket. `None`: relayed or unknown, datagrams go
-    /// to the daemon as [`Outgoing`].
-    pub endpoint: Option<SocketAddr>,
-    /// Persistent keepalive interval in seconds.
-    pub keepalive: Option<u16>,
-}
-
-/// WireGuard datagrams for a peer without a direct path: the daemon
-/// delivers them (through a relay). Several datagrams of one packet travel
-/// together, laid end to end, each `segment` bytes long but the last (which
-/// may be shorter), so that the daemon can send them in one system call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub to: PublicKey,
-    pub datagrams: Vec<u8>,
-    pub segment: usize,
-}
-
-impl Outgoing {
-    /// One datagram.
-    pub fn one(to: PublicKey, datagram: Vec<u8>) -> Outgoing {
-        Outgoing {
-            to,
-            segment: datagram.len(),
-            datagrams: datagram,
-        }
-    }
-
-    /// The datagrams, one by one.
-    pub fn iter(&self) -> std::slice::Chunks<'_, u8> {
-        self.datagrams.chunks(self.segment.max(1))
-    }
-}
-
-/// What the data plane knows about a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStats {
-    pub key: PublicKey,
-    pub endpoint: Option<SocketAddr>,
-    pub last_handshake: Option<SystemTime>,
-    /// WireGuard bytes received from / sent to the peer.
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
 }
 
 /// Which WireGuard implementation carries the traffic.

@@ -1,19 +1,19 @@
 //! WireHub: decentralized, peer-to-peer, secure overlay networks on WireGuard.
 //!
-//! The pure modules (`keys`, `config`, `proto`, `dht`) do no I/O: they are fed
-//! bytes and time and return what to do, so they run the same under the
-//! daemon, under tests with a fake clock, and in the 10,000-node simulator.
+//! The protocol core lives in the `wirehub-core` crate, which has no tokio
+//! and does no I/O: its modules (`keys`, `config`, `proto`, `dht`, `relay`,
+//! and the pure halves of `nat`, `names`, `control`, `dataplane` and
+//! `node`) are re-exported here under the same paths. This crate is the
+//! shell around it: sockets, the TUN device and WireGuard backends, the
+//! control socket, the CLI, the Kubernetes agent.
+
+pub use wirehub_core::{config, dht, keys, proto, relay};
 
 pub mod cli;
-pub mod config;
 pub mod control;
 pub mod dataplane;
-pub mod dht;
 pub mod k8s;
-pub mod keys;
 pub mod names;
 pub mod nat;
 pub mod nc;
 pub mod node;
-pub mod proto;
-pub mod relay;

@@ -1,14 +1,11 @@
-//! Getting through NATs: learning the node's reflexive endpoint and NAT kind
-//! from what peers report seeing ([`detect`]) and the host's own global
-//! IPv6 addresses ([`local`]), asking the home router for a
-//! port mapping ([`upnp`] and [`natpmp`], the only parts here that do I/O), and the
-//! hole-punching schedule ([`punch`]).
+//! Getting through NATs. The decisions — learning the node's reflexive
+//! endpoint and NAT kind ([`detect`]) and the hole-punching schedule
+//! ([`punch`]) — are `wirehub_core::nat`, re-exported here. This module adds
+//! the I/O: the host's own global IPv6 addresses ([`local`]) and asking the
+//! home router for a port mapping ([`upnp`] and [`natpmp`]).
 
-pub mod detect;
+pub use wirehub_core::nat::*;
+
 pub mod local;
 pub mod natpmp;
-pub mod punch;
 pub mod upnp;
-
-pub use detect::NatDetector;
-pub use punch::Puncher;

@@ -8,9 +8,9 @@
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
-use wirehub::keys::{PrivateKey, PublicKey};
-use wirehub::node::core::{Host, Node, NodeConfig, Now, Wire};
-use wirehub::node::launch::Mode;
+use wirehub_core::keys::{PrivateKey, PublicKey, RandomStream};
+use wirehub_core::node::core::{Host, Node, NodeConfig, Now, Wire};
+use wirehub_core::node::Mode;
 
 struct NoHost;
 impl Host for NoHost {
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let key = PrivateKey::from_bytes([9; 32]);
-    let spec = wirehub::config::parse("name fuzz\nsubnet 10.0.42.0/24\n")
+    let spec = wirehub_core::config::parse("name fuzz\nsubnet 10.0.42.0/24\n")
         .expect("the fuzz network parses")
         .spec;
     let config = NodeConfig {
@@ -57,12 +57,13 @@ fuzz_target!(|data: &[u8]| {
         from_file: true,
         has_dataplane: true,
         join: None,
+        random: RandomStream::from_seed([5; 32]),
     };
     let start = Now {
         mono: Instant::now(),
         unix_ms: 1_800_000_000_000,
     };
-    let mut node = Node::new(config, Box::new(NoHost), start).expect("a node");
+    let mut node = Node::new(config, Box::new(NoHost), start);
     let segment = usize::from(u16::from_be_bytes([*seg_hi, *seg_lo]));
     let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, *port)), 40_000);
     let mut bytes = rest.to_vec();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wirehub::proto::Message;
+use wirehub_core::proto::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Message::decode(data) {

@@ -3,13 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wirehub::names::config_names::ConfigNames;
-use wirehub::names::dns::{DnsConfig, Transport, Verdict, respond};
+use wirehub_core::names::config_names::ConfigNames;
+use wirehub_core::names::dns::{DnsConfig, Transport, Verdict, respond};
 
 fuzz_target!(|data: &[u8]| {
-    let own = wirehub::keys::PrivateKey::from_bytes([7; 32]).public_key();
+    let own = wirehub_core::keys::PrivateKey::from_bytes([7; 32]).public_key();
     let network = format!("name fuzz\nsubnet 10.0.42.0/24\ntrust alpha {own}\n");
-    let spec = wirehub::config::parse(&network)
+    let spec = wirehub_core::config::parse(&network)
         .expect("the fuzz network parses")
         .spec;
     let names = ConfigNames::new(&spec, own);

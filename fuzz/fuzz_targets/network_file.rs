@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wirehub::config;
+use wirehub_core::config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -13,8 +13,8 @@ fuzz_target!(|data: &[u8]| {
     match config::parse(text) {
         Ok(parsed) => {
             // What the daemon derives from a network must hold too.
-            let own = wirehub::keys::PrivateKey::from_bytes([7; 32]).public_key();
-            let _ = wirehub::names::config_names::ConfigNames::new(&parsed.spec, own);
+            let own = wirehub_core::keys::PrivateKey::from_bytes([7; 32]).public_key();
+            let _ = wirehub_core::names::config_names::ConfigNames::new(&parsed.spec, own);
         }
         Err(d) => {
             assert!(!d.errors.is_empty(), "refused without an error");

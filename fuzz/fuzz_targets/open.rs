@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::Mutex;
-use wirehub::keys::PrivateKey;
-use wirehub::proto::{Codec, CodecConfig, MAGIC, Message, OpenError};
+use wirehub_core::keys::PrivateKey;
+use wirehub_core::proto::{Codec, CodecConfig, MAGIC, Message, OpenError};
 
 const NOW: u64 = 1_700_000_000_000;
 

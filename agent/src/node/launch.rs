@@ -21,17 +21,7 @@ pub use crate::dataplane::DEFAULT_MTU;
 /// How long `wh up` waits for a background daemon to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// NAT mode, as the original's `mode` keyword.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Detect.
-    Unknown,
-    /// The node has a public address.
-    Direct,
-    /// The node is behind NAT.
-    Nat,
-}
+pub use wirehub_core::node::Mode;
 
 /// Everything `wh up` was told.
 #[derive(Debug, Clone)]

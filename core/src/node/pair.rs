@@ -222,7 +222,7 @@ mod tests {
         // A file that does not parse: nothing changes.
         let answer = net
             .core_mut(1)
-            .reload(now, Err(anyhow::anyhow!("config:3: 'trust' needs a key")));
+            .reload(now, Err("config:3: 'trust' needs a key"));
         match answer {
             Response::Error(e) => assert!(
                 e.contains("config:3") && e.contains("nothing was changed"),

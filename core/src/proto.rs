@@ -12,8 +12,8 @@
 //! The byte-level specification is docs/protocol.md.
 //!
 //! ```
-//! use wirehub::keys::PrivateKey;
-//! use wirehub::proto::{Codec, CodecConfig, Message};
+//! use wirehub_core::keys::PrivateKey;
+//! use wirehub_core::proto::{Codec, CodecConfig, Message};
 //! let cfg = CodecConfig { required_workbits: 0, ..CodecConfig::default() };
 //! let (a, b) = (PrivateKey::generate().unwrap(), PrivateKey::generate().unwrap());
 //! let (pa, pb) = (a.public_key(), b.public_key());

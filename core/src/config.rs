@@ -1271,7 +1271,7 @@ fn check_routes(sink: &mut impl Sink, spec: &NetworkSpec) {
 /// the claims that overlap `net` are its supernets (one per shorter
 /// prefix, looked up) and the claims inside it (a range of starts).
 #[derive(Debug, Default)]
-pub(crate) struct Claims {
+pub struct Claims {
     /// Each network's first claim: (order, peer).
     first: HashMap<IpNet, (usize, usize)>,
     /// The (family, prefix length) pairs claimed, so a supernet is looked
@@ -1291,7 +1291,7 @@ impl Claims {
     }
 
     /// The first claim (in claim order) that overlaps `net`, and its peer.
-    pub(crate) fn first_overlap(&self, net: &IpNet) -> Option<(IpNet, usize)> {
+    pub fn first_overlap(&self, net: &IpNet) -> Option<(IpNet, usize)> {
         let mut best: Option<(usize, usize, IpNet)> = None;
         let mut take = |order: usize, peer: usize, n: IpNet| {
             if best.is_none_or(|(o, _, _)| order < o) {
@@ -1329,7 +1329,7 @@ impl Claims {
     }
 
     /// Notes that `peer` claims `net` (after every claim before it).
-    pub(crate) fn claim(&mut self, net: IpNet, peer: usize) {
+    pub fn claim(&mut self, net: IpNet, peer: usize) {
         let order = self.count;
         self.count += 1;
         self.first.entry(net).or_insert((order, peer));

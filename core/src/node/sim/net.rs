@@ -25,10 +25,10 @@ use crate::config::parse;
 use crate::control::{Request, Response};
 use crate::dataplane::Outgoing;
 use crate::keys::{PrivateKey, PublicKey, RandomStream};
+use crate::node::Mode;
 use crate::node::core::{
     DataplaneOp, DataplaneView, Event, Host, Node, NodeConfig, Now, Reply, Wire,
 };
-use crate::node::launch::Mode;
 use crate::node::overlay::Overlay;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};

@@ -34,7 +34,7 @@
 //!   named reason ([`Node::drops`]). Given the same inputs it makes the same
 //!   outputs, but for the codec's nonces and relay channel ids (random).
 
-use super::launch::Mode;
+use super::Mode;
 use super::overlay::{AloneRepings, Overlay, PeerPath};
 use crate::config::{Endpoint, NetworkSpec, Role};
 use crate::control::{self, Request, Response};
@@ -618,8 +618,13 @@ impl Node {
         })
     }
 
-    /// `wh reload`: the network file as the shell read it.
-    pub fn reload(&mut self, now: Now, read: anyhow::Result<NetworkSpec>) -> Response {
+    /// `wh reload`: the network file as the shell read it (or why it could
+    /// not: the error is shown with its whole chain, `{:#}`).
+    pub fn reload<E: std::fmt::Display>(
+        &mut self,
+        now: Now,
+        read: Result<NetworkSpec, E>,
+    ) -> Response {
         match read
             .map_err(|e| format!("{e:#}\nnothing was changed"))
             .and_then(|spec| self.apply_spec(now, spec))
