@@ -611,6 +611,9 @@ struct LeaseKeeper {
     /// Until when this agent may act as holder.
     acting: watch::Sender<Option<Instant>>,
     changed: Arc<Notify>,
+    /// The cluster's Nodes: how many agents may try to take a lapsed Lease
+    /// (their takeovers are spread over a window that grows with them).
+    nodes: Store<Node>,
 }
 
 impl LeaseKeeper {
@@ -621,6 +624,7 @@ impl LeaseKeeper {
         network: &str,
         me: &str,
         changed: Arc<Notify>,
+        nodes: Store<Node>,
     ) -> (LeaseTasks, watch::Receiver<Option<Instant>>) {
         let name = format!("wirehub-{network}");
         let api: Api<Lease> = Api::namespaced(client, namespace);
@@ -650,6 +654,7 @@ impl LeaseKeeper {
             written: None,
             acting,
             changed,
+            nodes,
         };
         let timer_task = tokio::spawn(keeper.run(lease_changed));
         (
@@ -708,13 +713,14 @@ impl LeaseKeeper {
         let now = Timestamp::now();
         let sent = Instant::now();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-        let step = lease::decide(spec, &self.me, self.is_acting(), now);
+        let candidates = self.nodes.state().len();
+        let step = lease::decide(spec, &self.me, self.is_acting(), now, candidates);
         let written = match &step {
             Step::Wait { holder, after } => {
                 if *holder != self.me {
                     self.set_acting(None);
                 }
-                return (*after).clamp(lease::RETRY, lease::RENEW_EVERY);
+                return (*after).clamp(lease::STAGGER_PER_CANDIDATE, lease::RENEW_EVERY);
             }
             Step::Create => {
                 let lease = Lease {
@@ -1122,6 +1128,7 @@ impl Agent {
                 network,
                 &self.opts.node_name,
                 Arc::clone(&self.changed),
+                self.nodes.clone(),
             );
             self.lease = Some((network.to_string(), acting, tasks));
         }
@@ -1697,6 +1704,7 @@ mod tests {
             written: None,
             acting,
             changed: Arc::clone(&changed),
+            nodes: reflector::store::<Node>().0,
         };
         (k, handle, changed)
     }

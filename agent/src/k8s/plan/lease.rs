@@ -4,8 +4,13 @@
 //! as one.
 //!
 //! Owns: the rules of the Lease (when it lapses, when its holder renews it,
-//! what a claim writes). Promises: an agent takes a Lease only when it is
-//! missing, has no holder or lapsed; it renews its own every
+//! what a claim writes, in which order the others take a lapsed one).
+//! Promises: an agent takes a Lease only when it is missing, has no holder
+//! or lapsed; the agents of a cluster do not all try at once when it
+//! lapses: each waits its own [`takeover_delay`], spread over a window that
+//! grows with the number of candidates (so about one tries per
+//! [`STAGGER_PER_CANDIDATE`], and the first sees its write before most of
+//! the others try); it renews its own every
 //! [`RENEW_EVERY`], on a timer of its own, whatever its rounds do; it acts
 //! as holder only until [`MARGIN`] before the Lease it last wrote would
 //! lapse, so two agents never both act as holder while their clocks agree
@@ -25,6 +30,12 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 pub const MARGIN: Duration = Duration::from_secs(5);
 /// How soon a failed write is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
+
+/// The spread of takeovers per candidate: N agents that see a lapsed
+/// Lease try over a window of N times this (at most [`MAX_STAGGER`]).
+pub const STAGGER_PER_CANDIDATE: Duration = Duration::from_millis(10);
+/// The widest window of takeovers.
+pub const MAX_STAGGER: Duration = Duration::from_secs(10);
 
 /// The one thing to do about the Lease now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +61,53 @@ fn until(from: Timestamp, to: Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
 }
 
-/// What agent `me` does about the Lease it last saw (`None`: there is
-/// none). `acting`: whether it acts as holder now (an agent that finds the
-/// Lease in its name but does not act as holder, having just restarted,
-/// renews it at once).
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, acting: bool, now: Timestamp) -> Step {
+/// How long after a Lease lapsed agent `me` waits before it tries to take
+/// it, among `candidates` agents: a point of a window of
+/// `candidates` x [`STAGGER_PER_CANDIDATE`] (at most [`MAX_STAGGER`]) drawn
+/// from a hash of the agent's name and the lapsed Lease, so the order
+/// changes from one takeover to the next and every agent computes it alone.
+/// A lone candidate does not wait.
+pub fn takeover_delay(me: &str, lapsed: &LeaseSpec, candidates: usize) -> Duration {
+    let window = STAGGER_PER_CANDIDATE
+        .saturating_mul(u32::try_from(candidates).unwrap_or(u32::MAX))
+        .min(MAX_STAGGER);
+    if candidates <= 1 || window.is_zero() {
+        return Duration::ZERO;
+    }
+    // FNV-1a over the name, the holder and the renew time: stable across
+    // processes and builds (the std hasher promises neither).
+    let renewed = lapsed
+        .renew_time
+        .as_ref()
+        .map(|t| t.0.as_nanosecond())
+        .unwrap_or(0);
+    let holder = lapsed.holder_identity.as_deref().unwrap_or("");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = me
+        .bytes()
+        .chain([0])
+        .chain(holder.bytes())
+        .chain([0])
+        .chain(renewed.to_le_bytes());
+    for b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let nanos = u128::from(h) * window.as_nanos() / (u128::from(u64::MAX) + 1);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// What agent `me`, one of `candidates` agents, does about the Lease it
+/// last saw (`None`: there is none). `acting`: whether it acts as holder
+/// now (an agent that finds the Lease in its name but does not act as
+/// holder, having just restarted, renews it at once). Another's lapsed
+/// Lease is taken only after this agent's [`takeover_delay`].
+pub fn decide(
+    lease: Option<&LeaseSpec>,
+    me: &str,
+    acting: bool,
+    now: Timestamp,
+    candidates: usize,
+) -> Step {
     let Some(spec) = lease else {
         return Step::Create;
     };
@@ -64,8 +117,19 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, acting: bool, now: Timestamp)
         return Step::Take;
     };
     let lapse = lapses(renewed, seconds);
-    if holder.is_empty() || now >= lapse {
+    if holder.is_empty() || (holder == me && now >= lapse) {
         return Step::Take;
+    }
+    if holder != me && now >= lapse {
+        let delay = takeover_delay(me, spec, candidates);
+        let turn = lapse + SignedDuration::try_from(delay).unwrap_or_default();
+        if now >= turn {
+            return Step::Take;
+        }
+        return Step::Wait {
+            holder,
+            after: until(now, turn),
+        };
     }
     if holder == me {
         let due = renewed + SignedDuration::try_from(RENEW_EVERY).unwrap_or_default();
@@ -144,56 +208,59 @@ mod tests {
 
     #[test]
     fn a_missing_lease_is_created() {
-        assert_eq!(decide(None, "n1", false, at(0)), Step::Create);
+        assert_eq!(decide(None, "n1", false, at(0), 1), Step::Create);
     }
 
     #[test]
     fn a_lease_held_by_another_is_left_alone_until_it_lapses() {
         let lease = held("n2", 0);
         assert_eq!(
-            decide(Some(&lease), "n1", true, at(15)),
+            decide(Some(&lease), "n1", true, at(15), 1),
             Step::Wait {
                 holder: "n2".into(),
                 after: Duration::from_secs(5)
             }
         );
-        assert_eq!(decide(Some(&lease), "n1", true, at(20)), Step::Take);
+        assert_eq!(decide(Some(&lease), "n1", true, at(20), 1), Step::Take);
     }
 
     #[test]
     fn a_lease_without_holder_or_renew_time_is_taken() {
         let mut lease = held("", 0);
-        assert_eq!(decide(Some(&lease), "n1", true, at(1)), Step::Take);
+        assert_eq!(decide(Some(&lease), "n1", true, at(1), 1), Step::Take);
         lease.holder_identity = Some("n2".into());
         lease.renew_time = None;
-        assert_eq!(decide(Some(&lease), "n1", true, at(1)), Step::Take);
+        assert_eq!(decide(Some(&lease), "n1", true, at(1), 1), Step::Take);
     }
 
     #[test]
     fn the_holder_renews_every_period_and_waits_in_between() {
         let lease = held("n1", 0);
         assert_eq!(
-            decide(Some(&lease), "n1", true, at(2)),
+            decide(Some(&lease), "n1", true, at(2), 1),
             Step::Wait {
                 holder: "n1".into(),
                 after: Duration::from_secs(3)
             }
         );
-        assert_eq!(decide(Some(&lease), "n1", true, at(5)), Step::Renew);
-        assert_eq!(decide(Some(&lease), "n1", true, at(19)), Step::Renew);
+        assert_eq!(decide(Some(&lease), "n1", true, at(5), 1), Step::Renew);
+        assert_eq!(decide(Some(&lease), "n1", true, at(19), 1), Step::Renew);
     }
 
     #[test]
     fn a_restarted_holder_renews_its_lease_at_once() {
         assert_eq!(
-            decide(Some(&held("n1", 0)), "n1", false, at(1)),
+            decide(Some(&held("n1", 0)), "n1", false, at(1), 1),
             Step::Renew
         );
     }
 
     #[test]
     fn a_holder_whose_lease_lapsed_takes_it_again() {
-        assert_eq!(decide(Some(&held("n1", 0)), "n1", true, at(25)), Step::Take);
+        assert_eq!(
+            decide(Some(&held("n1", 0)), "n1", true, at(25), 1),
+            Step::Take
+        );
     }
 
     #[test]
@@ -217,6 +284,72 @@ mod tests {
         assert_eq!(acting_for(Duration::ZERO), Duration::from_secs(15));
         assert_eq!(acting_for(Duration::from_secs(4)), Duration::from_secs(11));
         assert_eq!(acting_for(Duration::from_secs(60)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_thousand_agents_do_not_all_take_a_lapsed_lease_at_once() {
+        let lease = held("n0", 0);
+        let names: Vec<String> = (1..=1000).map(|i| format!("node-{i}")).collect();
+        let delays: Vec<Duration> = names
+            .iter()
+            .map(|n| takeover_delay(n, &lease, names.len()))
+            .collect();
+        // Spread over the whole window: in any 100 ms of it, a few dozen
+        // try, not a thousand.
+        let window = MAX_STAGGER;
+        assert!(delays.iter().all(|d| *d < window), "{delays:?}");
+        for start in (0..100).map(|i| Duration::from_millis(i * 100)) {
+            let end = start + Duration::from_millis(100);
+            let at_once = delays.iter().filter(|d| **d >= start && **d < end).count();
+            assert!(
+                at_once <= 30,
+                "{at_once} agents try within {start:?}..{end:?}"
+            );
+        }
+        // The first tries within the first tens of milliseconds.
+        let first = delays.iter().min().copied().unwrap_or(window);
+        assert!(first < Duration::from_millis(100), "first after {first:?}");
+        // decide follows the delay: one agent waits, then takes.
+        let me = &names[0];
+        let delay = takeover_delay(me, &lease, 1000);
+        let lapse = LEASE_SECONDS as i64;
+        assert!(delay > Duration::ZERO);
+        assert_eq!(
+            decide(Some(&lease), me, false, at(lapse), 1000),
+            Step::Wait {
+                holder: "n0".into(),
+                after: delay
+            }
+        );
+        let after = lapse + delay.as_secs() as i64 + 1;
+        assert_eq!(decide(Some(&lease), me, false, at(after), 1000), Step::Take);
+    }
+
+    #[test]
+    fn the_order_of_takeovers_changes_from_one_lapse_to_the_next() {
+        let names: Vec<String> = (1..=50).map(|i| format!("node-{i}")).collect();
+        let first = |lease: &LeaseSpec| {
+            names
+                .iter()
+                .min_by_key(|n| takeover_delay(n, lease, names.len()))
+                .cloned()
+        };
+        let firsts: std::collections::BTreeSet<_> =
+            (0..10).map(|r| first(&held("n0", r * 30))).collect();
+        assert!(firsts.len() > 3, "always the same few first: {firsts:?}");
+    }
+
+    #[test]
+    fn a_lone_candidate_and_a_former_holder_take_a_lapsed_lease_at_once() {
+        assert_eq!(takeover_delay("n1", &held("n2", 0), 1), Duration::ZERO);
+        assert_eq!(
+            decide(Some(&held("n2", 0)), "n1", false, at(20), 1),
+            Step::Take
+        );
+        assert_eq!(
+            decide(Some(&held("n1", 0)), "n1", true, at(20), 1000),
+            Step::Take
+        );
     }
 
     #[test]
