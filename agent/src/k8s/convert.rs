@@ -185,6 +185,12 @@ impl PodSubnets {
                 }
             }
         }
+        if out.v6.is_some() && out.v4.is_none() && problems.is_empty() {
+            problems.push(format!(
+                "the pod subnets have no IPv4 network: wirehub-cni gives every pod an IPv4 address (IPv6-only pods are not supported); add one, as in podSubnets: [10.244.0.0/16, {}]",
+                out.v6.map(|n| n.to_string()).unwrap_or_default()
+            ));
+        }
         if out.prefix_v4 > 30 {
             problems.push(format!(
                 "spec.podCidrPrefix /{} leaves no room for pods: use /30 or shorter",

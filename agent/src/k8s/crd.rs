@@ -114,7 +114,7 @@ pub struct WireHubNetworkSpec {
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
 
-    /// The cluster's pod network (CIDR), IPv4 or IPv6. Each node routes one
+    /// The cluster's pod network (CIDR). Each node routes one
     /// block of it: Node.spec.podCIDRs' block of its family when the cluster
     /// allocates pod CIDRs, else a block the agents allocate and record in
     /// the node's WireHubNode (spec.podCidrs). For a dual-stack cluster use

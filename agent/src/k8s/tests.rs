@@ -818,13 +818,17 @@ fn pod_subnets_take_one_network_of_each_family_the_primary_first() {
     let mut s = dual_spec();
     s.pod_subnets.reverse();
     assert!(pod_subnets(&s).unwrap().v6_first);
-    // podSubnet alone still works, and may be IPv6 (an IPv6-only cluster).
+    // podSubnet alone still works.
     let p = pod_subnets(&spec()).unwrap();
     assert_eq!((p.v4.is_some(), p.v6), (true, None));
+    // IPv6 alone is refused: the CNI plugin gives every pod an IPv4 address.
     let mut s = spec();
     s.pod_subnet = Some("fd00:10:244::/56".into());
-    let p = pod_subnets(&s).unwrap();
-    assert_eq!((p.v4, p.v6.is_some(), p.v6_first), (None, true, true));
+    let e = pod_subnets(&s).unwrap_err().join("; ");
+    assert!(
+        e.contains("no IPv4 network") && e.contains("IPv6-only pods are not supported"),
+        "{e}"
+    );
     // podSubnet beside podSubnets: allowed as its first entry.
     let mut s = dual_spec();
     s.pod_subnet = Some("10.244.0.0/16".into());
