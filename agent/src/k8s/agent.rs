@@ -1909,6 +1909,8 @@ mod tests {
                 assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
                 assert_eq!(body["spec"]["overlayIpv4"], "10.99.0.254", "{body}");
                 assert_eq!(body["spec"]["podCidr"], "10.244.0.0/24", "{body}");
+                // The whole list of the node's blocks (this network: IPv4 only).
+                assert_eq!(body["spec"]["podCidrs"], json!(["10.244.0.0/24"]), "{body}");
                 if answer == StatusCode::OK {
                     send.send_response(reply(StatusCode::OK, serde_json::to_value(&r).unwrap()));
                 } else {
