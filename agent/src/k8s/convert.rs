@@ -563,9 +563,9 @@ pub struct ClusterSpec {
 }
 
 /// Builds the spec every node of the cluster runs: the resource's boot nodes,
-/// then every selected node that has a key, an overlay address and a pod
-/// CIDR of each family of the pod subnets (sorted by name, each a `router`
-/// of its pod CIDRs with its overlay
+/// then every selected node that has a key, an overlay address and an IPv4
+/// pod CIDR (sorted by name, each a `router` of its pod CIDRs, IPv6 too
+/// once it has one, with its overlay
 /// address pinned), then the external peers in the resource's order.
 /// `use_selector` is false when the nodes come from the resource's status
 /// (they take part by definition).
@@ -615,11 +615,8 @@ impl NetworkMemo {
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         let mut waiting = Vec::new();
         let mut complete = Vec::new();
-        // An unusable resource fails the build below, whatever the nodes.
-        let pods = PodSubnets::from_spec(spec, spec.subnet.parse().ok(), &file_name(name))
-            .unwrap_or_default();
         for n in sorted {
-            match waiting_for(n, &pods) {
+            match waiting_for(n) {
                 Some(p) => waiting.push((n.name.clone(), p)),
                 None => complete.push(n.clone()),
             }
@@ -684,9 +681,11 @@ fn one_more<'a>(before: &[ClusterNode], now: &'a [ClusterNode]) -> Option<&'a Cl
 }
 
 /// Why a node cannot take part yet: no key (its agent has not started),
-/// or no overlay address, or no pod CIDR of a family of the pod subnets (or
-/// none at all), not allocated yet.
-fn waiting_for(n: &ClusterNode, pods: &PodSubnets) -> Option<Problem> {
+/// or no overlay address or no IPv4 pod CIDR (not allocated yet; every pod
+/// gets an IPv4 address). A node without its IPv6 block takes part with
+/// its IPv4 one until the block is recorded: a network that gains an IPv6
+/// pod subnet drops no node meanwhile.
+fn waiting_for(n: &ClusterNode) -> Option<Problem> {
     if n.key.is_none() {
         return Some(Problem::new(
             "WaitingForKey",
@@ -696,17 +695,10 @@ fn waiting_for(n: &ClusterNode, pods: &PodSubnets) -> Option<Problem> {
             ),
         ));
     }
-    let missing_v4 = pods.v4.is_some() && n.pod_cidr().is_none();
-    let missing_v6 = pods.v6.is_some() && n.pod_cidr_v6().is_none();
-    let none = n.pod_cidr().is_none() && n.pod_cidr_v6().is_none();
     let what = if n.overlay_ip.is_none() {
         "overlay address"
-    } else if missing_v4 {
+    } else if n.pod_cidr().is_none() {
         "IPv4 pod CIDR"
-    } else if missing_v6 {
-        "IPv6 pod CIDR"
-    } else if none {
-        "pod CIDR"
     } else {
         return None;
     };
@@ -746,7 +738,7 @@ fn build(
     for n in sorted {
         // waiting_for() took the others out.
         let cidrs = n.pod_cidrs(pods.v6_first);
-        let (Some(key), Some(ip), false) = (n.key, n.overlay_ip, cidrs.is_empty()) else {
+        let (Some(key), Some(ip), Some(_)) = (n.key, n.overlay_ip, n.pod_cidr()) else {
             continue;
         };
         if let Some((cidr, problem)) = cidrs
@@ -901,7 +893,7 @@ fn add_one(
     let (net, boots, externals) = resource_peers(name, spec).ok()?;
     let pods = PodSubnets::from_spec(spec, net.subnet, &net.name).ok()?;
     let cidrs = added.pod_cidrs(pods.v6_first);
-    let (Some(key), Some(ip), false) = (added.key, added.overlay_ip, cidrs.is_empty()) else {
+    let (Some(key), Some(ip), Some(_)) = (added.key, added.overlay_ip, added.pod_cidr()) else {
         return None;
     };
     if cidrs

@@ -961,17 +961,30 @@ fn a_dual_stack_node_routes_both_pod_cidrs_the_primary_family_first() {
 }
 
 #[test]
-fn a_dual_stack_node_waits_for_both_blocks_and_conflicts_by_either() {
+fn a_dual_stack_node_conflicts_by_either_block_and_routes_ipv4_until_its_ipv6_block_comes() {
     let nodes = vec![
         dual_node("a", 1, "10.0.0.254", "10.244.0.0/24", "fd00:10:244::/64"),
+        // b has no IPv6 block yet: it routes its IPv4 one meanwhile.
         node("b", 2, "10.0.0.253", "10.244.1.0/24"),
         // c's IPv6 block is a's.
         dual_node("c", 3, "10.0.0.252", "10.244.2.0/24", "fd00:10:244::/64"),
         // d's IPv6 block lies outside the IPv6 pod subnet.
         dual_node("d", 4, "10.0.0.251", "10.244.3.0/24", "fd00:99::/64"),
+        // e has an IPv6 block only: it waits (every pod needs IPv4).
+        dual_node("e", 5, "10.0.0.250", "", "fd00:10:244:5::/64"),
     ];
     let cs = cluster_spec("lab", &dual_spec(), &nodes, true).unwrap();
-    assert_eq!(cs.members, vec!["a"]);
+    assert_eq!(cs.members, vec!["a", "b"]);
+    let b = cs
+        .spec
+        .peers
+        .iter()
+        .find(|p| p.hostname.as_deref() == Some("b"))
+        .unwrap();
+    assert_eq!(
+        b.routes,
+        vec!["10.244.1.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
     let said: Vec<(&str, &str, &str)> = cs
         .left_out
         .iter()
@@ -981,11 +994,6 @@ fn a_dual_stack_node_waits_for_both_blocks_and_conflicts_by_either() {
         said,
         vec![
             (
-                "b",
-                "WaitingForAllocation",
-                "node b has no IPv6 pod CIDR yet"
-            ),
-            (
                 "c",
                 "PodCIDRConflict",
                 "node c's pod CIDR fd00:10:244::/64 overlaps node a's"
@@ -994,6 +1002,11 @@ fn a_dual_stack_node_waits_for_both_blocks_and_conflicts_by_either() {
                 "d",
                 "PodCIDRRefused",
                 "node d's pod CIDR fd00:99::/64 lies outside the pod subnet fd00:10:244::/56"
+            ),
+            (
+                "e",
+                "WaitingForAllocation",
+                "node e has no IPv4 pod CIDR yet"
             ),
         ]
     );
@@ -1005,6 +1018,29 @@ fn a_dual_stack_node_waits_for_both_blocks_and_conflicts_by_either() {
             cluster_spec("lab", &dual_spec(), &nodes[..i], true)
         );
     }
+}
+
+#[test]
+fn a_running_network_that_gains_an_ipv6_pod_subnet_keeps_every_node() {
+    let nodes = vec![
+        node("a", 1, "10.0.0.254", "10.244.0.0/24"),
+        node("b", 2, "10.0.0.253", "10.244.1.0/24"),
+    ];
+    let before = cluster_spec("lab", &spec(), &nodes, true).unwrap();
+    let after = cluster_spec("lab", &dual_spec(), &nodes, true).unwrap();
+    assert_eq!(after.members, before.members);
+    assert_eq!(after.spec, before.spec);
+    // The holder then allocates each node its IPv6 block, and only that.
+    let subnet = "10.0.0.0/24".parse().unwrap();
+    let pods = pod_subnets(&dual_spec()).unwrap();
+    let (planned, problems) = plan(subnet, &pods, &[&nodes[0], &nodes[1]], &HashSet::new());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(
+        planned
+            .iter()
+            .all(|a| a.overlay_ip.is_none() && a.pod_cidr.is_none() && a.pod_cidr_v6.is_some()),
+        "{planned:?}"
+    );
 }
 
 #[test]
