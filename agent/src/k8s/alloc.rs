@@ -2,7 +2,7 @@
 //! (the holder of the network's Lease) allocates, and records the result on
 //! the Node, so a restart, or another agent, always finds the same values.
 //! A node gets a pod CIDR of each family of the cluster's pod subnets
-//! (IPv4, IPv6 or both) that its Node object does not give. [`Written`]
+//! (IPv4, or IPv4 and IPv6) that its Node object does not give. [`Written`]
 //! keeps what the holder wrote until its watch shows it, so it never gives
 //! one address or block twice while its watch lags. No I/O here.
 

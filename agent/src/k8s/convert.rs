@@ -1,10 +1,10 @@
 //! Conversions between the `WireHubNetwork` resource and the network file's
 //! [`NetworkSpec`], both ways, and the spec a cluster node runs: every
 //! participating node as a `router` of its pod CIDRs (one per family of the
-//! cluster: IPv4, IPv6 or both, the primary family first), plus the resource's
-//! boot nodes and external peers. No I/O here; [`NetworkMemo`] keeps the
-//! last network built (one) so an agent does not build it again for
-//! changes that leave it as it was, and only extends it when one node
+//! cluster: IPv4, or IPv4 and IPv6, the primary family first), plus the
+//! resource's boot nodes and external peers. No I/O here; [`NetworkMemo`]
+//! keeps the last network built (one) so an agent does not build it again
+//! for changes that leave it as it was, and only extends it when one node
 //! joins (the result always equals a full build).
 
 use super::crd::{

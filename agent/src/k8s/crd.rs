@@ -30,8 +30,8 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
 
 /// A WireHub overlay network for the nodes of this cluster: every
 /// participating node runs the WireHub node (the `wh agent` DaemonSet),
-/// routes its pod CIDRs (IPv4, IPv6 or both) over the overlay and trusts the other nodes plus the
-/// external peers listed here.
+/// routes its pod CIDRs (IPv4, or IPv4 and IPv6) over the overlay and
+/// trusts the other nodes plus the external peers listed here.
 // The printer columns repeat `type_`: not a mistake.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
