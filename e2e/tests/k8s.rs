@@ -840,7 +840,8 @@ fn install_chart(c: &Cluster, t0: Instant) -> Result<()> {
     // Install the chart's own templates, rendered here.
     let overrides = json!({
         "image": {"repository": "localhost/wirehub-agent", "tag": "e2e", "pullPolicy": "Never"},
-        "network": {"name": NETWORK, "subnet": "10.99.0.0/24", "podSubnet": "10.244.0.0/16"},
+        // Dual-stack pods: a block of each family per node (docs/kubernetes.md).
+        "network": {"name": NETWORK, "subnet": "10.99.0.0/24", "podSubnets": ["10.244.0.0/16", POD_SUBNET_V6]},
         "agent": {
             "kubernetesServiceHost": c.cp.ip,
             "kubernetesServicePort": "6443",
@@ -1000,8 +1001,37 @@ fn wirehub_nodes_report_every_node(c: &Cluster, t0: Instant) -> Result<()> {
     Ok(())
 }
 
-/// Pods of a DaemonSet on the three nodes reach each other; returns each
-/// node's pod address and the pod's process.
+/// The lab's IPv6 pod subnet (beside 10.244.0.0/16).
+const POD_SUBNET_V6: &str = "fd00:10:244::/56";
+
+/// The global IPv6 address (DAD done) of the pod whose process is `pid`.
+fn pod_ipv6(pid: u32) -> Option<String> {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "-6",
+            "-o",
+            "addr",
+            "show",
+        ])
+        .args(["scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("tentative"))
+        .find_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| *w != "inet6");
+            words.nth(1)?.split('/').next().map(str::to_string)
+        })
+}
+
+/// Pods of a DaemonSet on the three nodes reach each other, over IPv4 and
+/// IPv6 (dual-stack); returns each node's pod IPv4 address and the pod's
+/// process.
 fn pods_reach_each_other(c: &Cluster, t0: Instant) -> Result<(Pods, Pids)> {
     // Pods of a DaemonSet on the three nodes reach each other.
     let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: pinger}\nspec:\n  selector: {matchLabels: {app: pinger}}\n  template:\n    metadata: {labels: {app: pinger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: bb\n        image: localhost/busybox:1.35\n        imagePullPolicy: Never\n        env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]\n        command: [sh, -c, 'echo $NODE > /www/index.html && exec httpd -f -p 8080 -h /www']\n";
@@ -1057,6 +1087,84 @@ fn pods_reach_each_other(c: &Cluster, t0: Instant) -> Result<(Pods, Pids)> {
             );
         }
     }
+    // IPv6: every pod has an address of its node's IPv6 block too (from
+    // the CNI); 1.20 without the IPv6DualStack gate lists only the primary
+    // (IPv4) one in status.podIPs.
+    let pods6: Pods = pids
+        .iter()
+        .map(|(n, pid)| {
+            let ip = wait_for(Duration::from_secs(30), "the pod's IPv6 address", || {
+                Ok(pod_ipv6(*pid))
+            })?;
+            let block = c.json(&["get", "wirehubnode", n])?["status"]["podCidrs"][1].clone();
+            let inside = block
+                .as_str()
+                .and_then(|b| b.split_once('/'))
+                .and_then(|(net, len)| {
+                    let net = u128::from(net.parse::<std::net::Ipv6Addr>().ok()?);
+                    let ip = u128::from(ip.parse::<std::net::Ipv6Addr>().ok()?);
+                    let mask = u128::MAX.checked_shl(128 - len.parse::<u32>().ok()?)?;
+                    Some(ip & mask == net)
+                })
+                .unwrap_or(false);
+            if !inside {
+                bail!(
+                    "the pod on {n} has IPv6 address {ip}, outside its node's IPv6 block {block}"
+                );
+            }
+            Ok((n.clone(), ip))
+        })
+        .collect::<Result<_>>()?;
+    let pod_ips = c.k(&[
+        "get",
+        "pods",
+        "-l",
+        "app=pinger",
+        "-o",
+        "jsonpath={.items[*].status.podIPs}",
+    ])?;
+    log(
+        t0,
+        &format!("pinger pods' IPv6 addresses: {pods6:?}; status.podIPs: {pod_ips}"),
+    );
+    for (from, pid) in &pids {
+        for (to, ip) in &pods6 {
+            if from == to {
+                continue;
+            }
+            let start = Instant::now();
+            wait_for(
+                Duration::from_secs(30),
+                &format!("pod on {from} to ping pod on {to} over IPv6 ({ip})"),
+                || Ok(ping_from(*pid, ip, 1).then_some(())),
+            )?;
+            log(
+                t0,
+                &format!(
+                    "pod on {from} -> pod on {to} ({ip}): ok in {:.1}s",
+                    start.elapsed().as_secs_f64()
+                ),
+            );
+        }
+    }
+    // A PreferDualStack Service: what this API server makes of it (1.20
+    // without the IPv6DualStack gate drops the policy: one IPv4 ClusterIP).
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: pinger-dual}\nspec:\n  ipFamilyPolicy: PreferDualStack\n  selector: {app: pinger}\n  ports: [{port: 80, targetPort: 8080}]\n";
+    c.k_stdin(&["apply", "-f", "-"], svc)?;
+    let got = c.json(&["get", "service", "pinger-dual"])?["spec"].clone();
+    c.k(&["delete", "service", "pinger-dual"])?;
+    let ips = got["clusterIPs"].as_array().map(Vec::len).unwrap_or(0);
+    let kept = got["ipFamilyPolicy"] == "PreferDualStack";
+    if ips != if kept { 2 } else { 1 } {
+        bail!("a PreferDualStack Service came out half dual-stack: {got}");
+    }
+    log(
+        t0,
+        &format!(
+            "a PreferDualStack Service: ipFamilyPolicy {}, ipFamilies {}, clusterIPs {}",
+            got["ipFamilyPolicy"], got["ipFamilies"], got["clusterIPs"]
+        ),
+    );
     Ok((pods, pids))
 }
 

@@ -1144,7 +1144,7 @@ impl Agent {
     }
 
     /// Leader only: gives every selected node with a key what it lacks,
-    /// recorded in its `WireHubNode` (a merge patch of the two fields: it
+    /// recorded in its `WireHubNode` (a merge patch of the allocation fields: it
     /// never creates a record, and leaves the agent's fields alone); `nodes`
     /// learn it at once. Returns what cannot be allocated.
     async fn allocate(
@@ -1182,16 +1182,10 @@ impl Agent {
             }
         }
         let in_use = convert::addresses_in_use(&probe);
-        let pod_subnet = net
-            .spec
-            .pod_subnet
-            .as_deref()
-            .and_then(|p| p.parse::<ipnet::Ipv4Net>().ok());
-        let prefix = net
-            .spec
-            .pod_cidr_prefix
-            .unwrap_or(convert::DEFAULT_POD_CIDR_PREFIX);
-        let (plan, problems) = alloc::plan(subnet, pod_subnet, prefix, &selected, &in_use);
+        // The header parsed, so did the pod subnets.
+        let pods = convert::PodSubnets::from_spec(&net.spec, Some(subnet), &header.name)
+            .unwrap_or_default();
+        let (plan, problems) = alloc::plan(subnet, &pods, &selected, &in_use);
         let api: Api<WireHubNode> = Api::all(self.client.clone());
         for a in plan {
             let mut fields = serde_json::Map::new();
@@ -1201,14 +1195,29 @@ impl Agent {
             if let Some(c) = a.pod_cidr {
                 fields.insert("podCidr".into(), json!(c.to_string()));
             }
+            if a.pod_cidr.is_some() || a.pod_cidr_v6.is_some() {
+                // The whole list: what was recorded before stays in it.
+                let view_node = view.iter().find(|n| n.name == a.node);
+                let v4 = a.pod_cidr.or(view_node.and_then(|n| n.recorded_pod_cidr));
+                let v6 = a
+                    .pod_cidr_v6
+                    .or(view_node.and_then(|n| n.recorded_pod_cidr_v6));
+                let list: Vec<String> = v4
+                    .map(|c| c.to_string())
+                    .into_iter()
+                    .chain(v6.map(|c| c.to_string()))
+                    .collect();
+                fields.insert("podCidrs".into(), json!(list));
+            }
             if !self.patch_as_seen(&api, &a.node, fields).await? {
                 continue;
             }
-            tracing::info!(node = %a.node, overlay_ip = ?a.overlay_ip, pod_cidr = ?a.pod_cidr, "allocated");
-            self.written.note(&a.node, a.overlay_ip, a.pod_cidr);
+            tracing::info!(node = %a.node, overlay_ip = ?a.overlay_ip, pod_cidr = ?a.pod_cidr, pod_cidr_v6 = ?a.pod_cidr_v6, "allocated");
+            self.written.note(&a);
             if let Some(n) = nodes.iter_mut().find(|n| n.name == a.node) {
                 n.overlay_ip = n.overlay_ip.or(a.overlay_ip);
                 n.recorded_pod_cidr = n.recorded_pod_cidr.or(a.pod_cidr);
+                n.recorded_pod_cidr_v6 = n.recorded_pod_cidr_v6.or(a.pod_cidr_v6);
             }
         }
         self.restore_allocations(nodes).await?;
@@ -1267,6 +1276,26 @@ impl Agent {
             let cidr = n.recorded_pod_cidr.map(|c| c.to_string());
             if differs(&r.spec.pod_cidr, cidr.clone()) {
                 fields.insert("podCidr".into(), json!(cidr));
+            }
+            // The list, when it names another block of a family than the
+            // pinned one.
+            let (v4, v6) = convert::split_families(
+                &r.spec
+                    .pod_cidrs
+                    .iter()
+                    .filter_map(|c| c.trim().parse().ok())
+                    .collect::<Vec<_>>(),
+            );
+            let moved = v4.zip(n.recorded_pod_cidr).is_some_and(|(a, b)| a != b)
+                || v6.zip(n.recorded_pod_cidr_v6).is_some_and(|(a, b)| a != b);
+            if moved {
+                let list: Vec<String> = n
+                    .recorded_pod_cidr
+                    .map(|c| c.to_string())
+                    .into_iter()
+                    .chain(n.recorded_pod_cidr_v6.map(|c| c.to_string()))
+                    .collect();
+                fields.insert("podCidrs".into(), json!(list));
             }
             if fields.is_empty() {
                 continue;
@@ -1862,6 +1891,7 @@ mod tests {
                 endpoints: Vec::new(),
                 overlay_ipv4: None,
                 pod_cidr: None,
+                pod_cidrs: Vec::new(),
             },
         );
         r.metadata.resource_version = Some("41".into());
@@ -1887,6 +1917,8 @@ mod tests {
                 assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
                 assert_eq!(body["spec"]["overlayIpv4"], "10.99.0.254", "{body}");
                 assert_eq!(body["spec"]["podCidr"], "10.244.0.0/24", "{body}");
+                // The whole list of the node's blocks (this network: IPv4 only).
+                assert_eq!(body["spec"]["podCidrs"], json!(["10.244.0.0/24"]), "{body}");
                 if answer == StatusCode::OK {
                     send.send_response(reply(StatusCode::OK, serde_json::to_value(&r).unwrap()));
                 } else {
@@ -1922,6 +1954,7 @@ mod tests {
                 endpoints: Vec::new(),
                 overlay_ipv4: None,
                 pod_cidr: None,
+                pod_cidrs: Vec::new(),
             },
         );
         let waiting = record_fingerprint(&r, "n1", false);

@@ -1,9 +1,10 @@
 //! Conversions between the `WireHubNetwork` resource and the network file's
 //! [`NetworkSpec`], both ways, and the spec a cluster node runs: every
-//! participating node as a `router` of its pod CIDR, plus the resource's
-//! boot nodes and external peers. No I/O here; [`NetworkMemo`] keeps the
-//! last network built (one) so an agent does not build it again for
-//! changes that leave it as it was, and only extends it when one node
+//! participating node as a `router` of its pod CIDRs (one per family of the
+//! cluster: IPv4, or IPv4 and IPv6, the primary family first), plus the
+//! resource's boot nodes and external peers. No I/O here; [`NetworkMemo`]
+//! keeps the last network built (one) so an agent does not build it again
+//! for changes that leave it as it was, and only extends it when one node
 //! joins (the result always equals a full build).
 
 use super::crd::{
@@ -11,14 +12,17 @@ use super::crd::{
 };
 use crate::config::{Claims, DEFAULT_PORT, Endpoint, NetworkSpec, PeerSpec, Role};
 use crate::keys::{DEFAULT_NAMESPACE, DEFAULT_WORKBITS, PublicKey};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Default prefix length of the pod CIDR blocks the agents allocate.
+/// Default prefix length of the IPv4 pod CIDR blocks the agents allocate.
 pub const DEFAULT_POD_CIDR_PREFIX: u8 = 24;
+/// Default prefix length of the IPv6 pod CIDR blocks the agents allocate
+/// (kube-controller-manager's `--node-cidr-mask-size-ipv6` default).
+pub const DEFAULT_POD_CIDR_PREFIX_V6: u8 = 64;
 
 /// One thing wrong with a resource or the cluster's state, for status and
 /// events.
@@ -47,9 +51,183 @@ impl fmt::Display for Problem {
 /// The reason of problems that make the resource unusable as a whole.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
+/// The cluster's pod subnets, at most one per family, as the resource gives
+/// them (`podSubnet`, `podSubnets`), checked, with the block sizes the
+/// agents allocate from each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodSubnets {
+    pub v4: Option<Ipv4Net>,
+    pub v6: Option<Ipv6Net>,
+    /// IPv6 is the primary family (listed first): its block comes first in
+    /// a node's routes, hence in its CNI ranges and its pods' addresses.
+    pub v6_first: bool,
+    /// Prefix length of the IPv4 blocks.
+    pub prefix_v4: u8,
+    /// Prefix length of the IPv6 blocks.
+    pub prefix_v6: u8,
+}
+
+impl Default for PodSubnets {
+    fn default() -> Self {
+        PodSubnets {
+            v4: None,
+            v6: None,
+            v6_first: false,
+            prefix_v4: DEFAULT_POD_CIDR_PREFIX,
+            prefix_v6: DEFAULT_POD_CIDR_PREFIX_V6,
+        }
+    }
+}
+
+impl PodSubnets {
+    /// The pod subnets of `spec`, or every reason they cannot be used (each
+    /// naming the field). `subnet` is the overlay's IPv4 subnet (when it
+    /// parses) and `network` the network file's name (its IPv6 overlay
+    /// prefix derives from it): no pod subnet may overlap them.
+    pub fn from_spec(
+        spec: &WireHubNetworkSpec,
+        subnet: Option<Ipv4Net>,
+        network: &str,
+    ) -> Result<PodSubnets, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut out = PodSubnets {
+            prefix_v4: spec.pod_cidr_prefix.unwrap_or(DEFAULT_POD_CIDR_PREFIX),
+            prefix_v6: spec
+                .pod_cidr_prefix_v6
+                .unwrap_or(DEFAULT_POD_CIDR_PREFIX_V6),
+            ..PodSubnets::default()
+        };
+        if let (Some(one), Some(first)) = (&spec.pod_subnet, spec.pod_subnets.first())
+            && one.trim() != first.trim()
+        {
+            problems.push(format!(
+                "spec.podSubnet {one} is not spec.podSubnets[0] {first}: set podSubnets alone, or podSubnet as its first entry"
+            ));
+        }
+        let listed: Vec<(String, &String)> = if spec.pod_subnets.is_empty() {
+            spec.pod_subnet
+                .iter()
+                .map(|p| ("spec.podSubnet".to_string(), p))
+                .collect()
+        } else {
+            spec.pod_subnets
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("spec.podSubnets[{i}]"), p))
+                .collect()
+        };
+        if listed.len() > 2 {
+            problems.push(format!(
+                "spec.podSubnets has {} entries: at most two, one IPv4 and one IPv6",
+                listed.len()
+            ));
+        }
+        let overlay_v6 = overlay_v6(network);
+        for (i, (field, text)) in listed.iter().enumerate() {
+            let n = match text.trim().parse::<IpNet>() {
+                Ok(n) if n.trunc() == n => n,
+                Ok(n) => {
+                    problems.push(format!(
+                        "{field} {text} has host bits set; did you mean {}?",
+                        n.trunc()
+                    ));
+                    continue;
+                }
+                Err(_) => {
+                    problems.push(format!(
+                        "{field} '{text}' is not a network such as 10.244.0.0/16 or fd00:10:244::/56"
+                    ));
+                    continue;
+                }
+            };
+            if let Some(problem) = crate::config::routed_subnet_problem(&n) {
+                problems.push(format!("{field} {n} {problem}"));
+                continue;
+            }
+            match n {
+                IpNet::V4(v4) => {
+                    if let Some(s) = subnet.filter(|s| crate::config::overlaps(&n, &IpNet::V4(*s)))
+                    {
+                        problems.push(format!("{field} {n} overlaps spec.subnet {s}"));
+                    } else if out.v4.is_some() {
+                        problems.push(format!(
+                            "{field} {n} is a second IPv4 pod subnet: give one IPv4 and one IPv6"
+                        ));
+                    } else if out.prefix_v4 < v4.prefix_len() {
+                        problems.push(format!(
+                            "spec.podCidrPrefix /{} is wider than {field} {n}: use /{} or longer",
+                            out.prefix_v4,
+                            v4.prefix_len()
+                        ));
+                    } else {
+                        out.v4 = Some(v4);
+                    }
+                }
+                IpNet::V6(v6) => {
+                    if crate::config::overlaps(&n, &overlay_v6) {
+                        problems.push(format!(
+                            "{field} {n} overlaps the overlay's IPv6 addresses {overlay_v6}"
+                        ));
+                    } else if out.v6.is_some() {
+                        problems.push(format!(
+                            "{field} {n} is a second IPv6 pod subnet: give one IPv4 and one IPv6"
+                        ));
+                    } else if out.prefix_v6 < v6.prefix_len() {
+                        problems.push(format!(
+                            "spec.podCidrPrefixV6 /{} is wider than {field} {n}: use /{} or longer",
+                            out.prefix_v6,
+                            v6.prefix_len()
+                        ));
+                    } else {
+                        out.v6 = Some(v6);
+                        out.v6_first = i == 0;
+                    }
+                }
+            }
+        }
+        if out.v6.is_some() && out.v4.is_none() && problems.is_empty() {
+            problems.push(format!(
+                "the pod subnets have no IPv4 network: wirehub-cni gives every pod an IPv4 address (IPv6-only pods are not supported); add one, as in podSubnets: [10.244.0.0/16, {}]",
+                out.v6.map(|n| n.to_string()).unwrap_or_default()
+            ));
+        }
+        if out.prefix_v4 > 30 {
+            problems.push(format!(
+                "spec.podCidrPrefix /{} leaves no room for pods: use /30 or shorter",
+                out.prefix_v4
+            ));
+        }
+        if out.prefix_v6 > 120 {
+            problems.push(format!(
+                "spec.podCidrPrefixV6 /{} leaves too little room for pods: use /120 or shorter",
+                out.prefix_v6
+            ));
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether the resource names no pod subnet (the cluster allocates).
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+}
+
+/// The overlay's IPv6 addresses of the network named `network` (in the
+/// network file): the /48 its ULA prefix starts (docs/addressing.md).
+pub fn overlay_v6(network: &str) -> IpNet {
+    let mut prefix = [0u8; 16];
+    prefix[..8].copy_from_slice(&crate::keys::ula_prefix(network));
+    IpNet::V6(Ipv6Net::new(Ipv6Addr::from(prefix), 48).unwrap_or_default())
+}
+
 /// What the agents know of one cluster node: from its Node object (name,
-/// UID, labels, Node.spec.podCIDR, InternalIP) and its `WireHubNode` (key,
-/// endpoint, recorded overlay address and pod CIDR).
+/// UID, labels, Node.spec.podCIDRs, InternalIP) and its `WireHubNode` (key,
+/// endpoint, recorded overlay address and pod CIDRs). One pod CIDR per
+/// family at most.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterNode {
     pub name: String,
@@ -59,10 +237,15 @@ pub struct ClusterNode {
     pub key: Option<PublicKey>,
     pub endpoint: Option<Endpoint>,
     pub overlay_ip: Option<Ipv4Addr>,
-    /// Node.spec.podCIDR when set (the cluster allocates).
+    /// Node.spec.podCIDRs' IPv4 block when set (the cluster allocates).
     pub spec_pod_cidr: Option<Ipv4Net>,
-    /// The pod CIDR the lease holder recorded (WireHubNode spec.podCidr).
+    /// Node.spec.podCIDRs' IPv6 block when set.
+    pub spec_pod_cidr_v6: Option<Ipv6Net>,
+    /// The IPv4 pod CIDR the lease holder recorded (WireHubNode
+    /// spec.podCidrs, spec.podCidr).
     pub recorded_pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod CIDR the lease holder recorded (spec.podCidrs).
+    pub recorded_pod_cidr_v6: Option<Ipv6Net>,
     /// The Node's InternalIP.
     pub internal_ip: Option<String>,
 }
@@ -84,21 +267,40 @@ pub fn record_belongs(record: &WireHubNode, node: &Node, network: &str) -> bool 
 }
 
 impl ClusterNode {
-    /// The pod CIDR the node routes: the cluster's, else the recorded one.
+    /// The IPv4 pod CIDR the node routes: the cluster's, else the
+    /// recorded one.
     pub fn pod_cidr(&self) -> Option<Ipv4Net> {
         self.spec_pod_cidr.or(self.recorded_pod_cidr)
+    }
+
+    /// The IPv6 pod CIDR the node routes: the cluster's, else the
+    /// recorded one.
+    pub fn pod_cidr_v6(&self) -> Option<Ipv6Net> {
+        self.spec_pod_cidr_v6.or(self.recorded_pod_cidr_v6)
+    }
+
+    /// Every pod CIDR the node routes, IPv4 first unless `v6_first`.
+    pub fn pod_cidrs(&self, v6_first: bool) -> Vec<IpNet> {
+        let v4 = self.pod_cidr().map(IpNet::V4);
+        let v6 = self.pod_cidr_v6().map(IpNet::V6);
+        let (a, b) = if v6_first { (v6, v4) } else { (v4, v6) };
+        a.into_iter().chain(b).collect()
     }
 
     /// Reads what matters from a Node object alone (no WireHub state yet).
     pub fn from_node(node: &Node) -> ClusterNode {
         let meta = &node.metadata;
-        let spec_pod_cidr = node.spec.as_ref().and_then(|s| {
-            s.pod_cidr
-                .clone()
-                .into_iter()
-                .chain(s.pod_cidrs.clone().unwrap_or_default())
-                .find_map(|c| c.parse::<Ipv4Net>().ok())
-        });
+        let spec_cidrs: Vec<IpNet> = node
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.pod_cidr
+                    .iter()
+                    .chain(s.pod_cidrs.iter().flatten())
+                    .filter_map(|c| c.trim().parse::<IpNet>().ok())
+            })
+            .collect();
+        let (spec_pod_cidr, spec_pod_cidr_v6) = split_families(&spec_cidrs);
         let internal_ip = node
             .status
             .as_ref()
@@ -110,6 +312,7 @@ impl ClusterNode {
             uid: meta.uid.clone(),
             labels: meta.labels.clone().unwrap_or_default(),
             spec_pod_cidr,
+            spec_pod_cidr_v6,
             internal_ip,
             ..ClusterNode::default()
         }
@@ -138,7 +341,19 @@ impl ClusterNode {
             .overlay_ipv4
             .as_deref()
             .and_then(|i| i.trim().parse().ok());
-        self.recorded_pod_cidr = s.pod_cidr.as_deref().and_then(|c| c.trim().parse().ok());
+        let listed: Vec<IpNet> = s
+            .pod_cidrs
+            .iter()
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        let (v4, v6) = split_families(&listed);
+        // podCidr first: the field agents before dual-stack write and read.
+        self.recorded_pod_cidr = s
+            .pod_cidr
+            .as_deref()
+            .and_then(|c| c.trim().parse().ok())
+            .or(v4);
+        self.recorded_pod_cidr_v6 = v6;
     }
 
     /// Whether the node takes part in a network with this node selector.
@@ -147,6 +362,19 @@ impl ClusterNode {
             .iter()
             .all(|(k, v)| self.labels.get(k).is_some_and(|l| l == v))
     }
+}
+
+/// The first IPv4 and the first IPv6 network of `nets`.
+pub fn split_families(nets: &[IpNet]) -> (Option<Ipv4Net>, Option<Ipv6Net>) {
+    let v4 = nets.iter().find_map(|n| match n {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    });
+    let v6 = nets.iter().find_map(|n| match n {
+        IpNet::V6(n) => Some(*n),
+        IpNet::V4(_) => None,
+    });
+    (v4, v6)
 }
 
 /// A Kubernetes name turned into a name of the network file (letters,
@@ -210,17 +438,8 @@ pub fn resource_peers(
             net.namespace
         ));
     }
-    if let Some(p) = &spec.pod_subnet {
-        match p.parse::<Ipv4Net>() {
-            Ok(n) if n.trunc() == n => {
-                if let Some(problem) = crate::config::routed_subnet_problem(&IpNet::V4(n)) {
-                    bad(format!("spec.podSubnet {n} {problem}"));
-                }
-            }
-            _ => bad(format!(
-                "spec.podSubnet '{p}' is not a network such as 10.244.0.0/16"
-            )),
-        }
+    if let Err(e) = PodSubnets::from_spec(spec, net.subnet, &net.name) {
+        e.into_iter().for_each(&mut bad);
     }
     let mut boots = Vec::new();
     for (i, b) in spec.boot_nodes.iter().enumerate() {
@@ -305,24 +524,31 @@ fn external_peer(p: &ExternalPeer) -> Result<PeerSpec, String> {
 }
 
 /// Why a node's pod CIDR cannot be routed, if it cannot: it must lie inside
-/// the resource's `podSubnet` (when one is set), be a subnet any router may
-/// claim, and stay clear of the overlay's own addresses. A node's pod CIDR
-/// comes from its Node object, which a compromised agent may write: a CIDR
-/// such as `0.0.0.0/1` would otherwise become every node's route.
-fn pod_cidr_problem(
-    cidr: Ipv4Net,
-    pod_subnet: Option<Ipv4Net>,
-    net: &NetworkSpec,
-) -> Option<String> {
-    if let Some(ps) = pod_subnet.filter(|ps| !ps.contains(&cidr)) {
-        return Some(format!("lies outside spec.podSubnet {ps}"));
+/// the resource's pod subnet of its family (when there is one), be a subnet
+/// any router may claim, and stay clear of the overlay's own addresses
+/// (IPv4 and IPv6). A node's pod CIDR comes from its Node object, which a
+/// compromised agent may write: a CIDR such as `0.0.0.0/1` would otherwise
+/// become every node's route.
+fn pod_cidr_problem(cidr: IpNet, pods: &PodSubnets, net: &NetworkSpec) -> Option<String> {
+    let pool = match cidr {
+        IpNet::V4(_) => pods.v4.map(IpNet::V4),
+        IpNet::V6(_) => pods.v6.map(IpNet::V6),
+    };
+    if let Some(ps) = pool.filter(|ps| !ps.contains(&cidr)) {
+        return Some(format!("lies outside the pod subnet {ps}"));
     }
-    if let Some(problem) = crate::config::routed_subnet_problem(&IpNet::V4(cidr)) {
+    if let Some(problem) = crate::config::routed_subnet_problem(&cidr) {
         return Some(problem);
     }
-    net.subnet
-        .filter(|s| s.contains(&cidr.network()) || cidr.contains(&s.network()))
-        .map(|s| format!("overlaps the overlay subnet {s}"))
+    if let Some(s) = net
+        .subnet
+        .filter(|s| crate::config::overlaps(&cidr, &IpNet::V4(*s)))
+    {
+        return Some(format!("overlaps the overlay subnet {s}"));
+    }
+    let v6 = overlay_v6(&net.name);
+    crate::config::overlaps(&cidr, &v6)
+        .then(|| format!("overlaps the overlay's IPv6 addresses {v6}"))
 }
 
 /// The network a cluster runs, built from the resource and the nodes.
@@ -337,8 +563,9 @@ pub struct ClusterSpec {
 }
 
 /// Builds the spec every node of the cluster runs: the resource's boot nodes,
-/// then every selected node that has a key, an overlay address and a pod
-/// CIDR (sorted by name, each a `router` of its pod CIDR with its overlay
+/// then every selected node that has a key, an overlay address and an IPv4
+/// pod CIDR (sorted by name, each a `router` of its pod CIDRs, IPv6 too
+/// once it has one, with its overlay
 /// address pinned), then the external peers in the resource's order.
 /// `use_selector` is false when the nodes come from the resource's status
 /// (they take part by definition).
@@ -454,7 +681,10 @@ fn one_more<'a>(before: &[ClusterNode], now: &'a [ClusterNode]) -> Option<&'a Cl
 }
 
 /// Why a node cannot take part yet: no key (its agent has not started),
-/// or no overlay address or pod CIDR (not allocated yet).
+/// or no overlay address or no IPv4 pod CIDR (not allocated yet; every pod
+/// gets an IPv4 address). A node without its IPv6 block takes part with
+/// its IPv4 one until the block is recorded: a network that gains an IPv6
+/// pod subnet drops no node meanwhile.
 fn waiting_for(n: &ClusterNode) -> Option<Problem> {
     if n.key.is_none() {
         return Some(Problem::new(
@@ -465,13 +695,17 @@ fn waiting_for(n: &ClusterNode) -> Option<Problem> {
             ),
         ));
     }
-    if n.overlay_ip.is_none() || n.pod_cidr().is_none() {
-        return Some(Problem::new(
-            "WaitingForAllocation",
-            format!("node {} has no overlay address or pod CIDR yet", n.name),
-        ));
-    }
-    None
+    let what = if n.overlay_ip.is_none() {
+        "overlay address"
+    } else if n.pod_cidr().is_none() {
+        "IPv4 pod CIDR"
+    } else {
+        return None;
+    };
+    Some(Problem::new(
+        "WaitingForAllocation",
+        format!("node {} has no {what} yet", n.name),
+    ))
 }
 
 /// The network of the resource and `sorted`: selected nodes, in name
@@ -483,8 +717,8 @@ fn build(
 ) -> Result<ClusterSpec, Vec<Problem>> {
     let (mut net, boots, externals) = resource_peers(name, spec)?;
     let listen_port = spec.listen_port.unwrap_or(DEFAULT_PORT);
-    // resource_peers checked it parses.
-    let pod_subnet: Option<Ipv4Net> = spec.pod_subnet.as_deref().and_then(|p| p.parse().ok());
+    // resource_peers checked them.
+    let pods = PodSubnets::from_spec(spec, net.subnet, &net.name).unwrap_or_default();
     let external_keys: HashSet<PublicKey> = boots.iter().chain(&externals).map(|p| p.key).collect();
     let external_ips: HashSet<Ipv4Addr> = externals.iter().filter_map(|p| p.static_ip).collect();
     let external_names: HashSet<&str> = externals
@@ -503,10 +737,14 @@ fn build(
     };
     for n in sorted {
         // waiting_for() took the others out.
-        let (Some(key), Some(ip), Some(cidr)) = (n.key, n.overlay_ip, n.pod_cidr()) else {
+        let cidrs = n.pod_cidrs(pods.v6_first);
+        let (Some(key), Some(ip), Some(_)) = (n.key, n.overlay_ip, n.pod_cidr()) else {
             continue;
         };
-        if let Some(problem) = pod_cidr_problem(cidr, pod_subnet, &net) {
+        if let Some((cidr, problem)) = cidrs
+            .iter()
+            .find_map(|c| pod_cidr_problem(*c, &pods, &net).map(|p| (c, p)))
+        {
             leave(
                 n,
                 "PodCIDRRefused",
@@ -560,10 +798,12 @@ fn build(
             );
             continue;
         }
-        if let Some(other) = seen_cidrs
-            .first_overlap(&IpNet::V4(cidr))
-            .and_then(|(_, i)| members.get(i))
-        {
+        if let Some((cidr, other)) = cidrs.iter().find_map(|c| {
+            seen_cidrs
+                .first_overlap(c)
+                .and_then(|(_, i)| members.get(i))
+                .map(|other| (c, other))
+        }) {
             leave(
                 n,
                 "PodCIDRConflict",
@@ -573,13 +813,15 @@ fn build(
         }
         seen_keys.insert(key, n.name.clone());
         seen_ips.insert(ip, n.name.clone());
-        seen_cidrs.claim(IpNet::V4(cidr), members.len());
+        for c in &cidrs {
+            seen_cidrs.claim(*c, members.len());
+        }
         members.push(n.name.clone());
         node_peers.push(node_peer(
             n,
             key,
             ip,
-            cidr,
+            cidrs,
             listen_port,
             &external_names,
             &net.name,
@@ -601,14 +843,15 @@ fn build(
     })
 }
 
-/// The `router` line of a node that takes part: its pod CIDR routed, its
+/// The `router` line of a node that takes part: its pod CIDRs routed (the
+/// primary family first: the node's CNI ranges follow this order), its
 /// overlay address pinned, named after it unless an external peer or the
 /// network has that name, reached at its endpoint, else its InternalIP.
 fn node_peer(
     n: &ClusterNode,
     key: PublicKey,
     ip: Ipv4Addr,
-    cidr: Ipv4Net,
+    cidrs: Vec<IpNet>,
     listen_port: u16,
     external_names: &HashSet<&str>,
     network: &str,
@@ -631,7 +874,7 @@ fn node_peer(
         static_ip: Some(ip),
         key,
         endpoint,
-        routes: vec![IpNet::V4(cidr)],
+        routes: cidrs,
     }
 }
 
@@ -647,20 +890,29 @@ fn add_one(
     before: &[ClusterNode],
     added: &ClusterNode,
 ) -> Option<ClusterSpec> {
-    let (Some(key), Some(ip), Some(cidr)) = (added.key, added.overlay_ip, added.pod_cidr()) else {
+    let (net, boots, externals) = resource_peers(name, spec).ok()?;
+    let pods = PodSubnets::from_spec(spec, net.subnet, &net.name).ok()?;
+    let cidrs = added.pod_cidrs(pods.v6_first);
+    let (Some(key), Some(ip), Some(_)) = (added.key, added.overlay_ip, added.pod_cidr()) else {
         return None;
     };
-    let (net, boots, externals) = resource_peers(name, spec).ok()?;
-    let pod_subnet: Option<Ipv4Net> = spec.pod_subnet.as_deref().and_then(|p| p.parse().ok());
-    if pod_cidr_problem(cidr, pod_subnet, &net).is_some() {
+    if cidrs
+        .iter()
+        .any(|c| pod_cidr_problem(*c, &pods, &net).is_some())
+    {
         return None;
     }
-    let overlap = |c: Ipv4Net| c.contains(&cidr.network()) || cidr.contains(&c.network());
+    let overlap = |o: &ClusterNode| {
+        o.pod_cidrs(pods.v6_first)
+            .iter()
+            .any(|c| cidrs.iter().any(|a| crate::config::overlaps(a, c)))
+    };
     // Any node, taking part or left out: what it conflicts with depends on
     // the order, and so might its reason to be left out.
-    let conflict = before.iter().any(|o| {
-        o.key == Some(key) || o.overlay_ip == Some(ip) || o.pod_cidr().is_some_and(overlap)
-    }) || boots.iter().chain(&externals).any(|p| p.key == key)
+    let conflict = before
+        .iter()
+        .any(|o| o.key == Some(key) || o.overlay_ip == Some(ip) || overlap(o))
+        || boots.iter().chain(&externals).any(|p| p.key == key)
         || externals.iter().any(|p| p.static_ip == Some(ip));
     if conflict {
         return None;
@@ -682,7 +934,7 @@ fn add_one(
             added,
             key,
             ip,
-            cidr,
+            cidrs,
             listen_port,
             &external_names,
             &net.name,
@@ -694,8 +946,8 @@ fn add_one(
 
 /// The nodes of a network as its `WireHubNode`s tell them (for printing
 /// the network file of an external host, which has no Node objects to
-/// check them against): the pod CIDR the node reports routing, else the
-/// recorded one.
+/// check them against): the pod CIDRs the node reports routing, else the
+/// recorded ones.
 pub fn record_nodes(network: &str, records: &[WireHubNode]) -> Vec<ClusterNode> {
     records
         .iter()
@@ -706,11 +958,15 @@ pub fn record_nodes(network: &str, records: &[WireHubNode]) -> Vec<ClusterNode> 
                 ..ClusterNode::default()
             };
             c.take_record(r);
-            c.spec_pod_cidr = r
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_cidr.as_deref())
-                .and_then(|p| p.parse().ok());
+            if let Some(st) = &r.status {
+                let reported: Vec<IpNet> = st
+                    .pod_cidrs
+                    .iter()
+                    .chain(&st.pod_cidr)
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect();
+                (c.spec_pod_cidr, c.spec_pod_cidr_v6) = split_families(&reported);
+            }
             c
         })
         .collect()
@@ -743,7 +999,9 @@ pub fn network_to_resource(net: &NetworkSpec) -> Result<(WireHubNetwork, Vec<Str
         workbits: (net.workbits != DEFAULT_WORKBITS).then_some(net.workbits),
         namespace: (net.namespace != DEFAULT_NAMESPACE).then(|| net.namespace.clone()),
         pod_subnet: None,
+        pod_subnets: Vec::new(),
         pod_cidr_prefix: None,
+        pod_cidr_prefix_v6: None,
         listen_port: None,
         node_selector: BTreeMap::new(),
         boot_nodes: Vec::new(),

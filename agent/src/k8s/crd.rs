@@ -30,8 +30,8 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
 
 /// A WireHub overlay network for the nodes of this cluster: every
 /// participating node runs the WireHub node (the `wh agent` DaemonSet),
-/// routes its pod CIDR over the overlay and trusts the other nodes plus the
-/// external peers listed here.
+/// routes its pod CIDRs (IPv4, or IPv4 and IPv6) over the overlay and
+/// trusts the other nodes plus the external peers listed here.
 // The printer columns repeat `type_`: not a mistake.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -50,6 +50,12 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
         type_ = "string",
         json_path = ".spec.subnet",
         description = "the overlay's IPv4 subnet"
+    ),
+    printcolumn(
+        name = "Pod Subnets",
+        type_ = "string",
+        json_path = ".spec.podSubnets",
+        description = "the cluster's pod subnets (dual-stack)"
     ),
     printcolumn(
         name = "Pod Subnet",
@@ -108,20 +114,37 @@ pub struct WireHubNetworkSpec {
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
 
-    /// The cluster's pod network (CIDR). Each node routes one block of it:
-    /// Node.spec.podCIDR when the cluster allocates pod CIDRs, else a block
-    /// of podCidrPrefix bits the agents allocate and record in the node's
-    /// WireHubNode (spec.podCidr). Required when the cluster does not
-    /// allocate pod CIDRs.
+    /// The cluster's pod network (CIDR). Each node routes one
+    /// block of it: Node.spec.podCIDRs' block of its family when the cluster
+    /// allocates pod CIDRs, else a block the agents allocate and record in
+    /// the node's WireHubNode (spec.podCidrs). For a dual-stack cluster use
+    /// podSubnets; when both are set, podSubnet must be podSubnets[0] (as
+    /// Node.spec.podCIDR is podCIDRs[0]). Required, in one of the two
+    /// fields, when the cluster does not allocate pod CIDRs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(IPV4_CIDR_PATTERN))]
+    #[schemars(pattern(CIDR_PATTERN))]
     pub pod_subnet: Option<String>,
 
-    /// Prefix length of the pod CIDR blocks the agents allocate from
-    /// podSubnet. Default 24.
+    /// The cluster's pod networks, at most one IPv4 and one IPv6, as
+    /// kube-controller-manager's --cluster-cidr lists them: for example
+    /// [10.244.0.0/16, fd00:10:244::/56]. The first is the pods' primary
+    /// family (their status.podIP); every node routes a block of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(CIDR_PATTERN)), length(max = 2))]
+    pub pod_subnets: Vec<String>,
+
+    /// Prefix length of the IPv4 pod CIDR blocks the agents allocate from
+    /// the IPv4 pod subnet. Default 24.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8, max = 30))]
     pub pod_cidr_prefix: Option<u8>,
+
+    /// Prefix length of the IPv6 pod CIDR blocks the agents allocate from
+    /// the IPv6 pod subnet. Default 64 (kube-controller-manager's
+    /// --node-cidr-mask-size-ipv6 default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 120))]
+    pub pod_cidr_prefix_v6: Option<u8>,
 
     /// The UDP port every node listens on, for WireGuard and WireHub's
     /// control protocol alike. Default 62096. A change takes effect when the
@@ -258,7 +281,7 @@ pub struct Condition {
 /// One cluster node's part of the network, named after its Node (which
 /// owns it: it goes when the Node goes). Its agent writes the key and the
 /// endpoints, the holder of the network's Lease records the overlay address
-/// and the pod CIDR once; the status is what the agent sees. The other
+/// and the pod CIDRs once; the status is what the agent sees. The other
 /// agents trust it only as far as it matches what they pinned for the Node
 /// (see docs/threat-model.md).
 #[allow(clippy::duplicated_attributes)]
@@ -272,7 +295,7 @@ pub struct Condition {
     shortname = "whnode",
     category = "wirehub",
     status = "WireHubNodeStatus",
-    doc = "One node of a WireHub network, named after its Node: its key, endpoints, overlay address, pod CIDR, NAT, readiness and a summary of its paths.",
+    doc = "One node of a WireHub network, named after its Node: its key, endpoints, overlay address, pod CIDRs, NAT, readiness and a summary of its paths.",
     printcolumn(
         name = "Network",
         type_ = "string",
@@ -286,10 +309,10 @@ pub struct Condition {
         description = "the node's overlay IPv4 address"
     ),
     printcolumn(
-        name = "Pod CIDR",
+        name = "Pod CIDRs",
         type_ = "string",
-        json_path = ".status.podCidr",
-        description = "the pod CIDR the node routes"
+        json_path = ".status.podCidrs",
+        description = "the pod CIDRs the node routes, one per family"
     ),
     printcolumn(
         name = "Endpoint",
@@ -359,12 +382,19 @@ pub struct WireHubNodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(IPV4_PATTERN))]
     pub overlay_ipv4: Option<String>,
-    /// The pod CIDR the lease holder allocated from spec.podSubnet of the
-    /// network, when the cluster does not set Node.spec.podCIDR. Recorded
-    /// once.
+    /// The IPv4 pod CIDR the lease holder allocated from the network's IPv4
+    /// pod subnet, when the cluster does not set one in Node.spec.podCIDRs.
+    /// Recorded once; also in podCidrs (kept for agents that read only
+    /// this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(IPV4_CIDR_PATTERN))]
     pub pod_cidr: Option<String>,
+    /// The pod CIDRs the lease holder allocated, at most one per family
+    /// (from the network's pod subnets, for each family Node.spec.podCIDRs
+    /// lacks). Recorded once each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(CIDR_PATTERN)), length(max = 2))]
+    pub pod_cidrs: Vec<String>,
 }
 
 /// What a node's agent sees.
@@ -374,9 +404,13 @@ pub struct WireHubNodeStatus {
     /// The node's overlay is up and reaches every other node.
     #[serde(default)]
     pub ready: bool,
-    /// The pod CIDR the node routes (Node.spec.podCIDR, else spec.podCidr).
+    /// The node's first pod CIDR (of the primary family), as podCidrs[0].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
+    /// The pod CIDRs the node routes, one per family, the primary first:
+    /// for each family Node.spec.podCIDRs' block, else spec.podCidrs'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
     /// The node's overlay IPv6 address (derived from its key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_ipv6: Option<String>,

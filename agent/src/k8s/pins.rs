@@ -1,4 +1,4 @@
-//! Pins: the first WireHub key, overlay address and recorded pod CIDR an
+//! Pins: the first WireHub key, overlay address and recorded pod CIDRs an
 //! agent saw for each Node object, so that other values published later
 //! for the same Node are refused.
 //!
@@ -14,7 +14,7 @@
 //! and traffic stay as they were, and the impostor's key gets nothing.
 //!
 //! Owns: the pins (Node UID → name, key, overlay address, recorded pod
-//! CIDR), their text form (one JSON file beside the node's private key, in
+//! CIDRs, one per family), their text form (one JSON file beside the node's private key, in
 //! the agent's host path). Promises: a Node keeps the key first seen for
 //! its UID until the Node object is deleted (a node that is reinstalled
 //! with a new key registers a new Node object, hence a new UID); its
@@ -29,7 +29,7 @@
 
 use super::convert::{ClusterNode, Problem};
 use crate::keys::PublicKey;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -49,6 +49,10 @@ pub struct Pin {
     pub overlay_ip: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<Ipv4Net>,
+    /// The recorded IPv6 pod CIDR (absent from pins written before
+    /// dual-stack: pinned when first seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<Ipv6Net>,
 }
 
 /// Every pin, by Node UID.
@@ -119,6 +123,7 @@ impl Pins {
                     pin.key = key;
                     pin.overlay_ip = pin.overlay_ip.or(node.overlay_ip);
                     pin.pod_cidr = pin.pod_cidr.or(node.recorded_pod_cidr);
+                    pin.pod_cidr_v6 = pin.pod_cidr_v6.or(node.recorded_pod_cidr_v6);
                     out.changed |= *pin != before;
                     out.nodes.push(node);
                 }
@@ -130,6 +135,7 @@ impl Pins {
                             key,
                             overlay_ip: node.overlay_ip,
                             pod_cidr: node.recorded_pod_cidr,
+                            pod_cidr_v6: node.recorded_pod_cidr_v6,
                         },
                     );
                     out.changed = true;
@@ -160,8 +166,14 @@ fn keep_allocations(
     {
         what.push(format!("pod CIDR {b}, first seen {a}"));
     }
+    if let (Some(a), Some(b)) = (pin.pod_cidr_v6, node.recorded_pod_cidr_v6)
+        && a != b
+    {
+        what.push(format!("pod CIDR {b}, first seen {a}"));
+    }
     node.overlay_ip = pin.overlay_ip.or(node.overlay_ip);
     node.recorded_pod_cidr = pin.pod_cidr.or(node.recorded_pod_cidr);
+    node.recorded_pod_cidr_v6 = pin.pod_cidr_v6.or(node.recorded_pod_cidr_v6);
     if what.is_empty() {
         return false;
     }
@@ -302,6 +314,36 @@ mod tests {
             assert_eq!(c.nodes, std::slice::from_ref(&pinned));
             assert!(c.refused.is_empty());
         }
+    }
+
+    #[test]
+    fn an_ipv6_pod_cidr_once_seen_never_moves_and_old_pin_files_still_read() {
+        let mut pins = Pins::default();
+        let with = |v6: &str| ClusterNode {
+            overlay_ip: "10.0.0.254".parse().ok(),
+            recorded_pod_cidr: "10.244.1.0/24".parse().ok(),
+            recorded_pod_cidr_v6: v6.parse().ok(),
+            ..node("b", "u2", 2)
+        };
+        // A pin from before dual-stack (no IPv6 block): the block recorded
+        // later is pinned when first seen.
+        pins.check(vec![with("")], "a");
+        let old = pins.to_text();
+        assert!(!old.contains("pod_cidr_v6"), "{old}");
+        let mut pins = Pins::from_text(&old).unwrap();
+        let c = pins.check(vec![with("fd00:10:244:1::/64")], "a");
+        assert!(c.changed && c.refused.is_empty());
+        let c = pins.check(vec![with("fd00:10:244:9::/64")], "a");
+        assert_eq!(c.nodes, [with("fd00:10:244:1::/64")]);
+        assert_eq!(c.refused[0].1.reason, ALLOCATION_CHANGED);
+        assert!(
+            c.refused[0]
+                .1
+                .message
+                .contains("pod CIDR fd00:10:244:9::/64, first seen fd00:10:244:1::/64"),
+            "{:?}",
+            c.refused
+        );
     }
 
     #[test]

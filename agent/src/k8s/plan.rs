@@ -194,6 +194,7 @@ pub fn plan(s: &Snapshot) -> Plan {
             .unwrap_or_default(),
         overlay_ipv4: None,
         pod_cidr: None,
+        pod_cidrs: Vec::new(),
     });
     let own_status = own_status(s, &node_problems);
     let network_status = s.leader.then(|| network_status(s, &network_problems));
@@ -265,8 +266,22 @@ fn names(s: &Snapshot) -> HashMap<String, String> {
 /// This node's status, from its node core's state.
 fn own_status(s: &Snapshot, problems: &[Problem]) -> WireHubNodeStatus {
     let me = s.nodes.iter().find(|n| n.name == s.me);
+    let name = s.network.metadata.name.as_deref().unwrap_or_default();
+    let v6_first = convert::PodSubnets::from_spec(
+        &s.network.spec,
+        s.network.spec.subnet.parse().ok(),
+        &convert::file_name(name),
+    )
+    .is_ok_and(|p| p.v6_first);
+    let pod_cidrs: Vec<String> = me
+        .map(|n| n.pod_cidrs(v6_first))
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let mut status = WireHubNodeStatus {
-        pod_cidr: me.and_then(|n| n.pod_cidr()).map(|c| c.to_string()),
+        pod_cidr: pod_cidrs.first().cloned(),
+        pod_cidrs,
         observed_generation: s.running_generation,
         ..WireHubNodeStatus::default()
     };

@@ -1,7 +1,7 @@
 use super::alloc::{next_overlay_ip, next_pod_cidr, plan};
 use super::convert::{
-    ClusterNode, INVALID_SPEC, NetworkMemo, cluster_spec, file_name, network_to_resource,
-    resource_to_network,
+    ClusterNode, INVALID_SPEC, NetworkMemo, PodSubnets, cluster_spec, file_name,
+    network_to_resource, resource_to_network,
 };
 use super::crd::{
     ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode, WireHubNodeSpec,
@@ -134,7 +134,7 @@ fn crd_has_the_shape_kubernetes_needs() {
         .collect();
     for c in [
         "Overlay IP",
-        "Pod CIDR",
+        "Pod CIDRs",
         "NAT",
         "Ready",
         "Relayed",
@@ -424,7 +424,7 @@ fn allocation_takes_addresses_from_the_top_and_blocks_from_the_bottom() {
     full.insert(Ipv4Addr::new(10, 0, 0, 2));
     assert_eq!(next_overlay_ip(tiny, &full), None);
 
-    let pool = "10.244.0.0/16".parse().unwrap();
+    let pool: ipnet::IpNet = "10.244.0.0/16".parse().unwrap();
     assert_eq!(
         next_pod_cidr(pool, 24, &[]).unwrap().to_string(),
         "10.244.0.0/24"
@@ -446,13 +446,17 @@ fn allocation_takes_addresses_from_the_top_and_blocks_from_the_bottom() {
         name: "c".into(),
         ..ClusterNode::default()
     };
-    let (p, problems) = plan(subnet, Some(pool), 24, &[&a, &b, &c], &HashSet::new());
+    let pods = PodSubnets {
+        v4: Some("10.244.0.0/16".parse().unwrap()),
+        ..PodSubnets::default()
+    };
+    let (p, problems) = plan(subnet, &pods, &[&a, &b, &c], &HashSet::new());
     assert!(problems.is_empty());
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].node, "a");
     assert_eq!(p[0].overlay_ip, Some(Ipv4Addr::new(10, 0, 0, 253)));
     assert_eq!(p[0].pod_cidr.unwrap().to_string(), "10.244.1.0/24");
-    let (_, problems) = plan(subnet, None, 24, &[&a], &HashSet::new());
+    let (_, problems) = plan(subnet, &PodSubnets::default(), &[&a], &HashSet::new());
     assert_eq!(problems[0].reason, "AllocationFailed");
 }
 
@@ -496,6 +500,7 @@ fn record(name: &str, uid: &str, network: &str) -> WireHubNode {
             endpoints: vec!["203.0.113.11:62096".into()],
             overlay_ipv4: Some("10.0.0.254".into()),
             pod_cidr: Some("10.244.7.0/24".into()),
+            pod_cidrs: Vec::new(),
         },
     );
     r.metadata.owner_references = Some(vec![
@@ -622,7 +627,7 @@ fn a_pod_cidr_outside_the_pod_subnet_or_too_wide_leaves_its_node_out() {
         cs.left_out[0]
             .1
             .message
-            .contains("outside spec.podSubnet 10.244.0.0/16")
+            .contains("outside the pod subnet 10.244.0.0/16")
     );
     // Without a podSubnet, the route itself is still judged.
     s.pod_subnet = None;
@@ -744,7 +749,10 @@ fn rebuild_cost() {
 #[test]
 fn a_holder_whose_watch_lags_never_gives_one_address_twice() {
     let subnet: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
-    let pods: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    let pods = PodSubnets {
+        v4: Some("10.244.0.0/16".parse().unwrap()),
+        ..PodSubnets::default()
+    };
     let waiting = |name: &str, seed: u8| ClusterNode {
         name: name.into(),
         key: Some(key(seed)),
@@ -754,9 +762,9 @@ fn a_holder_whose_watch_lags_never_gives_one_address_twice() {
     let allocate = |written: &mut super::alloc::Written, view: &[ClusterNode]| {
         let filled = written.fill(view);
         let selected: Vec<&ClusterNode> = filled.iter().collect();
-        let (planned, _) = plan(subnet, Some(pods), 24, &selected, &HashSet::new());
+        let (planned, _) = plan(subnet, &pods, &selected, &HashSet::new());
         for a in &planned {
-            written.note(&a.node, a.overlay_ip, a.pod_cidr);
+            written.note(a);
         }
         planned
     };
@@ -776,4 +784,426 @@ fn a_holder_whose_watch_lags_never_gives_one_address_twice() {
     b.recorded_pod_cidr = first[0].pod_cidr;
     assert!(written.fill(&[b]).iter().all(|n| n.name == "b"));
     assert!(written.is_empty());
+}
+
+/// The lab network, dual-stack: pods in 10.244.0.0/16 and fd00:10:244::/56.
+fn dual_spec() -> WireHubNetworkSpec {
+    WireHubNetworkSpec {
+        pod_subnet: None,
+        pod_subnets: vec!["10.244.0.0/16".into(), "fd00:10:244::/56".into()],
+        ..spec()
+    }
+}
+
+/// A node with both pod CIDRs recorded.
+fn dual_node(name: &str, seed: u8, ip: &str, v4: &str, v6: &str) -> ClusterNode {
+    ClusterNode {
+        recorded_pod_cidr_v6: v6.parse().ok(),
+        ..node(name, seed, ip, v4)
+    }
+}
+
+fn pod_subnets(spec: &WireHubNetworkSpec) -> Result<PodSubnets, Vec<String>> {
+    PodSubnets::from_spec(spec, spec.subnet.parse().ok(), "lab")
+}
+
+#[test]
+fn pod_subnets_take_one_network_of_each_family_the_primary_first() {
+    let p = pod_subnets(&dual_spec()).unwrap();
+    assert_eq!(p.v4.unwrap().to_string(), "10.244.0.0/16");
+    assert_eq!(p.v6.unwrap().to_string(), "fd00:10:244::/56");
+    assert!(!p.v6_first);
+    assert_eq!((p.prefix_v4, p.prefix_v6), (24, 64));
+    // IPv6 first: the primary family.
+    let mut s = dual_spec();
+    s.pod_subnets.reverse();
+    assert!(pod_subnets(&s).unwrap().v6_first);
+    // podSubnet alone still works.
+    let p = pod_subnets(&spec()).unwrap();
+    assert_eq!((p.v4.is_some(), p.v6), (true, None));
+    // IPv6 alone is refused: the CNI plugin gives every pod an IPv4 address.
+    let mut s = spec();
+    s.pod_subnet = Some("fd00:10:244::/56".into());
+    let e = pod_subnets(&s).unwrap_err().join("; ");
+    assert!(
+        e.contains("no IPv4 network") && e.contains("IPv6-only pods are not supported"),
+        "{e}"
+    );
+    // podSubnet beside podSubnets: allowed as its first entry.
+    let mut s = dual_spec();
+    s.pod_subnet = Some("10.244.0.0/16".into());
+    assert!(pod_subnets(&s).is_ok());
+}
+
+#[test]
+fn bad_pod_subnets_are_refused_naming_the_field_and_the_fault() {
+    let refused = |subnets: &[&str], single: Option<&str>, v4: Option<u8>, v6: Option<u8>| {
+        let mut s = dual_spec();
+        s.pod_subnets = subnets.iter().map(|p| p.to_string()).collect();
+        s.pod_subnet = single.map(str::to_string);
+        s.pod_cidr_prefix = v4;
+        s.pod_cidr_prefix_v6 = v6;
+        pod_subnets(&s).unwrap_err().join("; ")
+    };
+    let e = refused(&["10.244.0.0/16", "10.245.0.0/16"], None, None, None);
+    assert!(
+        e.contains("spec.podSubnets[1] 10.245.0.0/16 is a second IPv4 pod subnet"),
+        "{e}"
+    );
+    let e = refused(&["fd00:1::/56", "fd00:2::/56"], None, None, None);
+    assert!(
+        e.contains("spec.podSubnets[1] fd00:2::/56 is a second IPv6"),
+        "{e}"
+    );
+    let e = refused(&["10.0.0.0/16", "fd00:1::/56"], None, None, None);
+    assert!(
+        e.contains("spec.podSubnets[0] 10.0.0.0/16 overlaps spec.subnet 10.0.0.0/24"),
+        "{e}"
+    );
+    let overlay = super::convert::overlay_v6("lab").to_string();
+    let e = refused(&["10.244.0.0/16", &overlay], None, None, None);
+    assert!(e.contains("overlaps the overlay's IPv6 addresses"), "{e}");
+    let e = refused(&["10.244.0.0/16", "fd00:1::1/56"], None, None, None);
+    assert!(
+        e.contains("spec.podSubnets[1] fd00:1::1/56 has host bits set; did you mean fd00:1::/56?"),
+        "{e}"
+    );
+    let e = refused(&["10.244.0.0/16", "pods"], None, None, None);
+    assert!(
+        e.contains("spec.podSubnets[1] 'pods' is not a network"),
+        "{e}"
+    );
+    let e = refused(&["10.244.0.0/16", "fd00:1::/56"], None, None, Some(48));
+    assert!(
+        e.contains("spec.podCidrPrefixV6 /48 is wider than spec.podSubnets[1] fd00:1::/56"),
+        "{e}"
+    );
+    let e = refused(&["10.244.0.0/16", "fd00:1::/56"], None, Some(12), None);
+    assert!(
+        e.contains("spec.podCidrPrefix /12 is wider than spec.podSubnets[0] 10.244.0.0/16"),
+        "{e}"
+    );
+    let e = refused(&["10.244.0.0/16", "fd00:1::/56"], None, None, Some(127));
+    assert!(
+        e.contains("spec.podCidrPrefixV6 /127 leaves too little room"),
+        "{e}"
+    );
+    let e = refused(
+        &["10.244.0.0/16", "fd00:1::/56"],
+        Some("10.245.0.0/16"),
+        None,
+        None,
+    );
+    assert!(
+        e.contains("spec.podSubnet 10.245.0.0/16 is not spec.podSubnets[0] 10.244.0.0/16"),
+        "{e}"
+    );
+    let e = refused(
+        &["10.244.0.0/16", "fd00:1::/56", "10.9.0.0/16"],
+        None,
+        None,
+        None,
+    );
+    assert!(e.contains("spec.podSubnets has 3 entries"), "{e}");
+    let e = refused(&["10.244.0.0/16", "::/0"], None, None, None);
+    assert!(e.contains("spec.podSubnets[1] ::/0 is too wide"), "{e}");
+    // The resource as a whole is refused with the same words.
+    let mut s = dual_spec();
+    s.pod_subnets.push("fd00:2::/56".into());
+    let e = cluster_spec("lab", &s, &[], true).unwrap_err();
+    assert!(e.iter().all(|p| p.reason == INVALID_SPEC), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|p| p.message.contains("spec.podSubnets has 3 entries")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_dual_stack_node_routes_both_pod_cidrs_the_primary_family_first() {
+    let nodes = vec![
+        dual_node("a", 1, "10.0.0.254", "10.244.0.0/24", "fd00:10:244::/64"),
+        dual_node("b", 2, "10.0.0.253", "10.244.1.0/24", "fd00:10:244:1::/64"),
+    ];
+    let cs = cluster_spec("lab", &dual_spec(), &nodes, true).unwrap();
+    assert_eq!(cs.members, vec!["a", "b"]);
+    let routes: Vec<Vec<String>> = cs
+        .spec
+        .peers
+        .iter()
+        .filter(|p| p.role == Role::Router)
+        .map(|p| p.routes.iter().map(|r| r.to_string()).collect())
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            vec!["10.244.0.0/24", "fd00:10:244::/64"],
+            vec!["10.244.1.0/24", "fd00:10:244:1::/64"]
+        ]
+    );
+    // The network file says the same (what the node core runs).
+    assert!(
+        cs.spec.to_string().contains("fd00:10:244:1::/64"),
+        "{}",
+        cs.spec
+    );
+    // IPv6 primary: its block first, so the node's CNI ranges list it first.
+    let mut s = dual_spec();
+    s.pod_subnets.reverse();
+    let cs = cluster_spec("lab", &s, &nodes, true).unwrap();
+    let a = cs
+        .spec
+        .peers
+        .iter()
+        .find(|p| p.hostname.as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(a.routes[0].to_string(), "fd00:10:244::/64");
+}
+
+#[test]
+fn a_dual_stack_node_conflicts_by_either_block_and_routes_ipv4_until_its_ipv6_block_comes() {
+    let nodes = vec![
+        dual_node("a", 1, "10.0.0.254", "10.244.0.0/24", "fd00:10:244::/64"),
+        // b has no IPv6 block yet: it routes its IPv4 one meanwhile.
+        node("b", 2, "10.0.0.253", "10.244.1.0/24"),
+        // c's IPv6 block is a's.
+        dual_node("c", 3, "10.0.0.252", "10.244.2.0/24", "fd00:10:244::/64"),
+        // d's IPv6 block lies outside the IPv6 pod subnet.
+        dual_node("d", 4, "10.0.0.251", "10.244.3.0/24", "fd00:99::/64"),
+        // e has an IPv6 block only: it waits (every pod needs IPv4).
+        dual_node("e", 5, "10.0.0.250", "", "fd00:10:244:5::/64"),
+    ];
+    let cs = cluster_spec("lab", &dual_spec(), &nodes, true).unwrap();
+    assert_eq!(cs.members, vec!["a", "b"]);
+    let b = cs
+        .spec
+        .peers
+        .iter()
+        .find(|p| p.hostname.as_deref() == Some("b"))
+        .unwrap();
+    assert_eq!(
+        b.routes,
+        vec!["10.244.1.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
+    let said: Vec<(&str, &str, &str)> = cs
+        .left_out
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.reason, p.message.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            (
+                "c",
+                "PodCIDRConflict",
+                "node c's pod CIDR fd00:10:244::/64 overlaps node a's"
+            ),
+            (
+                "d",
+                "PodCIDRRefused",
+                "node d's pod CIDR fd00:99::/64 lies outside the pod subnet fd00:10:244::/56"
+            ),
+            (
+                "e",
+                "WaitingForAllocation",
+                "node e has no IPv4 pod CIDR yet"
+            ),
+        ]
+    );
+    // The memo, extending join by join, gives the same.
+    let mut memo = NetworkMemo::default();
+    for i in 1..=nodes.len() {
+        assert_eq!(
+            memo.cluster_spec("lab", &dual_spec(), &nodes[..i], true),
+            cluster_spec("lab", &dual_spec(), &nodes[..i], true)
+        );
+    }
+}
+
+#[test]
+fn a_running_network_that_gains_an_ipv6_pod_subnet_keeps_every_node() {
+    let nodes = vec![
+        node("a", 1, "10.0.0.254", "10.244.0.0/24"),
+        node("b", 2, "10.0.0.253", "10.244.1.0/24"),
+    ];
+    let before = cluster_spec("lab", &spec(), &nodes, true).unwrap();
+    let after = cluster_spec("lab", &dual_spec(), &nodes, true).unwrap();
+    assert_eq!(after.members, before.members);
+    assert_eq!(after.spec, before.spec);
+    // The holder then allocates each node its IPv6 block, and only that.
+    let subnet = "10.0.0.0/24".parse().unwrap();
+    let pods = pod_subnets(&dual_spec()).unwrap();
+    let (planned, problems) = plan(subnet, &pods, &[&nodes[0], &nodes[1]], &HashSet::new());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(
+        planned
+            .iter()
+            .all(|a| a.overlay_ip.is_none() && a.pod_cidr.is_none() && a.pod_cidr_v6.is_some()),
+        "{planned:?}"
+    );
+}
+
+#[test]
+fn both_pod_cidrs_are_read_from_the_node_and_its_record() {
+    let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n1", "uid": "u1"},
+        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"]},
+    }))
+    .unwrap();
+    let c = ClusterNode::from_node(&n);
+    assert_eq!(c.pod_cidr().unwrap().to_string(), "10.244.0.0/24");
+    assert_eq!(c.pod_cidr_v6().unwrap().to_string(), "fd00:10:244::/64");
+    let mut r = record("n1", "u1", "lab");
+    r.spec.pod_cidr = Some("10.244.7.0/24".into());
+    r.spec.pod_cidrs = vec!["10.244.7.0/24".into(), "fd00:10:244:7::/64".into()];
+    let c = ClusterNode::from_objects(&n, Some(&r), "lab");
+    assert_eq!(c.recorded_pod_cidr.unwrap().to_string(), "10.244.7.0/24");
+    assert_eq!(
+        c.recorded_pod_cidr_v6.unwrap().to_string(),
+        "fd00:10:244:7::/64"
+    );
+    // The Node's blocks come before the recorded ones.
+    assert_eq!(c.pod_cidr_v6().unwrap().to_string(), "fd00:10:244::/64");
+    // An IPv6-only record.
+    r.spec.pod_cidr = None;
+    r.spec.pod_cidrs = vec!["fd00:10:244:7::/64".into()];
+    let c = ClusterNode::from_objects(&n, Some(&r), "lab");
+    assert_eq!(c.recorded_pod_cidr, None);
+    assert!(c.recorded_pod_cidr_v6.is_some());
+}
+
+#[test]
+fn the_holder_allocates_the_blocks_of_each_family_a_node_lacks() {
+    let subnet = "10.0.0.0/24".parse().unwrap();
+    let pods = pod_subnets(&dual_spec()).unwrap();
+    let a = node("a", 1, "", "");
+    // b's Node gives it an IPv4 block: it gets an IPv6 one only.
+    let mut b = node("b", 2, "10.0.0.254", "");
+    b.spec_pod_cidr = Some("10.244.0.0/24".parse().unwrap());
+    let (p, problems) = plan(subnet, &pods, &[&a, &b], &HashSet::new());
+    assert!(problems.is_empty(), "{problems:?}");
+    let got: Vec<(String, Option<String>, Option<String>)> = p
+        .iter()
+        .map(|a| {
+            (
+                a.node.clone(),
+                a.pod_cidr.map(|c| c.to_string()),
+                a.pod_cidr_v6.map(|c| c.to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "a".into(),
+                Some("10.244.1.0/24".into()),
+                Some("fd00:10:244::/64".into())
+            ),
+            ("b".into(), None, Some("fd00:10:244:1::/64".into())),
+        ]
+    );
+    // A full IPv6 pool is a problem named for the node.
+    let mut s = dual_spec();
+    s.pod_subnets[1] = "fd00:10:244::/64".into();
+    let pods = pod_subnets(&s).unwrap();
+    let (_, problems) = plan(subnet, &pods, &[&a, &b], &HashSet::new());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        problems[0].message,
+        "no /64 block left in pod subnet fd00:10:244::/64 for node b"
+    );
+}
+
+#[test]
+fn a_block_is_found_past_taken_blocks_without_walking_the_pool() {
+    let pool: ipnet::IpNet = "fd00::/16".parse().unwrap();
+    // Half the pool taken by one block, the next /64 by another: the
+    // first free /64 is right after them (2^47 blocks are not walked).
+    let taken: Vec<ipnet::IpNet> = vec![
+        "fd00::/17".parse().unwrap(),
+        "fd00:8000::/64".parse().unwrap(),
+    ];
+    assert_eq!(
+        next_pod_cidr(pool, 64, &taken).unwrap().to_string(),
+        "fd00:8000:0:1::/64"
+    );
+    // Blocks of the other family are no obstacle; a full pool gives none.
+    assert_eq!(
+        next_pod_cidr(
+            "10.0.0.0/30".parse().unwrap(),
+            30,
+            &["fd00::/8".parse().unwrap()]
+        )
+        .unwrap()
+        .to_string(),
+        "10.0.0.0/30"
+    );
+    assert_eq!(
+        next_pod_cidr(pool, 64, &["fd00::/16".parse().unwrap()]),
+        None
+    );
+    assert_eq!(next_pod_cidr(pool, 8, &[]), None);
+}
+
+proptest::proptest! {
+    /// Whatever the nodes (some with blocks from their Node object, some
+    /// recorded, some with none, in any order, over rounds where the
+    /// holder's view lags), no two nodes ever share a block of either
+    /// family, and every block lies in its family's pod subnet.
+    #[test]
+    fn no_two_nodes_share_a_pod_cidr_of_either_family(
+        given in proptest::collection::vec((proptest::option::of(0u8..8), proptest::option::of(0u8..8)), 1..12),
+        rounds in 1usize..4,
+    ) {
+        let subnet = "10.0.0.0/24".parse().unwrap();
+        let mut s = dual_spec();
+        s.pod_subnets = vec!["10.244.0.0/20".into(), "fd00:10:244::/60".into()];
+        let pods = pod_subnets(&s).unwrap();
+        // Nodes whose Node objects give blocks (distinct ones per family).
+        let mut seen4 = HashSet::new();
+        let mut seen6 = HashSet::new();
+        let mut nodes: Vec<ClusterNode> = given
+            .iter()
+            .enumerate()
+            .map(|(i, (v4, v6))| {
+                let mut n = node(&format!("n{i:02}"), i as u8 + 1, "", "");
+                n.spec_pod_cidr = v4
+                    .filter(|b| seen4.insert(*b))
+                    .map(|b| format!("10.244.{b}.0/24").parse().unwrap());
+                n.spec_pod_cidr_v6 = v6
+                    .filter(|b| seen6.insert(*b))
+                    .map(|b| format!("fd00:10:244:{b}::/64").parse().unwrap());
+                n
+            })
+            .collect();
+        let mut written = super::alloc::Written::default();
+        for round in 0..rounds {
+            // The view shows what was recorded in earlier rounds only on
+            // even rounds (a lagging watch otherwise).
+            let view: Vec<ClusterNode> = if round % 2 == 0 { nodes.clone() } else {
+                nodes.iter().map(|n| ClusterNode { recorded_pod_cidr: None, recorded_pod_cidr_v6: None, overlay_ip: None, ..n.clone() }).collect()
+            };
+            let filled = written.fill(&view);
+            let selected: Vec<&ClusterNode> = filled.iter().collect();
+            let (planned, _) = plan(subnet, &pods, &selected, &HashSet::new());
+            for a in &planned {
+                written.note(a);
+                let n = nodes.iter_mut().find(|n| n.name == a.node).unwrap();
+                n.recorded_pod_cidr = n.recorded_pod_cidr.or(a.pod_cidr);
+                n.recorded_pod_cidr_v6 = n.recorded_pod_cidr_v6.or(a.pod_cidr_v6);
+                n.overlay_ip = n.overlay_ip.or(a.overlay_ip);
+            }
+        }
+        let blocks: Vec<ipnet::IpNet> = nodes.iter().flat_map(|n| n.pod_cidrs(false)).collect();
+        for (i, a) in blocks.iter().enumerate() {
+            for b in &blocks[i + 1..] {
+                proptest::prop_assert!(!config::overlaps(a, b), "{a} and {b} overlap: {nodes:?}");
+            }
+        }
+        for n in &nodes {
+            proptest::prop_assert!(n.pod_cidr().is_some_and(|c| pods.v4.unwrap().contains(&c)));
+            proptest::prop_assert!(n.pod_cidr_v6().is_some_and(|c| pods.v6.unwrap().contains(&c)));
+        }
+    }
 }

@@ -81,6 +81,7 @@ fn record(i: u8, ready: bool, age: i64, message: Option<&str>) -> WireHubNode {
             endpoints: Vec::new(),
             overlay_ipv4: None,
             pod_cidr: None,
+            pod_cidrs: Vec::new(),
         },
     );
     r.status = Some(WireHubNodeStatus {
@@ -167,6 +168,26 @@ fn a_node_reports_its_paths_as_counts_and_its_worst_peer() {
     assert_eq!(spec.public_key, Some(key(1).to_string()));
     assert_eq!(spec.endpoints, ["203.0.113.1:62096"]);
     assert_eq!((spec.overlay_ipv4, spec.pod_cidr), (None, None));
+}
+
+#[test]
+fn a_dual_stack_node_reports_both_pod_cidrs_the_primary_family_first() {
+    let mut w = World::three();
+    w.network.spec.pod_subnet = None;
+    w.network.spec.pod_subnets = vec!["fd00:10:244::/56".into(), "10.244.0.0/16".into()];
+    for (i, n) in w.nodes.iter_mut().enumerate() {
+        n.recorded_pod_cidr_v6 = Some(format!("fd00:10:244:{}::/64", i + 1).parse().unwrap());
+    }
+    let st = w.plan().own_status;
+    assert_eq!(st.pod_cidrs, ["fd00:10:244:1::/64", "10.244.1.0/24"]);
+    assert_eq!(st.pod_cidr.as_deref(), Some("fd00:10:244:1::/64"));
+    // The network it runs routes both of every node's blocks.
+    let run = w.plan().run.unwrap();
+    assert!(
+        run.spec.peers.iter().all(|p| p.routes.len() == 2),
+        "{}",
+        run.spec
+    );
 }
 
 #[test]
