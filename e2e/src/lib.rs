@@ -75,6 +75,7 @@ pub fn wh_attack_bin() -> PathBuf {
 
 /// Runs a command and fails with its output when it fails.
 pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    refuse_if_interrupted()?;
     let out = Command::new(program)
         .args(args)
         .output()
@@ -318,6 +319,7 @@ impl Lab {
 
     /// Runs a command inside a namespace and returns its whole output.
     pub fn exec_output(&self, netns: &str, args: &[&str]) -> Result<Output> {
+        refuse_if_interrupted()?;
         Command::new("ip")
             .args(["netns", "exec", netns])
             .args(args)
@@ -1004,6 +1006,7 @@ impl Lab {
 
     /// Runs `wh ARGS` on a host (with its run directory) and returns its output.
     pub fn wh(&self, host: &Host, args: &[&str]) -> Result<Output> {
+        refuse_if_interrupted()?;
         Command::new("ip")
             .args(["netns", "exec", &host.netns])
             .arg(wh_bin())
@@ -1226,6 +1229,70 @@ impl Lab {
         let path = self.dir.join(name);
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+}
+
+/// Removes, from a signal handler's thread, what a lab tagged `tag` left:
+/// the daemons in its namespaces (killed by PID), the namespaces (their
+/// veth pairs go with them) and its directory. What [`Lab`]'s `Drop` does,
+/// for a process that will not unwind.
+fn remove_lab_by_tag(tag: &str, dir: &Path) {
+    let listed = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let prefix = format!("{tag}-");
+    let ours: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&prefix))
+        .collect();
+    for ns in &ours {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+    }
+    for ns in &ours {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Set by [`Lab::remove_on_interrupt`]'s handler: from then on the lab runs
+/// no more commands, so the program unwinds and drops its lab.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An error once Ctrl-C was pressed (see [`Lab::remove_on_interrupt`]).
+fn refuse_if_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted (Ctrl-C)");
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// On Ctrl-C (SIGINT): the lab refuses every further command, so the
+    /// program's next step fails and it unwinds, dropping (and removing)
+    /// the lab as on any failure. A program stuck elsewhere for 10 s is
+    /// ended by the handler itself, which then removes what the lab made
+    /// (its daemons, by the PIDs its namespaces hold, its namespaces and
+    /// directory) and exits with status 130. For a program that owns one
+    /// lab for its whole life (the demo). Once per process.
+    pub fn remove_on_interrupt(&self) -> Result<()> {
+        let (tag, dir) = (self.tag.clone(), self.dir.clone());
+        ctrlc::set_handler(move || {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            eprintln!("\ninterrupted: removing lab {tag}");
+            std::thread::sleep(Duration::from_secs(10));
+            remove_lab_by_tag(&tag, &dir);
+            std::process::exit(130);
+        })
+        .map_err(|e| anyhow!("cannot catch Ctrl-C: {e}"))
     }
 }
 

@@ -84,7 +84,8 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let mut lab = Lab::new().context("cannot create the lab")?;
     // On failure `lab` is dropped on the way out: its namespaces and the
-    // daemons it started go with it.
+    // daemons it started go with it; on Ctrl-C the handler removes them.
+    lab.remove_on_interrupt()?;
     let demo = build_lab(&mut lab)?;
     let config = write_config(&lab, &demo)?;
     let up = start_nodes(&mut lab, &demo, &config)?;
