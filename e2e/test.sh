@@ -18,6 +18,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== fuzz targets compile (running them: docs/protocol.md, Fuzzing)"
+cargo check --manifest-path fuzz/Cargo.toml
 echo "== cargo test"
 cargo build --workspace --bins
 disk
