@@ -68,6 +68,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// longest request timeout (4 s) and the codec's 10 s windows.
 pub const CONTROL_WAIT_MAX: Duration = Duration::from_secs(2);
 
+/// Sources of shed datagrams remembered between two ticks.
+const MAX_UNREAD_SOURCES: usize = 4096;
+
 /// How many datagrams of `bytes` (cut in `segment`s) to drop unread
 /// because they waited `waited` in the receive queue: all of them when
 /// more than [`CONTROL_WAIT_MAX`] and every one is a control datagram
@@ -348,6 +351,9 @@ pub struct Node {
     /// Something besides data happened: paths and lookups need a look.
     touched: bool,
     drops: BTreeMap<&'static str, u64>,
+    /// Sources of control datagrams shed unread since the last tick, and
+    /// when (at most [`MAX_UNREAD_SOURCES`]).
+    unread_from: std::collections::HashMap<SocketAddr, Instant>,
     transmits: VecDeque<Transmit>,
     dataplane_ops: VecDeque<DataplaneOp>,
     events: VecDeque<Event>,
@@ -435,6 +441,7 @@ impl Node {
             stopping: false,
             touched: true,
             drops: BTreeMap::new(),
+            unread_from: std::collections::HashMap::new(),
             transmits: VecDeque::new(),
             dataplane_ops: VecDeque::new(),
             events: VecDeque::new(),
@@ -590,6 +597,11 @@ impl Node {
         let shed = waited_too_long(bytes, segment, waited);
         if shed > 0 {
             *self.drops.entry("control-waited-too-long").or_default() += shed as u64;
+            // Its direct peer, if any, is not silent (see
+            // `Overlay::on_unread_contacts`); bounded, beyond: not noted.
+            if self.unread_from.len() < MAX_UNREAD_SOURCES || self.unread_from.contains_key(&from) {
+                self.unread_from.insert(from, now.mono);
+            }
             return;
         }
         self.handle_datagrams(now, from, bytes, segment, wire);
@@ -1794,6 +1806,8 @@ impl Node {
     // ---- timers ----
 
     fn on_tick(&mut self, now: Now) {
+        self.overlay.on_unread_contacts(&self.unread_from);
+        self.unread_from.clear();
         self.overlay.on_tick(now.mono);
         self.overlay.expire_direct(now.mono, DIRECT_QUIET);
         self.reprogram_due(now);
