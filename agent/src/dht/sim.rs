@@ -13,6 +13,11 @@
 //! is sealed, and codecs challenge what they cannot judge fresh, as the
 //! daemon does; the report then counts challenges and how well each node
 //! estimated its own offset from its peers.
+//!
+//! With a service time (`service_us`) each node handles its datagrams one
+//! at a time behind a bounded receive queue, so overload becomes delay and
+//! loss as on a real host; `shed_late` applies the daemon's policy (a
+//! datagram that waited more than [`CONTROL_WAIT_MAX`] is dropped unread).
 
 use super::{Dht, DhtConfig, DhtEvent, LookupId};
 use crate::keys::{PrivateKey, PublicKey};
@@ -163,7 +168,8 @@ pub struct SimReport {
     pub lookups_refused: u64,
     pub unmatched_responses: u64,
     /// Receive queues (with `service_us`): datagrams lost to a full queue,
-    /// dropped unread for waiting too long, and the longest wait, in ms.
+    /// dropped unread for waiting too long, and the longest wait of a
+    /// datagram that was handled, in ms.
     pub queue_full: u64,
     pub shed_late: u64,
     pub queue_wait_max_ms: u64,
@@ -569,12 +575,12 @@ impl Sim {
             self.queue_full += 1;
             return None;
         }
-        self.queue_wait_max_us = self.queue_wait_max_us.max(wait);
         if self.cfg.shed_late && Duration::from_micros(wait) > CONTROL_WAIT_MAX {
             self.shed_late += 1;
             self.nodes[to].free_at_us = start + service / 10;
             return None;
         }
+        self.queue_wait_max_us = self.queue_wait_max_us.max(wait);
         self.nodes[to].free_at_us = start + service;
         Some((start + service).div_ceil(1000))
     }

@@ -7,6 +7,11 @@
 //! refuses a record whose key is not its sender's). A record a third party
 //! gave (a lookup's) fills in only while the peer's own is missing or older
 //! than [`OWN_RECORD_TTL`]: the peer's own word wins.
+//!
+//! Contact: a path is made only by a message the peer sealed
+//! ([`Overlay::on_direct_contact`]). Datagrams a busy node dropped unread
+//! ([`Overlay::on_unread_contacts`]) only keep an existing direct path at
+//! their very source address from being taken for silent.
 
 use crate::config::{NetworkSpec, PeerSpec};
 use crate::control::{PathStatus, PeerStatus};
