@@ -459,6 +459,64 @@ async fn send_gso(socket: &UdpSocket, buf: &[u8], segment: u16, addr: &RawAddr) 
     }
 }
 
+/// Why the kernel's UDP counters could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnmpError {
+    #[error("/proc/net/snmp has no `Udp:` header line followed by a value line")]
+    NoUdpLines,
+    #[error("/proc/net/snmp: `Udp:` has {names} names but {values} values")]
+    Mismatch { names: usize, values: usize },
+    #[error("/proc/net/snmp: `Udp:` value {value:?} of {name} is not a number")]
+    NotANumber { name: String, value: String },
+}
+
+/// The kernel's UDP counters of the network namespace (`Udp:` lines of
+/// `/proc/net/snmp`), by name: `SndbufErrors` counts datagrams the kernel
+/// dropped on their way out although the send said it went (no
+/// neighbour entry, a full device queue), `RcvbufErrors` those dropped
+/// for a full receive buffer: losses the daemon cannot see otherwise.
+/// Namespace-wide (the node's own, in a pod or the lab).
+pub fn parse_snmp_udp(text: &str) -> Result<std::collections::BTreeMap<String, u64>, SnmpError> {
+    let mut udp = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Udp:"))
+        .map(str::split_whitespace);
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return Err(SnmpError::NoUdpLines);
+    };
+    let (names, values): (Vec<&str>, Vec<&str>) = (names.collect(), values.collect());
+    if names.len() != values.len() {
+        return Err(SnmpError::Mismatch {
+            names: names.len(),
+            values: values.len(),
+        });
+    }
+    names
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| {
+            v.parse::<u64>()
+                .map(|v| (n.to_string(), v))
+                .map_err(|_| SnmpError::NotANumber {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// [`parse_snmp_udp`] of this namespace's `/proc/net/snmp`; empty where
+/// it cannot be read (not Linux, no procfs), with the reason logged.
+pub fn kernel_udp_counters() -> std::collections::BTreeMap<String, u64> {
+    let read = std::fs::read_to_string("/proc/net/snmp")
+        .map_err(|e| e.to_string())
+        .and_then(|t| parse_snmp_udp(&t).map_err(|e| e.to_string()));
+    read.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no kernel UDP counters");
+        Default::default()
+    })
+}
+
 /// Binds the node's UDP socket on `port`: one dual-stack socket (`[::]`,
 /// IPv4 arriving as IPv4-mapped addresses) where the host has IPv6, else
 /// `0.0.0.0`. Non-blocking, for tokio.
@@ -827,6 +885,36 @@ mod tests {
         assert!(
             waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
             "waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn the_kernels_udp_counters_are_read_by_name() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            Udp: 23262 0 0 23418 7 5732\n\
+            UdpLite: InDatagrams\nUdpLite: 0\n";
+        let c = parse_snmp_udp(text).expect("parsed");
+        assert_eq!(c.get("SndbufErrors"), Some(&5732));
+        assert_eq!(c.get("RcvbufErrors"), Some(&7));
+        assert_eq!(c.get("OutDatagrams"), Some(&23418));
+        assert!(!c.contains_key("Forwarding"), "only the Udp: lines");
+    }
+
+    #[test]
+    fn bad_udp_counter_lines_say_what_is_wrong() {
+        assert_eq!(parse_snmp_udp("Ip: a\nIp: 1\n"), Err(SnmpError::NoUdpLines));
+        assert_eq!(
+            parse_snmp_udp("Udp: A B\nUdp: 1\n"),
+            Err(SnmpError::Mismatch {
+                names: 2,
+                values: 1
+            })
+        );
+        let e = parse_snmp_udp("Udp: A\nUdp: x\n").expect_err("not a number");
+        assert_eq!(
+            e.to_string(),
+            "/proc/net/snmp: `Udp:` value \"x\" of A is not a number"
         );
     }
 

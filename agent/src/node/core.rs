@@ -241,6 +241,9 @@ pub struct DataplaneView {
     /// Peers an external WireGuard had reset for a broken session.
     pub session_resets: Option<u64>,
     pub owns_port: bool,
+    /// The kernel's UDP counters of the node's namespace, by name
+    /// (`SndbufErrors`, `RcvbufErrors`...): losses outside the daemon.
+    pub kernel_udp: BTreeMap<String, u64>,
 }
 
 /// An alias proof for a listener: `alias` vouches for our own key.
@@ -2111,6 +2114,7 @@ impl Node {
                 "wireguard_session_resets": view.session_resets,
                 "wireguard_owns_port": view.owns_port,
             },
+            "kernel_udp": view.kernel_udp,
             "relay": self.limiter.counters,
             "relay_channels": {"forwarding": self.channels.len(), "ours": self.book.len()},
             "wireguard_peers": view.stats.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
@@ -2249,6 +2253,16 @@ mod tests {
             "a timely ping got nothing back: {seen}"
         );
         assert_eq!(node.drops().get("control-waited-too-long"), None);
+    }
+
+    #[test]
+    fn inspect_shows_the_kernels_udp_counters() {
+        let (node, now, _, _) = node_and_ping();
+        let view = DataplaneView {
+            kernel_udp: BTreeMap::from([("SndbufErrors".to_string(), 758)]),
+            ..DataplaneView::default()
+        };
+        assert_eq!(node.inspect(now, &view)["kernel_udp"]["SndbufErrors"], 758);
     }
 
     #[test]

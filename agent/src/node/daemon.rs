@@ -494,10 +494,15 @@ impl Shell {
     }
 
     fn view(&self) -> DataplaneView {
+        let kernel_udp = udp::kernel_udp_counters();
         let Some(dp) = &self.dataplane else {
-            return DataplaneView::default();
+            return DataplaneView {
+                kernel_udp,
+                ..DataplaneView::default()
+            };
         };
         DataplaneView {
+            kernel_udp,
             stats: dp.stats(),
             kind: Some(dp.kind().to_string()),
             dropped: dp.dropped(),
