@@ -244,14 +244,116 @@ fn direct_peers(lab: &Lab, host: &Host) -> usize {
         .unwrap_or(0)
 }
 
+/// The kernel's neighbour (ARP) table is one for all network namespaces:
+/// its limit (`gc_thresh3`, 1,024 entries by default) counts the entries
+/// of every namespace together. The lab's hosts share one flat Ethernet, so
+/// a fleet whose nodes all talk to each other needs about N² entries (2,550
+/// for fifty nodes and a bootstrap); beyond the limit a send finds no room
+/// for its neighbour entry and the kernel drops the datagram, counts it as
+/// the socket's `SndbufErrors` and tells the sender it went. Real hosts
+/// each have their own table (and a router as their one neighbour).
+/// Raised while a fleet test runs, restored after, also on failure.
+struct RoomyNeighbourTable {
+    saved: Vec<(&'static str, String)>,
+}
+
+const NEIGHBOUR_LIMITS: [(&str, &str); 2] = [
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", "8192"),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", "16384"),
+];
+
+impl RoomyNeighbourTable {
+    fn new() -> RoomyNeighbourTable {
+        let mut saved = Vec::new();
+        for (path, value) in NEIGHBOUR_LIMITS {
+            let Ok(old) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            // Never lower a limit someone raised further.
+            let old_n: u64 = old.trim().parse().unwrap_or(0);
+            let new_n: u64 = value.parse().unwrap_or(0);
+            if old_n < new_n && std::fs::write(path, value).is_ok() {
+                saved.push((path, old.trim().to_string()));
+            }
+        }
+        RoomyNeighbourTable { saved }
+    }
+}
+
+impl Drop for RoomyNeighbourTable {
+    fn drop(&mut self) {
+        for (path, old) in self.saved.iter().rev() {
+            let _ = std::fs::write(path, old);
+        }
+    }
+}
+
+/// Sum over CPUs of the kernel's neighbour-table-full events
+/// (`/proc/net/stat/arp_cache`, column `table_fulls`).
+fn neighbour_table_fulls() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/stat/arp_cache").unwrap_or_default();
+    let mut lines = text.lines();
+    let column = lines
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == "table_fulls"));
+    let Some(column) = column else { return 0 };
+    lines
+        .filter_map(|l| l.split_whitespace().nth(column))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum()
+}
+
+/// The kernel's UDP counters in `host`'s namespace (the `Udp:` lines of
+/// `/proc/net/snmp`).
+fn udp_counters(lab: &Lab, host: &Host) -> String {
+    lab.exec(&host.netns, &["cat", "/proc/net/snmp"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `wh inspect`'s counters on `host`: DHT, codec, drops by reason.
+fn inspect_counters(lab: &Lab, host: &Host) -> String {
+    let i = lab
+        .wh_ok(host, &["show", "interfaces"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    serde_json::from_str::<serde_json::Value>(
+        &lab.wh_ok(host, &["inspect", &i]).unwrap_or_default(),
+    )
+    .map(|v| {
+        format!(
+            "dht {} codec {} drops {}",
+            v["dht_counters"], v["codec"], v["drops"]
+        )
+    })
+    .unwrap_or_default()
+}
+
 /// `n` nodes of one network and a bootstrap, all on public addresses,
 /// started at once (a fleet reboot, a DaemonSet rollout): every node finds
 /// every other within `within`. Returns how long it took.
 fn fleet_started_at_once(n: usize, within: Duration) -> Duration {
+    let _neighbours = RoomyNeighbourTable::new();
+    let fulls_before = neighbour_table_fulls();
     let mut lab = Lab::new().expect("lab");
     let start = Instant::now();
     let net = lab.trusted_network(n, &[]).expect("network");
     let mut missing = Vec::new();
+    // The kernel's counters and the daemons': where datagrams went.
+    let counters = |lab: &Lab| {
+        format!(
+            "--- node_a UDP:\n{}\n--- boot UDP:\n{}\n--- neighbour table full (whole kernel, this run): {}\n--- node_a inspect: {}\n--- boot inspect: {}",
+            udp_counters(lab, &net.nodes[0]),
+            udp_counters(lab, &net.boot),
+            neighbour_table_fulls().saturating_sub(fulls_before),
+            inspect_counters(lab, &net.nodes[0]),
+            inspect_counters(lab, &net.boot),
+        )
+    };
     while start.elapsed() < within {
         missing = net
             .nodes
@@ -261,7 +363,9 @@ fn fleet_started_at_once(n: usize, within: Duration) -> Duration {
             .map(|(h, found)| format!("{} found {found} of {}", h.name, n - 1))
             .collect();
         if missing.is_empty() {
-            return start.elapsed();
+            let took = start.elapsed();
+            eprintln!("{}", counters(&lab));
+            return took;
         }
         // Each round runs `wh show` on every node: not too often, or the
         // test itself loads the machine.
@@ -271,37 +375,11 @@ fn fleet_started_at_once(n: usize, within: Duration) -> Duration {
         .wh(&net.boot, &["show", "all"])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let inspect = |h: &Host| {
-        let i = lab
-            .wh_ok(h, &["show", "interfaces"])
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        serde_json::from_str::<serde_json::Value>(
-            &lab.wh_ok(h, &["inspect", &i]).unwrap_or_default(),
-        )
-        .map(|v| {
-            format!(
-                "dht {} codec {} drops {}",
-                v["dht_counters"], v["codec"], v["drops"]
-            )
-        })
-        .unwrap_or_default()
-    };
-    // UDP counters of the kernel (receive buffer errors: datagrams dropped
-    // before the daemon read them).
-    let udp = lab
-        .exec(&net.nodes[0].netns, &["cat", "/proc/net/snmp"])
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("Udp:"))
-        .collect::<Vec<_>>()
-        .join("\n");
     panic!(
-        "{} of {n} nodes did not find all the others within {within:?}:\n{}\n--- boot:\n{boot}\n--- node_a UDP:\n{udp}\n--- node_a inspect: {}{}",
+        "{} of {n} nodes did not find all the others within {within:?}:\n{}\n--- boot:\n{boot}\n{}{}",
         missing.len(),
         missing.join("\n"),
-        inspect(&net.nodes[0]),
+        counters(&lab),
         lab.report(&[&net.nodes[0]])
     );
 }

@@ -9,6 +9,7 @@
 //!         [--first-contact clock|challenge]
 //!         [--join-interval MS] [--settle MS] [--single-boot 0|1]
 //!         [--busy F] [--busy-max MS]
+//!         [--service-us US] [--queue N] [--shed-late 0|1]
 //! ```
 //!
 //! `--clock-skew-ms 86400000` gives every node (or `--skewed-fraction` of
@@ -61,7 +62,8 @@ static GLOBAL: Counting = Counting;
 const USAGE: &str = "usage: dht-sim [--nodes N] [--churn F] [--loss F] [--lookups N] [--alpha N] \
 [--k N] [--mode kademlia|all-at-once] [--seed S] [--seal-fraction F] [--join-refresh BUCKETS] \
 [--clock-skew-ms MS] [--skewed-fraction F] [--first-contact clock|challenge] \
-[--join-interval MS] [--settle MS] [--single-boot 0|1] [--busy F] [--busy-max MS]";
+[--join-interval MS] [--settle MS] [--single-boot 0|1] [--busy F] [--busy-max MS] \
+[--service-us US] [--queue N] [--shed-late 0|1]";
 
 fn parse(args: &[String]) -> Result<SimConfig, String> {
     let mut cfg = SimConfig {
@@ -102,6 +104,9 @@ fn parse(args: &[String]) -> Result<SimConfig, String> {
             "--single-boot" => cfg.single_boot = value == "1",
             "--busy" => cfg.busy_fraction = value.parse().map_err(|e| bad(&e))?,
             "--busy-max" => cfg.busy_max_ms = value.parse().map_err(|e| bad(&e))?,
+            "--service-us" => cfg.service_us = value.parse().map_err(|e| bad(&e))?,
+            "--queue" => cfg.queue_cap = value.parse().map_err(|e| bad(&e))?,
+            "--shed-late" => cfg.shed_late = value == "1",
             "--mode" => {
                 cfg.all_at_once = match value.as_str() {
                     "kademlia" => false,
@@ -161,6 +166,13 @@ fn main() -> ExitCode {
         u8::from(cfg.single_boot),
         cfg.busy_fraction,
         cfg.busy_max_ms
+    );
+    println!(
+        "receive queues: service {} us (busy x{}) capacity {} shed late {}",
+        cfg.service_us,
+        wirehub::dht::sim::BUSY_SLOWDOWN,
+        cfg.queue_cap,
+        u8::from(cfg.shed_late)
     );
     let before = ALLOCATED.load(Ordering::Relaxed);
     let report = run(&cfg);

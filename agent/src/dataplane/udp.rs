@@ -1,7 +1,9 @@
 //! The node's UDP socket: sending many WireGuard datagrams to one address
 //! in one system call (UDP generic segmentation offload, `UDP_SEGMENT`),
 //! with a fallback to one `send_to` per datagram where the kernel refuses,
-//! and receiving runs of them in one call (`UDP_GRO`).
+//! and receiving runs of them in one call (`UDP_GRO`), each with the time
+//! the kernel queued it where asked (`SO_TIMESTAMPNS`): how long it waited
+//! is reported, never judged here (the node core sheds what is too late).
 //!
 //! Path MTU: like kernel WireGuard, the socket never sets DF on IPv4
 //! (`IP_PMTUDISC_DONT`), so a router before a smaller link fragments an
@@ -97,9 +99,10 @@ impl RawAddr {
     }
 }
 
-/// Room for one `cmsghdr` carrying a u16, 8-byte aligned.
+/// Room for the control messages of one call (a segment size, an arrival
+/// time), 8-byte aligned.
 #[repr(C, align(8))]
-struct Control([u8; 64]);
+struct Control([u8; 128]);
 
 /// One `sendmsg` of `buf` cut by the kernel into datagrams of `segment`
 /// bytes (the last may be shorter).
@@ -108,7 +111,7 @@ fn sendmsg_gso(fd: RawFd, buf: &[u8], segment: u16, addr: &RawAddr) -> io::Resul
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut control = Control([0; 64]);
+    let mut control = Control([0; 128]);
     // SAFETY: all-zero is a valid msghdr; every pointer set below outlives
     // the call, and the control buffer is large and aligned enough for one
     // cmsghdr with 2 bytes of data (CMSG_SPACE(2) = 24 on 64-bit Linux).
@@ -456,6 +459,64 @@ async fn send_gso(socket: &UdpSocket, buf: &[u8], segment: u16, addr: &RawAddr) 
     }
 }
 
+/// Why the kernel's UDP counters could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnmpError {
+    #[error("/proc/net/snmp has no `Udp:` header line followed by a value line")]
+    NoUdpLines,
+    #[error("/proc/net/snmp: `Udp:` has {names} names but {values} values")]
+    Mismatch { names: usize, values: usize },
+    #[error("/proc/net/snmp: `Udp:` value {value:?} of {name} is not a number")]
+    NotANumber { name: String, value: String },
+}
+
+/// The kernel's UDP counters of the network namespace (`Udp:` lines of
+/// `/proc/net/snmp`), by name: `SndbufErrors` counts datagrams the kernel
+/// dropped on their way out although the send said it went (no
+/// neighbour entry, a full device queue), `RcvbufErrors` those dropped
+/// for a full receive buffer: losses the daemon cannot see otherwise.
+/// Namespace-wide (the node's own, in a pod or the lab).
+pub fn parse_snmp_udp(text: &str) -> Result<std::collections::BTreeMap<String, u64>, SnmpError> {
+    let mut udp = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Udp:"))
+        .map(str::split_whitespace);
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return Err(SnmpError::NoUdpLines);
+    };
+    let (names, values): (Vec<&str>, Vec<&str>) = (names.collect(), values.collect());
+    if names.len() != values.len() {
+        return Err(SnmpError::Mismatch {
+            names: names.len(),
+            values: values.len(),
+        });
+    }
+    names
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| {
+            v.parse::<u64>()
+                .map(|v| (n.to_string(), v))
+                .map_err(|_| SnmpError::NotANumber {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// [`parse_snmp_udp`] of this namespace's `/proc/net/snmp`; empty where
+/// it cannot be read (not Linux, no procfs), with the reason logged.
+pub fn kernel_udp_counters() -> std::collections::BTreeMap<String, u64> {
+    let read = std::fs::read_to_string("/proc/net/snmp")
+        .map_err(|e| e.to_string())
+        .and_then(|t| parse_snmp_udp(&t).map_err(|e| e.to_string()));
+    read.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no kernel UDP counters");
+        Default::default()
+    })
+}
+
 /// Binds the node's UDP socket on `port`: one dual-stack socket (`[::]`,
 /// IPv4 arriving as IPv4-mapped addresses) where the host has IPv6, else
 /// `0.0.0.0`. Non-blocking, for tokio.
@@ -657,12 +718,33 @@ fn from_raw(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+/// What one receive call got: `bytes` in the buffer, from `from`, cut in
+/// datagrams of `segment` bytes, and, where the socket has
+/// [`enable_arrival_times`], when the kernel queued them (wall clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    pub bytes: usize,
+    pub from: SocketAddr,
+    pub segment: usize,
+    pub arrived: Option<std::time::SystemTime>,
+}
+
+impl Receipt {
+    /// How long the datagrams waited in the socket's receive queue before
+    /// `now` (zero when the wall clock stepped back meanwhile); `None`
+    /// without an arrival time.
+    pub fn waited(&self, now: std::time::SystemTime) -> Option<Duration> {
+        self.arrived
+            .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+    }
+}
+
+fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<Receipt> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut control = Control([0; 64]);
+    let mut control = Control([0; 128]);
     // SAFETY: all-zero is a valid sockaddr_storage and msghdr; the pointers
     // set below outlive the call; cmsg headers are read only within
     // msg_controllen as the kernel filled it, through the CMSG macros.
@@ -681,6 +763,7 @@ fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usiz
         }
         let n = n as usize;
         let mut segment = n;
+        let mut arrived = None;
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
@@ -689,12 +772,57 @@ fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usiz
                     segment = s as usize;
                 }
             }
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                if ts.tv_sec >= 0 && (0..1_000_000_000).contains(&ts.tv_nsec) {
+                    arrived = Some(
+                        std::time::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                    );
+                }
+            }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         let from = from_raw(&storage)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
-        Ok((n, from, segment.max(1)))
+        Ok(Receipt {
+            bytes: n,
+            from,
+            segment: segment.max(1),
+            arrived,
+        })
     }
+}
+
+/// Asks the kernel to stamp each datagram with the time it was queued on
+/// the socket (`SO_TIMESTAMPNS`): [`try_recv_timed`] then tells how long
+/// it waited there, so that the node can shed what waited too long (a
+/// deep queue turns overload into seconds of delay, and late control
+/// messages into stale ones; see docs/dht.md, *Storms*).
+pub fn enable_arrival_times(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Like [`try_recv_gro`], with the arrival time where the socket has
+/// [`enable_arrival_times`].
+pub fn try_recv_timed(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Receipt> {
+    let fd = socket.as_raw_fd();
+    socket.try_io(Interest::READABLE, || recvmsg_gro(fd, buf))
 }
 
 /// Receives without waiting on a socket with [`enable_gro`]: `(bytes,
@@ -703,8 +831,7 @@ fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usiz
 /// `buf[..bytes].chunks(segment)`). `WouldBlock` when nothing is waiting.
 /// `buf` should hold 64 KiB.
 pub fn try_recv_gro(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-    let fd = socket.as_raw_fd();
-    socket.try_io(Interest::READABLE, || recvmsg_gro(fd, buf))
+    try_recv_timed(socket, buf).map(|r| (r.bytes, r.from, r.segment))
 }
 
 #[cfg(test)]
@@ -733,6 +860,62 @@ mod tests {
         let mut buf = [0u8; 8];
         let (n, _) = sink.recv_from(&mut buf).expect("received");
         assert_eq!(&buf[..n], b"now");
+    }
+
+    /// A datagram left in the queue is handed out with the time it
+    /// arrived: how long it waited there shows.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_datagram_that_waited_in_the_queue_says_how_long() {
+        let node = bind_dual_stack(0).expect("bind");
+        enable_arrival_times(&node).expect("arrival times");
+        // The kernel turns its receive clock on a moment later (deferred
+        // work): until then it stamps datagrams as they are read.
+        std::thread::sleep(Duration::from_millis(100));
+        let port = node.local_addr().expect("local").port();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.send_to(b"late", ("127.0.0.1", port)).expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        node.readable().await.expect("readable");
+        let mut buf = vec![0u8; 65536];
+        let r = try_recv_timed(&node, &mut buf).expect("received");
+        assert_eq!(&buf[..r.bytes], b"late");
+        let waited = r
+            .waited(std::time::SystemTime::now())
+            .expect("an arrival time");
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+            "waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn the_kernels_udp_counters_are_read_by_name() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            Udp: 23262 0 0 23418 7 5732\n\
+            UdpLite: InDatagrams\nUdpLite: 0\n";
+        let c = parse_snmp_udp(text).expect("parsed");
+        assert_eq!(c.get("SndbufErrors"), Some(&5732));
+        assert_eq!(c.get("RcvbufErrors"), Some(&7));
+        assert_eq!(c.get("OutDatagrams"), Some(&23418));
+        assert!(!c.contains_key("Forwarding"), "only the Udp: lines");
+    }
+
+    #[test]
+    fn bad_udp_counter_lines_say_what_is_wrong() {
+        assert_eq!(parse_snmp_udp("Ip: a\nIp: 1\n"), Err(SnmpError::NoUdpLines));
+        assert_eq!(
+            parse_snmp_udp("Udp: A B\nUdp: 1\n"),
+            Err(SnmpError::Mismatch {
+                names: 2,
+                values: 1
+            })
+        );
+        let e = parse_snmp_udp("Udp: A\nUdp: x\n").expect_err("not a number");
+        assert_eq!(
+            e.to_string(),
+            "/proc/net/snmp: `Udp:` value \"x\" of A is not a number"
+        );
     }
 
     #[tokio::test]

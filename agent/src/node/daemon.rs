@@ -229,6 +229,11 @@ pub async fn run_with(
     if let Err(e) = udp::enable_gro(&socket) {
         tracing::debug!(error = %e, "no UDP GRO on this kernel");
     }
+    // Each datagram carries the time it was queued: the core sheds
+    // control datagrams that waited too long (a node fallen behind).
+    if let Err(e) = udp::enable_arrival_times(&socket) {
+        tracing::debug!(error = %e, "no arrival times on this socket");
+    }
     let socket = Arc::new(socket);
     let control_socket =
         ControlSocket::bind(&opts.interface, &control::socket_path(&opts.interface))?;
@@ -413,20 +418,22 @@ async fn start_names(
 
 impl Shell {
     /// Drains what is queued (runs of datagrams the kernel coalesced come
-    /// as one buffer) before the bookkeeping.
+    /// as one buffer) before the bookkeeping, each with how long it waited
+    /// in the queue (the core decides what is too late).
     fn on_readable(&mut self, buf: &mut [u8]) {
         let now = Now::system();
         for _ in 0..BATCH {
-            match udp::try_recv_gro(&self.socket, buf) {
-                Ok((n, from, segment)) => {
+            match udp::try_recv_timed(&self.socket, buf) {
+                Ok(r) => {
                     let mut wire = SocketWire {
                         socket: &self.socket,
                         gso: &self.gso,
                         dataplane: self.dataplane.as_ref(),
                     };
-                    let bytes = &mut buf[..n];
+                    let waited = r.waited(std::time::SystemTime::now());
+                    let bytes = &mut buf[..r.bytes];
                     self.node
-                        .handle_datagrams(now, from, bytes, segment, &mut wire);
+                        .handle_received(now, r.from, bytes, r.segment, waited, &mut wire);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -487,10 +494,15 @@ impl Shell {
     }
 
     fn view(&self) -> DataplaneView {
+        let kernel_udp = udp::kernel_udp_counters();
         let Some(dp) = &self.dataplane else {
-            return DataplaneView::default();
+            return DataplaneView {
+                kernel_udp,
+                ..DataplaneView::default()
+            };
         };
         DataplaneView {
+            kernel_udp,
             stats: dp.stats(),
             kind: Some(dp.kind().to_string()),
             dropped: dp.dropped(),

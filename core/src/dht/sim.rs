@@ -13,9 +13,15 @@
 //! is sealed, and codecs challenge what they cannot judge fresh, as the
 //! daemon does; the report then counts challenges and how well each node
 //! estimated its own offset from its peers.
+//!
+//! With a service time (`service_us`) each node handles its datagrams one
+//! at a time behind a bounded receive queue, so overload becomes delay and
+//! loss as on a real host; `shed_late` applies the daemon's policy (a
+//! datagram that waited more than [`CONTROL_WAIT_MAX`] is dropped unread).
 
 use super::{Dht, DhtConfig, DhtEvent, LookupId};
 use crate::keys::{PrivateKey, PublicKey};
+use crate::node::core::CONTROL_WAIT_MAX;
 use crate::proto::{Codec, CodecConfig, FirstContact, Message, OpenError, Received};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -65,7 +71,22 @@ pub struct SimConfig {
     /// waits up to `busy_max_ms` more (at random) before it is handled.
     pub busy_fraction: f64,
     pub busy_max_ms: u64,
+    /// Time a node takes to read and handle one datagram, in µs; a busy
+    /// node takes [`BUSY_SLOWDOWN`] times as long. 0: no receive queue,
+    /// every datagram is handled the moment it arrives, however many
+    /// arrive together.
+    pub service_us: u64,
+    /// Datagrams a node's receive queue holds (its socket's buffer); one
+    /// arriving to a full queue is lost. 0: unbounded.
+    pub queue_cap: usize,
+    /// The daemon's policy: a datagram that waited in the queue longer
+    /// than [`CONTROL_WAIT_MAX`] is dropped unread (at a tenth of the
+    /// service time).
+    pub shed_late: bool,
 }
+
+/// How much slower a busy node handles each datagram (with `service_us`).
+pub const BUSY_SLOWDOWN: u64 = 10;
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -89,6 +110,9 @@ impl Default for SimConfig {
             single_boot: false,
             busy_fraction: 0.0,
             busy_max_ms: 0,
+            service_us: 0,
+            queue_cap: 0,
+            shed_late: false,
         }
     }
 }
@@ -143,6 +167,12 @@ pub struct SimReport {
     pub timeouts: u64,
     pub lookups_refused: u64,
     pub unmatched_responses: u64,
+    /// Receive queues (with `service_us`): datagrams lost to a full queue,
+    /// dropped unread for waiting too long, and the longest wait of a
+    /// datagram that was handled, in ms.
+    pub queue_full: u64,
+    pub shed_late: u64,
+    pub queue_wait_max_ms: u64,
     /// Heap and inline bytes of a node's DHT and codec (by capacity).
     pub memory_per_node: f64,
     /// Of which the DHT's heap, and the codec's (key and replay caches).
@@ -227,6 +257,11 @@ impl fmt::Display for SimReport {
             "timeouts {} refused lookups {} unmatched responses {}",
             self.timeouts, self.lookups_refused, self.unmatched_responses
         )?;
+        writeln!(
+            f,
+            "receive queues: full {} shed late {} longest wait {} ms",
+            self.queue_full, self.shed_late, self.queue_wait_max_ms
+        )?;
         writeln!(f, "sim time: {:.1} s", self.sim_time.as_secs_f64())?;
         writeln!(
             f,
@@ -309,6 +344,8 @@ enum Ev {
         from: u32,
         data: Vec<u8>,
         sealed: bool,
+        /// It went through the node's receive queue already.
+        queued: bool,
     },
     Timer {
         node: u32,
@@ -355,6 +392,8 @@ struct Node {
     timer: Option<u64>,
     /// Its wall clock minus true time.
     clock_offset: i64,
+    /// When it is done with the datagrams queued so far, in µs.
+    free_at_us: u64,
 }
 
 /// Milliseconds since the Unix epoch at simulated time 0 (for timestamps).
@@ -379,6 +418,9 @@ struct Sim {
     measured: HashMap<(u32, LookupId), u32>,
     done: Vec<(bool, bool, f64, f64, u64, u64)>,
     buf: Vec<u8>,
+    queue_full: u64,
+    shed_late: u64,
+    queue_wait_max_us: u64,
 }
 
 impl Sim {
@@ -414,6 +456,7 @@ impl Sim {
                 from: from as u32,
                 data,
                 sealed: true,
+                queued: false,
             },
         );
     }
@@ -470,6 +513,7 @@ impl Sim {
                     from: i as u32,
                     data,
                     sealed: seal,
+                    queued: false,
                 },
             );
         }
@@ -516,6 +560,31 @@ impl Sim {
         }
     }
 
+    /// Puts a datagram arriving now at `to` in its receive queue: `None`
+    /// when it is lost there (a full queue, or dropped unread for its
+    /// wait), else when the node will have handled it (ms).
+    fn enqueue(&mut self, to: usize) -> Option<u64> {
+        let mut service = self.cfg.service_us.max(1);
+        if busy(to, self.cfg.seed, self.cfg.busy_fraction) {
+            service *= BUSY_SLOWDOWN;
+        }
+        let now_us = self.now * 1000;
+        let start = now_us.max(self.nodes[to].free_at_us);
+        let wait = start - now_us;
+        if self.cfg.queue_cap > 0 && wait / service >= self.cfg.queue_cap as u64 {
+            self.queue_full += 1;
+            return None;
+        }
+        if self.cfg.shed_late && Duration::from_micros(wait) > CONTROL_WAIT_MAX {
+            self.shed_late += 1;
+            self.nodes[to].free_at_us = start + service / 10;
+            return None;
+        }
+        self.queue_wait_max_us = self.queue_wait_max_us.max(wait);
+        self.nodes[to].free_at_us = start + service;
+        Some((start + service).div_ceil(1000))
+    }
+
     fn random_alive(&mut self) -> usize {
         loop {
             let i = self.rng.below(self.nodes.len());
@@ -532,9 +601,23 @@ impl Sim {
                 from,
                 data,
                 sealed,
+                queued,
             } => {
                 let (to, from) = (to as usize, from as usize);
                 if !self.nodes[to].alive || self.nodes[to].dht.is_none() {
+                    return;
+                }
+                if self.cfg.service_us > 0 && !queued {
+                    if let Some(t) = self.enqueue(to) {
+                        let ev = Ev::Deliver {
+                            to: to as u32,
+                            from: from as u32,
+                            data,
+                            sealed,
+                            queued: true,
+                        };
+                        self.push(t, ev);
+                    }
                     return;
                 }
                 let from_key = self.nodes[from].key;
@@ -671,6 +754,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 alive: true,
                 timer: None,
                 clock_offset,
+                free_at_us: 0,
             }
         })
         .collect();
@@ -713,6 +797,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         measured: HashMap::new(),
         done: Vec::new(),
         buf: Vec::new(),
+        queue_full: 0,
+        shed_late: 0,
+        queue_wait_max_us: 0,
     };
     for i in 0..n {
         sim.push(i as u64 * cfg.join_interval_ms, Ev::Join { node: i as u32 });
@@ -834,6 +921,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         timeouts: counters.iter().map(|c| c.timeouts).sum(),
         lookups_refused: counters.iter().map(|c| c.lookups_refused).sum(),
         unmatched_responses: counters.iter().map(|c| c.unmatched_responses).sum(),
+        queue_full: sim.queue_full,
+        shed_late: sim.shed_late,
+        queue_wait_max_ms: sim.queue_wait_max_us / 1000,
         memory_per_node: mem as f64 / alive.len().max(1) as f64,
         dht_heap_per_node: dht_heap as f64 / alive.len().max(1) as f64,
         codec_heap_per_node: codec_heap as f64 / alive.len().max(1) as f64,
@@ -882,6 +972,46 @@ mod tests {
             ..SimConfig::default()
         });
         assert_eq!(r.succeeded, 100, "{r}");
+        assert!(r.table_entries_min >= 20, "{r}");
+    }
+
+    /// A fleet of 300 started within 0.3 s with one bootstrap, every node
+    /// taking 5 ms to handle a datagram (a third of them, on a busy
+    /// machine, 50 ms) behind a receive queue of 2,000, every pair sealed
+    /// and challenged as the daemon does. `shed_late`: the daemon's policy.
+    fn queued_storm(shed_late: bool) -> SimReport {
+        run(&SimConfig {
+            nodes: 300,
+            lookups: 200,
+            join_interval_ms: 1,
+            settle_ms: 60_000,
+            single_boot: true,
+            busy_fraction: 0.3,
+            service_us: 5000,
+            queue_cap: 2000,
+            shed_late,
+            first_contact: FirstContact::Challenge,
+            seal_fraction: 1.0,
+            ..SimConfig::default()
+        })
+    }
+
+    /// Without shedding, queues seconds deep make every answer late: the
+    /// storm never passes (the lab's fifty-node failure, issue 12)...
+    #[test]
+    fn a_storm_of_nodes_working_through_deep_queues_never_forms_a_network() {
+        let r = queued_storm(false);
+        assert!(r.queue_wait_max_ms > 5000, "{r}");
+        assert!(r.success_pct() < 50.0, "the storm passed: {r}");
+    }
+
+    /// ...and dropping unread what waited more than 2 s, every node finds
+    /// every target and fills its table.
+    #[test]
+    fn a_storm_of_nodes_that_shed_late_datagrams_forms_a_network() {
+        let r = queued_storm(true);
+        assert!(r.shed_late > 0, "{r}");
+        assert_eq!(r.succeeded, r.lookups, "{r}");
         assert!(r.table_entries_min >= 20, "{r}");
     }
 

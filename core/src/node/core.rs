@@ -10,7 +10,9 @@
 //!
 //! Contract:
 //! - It does no I/O and reads no clock: the caller gives it the time
-//!   ([`Now`]) with every input — datagrams ([`Node::handle_datagrams`]),
+//!   ([`Now`]) with every input — datagrams ([`Node::handle_datagrams`];
+//!   [`Node::handle_received`] with how long they waited in the socket's
+//!   queue: control datagrams late beyond [`CONTROL_WAIT_MAX`] are shed),
 //!   WireGuard datagrams the data plane wants sent
 //!   ([`Node::handle_outgoing`]), timer expiry ([`Node::handle_timeout`]),
 //!   control requests ([`Node::handle_request`]), new versions of the
@@ -55,6 +57,38 @@ use std::time::{Duration, Instant};
 
 /// How often the overlay's timers run.
 pub const TICK: Duration = Duration::from_millis(250);
+/// Longest a control datagram may have waited in the socket's receive
+/// queue and still be read. A node that falls behind (a storm of starts
+/// on a loaded machine) would otherwise work through seconds of backlog:
+/// its answers come after the asker gave up, its challenges echo
+/// timestamps older than the 10 s a challenge is believed, and what it
+/// judges against its clock looks stale — the loss feeds itself. Dropped
+/// unread, a late datagram costs one receive call, and the queue drains
+/// at once; the asker's retry finds a short queue. Below the DHT's
+/// longest request timeout (4 s) and the codec's 10 s windows.
+pub const CONTROL_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// Sources of shed datagrams remembered between two ticks.
+const MAX_UNREAD_SOURCES: usize = 4096;
+
+/// How many datagrams of `bytes` (cut in `segment`s) to drop unread
+/// because they waited `waited` in the receive queue: all of them when
+/// more than [`CONTROL_WAIT_MAX`] and every one is a control datagram
+/// (WireHub message or challenge); none otherwise (WireGuard and relayed
+/// data are the data plane's, which has its own timers).
+pub fn waited_too_long(bytes: &[u8], segment: usize, waited: Option<Duration>) -> usize {
+    if waited.is_none_or(|w| w <= CONTROL_WAIT_MAX) || bytes.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    for d in bytes.chunks(segment.max(1)) {
+        if !(crate::proto::is_control(d) || crate::proto::is_challenge(d)) {
+            return 0;
+        }
+        n += 1;
+    }
+    n
+}
 /// Datagrams held per peer while it has no path, and for how long.
 const WAITING_PER_PEER: usize = 16;
 const WAITING_TTL: Duration = Duration::from_secs(3);
@@ -207,6 +241,9 @@ pub struct DataplaneView {
     /// Peers an external WireGuard had reset for a broken session.
     pub session_resets: Option<u64>,
     pub owns_port: bool,
+    /// The kernel's UDP counters of the node's namespace, by name
+    /// (`SndbufErrors`, `RcvbufErrors`...): losses outside the daemon.
+    pub kernel_udp: BTreeMap<String, u64>,
 }
 
 /// An alias proof for a listener: `alias` vouches for our own key.
@@ -317,6 +354,9 @@ pub struct Node {
     /// Something besides data happened: paths and lookups need a look.
     touched: bool,
     drops: BTreeMap<&'static str, u64>,
+    /// Sources of control datagrams shed unread since the last tick, and
+    /// when (at most [`MAX_UNREAD_SOURCES`]).
+    unread_from: std::collections::HashMap<SocketAddr, Instant>,
     transmits: VecDeque<Transmit>,
     dataplane_ops: VecDeque<DataplaneOp>,
     events: VecDeque<Event>,
@@ -404,6 +444,7 @@ impl Node {
             stopping: false,
             touched: true,
             drops: BTreeMap::new(),
+            unread_from: std::collections::HashMap::new(),
             transmits: VecDeque::new(),
             dataplane_ops: VecDeque::new(),
             events: VecDeque::new(),
@@ -540,6 +581,33 @@ impl Node {
         if self.touched {
             self.after_event(now);
         }
+    }
+
+    /// Datagrams as [`Node::handle_datagrams`], which waited `waited` in
+    /// the socket's receive queue (`None`: not known). Control datagrams
+    /// (WireHub messages, challenges) that waited longer than
+    /// [`CONTROL_WAIT_MAX`] are dropped unread, counted as
+    /// `control-waited-too-long` (see [`waited_too_long`]); the rest go on.
+    pub fn handle_received(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        bytes: &mut [u8],
+        segment: usize,
+        waited: Option<Duration>,
+        wire: &mut impl Wire,
+    ) {
+        let shed = waited_too_long(bytes, segment, waited);
+        if shed > 0 {
+            *self.drops.entry("control-waited-too-long").or_default() += shed as u64;
+            // Its direct peer, if any, is not silent (see
+            // `Overlay::on_unread_contacts`); bounded, beyond: not noted.
+            if self.unread_from.len() < MAX_UNREAD_SOURCES || self.unread_from.contains_key(&from) {
+                self.unread_from.insert(from, now.mono);
+            }
+            return;
+        }
+        self.handle_datagrams(now, from, bytes, segment, wire);
     }
 
     /// WireGuard datagrams the data plane wants sent to a peer that has no
@@ -1746,6 +1814,8 @@ impl Node {
     // ---- timers ----
 
     fn on_tick(&mut self, now: Now) {
+        self.overlay.on_unread_contacts(&self.unread_from);
+        self.unread_from.clear();
         self.overlay.on_tick(now.mono);
         self.overlay.expire_direct(now.mono, DIRECT_QUIET);
         self.reprogram_due(now);
@@ -2049,6 +2119,7 @@ impl Node {
                 "wireguard_session_resets": view.session_resets,
                 "wireguard_owns_port": view.owns_port,
             },
+            "kernel_udp": view.kernel_udp,
             "relay": self.limiter.counters,
             "relay_channels": {"forwarding": self.channels.len(), "ours": self.book.len()},
             "wireguard_peers": view.stats.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
@@ -2088,4 +2159,127 @@ impl Wire for QueueWire {
     }
 
     fn deliver(&mut self, _: SocketAddr, _: &[u8], _: Option<PublicKey>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoHost;
+
+    impl Host for NoHost {
+        fn local_ip_towards(&self, _: SocketAddr) -> Option<IpAddr> {
+            Some(IpAddr::from([203, 0, 113, 2]))
+        }
+        fn global_ipv6(&self) -> Vec<Ipv6Addr> {
+            Vec::new()
+        }
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from_bytes([seed; 32])
+    }
+
+    /// A node of a one-node network, and a ping to it sealed by a stranger
+    /// (whatever the node answers — a pong or a challenge — is a transmit).
+    fn node_and_ping() -> (Node, Now, SocketAddr, Vec<u8>) {
+        let own = key(7);
+        let text = format!(
+            "name storm\nsubnet 10.0.42.0/24\nworkbit 0\ntrust n {}\n",
+            own.public_key()
+        );
+        let spec = crate::config::parse(&text).expect("network file").spec;
+        let now = Now {
+            mono: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        };
+        let config = NodeConfig {
+            key: own.clone(),
+            spec: spec.clone(),
+            interface: "wh-test".into(),
+            listen_port: 62096,
+            mode: Mode::Unknown,
+            relay_mbit: 0,
+            force_relay: false,
+            from_file: true,
+            has_dataplane: false,
+            join: None,
+            random: RandomStream::from_seed([1; 32]),
+        };
+        let mut node = Node::new(config, Box::new(NoHost), now);
+        while node.poll_transmit().is_some() {}
+        let mut stranger = Codec::with_nonce_seed(
+            key(9),
+            CodecConfig {
+                required_workbits: spec.workbits,
+                namespace: spec.namespace.clone(),
+                ..CodecConfig::default()
+            },
+            [3; 32],
+        );
+        let ping = stranger
+            .seal(
+                now.unix_ms,
+                &own.public_key(),
+                &Message::Ping { id: 5, info: None },
+            )
+            .expect("sealed");
+        (node, now, SocketAddr::from(([203, 0, 113, 9], 62096)), ping)
+    }
+
+    /// What the node sent back, through the wire or as transmits.
+    fn answers(node: &mut Node, wire: QueueWire) -> usize {
+        wire.0.len() + std::iter::from_fn(|| node.poll_transmit()).count()
+    }
+
+    #[test]
+    fn a_control_datagram_that_waited_too_long_in_the_queue_is_shed_and_counted() {
+        let (mut node, now, from, ping) = node_and_ping();
+        let mut bytes = ping.clone();
+        let len = bytes.len();
+        let mut wire = QueueWire(Vec::new());
+        let waited = Some(CONTROL_WAIT_MAX + Duration::from_millis(1));
+        node.handle_received(now, from, &mut bytes, len, waited, &mut wire);
+        assert_eq!(answers(&mut node, wire), 0, "a late datagram was answered");
+        assert_eq!(node.drops().get("control-waited-too-long"), Some(&1));
+    }
+
+    #[test]
+    fn a_control_datagram_that_waited_a_little_is_read() {
+        let (mut node, now, from, ping) = node_and_ping();
+        let mut bytes = ping.clone();
+        let len = bytes.len();
+        let mut wire = QueueWire(Vec::new());
+        let waited = Some(CONTROL_WAIT_MAX / 4);
+        node.handle_received(now, from, &mut bytes, len, waited, &mut wire);
+        let seen = format!("{:?} {:?}", node.drops(), node.codec.counters());
+        assert!(
+            answers(&mut node, wire) > 0,
+            "a timely ping got nothing back: {seen}"
+        );
+        assert_eq!(node.drops().get("control-waited-too-long"), None);
+    }
+
+    #[test]
+    fn inspect_shows_the_kernels_udp_counters() {
+        let (node, now, _, _) = node_and_ping();
+        let view = DataplaneView {
+            kernel_udp: BTreeMap::from([("SndbufErrors".to_string(), 758)]),
+            ..DataplaneView::default()
+        };
+        assert_eq!(node.inspect(now, &view)["kernel_udp"]["SndbufErrors"], 758);
+    }
+
+    #[test]
+    fn only_runs_of_control_datagrams_are_shed_never_data() {
+        let late = Some(Duration::from_secs(3));
+        let control = [crate::proto::MAGIC; 10];
+        assert_eq!(waited_too_long(&control, 5, late), 2);
+        assert_eq!(waited_too_long(&control, 5, None), 0);
+        assert_eq!(waited_too_long(&control, 5, Some(CONTROL_WAIT_MAX)), 0);
+        let wireguard = [4u8; 10];
+        assert_eq!(waited_too_long(&wireguard, 5, late), 0);
+        let challenge = [crate::proto::CHALLENGE; 3];
+        assert_eq!(waited_too_long(&challenge, 3, late), 1);
+    }
 }

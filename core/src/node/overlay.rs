@@ -7,6 +7,11 @@
 //! refuses a record whose key is not its sender's). A record a third party
 //! gave (a lookup's) fills in only while the peer's own is missing or older
 //! than [`OWN_RECORD_TTL`]: the peer's own word wins.
+//!
+//! Contact: a path is made only by a message the peer sealed
+//! ([`Overlay::on_direct_contact`]). Datagrams a busy node dropped unread
+//! ([`Overlay::on_unread_contacts`]) only keep an existing direct path at
+//! their very source address from being taken for silent.
 
 use crate::config::{NetworkSpec, PeerSpec};
 use crate::control::{PathStatus, PeerStatus};
@@ -709,6 +714,30 @@ impl Overlay {
         }
     }
 
+    /// Datagrams came from these addresses (at these times) that the node
+    /// shed unread, being behind on its receive queue (see the core's
+    /// `CONTROL_WAIT_MAX`). A direct peer at one of them is not silent,
+    /// only unheard by a node too busy to read it: it counts as contact
+    /// for keepalive pacing and path expiry only, so that a node's own lag
+    /// neither gives up its paths (each given up path costs a lookup,
+    /// more load) nor speeds up its probes. Unauthenticated: it keeps an
+    /// existing direct path at that very address, never makes one.
+    pub fn on_unread_contacts(&mut self, unread: &std::collections::HashMap<SocketAddr, Instant>) {
+        if unread.is_empty() {
+            return;
+        }
+        for p in self.peers.values_mut() {
+            let Some(PeerPath::Direct(addr)) = p.path else {
+                continue;
+            };
+            if let Some(&at) = unread.get(&addr)
+                && p.last_contact.is_some_and(|c| c < at)
+            {
+                p.last_contact = Some(at);
+            }
+        }
+    }
+
     pub fn on_tick(&mut self, now: Instant) {
         for p in self.peers.values_mut() {
             let Some(PeerPath::Direct(addr)) = p.path else {
@@ -992,6 +1021,27 @@ mod tests {
             vec![k[1]],
             "the peer is looked up again at once"
         );
+    }
+
+    #[test]
+    fn a_direct_peer_a_busy_node_could_not_read_keeps_its_path() {
+        let k = keys(3);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1]), ("c", k[2])]), k[0]);
+        let b: SocketAddr = "203.0.113.3:1".parse().unwrap();
+        let c: SocketAddr = "203.0.113.4:1".parse().unwrap();
+        let t0 = Instant::now();
+        o.on_direct_contact(k[1], b, t0);
+        o.on_direct_contact(k[2], c, t0);
+        o.take_changes();
+        // b's datagrams came, shed unread; c's did not, nor did a stranger
+        // claiming c's peer's place from another address.
+        let t1 = t0 + Duration::from_secs(2);
+        let unread =
+            std::collections::HashMap::from([(b, t1), ("203.0.113.9:1".parse().unwrap(), t1)]);
+        o.on_unread_contacts(&unread);
+        o.expire_direct(t0 + Duration::from_secs(4), Duration::from_secs(3));
+        assert_eq!(o.path(&k[1]), Some(PeerPath::Direct(b)), "b was heard");
+        assert_eq!(o.path(&k[2]), None, "c was silent");
     }
 
     /// The record of `key` behind a hard NAT, reachable through `relays`.
