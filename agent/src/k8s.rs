@@ -16,9 +16,11 @@ pub mod agent;
 pub mod alloc;
 pub mod convert;
 pub mod crd;
+pub mod mesh;
 pub mod metrics;
 pub mod pins;
 pub mod plan;
+pub mod remote;
 
 use crate::cli::Args;
 use crate::cli::commands::Outcome;
