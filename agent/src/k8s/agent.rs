@@ -9,7 +9,13 @@
 //! channel: a change in the cluster becomes a `SpecUpdate`, applied like
 //! `wh reload` (tunnels of unchanged peers are kept). An invalid resource, or
 //! a change the node refuses, is reported on the resource's status and as an
-//! Event; the node keeps running the last good network.
+//! Event; the node keeps running the last good network. With
+//! spec.remoteClusters, every agent also watches the other clusters'
+//! `WireHubNode`s ([`super::remote`], read-only) and the network gains
+//! their nodes after its own peers ([`super::mesh::merge`]); a refused
+//! remote node or an unreachable cluster is a problem of the network
+//! (Degraded, and a Warning Event from the lease holder), never a reason
+//! to drop the local network.
 //!
 //! One agent at a time holds the network's Lease (coordination.k8s.io/v1):
 //! it allocates overlay addresses and pod CIDRs (recorded once in the
