@@ -2521,14 +2521,21 @@ fn share_reader_kubeconfig(c: &Cluster, into: &Cluster, name: &str) -> Result<()
             return Ok(None);
         };
         let s = c.json(&["get", "secret", secret, "-n", AGENT_NS])?;
-        Ok(s["data"]["token"].as_str().map(str::to_string))
+        Ok(s["data"]["token"]
+            .as_str()
+            .zip(s["data"]["ca.crt"].as_str())
+            .map(|(t, ca)| (t.to_string(), ca.to_string())))
     })?;
+    // The API server's CA as the token controller gives it (the agent's
+    // image has no system CA store: the kubeconfig must name its CA).
+    let (token, ca) = token;
     let token = run(Command::new("sh")
         .arg("-c")
         .arg(format!("echo {token} | base64 -d")))?;
     let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: remote\n  cluster: {{server: \"https://{}:6443\", insecure-skip-tls-verify: true}}\nusers:\n- name: reader\n  user: {{token: {}}}\ncontexts:\n- name: remote\n  context: {{cluster: remote, user: reader}}\ncurrent-context: remote\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: remote\n  cluster: {{server: \"https://{}:6443\", certificate-authority-data: {}}}\nusers:\n- name: reader\n  user: {{token: {}}}\ncontexts:\n- name: remote\n  context: {{cluster: remote, user: reader}}\ncurrent-context: remote\n",
         c.cp.ip,
+        ca,
         token.trim()
     );
     let file = into.dir.join(format!("{name}.kubeconfig"));
