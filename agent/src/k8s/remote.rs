@@ -286,3 +286,103 @@ async fn follow<S>(
         }
     }
 }
+
+/// The shell's refusals against kube-rs's mock API server: a Secret that is
+/// missing, lacks its key or holds no usable kubeconfig becomes a problem
+/// naming the cluster and the Secret, and no watch.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::crd::SecretKey;
+    use http::{Request as HttpRequest, Response as HttpResponse, StatusCode};
+    use kube::client::Body;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<HttpRequest<Body>, HttpResponse<Body>>;
+
+    fn b() -> RemoteCluster {
+        RemoteCluster {
+            name: "b".into(),
+            kubeconfig_secret: SecretKey {
+                name: "cluster-b".into(),
+                key: None,
+            },
+        }
+    }
+
+    fn reply(status: StatusCode, body: serde_json::Value) -> HttpResponse<Body> {
+        HttpResponse::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    /// One sync of cluster b, the API server answering the Secret's GET
+    /// with `status` and `body`; the problems it leaves and whether a
+    /// watch runs.
+    async fn sync_with(status: StatusCode, body: serde_json::Value) -> (Vec<Problem>, usize) {
+        let (service, mut handle): (_, Handle) = mock::pair();
+        let client = Client::new(service, "default");
+        let server = tokio::spawn(async move {
+            if let Some((request, send)) = handle.next_request().await {
+                assert_eq!(
+                    request.uri().path(),
+                    "/api/v1/namespaces/kube-system/secrets/cluster-b"
+                );
+                send.send_response(reply(status, body));
+            }
+        });
+        let mut watches = RemoteWatches::default();
+        watches
+            .sync(&client, "kube-system", &[b()], &Arc::new(Notify::new()))
+            .await;
+        let _ = server.await;
+        let (members, problems) = watches.members("lab");
+        (problems, members.len())
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_a_problem_naming_the_cluster_and_the_secret() {
+        let (problems, watches) = sync_with(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        )
+        .await;
+        assert_eq!(watches, 0);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].reason, REMOTE_SECRET_MISSING);
+        assert_eq!(
+            problems[0].message,
+            "remote cluster b: Secret kube-system/cluster-b does not exist"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_without_the_kubeconfig_key_is_a_problem_naming_the_key() {
+        let (problems, _) = sync_with(
+            StatusCode::OK,
+            serde_json::json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "cluster-b"}, "data": {"other": "eA=="}}),
+        )
+        .await;
+        assert_eq!(problems[0].reason, REMOTE_SECRET_MISSING);
+        assert!(problems[0].message.contains("has no key 'kubeconfig'"));
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_that_does_not_parse_starts_no_watch() {
+        // "not: [yaml" in base64.
+        let (problems, watches) = sync_with(
+            StatusCode::OK,
+            serde_json::json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "cluster-b"}, "data": {"kubeconfig": "bm90OiBbeWFtbA=="}}),
+        )
+        .await;
+        assert_eq!(watches, 0);
+        assert_eq!(problems[0].reason, REMOTE_KUBECONFIG_INVALID);
+        assert!(
+            problems[0]
+                .message
+                .starts_with("remote cluster b: the kubeconfig cannot be used")
+        );
+    }
+}
