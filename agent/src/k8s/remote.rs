@@ -250,12 +250,12 @@ async fn follow<S>(
         let event = match event {
             Ok(e) => e,
             Err(e) => {
+                if let Ok(mut slot) = error.lock() {
+                    *slot = Some(e.to_string());
+                }
                 if !was_failing {
                     tracing::warn!(%cluster, error = %e, "remote cluster watch failed");
                     changed.notify_one();
-                }
-                if let Ok(mut slot) = error.lock() {
-                    *slot = Some(e.to_string());
                 }
                 continue;
             }
@@ -287,9 +287,11 @@ async fn follow<S>(
     }
 }
 
-/// The shell's refusals against kube-rs's mock API server: a Secret that is
-/// missing, lacks its key or holds no usable kubeconfig becomes a problem
-/// naming the cluster and the Secret, and no watch.
+/// The shell's refusals against kube-rs's mock API server (and a closed
+/// port on loopback): a Secret that is missing, lacks its key or holds no
+/// usable kubeconfig becomes a problem naming the cluster and the Secret,
+/// and no watch; an API server that cannot be reached, a problem naming
+/// the cluster and its address.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +385,36 @@ mod tests {
             problems[0]
                 .message
                 .starts_with("remote cluster b: the kubeconfig cannot be used")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_cannot_be_reached_is_reported_as_unreachable() {
+        // A closed port on loopback: the watch fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster: {{server: \"https://127.0.0.1:{closed}\", insecure-skip-tls-verify: true}}\nusers:\n- name: r\n  user: {{token: t}}\ncontexts:\n- name: b\n  context: {{cluster: b, user: r}}\ncurrent-context: b\n"
+        );
+        let changed = Arc::new(Notify::new());
+        let watch = start("b", text, &changed).await.unwrap();
+        let mut watches = RemoteWatches::default();
+        watches.watches.insert("b".into(), watch);
+        tokio::time::timeout(Duration::from_secs(10), changed.notified())
+            .await
+            .unwrap();
+        let (members, problems) = watches.members("lab");
+        assert_eq!(members.len(), 1, "the cluster's last members are kept");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].reason, REMOTE_CLUSTER_UNREACHABLE);
+        assert!(
+            problems[0].message.starts_with(&format!(
+                "remote cluster b (https://127.0.0.1:{closed}/) cannot be read"
+            )),
+            "{}",
+            problems[0].message
         );
     }
 }
