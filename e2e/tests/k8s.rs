@@ -2655,6 +2655,16 @@ fn two_clusters_exercise(a: &Cluster, b: &Cluster, t0: Instant) -> Result<()> {
     ping_all(&a_pids, &b_pods, Duration::from_secs(120), t0)?;
     ping_all(&b_pids, &a_pods, Duration::from_secs(60), t0)?;
     log(t0, "pods ping across the clusters both ways");
+    // a2 and b2 are both behind hard NATs: relayed where they must be.
+    let paths = wait_for(
+        Duration::from_secs(60),
+        "a2 to report a relayed peer",
+        || {
+            let p = a.json(&["get", "wirehubnode", "a2"])?["status"]["paths"].clone();
+            Ok((p["relayed"].as_u64().unwrap_or(0) >= 1).then_some(p))
+        },
+    )?;
+    log(t0, &format!("a2's paths: {paths}"));
 
     // A third node joins B: A's pods reach its pod with nothing edited in A.
     let generation = a.json(&["get", "wirehubnetwork", NETWORK])?["metadata"]["generation"].clone();
