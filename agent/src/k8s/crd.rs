@@ -98,9 +98,10 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
 #[serde(rename_all = "camelCase")]
 pub struct WireHubNetworkSpec {
     /// The overlay's private IPv4 network (CIDR, /30 or larger). Cluster
-    /// nodes take addresses from the top of it (recorded in each node's
-    /// WireHubNode, so they never change); external peers without staticIp take addresses
-    /// from the bottom (.2, .3, ...) in list order.
+    /// nodes take addresses from the top of it, or of nodeSubnet (recorded
+    /// in each node's WireHubNode, so they never change); external peers
+    /// without staticIp take addresses from the bottom (.2, .3, ...) in
+    /// list order.
     #[schemars(pattern(IPV4_CIDR_PATTERN))]
     pub subnet: String,
 
