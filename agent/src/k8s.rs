@@ -3,7 +3,10 @@
 //! conversions to and from the network file ([`convert`]), address and pod
 //! CIDR allocation ([`alloc`]), and `wh agent`, the DaemonSet's process
 //! ([`agent`]) that turns the cluster's state into a [`NetworkSpec`] and runs
-//! the same node core as `wh up`.
+//! the same node core as `wh up`. Several clusters share one overlay
+//! through spec.remoteClusters: [`remote`] watches each other cluster's
+//! `WireHubNode`s (read-only, on its API server), [`mesh`] merges them
+//! into the network, refusing what would route wrongly.
 //!
 //! Commands: `wh agent` (the agent), `wh crd` (prints the CRD generated from
 //! the Rust types; `crds/wirehub.yaml` is its output), `wh network`
@@ -16,9 +19,11 @@ pub mod agent;
 pub mod alloc;
 pub mod convert;
 pub mod crd;
+pub mod mesh;
 pub mod metrics;
 pub mod pins;
 pub mod plan;
+pub mod remote;
 
 use crate::cli::Args;
 use crate::cli::commands::Outcome;

@@ -2335,3 +2335,412 @@ fn bench(n: usize) -> Result<String> {
         pss_median as f64 / 1024.0,
     ))
 }
+
+// ---- Several clusters, one overlay (docs/kubernetes.md, "Several
+// clusters"): two clusters, each a public node and a node behind a hard
+// NAT, different pod subnets, each reading the other's WireHubNodes.
+
+/// Cluster B's pods (A keeps the lab's 10.244.0.0/16).
+const B_POD_SUBNET: &str = "10.245.0.0/16";
+
+#[test]
+fn two_clusters_share_one_overlay() {
+    if !wirehub_e2e::available() {
+        eprintln!(
+            "skipped: the Kubernetes lab needs root (network namespaces, containerd, kubelet)"
+        );
+        return;
+    }
+    if let Err(e) = two_clusters() {
+        panic!("{e:#}");
+    }
+}
+
+fn two_clusters() -> Result<()> {
+    let t0 = Instant::now();
+    let _lock = lab_lock()?;
+    let (bin, kubectl) = kubernetes_binaries()?;
+    let wh = wh_bin();
+    let cni = wh.with_file_name("wirehub-cni");
+    for b in [&wh, &cni] {
+        if !b.exists() {
+            bail!("{} is missing: cargo build --workspace --bins", b.display());
+        }
+    }
+    let mut lab = Lab::new()?;
+    let dir = lab.dir.join("k8s2");
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("bash")
+        .arg(repo().join("e2e/k8s/images.sh"))
+        .arg(dir.join("images"))
+        .arg(&wh)
+        .arg(&cni)
+        .arg(bin.join("pause")))?;
+    log(t0, "images built");
+    let sysctls: Vec<(String, String)> = SYSCTLS
+        .iter()
+        .filter_map(|k| sysctl(k).map(|v| (k.to_string(), v)))
+        .collect();
+    let cgroup_parent_existed = Path::new("/sys/fs/cgroup/memory/k8s.io").exists()
+        || Path::new("/sys/fs/cgroup/k8s.io").exists();
+    let cluster = |name: &str, nodes: Vec<NodeInfo>, cp: Host| -> Result<Cluster> {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(Cluster {
+            dir: d,
+            bin: bin.clone(),
+            cp,
+            nodes,
+            sysctls: sysctls.clone(),
+            kubectl: kubectl.clone(),
+            cgroup_parent_existed,
+        })
+    };
+    let node = |name: &str, host: Host| NodeInfo {
+        name: name.into(),
+        host,
+    };
+    let a_cp = lab.public_host("acp")?;
+    let a1 = lab.public_host("a1")?;
+    let (a2, _ra2) = lab.home_host("a2", Nat::Hard)?;
+    let b_cp = lab.public_host("bcp")?;
+    let b1 = lab.public_host("b1")?;
+    let (b2, _rb2) = lab.home_host("b2", Nat::Hard)?;
+    let b3 = lab.public_host("b3")?;
+    let a = cluster("a", vec![node("a1", a1), node("a2", a2)], a_cp)?;
+    let b = cluster(
+        "b",
+        vec![node("b1", b1), node("b2", b2), node("b3", b3)],
+        b_cp,
+    )?;
+    let result = two_clusters_exercise(&a, &b, t0);
+    if let Err(e) = &result {
+        eprintln!("[k8s] FAILED: {e:#}");
+        for (name, c) in [("a", &a), ("b", &b)] {
+            for args in [
+                &["get", "pods", "-A", "-o", "wide"][..],
+                &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+                &["get", "wirehubnetwork,wirehubnodes", "-o", "yaml"][..],
+            ] {
+                if let Ok(s) = c.k(args) {
+                    eprintln!("$ kubectl --context {name} {}\n{s}", args.join(" "));
+                }
+            }
+            eprintln!("== cluster {name}\n{}", c.agent_logs());
+        }
+    }
+    drop(b);
+    drop(a);
+    log(t0, "clusters removed");
+    result
+}
+
+/// A cluster's control plane (with credentials for every node of
+/// `c.nodes`) and the first `start` of its nodes, registered.
+fn start_control_plane_and_nodes(c: &Cluster, start: usize, t0: Instant) -> Result<()> {
+    let mut cp_args: Vec<String> = vec![
+        c.dir.display().to_string(),
+        c.cp.netns.clone(),
+        c.cp.ip.clone(),
+        c.bin.display().to_string(),
+    ];
+    cp_args.extend(c.nodes.iter().map(|n| n.name.clone()));
+    run(Command::new("bash")
+        .arg(repo().join("e2e/k8s/cp-up.sh"))
+        .args(&cp_args))?;
+    for n in &c.nodes[..start] {
+        start_node(c, n)?;
+    }
+    wait_for(Duration::from_secs(120), "the nodes to register", || {
+        Ok((c.node_ready()?.len() == start).then_some(()))
+    })?;
+    log(
+        t0,
+        &format!("{}: control plane and {start} nodes up", c.cp.name),
+    );
+    Ok(())
+}
+
+fn start_node(c: &Cluster, n: &NodeInfo) -> Result<()> {
+    let images = c.dir.with_file_name("images");
+    run(Command::new("bash")
+        .arg(repo().join("e2e/k8s/node-up.sh"))
+        .arg(&c.dir)
+        .arg(&n.name)
+        .arg(&n.host.netns)
+        .arg(&n.host.ip)
+        .arg(&c.bin)
+        .arg(images))?;
+    Ok(())
+}
+
+/// The chart, rendered with `network` (merged over the lab's image and
+/// agent values) and `more` top-level values; waits for every started
+/// node Ready.
+fn install_chart_with(c: &Cluster, network: Value, more: Value, t0: Instant) -> Result<()> {
+    let mut overrides = json!({
+        "image": {"repository": "localhost/wirehub-agent", "tag": "e2e", "pullPolicy": "Never"},
+        "network": network,
+        "agent": {
+            "kubernetesServiceHost": c.cp.ip,
+            "kubernetesServicePort": "6443",
+            "logLevel": "info",
+        },
+    });
+    if let (Some(o), Some(m)) = (overrides.as_object_mut(), more.as_object()) {
+        o.extend(m.clone());
+    }
+    let (manifests, crds) =
+        wirehub_e2e::chart::render_chart(&repo().join("charts/wirehub"), &overrides, AGENT_NS)?;
+    for crd in &crds {
+        c.k_stdin(&["apply", "-f", "-"], &std::fs::read_to_string(crd)?)?;
+    }
+    c.k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/wirehubnetworks.wirehub.io",
+        "crd/wirehubnodes.wirehub.io",
+    ])?;
+    c.k_stdin(&["apply", "-f", "-"], &manifests)?;
+    wait_for(Duration::from_secs(180), "every node Ready", || {
+        let r = c.node_ready()?;
+        Ok(r.values().all(|(s, _)| s == "True").then_some(()))
+    })?;
+    log(t0, &format!("{}: chart applied, nodes Ready", c.cp.name));
+    Ok(())
+}
+
+/// A kubeconfig of `c` with the token of its ServiceAccount
+/// wirehub-remote-reader (read-only: the chart's remoteReader), stored in
+/// `into` as the Secret `name`.
+fn share_reader_kubeconfig(c: &Cluster, into: &Cluster, name: &str) -> Result<()> {
+    let token = wait_for(Duration::from_secs(60), "the reader's token Secret", || {
+        let sa = c.json(&["get", "sa", "wirehub-remote-reader", "-n", AGENT_NS])?;
+        let Some(secret) = sa["secrets"][0]["name"].as_str() else {
+            return Ok(None);
+        };
+        let s = c.json(&["get", "secret", secret, "-n", AGENT_NS])?;
+        Ok(s["data"]["token"]
+            .as_str()
+            .zip(s["data"]["ca.crt"].as_str())
+            .map(|(t, ca)| (t.to_string(), ca.to_string())))
+    })?;
+    // The API server's CA as the token controller gives it (the agent's
+    // image has no system CA store: the kubeconfig must name its CA).
+    let (token, ca) = token;
+    let token = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo {token} | base64 -d")))?;
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: remote\n  cluster: {{server: \"https://{}:6443\", certificate-authority-data: {}}}\nusers:\n- name: reader\n  user: {{token: {}}}\ncontexts:\n- name: remote\n  context: {{cluster: remote, user: reader}}\ncurrent-context: remote\n",
+        c.cp.ip,
+        ca,
+        token.trim()
+    );
+    let file = into.dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&file, kubeconfig)?;
+    into.k(&[
+        "create",
+        "secret",
+        "generic",
+        name,
+        "-n",
+        AGENT_NS,
+        &format!("--from-file=kubeconfig={}", file.display()),
+    ])?;
+    // What the reader may do: read members, nothing else.
+    let can = |verb: &str, what: &str| {
+        c.k(&[
+            "auth",
+            "can-i",
+            verb,
+            what,
+            &format!("--as=system:serviceaccount:{AGENT_NS}:wirehub-remote-reader"),
+        ])
+        .map(|s| s.trim() == "yes")
+        .unwrap_or(false)
+    };
+    if !can("watch", "wirehubnodes.wirehub.io") || can("patch", "wirehubnodes.wirehub.io") {
+        bail!(
+            "the reader of {} may not watch, or may patch, wirehubnodes",
+            c.cp.name
+        );
+    }
+    Ok(())
+}
+
+/// Pingers on every node of `c`: (node, pod IP) and (node, pid).
+fn pingers(c: &Cluster, count: usize) -> Result<(Pods, Pids)> {
+    let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: pinger}\nspec:\n  selector: {matchLabels: {app: pinger}}\n  template:\n    metadata: {labels: {app: pinger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: bb\n        image: localhost/busybox:1.35\n        imagePullPolicy: Never\n        command: [sh, -c, 'exec sleep 100000']\n";
+    c.k_stdin(&["apply", "-f", "-"], ds)?;
+    let pods = wait_for(Duration::from_secs(120), "pinger pods running", || {
+        let v = c.json(&["get", "pods", "-l", "app=pinger"])?;
+        let mut pods = BTreeMap::new();
+        for p in v["items"].as_array().cloned().unwrap_or_default() {
+            if p["status"]["phase"] == "Running"
+                && let (Some(n), Some(ip)) = (
+                    p["spec"]["nodeName"].as_str(),
+                    p["status"]["podIP"].as_str(),
+                )
+            {
+                pods.insert(n.to_string(), ip.to_string());
+            }
+        }
+        Ok((pods.len() == count).then_some(pods))
+    })?;
+    let pids = pods
+        .iter()
+        .map(|(n, ip)| {
+            Ok((
+                n.clone(),
+                wait_for(Duration::from_secs(30), "the pod's process", || {
+                    Ok(c.pod_pid(n, ip).ok())
+                })?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    Ok((pods, pids))
+}
+
+/// Every pod of `pids` pings every pod of `pods`; the longest wait.
+fn ping_all(pids: &Pids, pods: &Pods, within: Duration, t0: Instant) -> Result<Duration> {
+    let mut worst = Duration::ZERO;
+    for (from, pid) in pids {
+        for (to, ip) in pods {
+            let start = Instant::now();
+            wait_for(
+                within,
+                &format!("pod on {from} to ping pod on {to} ({ip})"),
+                || Ok(ping_from(*pid, ip, 1).then_some(())),
+            )?;
+            worst = worst.max(start.elapsed());
+            log(
+                t0,
+                &format!(
+                    "pod on {from} -> pod on {to} ({ip}): ok in {:.1}s",
+                    start.elapsed().as_secs_f64()
+                ),
+            );
+        }
+    }
+    Ok(worst)
+}
+
+fn two_clusters_exercise(a: &Cluster, b: &Cluster, t0: Instant) -> Result<()> {
+    start_control_plane_and_nodes(a, 2, t0)?;
+    start_control_plane_and_nodes(b, 2, t0)?;
+    let remote = |name: &str| json!([{"name": name, "kubeconfigSecret": {"name": format!("wirehub-cluster-{name}")}}]);
+    install_chart_with(
+        a,
+        json!({"name": NETWORK, "subnet": "10.99.0.0/24", "nodeSubnet": "10.99.0.128/25",
+               "podSubnet": "10.244.0.0/16", "remoteClusters": remote("b")}),
+        json!({"remoteSecrets": ["wirehub-cluster-b"], "remoteReader": {"create": true}}),
+        t0,
+    )?;
+    install_chart_with(
+        b,
+        json!({"name": NETWORK, "subnet": "10.99.0.0/24", "nodeSubnet": "10.99.0.64/26",
+               "podSubnet": B_POD_SUBNET, "remoteClusters": remote("a")}),
+        json!({"remoteSecrets": ["wirehub-cluster-a"], "remoteReader": {"create": true}}),
+        t0,
+    )?;
+    share_reader_kubeconfig(b, a, "wirehub-cluster-b")?;
+    share_reader_kubeconfig(a, b, "wirehub-cluster-a")?;
+    log(t0, "each cluster holds a read-only kubeconfig of the other");
+
+    // Pods ping across clusters, both ways.
+    let (a_pods, a_pids) = pingers(a, 2)?;
+    let (b_pods, b_pids) = pingers(b, 2)?;
+    ping_all(&a_pids, &b_pods, Duration::from_secs(120), t0)?;
+    ping_all(&b_pids, &a_pods, Duration::from_secs(60), t0)?;
+    log(t0, "pods ping across the clusters both ways");
+    // a2 and b2 are both behind hard NATs: relayed where they must be.
+    let paths = wait_for(
+        Duration::from_secs(60),
+        "a2 to report a relayed peer",
+        || {
+            let p = a.json(&["get", "wirehubnode", "a2"])?["status"]["paths"].clone();
+            Ok((p["relayed"].as_u64().unwrap_or(0) >= 1).then_some(p))
+        },
+    )?;
+    log(t0, &format!("a2's paths: {paths}"));
+
+    // A third node joins B: A's pods reach its pod with nothing edited in A.
+    let generation = a.json(&["get", "wirehubnetwork", NETWORK])?["metadata"]["generation"].clone();
+    let joined = Instant::now();
+    start_node(b, &b.nodes[2])?;
+    let (b_pods3, _) = pingers(b, 3)?;
+    let ip = b_pods3
+        .get("b3")
+        .cloned()
+        .ok_or_else(|| anyhow!("no pinger pod on b3"))?;
+    let running = joined.elapsed();
+    let target: Pods = [("b3".to_string(), ip)].into();
+    let reach = ping_all(&a_pids, &target, Duration::from_secs(30), t0)?;
+    log(
+        t0,
+        &format!(
+            "b3 joined B: its pod ran {:.1}s after the node started; A's pods reached it {:.1}s after that (bound 30 s)",
+            running.as_secs_f64(),
+            reach.as_secs_f64()
+        ),
+    );
+    let now = a.json(&["get", "wirehubnetwork", NETWORK])?["metadata"]["generation"].clone();
+    if now != generation {
+        bail!("A's WireHubNetwork changed generation ({generation} -> {now}): A was edited");
+    }
+
+    // An overlapping pod CIDR: a record in B claiming a block of A's pod
+    // subnet is refused by A, reported, and changes nothing else.
+    let key = run(Command::new("sh").arg("-c").arg(format!(
+        "{wh} genkey | {wh} pubkey",
+        wh = wh_bin().display()
+    )))?;
+    let rogue = format!(
+        "apiVersion: wirehub.io/v1alpha1\nkind: WireHubNode\nmetadata: {{name: rogue}}\nspec: {{network: {NETWORK}, publicKey: {}, overlayIpv4: 10.99.0.70, podCidrs: [10.244.200.0/24]}}\n",
+        key.trim()
+    );
+    b.k_stdin(&["apply", "-f", "-"], &rogue)?;
+    let degraded = wait_for(Duration::from_secs(60), "A to report the overlap", || {
+        let n = a.json(&["get", "wirehubnetwork", NETWORK])?;
+        let c = n["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c["type"] == "Degraded" && c["status"] == "True");
+        Ok(c.and_then(|c| c["message"].as_str().map(str::to_string))
+            .filter(|m| m.contains("10.244.200.0/24")))
+    })?;
+    for part in ["cluster b", "rogue", "10.244.0.0/16"] {
+        if !degraded.contains(part) {
+            bail!("the Degraded message does not name {part}: {degraded}");
+        }
+    }
+    let events = wait_for(Duration::from_secs(30), "a Warning event", || {
+        let e = a.k(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "reason=RemotePodCIDRConflict",
+        ])?;
+        Ok(e.contains("10.244.200.0/24").then_some(e))
+    })?;
+    log(t0, &format!("overlap refused: {degraded}\n{events}"));
+    // Nothing else moved: A's pods still reach B's.
+    ping_all(&a_pids, &b_pods3, Duration::from_secs(10), t0)?;
+    // ... and A routes nothing of the rogue block over the overlay.
+    let route = Command::new("ip")
+        .args(["netns", "exec", &a.nodes[0].host.netns])
+        .args(["ip", "route", "get", "10.244.200.1"])
+        .output()?;
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    if route.contains("dev wh-") {
+        bail!("a1 routes the refused block over the overlay: {route}");
+    }
+    log(t0, "a1 has no overlay route to the refused block");
+    Ok(())
+}

@@ -9,7 +9,13 @@
 //! channel: a change in the cluster becomes a `SpecUpdate`, applied like
 //! `wh reload` (tunnels of unchanged peers are kept). An invalid resource, or
 //! a change the node refuses, is reported on the resource's status and as an
-//! Event; the node keeps running the last good network.
+//! Event; the node keeps running the last good network. With
+//! spec.remoteClusters, every agent also watches the other clusters'
+//! `WireHubNode`s ([`super::remote`], read-only) and the network gains
+//! their nodes after its own peers ([`super::mesh::merge`]); a refused
+//! remote node or an unreachable cluster is a problem of the network
+//! (Degraded, and a Warning Event from the lease holder), never a reason
+//! to drop the local network.
 //!
 //! One agent at a time holds the network's Lease (coordination.k8s.io/v1):
 //! it allocates overlay addresses and pod CIDRs (recorded once in the
@@ -37,10 +43,13 @@ use super::K8sError;
 use super::alloc;
 use super::convert::{self, ClusterNode, ClusterSpec, NetworkMemo, Problem};
 use super::crd::{WireHubNetwork, WireHubNetworkStatus, WireHubNode, WireHubNodeStatus};
+use super::mesh;
+use super::metrics::RemoteNodes;
 use super::metrics::{self, Shared};
 use super::pins::Pins;
 use super::plan::lease::{self, Step};
 use super::plan::{self, EventType, PlannedEvent, Snapshot};
+use super::remote::RemoteWatches;
 use crate::cli::commands::Outcome;
 use crate::config::{DEFAULT_PORT, NetworkSpec};
 use crate::control::{self, Request};
@@ -77,6 +86,8 @@ const RESYNC: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(100);
 /// ... and at most (when rounds take long: a loaded host).
 const MAX_SETTLE: Duration = Duration::from_secs(2);
+/// Event keys remembered (sent once per generation), at most.
+const MAX_EVENT_KEYS: usize = 1024;
 /// The longest wait after a failed round.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -311,7 +322,8 @@ struct Agent {
     /// and about which generation.
     last_network_problems: Vec<Problem>,
     last_problems_generation: Option<i64>,
-    /// Events already sent, so each is sent once per generation.
+    /// Events already sent, so each is sent once per generation (at most
+    /// [`MAX_EVENT_KEYS`]).
     events_sent: HashMap<String, i64>,
     /// The own status last written, and when.
     last_status: Option<(WireHubNodeStatus, Instant)>,
@@ -335,6 +347,8 @@ struct Agent {
     /// What this agent allocated as lease holder that its watch may not
     /// show yet.
     written: alloc::Written,
+    /// The watches of the network's remote clusters.
+    remotes: RemoteWatches,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -814,6 +828,7 @@ impl Agent {
             simulated: None,
             memo: NetworkMemo::default(),
             written: alloc::Written::default(),
+            remotes: RemoteWatches::default(),
         }
     }
 
@@ -968,6 +983,31 @@ impl Agent {
             .collect();
         let public = self.key.as_ref().map(|(_, p)| *p);
         let built = self.memo.cluster_spec(&name, &net.spec, &nodes, true);
+        // Other clusters' nodes, read from their API servers, after every
+        // local peer ([`mesh::merge`]); what is refused is the network's
+        // problem, never a reason to drop the local network.
+        self.remotes
+            .sync(
+                &self.client,
+                &self.opts.namespace,
+                &net.spec.remote_clusters,
+                &self.changed,
+            )
+            .await;
+        let (remote_members, remote_problems) = self.remotes.members(&name);
+        network_problems.extend(remote_problems);
+        let built = built.map(|cs| {
+            let m = mesh::merge(cs, &net.spec, &remote_members);
+            self.shared.set_remote_nodes(RemoteNodes {
+                taken: m.remote_members.len(),
+                refused: m.refused.len(),
+                waiting: m.waiting,
+                over_node_limit: m.dropped_over_node_limit,
+                over_cluster_limit: m.dropped_over_cluster_limit,
+            });
+            network_problems.extend(m.refused);
+            m.cluster
+        });
         let snapshot = Snapshot {
             me: &self.opts.node_name,
             network: &net,
@@ -1156,7 +1196,8 @@ impl Agent {
         let Ok((header, _, externals)) = convert::resource_peers(&name, &net.spec) else {
             return Ok(Vec::new());
         };
-        let Some(subnet) = header.subnet else {
+        // This cluster's part of the subnet (spec.nodeSubnet).
+        let Ok(Some(subnet)) = convert::node_subnet(&net.spec, header.subnet) else {
             return Ok(Vec::new());
         };
         // Planned from the view with this agent's own recent allocations,
@@ -1602,6 +1643,10 @@ impl Agent {
         let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
+                // Bounded: forgetting sends an event again, at worst.
+                if self.events_sent.len() >= MAX_EVENT_KEYS {
+                    self.events_sent.clear();
+                }
                 self.events_sent.insert(key, generation);
             }
             Err(e) => tracing::warn!(error = %e, "cannot publish an event"),

@@ -441,6 +441,37 @@ pub fn resource_peers(
     if let Err(e) = PodSubnets::from_spec(spec, net.subnet, &net.name) {
         e.into_iter().for_each(&mut bad);
     }
+    if let Err(e) = node_subnet(spec, net.subnet) {
+        bad(e);
+    }
+    let mut cluster_names = HashSet::new();
+    for (i, r) in spec.remote_clusters.iter().enumerate() {
+        if !cluster_names.insert(r.name.as_str()) {
+            bad(format!(
+                "spec.remoteClusters[{i}].name '{}' is listed twice",
+                r.name
+            ));
+        }
+        if r.name.is_empty()
+            || r.name.len() > 32
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            bad(format!(
+                "spec.remoteClusters[{i}].name '{}' is not a DNS label of at most 32 characters",
+                r.name
+            ));
+        }
+    }
+    if spec.remote_clusters.len() > super::mesh::MAX_REMOTE_CLUSTERS {
+        bad(format!(
+            "spec.remoteClusters has {} entries: at most {}",
+            spec.remote_clusters.len(),
+            super::mesh::MAX_REMOTE_CLUSTERS
+        ));
+    }
     let mut boots = Vec::new();
     for (i, b) in spec.boot_nodes.iter().enumerate() {
         match boot_peer(b) {
@@ -459,6 +490,41 @@ pub fn resource_peers(
         Ok((net, boots, externals))
     } else {
         Err(problems)
+    }
+}
+
+/// The part of the overlay subnet this cluster's nodes take addresses
+/// from: spec.nodeSubnet, which must lie inside spec.subnet, else the whole
+/// subnet (None when the subnet does not parse).
+pub fn node_subnet(
+    spec: &WireHubNetworkSpec,
+    subnet: Option<Ipv4Net>,
+) -> Result<Option<Ipv4Net>, String> {
+    let Some(text) = &spec.node_subnet else {
+        return Ok(subnet);
+    };
+    let n = match text.trim().parse::<Ipv4Net>() {
+        Ok(n) if n.trunc() == n => n,
+        Ok(n) => {
+            return Err(format!(
+                "spec.nodeSubnet {text} has host bits set; did you mean {}?",
+                n.trunc()
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "spec.nodeSubnet '{text}' is not an IPv4 network such as 10.0.0.128/25"
+            ));
+        }
+    };
+    match subnet {
+        Some(s) if !s.contains(&n) => {
+            Err(format!("spec.nodeSubnet {n} lies outside spec.subnet {s}"))
+        }
+        Some(_) if n.prefix_len() > 30 => Err(format!(
+            "spec.nodeSubnet {n} is too small: use /30 or larger"
+        )),
+        _ => Ok(Some(n)),
     }
 }
 
@@ -1006,6 +1072,8 @@ pub fn network_to_resource(net: &NetworkSpec) -> Result<(WireHubNetwork, Vec<Str
         node_selector: BTreeMap::new(),
         boot_nodes: Vec::new(),
         peers: Vec::new(),
+        node_subnet: None,
+        remote_clusters: Vec::new(),
     };
     for p in &net.peers {
         let role = match p.role {

@@ -6,7 +6,9 @@
 //! and by the lease holder (the allocations it recorded). The doc comments
 //! of the fields are the descriptions `kubectl explain` shows; the files of
 //! `crds/` are generated from these types by `wh crd` (never edited by
-//! hand). Never: a list that grows with the cluster inside one object.
+//! hand). Never: a list that grows with the cluster inside one object
+//! (remote clusters are listed in the spec, at most 8; their members are
+//! read from their API servers, never copied into this cluster's objects).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -96,9 +98,10 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
 #[serde(rename_all = "camelCase")]
 pub struct WireHubNetworkSpec {
     /// The overlay's private IPv4 network (CIDR, /30 or larger). Cluster
-    /// nodes take addresses from the top of it (recorded in each node's
-    /// WireHubNode, so they never change); external peers without staticIp take addresses
-    /// from the bottom (.2, .3, ...) in list order.
+    /// nodes take addresses from the top of it, or of nodeSubnet (recorded
+    /// in each node's WireHubNode, so they never change); external peers
+    /// without staticIp take addresses from the bottom (.2, .3, ...) in
+    /// list order.
     #[schemars(pattern(IPV4_CIDR_PATTERN))]
     pub subnet: String,
 
@@ -169,6 +172,55 @@ pub struct WireHubNetworkSpec {
     /// overlay address and a tunnel to every node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<ExternalPeer>,
+
+    /// The part of subnet this cluster's nodes take their overlay addresses
+    /// from (IPv4 CIDR inside subnet). Default: all of subnet. When clusters
+    /// share the overlay (remoteClusters), give each a disjoint part: the
+    /// agents refuse a remote node whose address lies in this one. Set it
+    /// when the network is made: nodes outside it get a new address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IPV4_CIDR_PATTERN))]
+    pub node_subnet: Option<String>,
+
+    /// Other clusters running the same overlay (same network name, same
+    /// subnet, disjoint nodeSubnet and pod subnets): every agent reads their
+    /// WireHubNodes, read-only, from their API servers and adds their nodes
+    /// as routers of their pod CIDRs. At most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub remote_clusters: Vec<RemoteCluster>,
+}
+
+/// A name of a remote cluster: a DNS label.
+pub const CLUSTER_NAME_PATTERN: &str = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$";
+
+/// Another cluster of the same overlay, read through its API server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCluster {
+    /// A short name for the cluster (a DNS label, at most 32): it names the
+    /// cluster in conditions and events and prefixes its nodes' names in
+    /// the overlay.
+    #[schemars(pattern(CLUSTER_NAME_PATTERN))]
+    pub name: String,
+    /// The Secret, in the agents' namespace, holding a kubeconfig of the
+    /// remote cluster whose credentials may only get, list and watch
+    /// wirehubnodes and wirehubnetworks (the chart's ClusterRole
+    /// wirehub-remote-reader).
+    pub kubeconfig_secret: SecretKey,
+}
+
+/// One key of a Secret in the agents' namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKey {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key of its data holding the kubeconfig. Default "kubeconfig".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// A DHT bootstrap node: a `boot` line of the network file.

@@ -25,5 +25,7 @@ pub fn lab_spec() -> WireHubNetworkSpec {
         node_selector: BTreeMap::new(),
         boot_nodes: Vec::new(),
         peers: Vec::new(),
+        node_subnet: None,
+        remote_clusters: Vec::new(),
     }
 }

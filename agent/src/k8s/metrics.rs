@@ -54,6 +54,23 @@ struct State {
     updates_applied: u64,
     updates_refused: u64,
     ready: bool,
+    /// Remote clusters' nodes at the last round, by outcome.
+    remote_nodes: RemoteNodes,
+}
+
+/// Remote clusters' nodes at one round, by outcome (a gauge each).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteNodes {
+    /// Taken as peers.
+    pub taken: usize,
+    /// Refused (a conflict; reported on the network's status).
+    pub refused: usize,
+    /// Not allocated yet in their cluster.
+    pub waiting: usize,
+    /// Dropped: beyond the per-cluster node limit.
+    pub over_node_limit: usize,
+    /// Dropped: clusters beyond the limit.
+    pub over_cluster_limit: usize,
 }
 
 /// What the agent's loop shares with the HTTP endpoints.
@@ -105,6 +122,10 @@ impl Shared {
 
     pub fn set_ready(&self, ready: bool) {
         self.with(|s| s.ready = ready);
+    }
+
+    pub fn set_remote_nodes(&self, n: RemoteNodes) {
+        self.with(|s| s.remote_nodes = n);
     }
 
     pub fn count_update(&self, applied: bool) {
@@ -218,6 +239,22 @@ fn registry(s: &State) -> Registry {
             (labels(&[("result", "applied")]), s.updates_applied as f64),
             (labels(&[("result", "refused")]), s.updates_refused as f64),
         ],
+    );
+    let rn = s.remote_nodes;
+    gauge(
+        &mut r,
+        "wirehub_remote_nodes",
+        "other clusters' nodes at the last round, by outcome (dropped: over a limit)",
+        [
+            ("taken", rn.taken),
+            ("refused", rn.refused),
+            ("waiting", rn.waiting),
+            ("dropped_over_node_limit", rn.over_node_limit),
+            ("dropped_over_cluster_limit", rn.over_cluster_limit),
+        ]
+        .into_iter()
+        .map(|(o, n)| (labels(&[("outcome", o)]), n as f64))
+        .collect(),
     );
     let Some((inspect, _)) = &s.inspect else {
         return r;

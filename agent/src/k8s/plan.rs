@@ -196,6 +196,22 @@ pub fn plan(s: &Snapshot) -> Plan {
         pod_cidr: None,
         pod_cidrs: Vec::new(),
     });
+    if s.leader {
+        // Other clusters' refusals and failures (super::mesh,
+        // super::remote): one Warning each, naming the cluster.
+        for p in network_problems
+            .iter()
+            .filter(|p| p.reason.starts_with("Remote"))
+        {
+            events.push(PlannedEvent {
+                key: format!("remote/{}", p.message),
+                type_: EventType::Warning,
+                reason: p.reason,
+                action: "JoinClusters",
+                note: p.message.clone(),
+            });
+        }
+    }
     let own_status = own_status(s, &node_problems);
     let network_status = s.leader.then(|| network_status(s, &network_problems));
     Plan {

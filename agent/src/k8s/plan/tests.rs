@@ -363,3 +363,48 @@ fn the_own_record_is_rewritten_only_when_it_says_something_else() {
     r.spec.public_key = Some(key(7).to_string());
     assert!(own_spec_differs(Some(&r), &desired));
 }
+
+#[test]
+fn a_refused_remote_node_degrades_the_network_and_the_leader_warns_naming_the_cluster() {
+    let w = World::three();
+    let k = key(1);
+    let refused = [Problem {
+        reason: crate::k8s::mesh::REMOTE_POD_CIDR_CONFLICT,
+        message: "cluster b's node n3's pod CIDR 10.244.7.0/24 overlaps this cluster's pod subnet 10.244.0.0/16".into(),
+    }];
+    let snapshot = |leader: bool| Snapshot {
+        me: "n1",
+        network: &w.network,
+        nodes: &w.nodes,
+        records: &w.records,
+        built: None,
+        key: Some(&k),
+        listen_port: 62096,
+        running: w.running.as_ref(),
+        running_generation: Some(3),
+        inspect: w.inspect.as_ref(),
+        node_problems: &[],
+        network_problems: &refused,
+        leader,
+        now: now(),
+    };
+    let p = plan(&snapshot(true));
+    assert!(p.run.is_some(), "the local network still runs");
+    assert_eq!(p.events.len(), 1);
+    assert_eq!(p.events[0].reason, "RemotePodCIDRConflict");
+    assert!(p.events[0].note.contains("cluster b") && p.events[0].note.contains("10.244.7.0/24"));
+    let st = p.network_status.unwrap();
+    let degraded = condition(&st, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("cluster b's node n3")
+    );
+    assert!(
+        plan(&snapshot(false)).events.is_empty(),
+        "only the leader publishes events"
+    );
+}
