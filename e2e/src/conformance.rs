@@ -16,11 +16,17 @@
 //! does not fit is counted, not lost silently. `e2e.test` is killed when it
 //! outlives its time limit.
 //!
+//! For the run only, the API server gets a way to the kubelets of NAT'd
+//! nodes (tcp/10250, which the tests' `exec` into pods needs; see
+//! [`KubeletPaths`]), removed afterwards.
+//!
 //! Never: pulls an image (the repo list names `localhost/...` images the
 //! nodes already hold; kubelet's `IfNotPresent` finds them), sends traffic
-//! anywhere but inside the lab's namespaces, or touches the cluster beyond
-//! the namespaces `e2e.test` creates and deletes.
+//! anywhere but inside the lab's namespaces, touches WireHub's own traffic
+//! or the pod network, or leaves anything in the cluster beyond what
+//! `e2e.test` itself leaves.
 
+use crate::Host;
 use anyhow::{Context, Result, bail};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -425,13 +431,25 @@ impl Build {
     }
 }
 
+/// A node of the lab cluster.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    /// Its address (private behind a NAT router).
+    pub ip: String,
+}
+
 /// A lab cluster as e2e/k8s/cp-up.sh and node-up.sh lay it out in `dir`.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The control plane host's network namespace (where the API server is).
+    /// The control plane host's network namespace (where the API server is)
+    /// and address.
     pub netns: String,
+    pub ip: String,
     pub kubeconfig: PathBuf,
     pub kubectl: String,
+    pub nodes: Vec<Node>,
     /// Each node's containerd socket.
     pub sockets: Vec<PathBuf>,
     /// Where the run's log and reports go.
@@ -439,16 +457,141 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn lab(dir: &Path, netns: &str, kubectl: &str, nodes: &[&str]) -> Target {
+    pub fn lab(dir: &Path, cp: &Host, kubectl: &str, nodes: &[&Host]) -> Target {
         Target {
-            netns: netns.to_string(),
+            netns: cp.netns.clone(),
+            ip: cp.ip.clone(),
             kubeconfig: dir.join("cp/admin.kubeconfig"),
             kubectl: kubectl.to_string(),
+            nodes: nodes
+                .iter()
+                .map(|h| Node {
+                    name: h.name.clone(),
+                    netns: h.netns.clone(),
+                    ip: h.ip.clone(),
+                })
+                .collect(),
             sockets: nodes
                 .iter()
-                .map(|n| dir.join(n).join("containerd/containerd.sock"))
+                .map(|h| dir.join(&h.name).join("containerd/containerd.sock"))
                 .collect(),
             out: dir.join("conformance"),
+        }
+    }
+}
+
+/// The comment that marks the router rules [`KubeletPaths`] adds.
+const RULE_TAG: &str = "wh-conformance-kubelet";
+
+/// The API server's way to the kubelets of NAT'd nodes, for the tests'
+/// `exec` into pods (Kubernetes needs API server -> kubelet on tcp/10250;
+/// the lab's NAT routers refuse anything unsolicited): a route in the
+/// control plane's namespace to the node's private address through its
+/// router, and one forward rule on the router for tcp/10250 from the
+/// control plane only. Pod traffic and WireHub's own UDP are untouched.
+/// Removed when dropped.
+struct KubeletPaths {
+    /// (router netns, node ip)
+    opened: Vec<(String, String)>,
+    cp_netns: String,
+}
+
+fn ip_netns(netns: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {args:?} in {netns}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} in {netns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The address on `dev` in `ip -4 -o addr` output.
+fn first_ipv4(addr_output: &str) -> Option<String> {
+    let w: Vec<&str> = addr_output.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "inet")?;
+    w.get(i + 1)?.split('/').next().map(str::to_string)
+}
+
+/// The handles of the rules tagged [`RULE_TAG`] in `nft -a list chain`.
+fn tagged_handles(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter(|l| l.contains(RULE_TAG))
+        .filter_map(|l| {
+            l.rsplit_once("# handle ")
+                .map(|(_, h)| h.trim().to_string())
+        })
+        .collect()
+}
+
+impl KubeletPaths {
+    fn open(t: &Target) -> Result<KubeletPaths> {
+        let mut paths = KubeletPaths {
+            opened: Vec::new(),
+            cp_netns: t.netns.clone(),
+        };
+        for n in &t.nodes {
+            // The lab names a home host's router after it (Lab::home_host).
+            let router = format!("{}r", n.netns);
+            if !Path::new("/run/netns").join(&router).exists() {
+                continue;
+            }
+            let wan = first_ipv4(&ip_netns(
+                &router,
+                &["ip", "-4", "-o", "addr", "show", "dev", "wan"],
+            )?)
+            .with_context(|| format!("router {router} of node {} has no wan address", n.name))?;
+            let comment = format!("\"{RULE_TAG}\"");
+            ip_netns(
+                &router,
+                &[
+                    "nft", "insert", "rule", "ip", "filter", "forward", "ip", "saddr", &t.ip, "ip",
+                    "daddr", &n.ip, "tcp", "dport", "10250", "accept", "comment", &comment,
+                ],
+            )?;
+            paths.opened.push((router.clone(), n.ip.clone()));
+            ip_netns(
+                &t.netns,
+                &[
+                    "ip",
+                    "route",
+                    "replace",
+                    &format!("{}/32", n.ip),
+                    "via",
+                    &wan,
+                ],
+            )?;
+        }
+        Ok(paths)
+    }
+}
+
+impl Drop for KubeletPaths {
+    fn drop(&mut self) {
+        for (router, node_ip) in &self.opened {
+            let _ = ip_netns(
+                &self.cp_netns,
+                &["ip", "route", "del", &format!("{node_ip}/32")],
+            );
+            if let Ok(l) = ip_netns(
+                router,
+                &["nft", "-a", "list", "chain", "ip", "filter", "forward"],
+            ) {
+                for h in tagged_handles(&l) {
+                    let _ = ip_netns(
+                        router,
+                        &[
+                            "nft", "delete", "rule", "ip", "filter", "forward", "handle", &h,
+                        ],
+                    );
+                }
+            }
         }
     }
 }
@@ -484,6 +627,7 @@ pub fn import_images(build: &Build, target: &Target) -> Result<()> {
 /// run or report; failed tests are in the `Ok` summary.
 pub fn run(build: &Build, target: &Target, sel: Selection) -> Result<Summary> {
     import_images(build, target)?;
+    let _paths = KubeletPaths::open(target)?;
     std::fs::create_dir_all(&target.out)
         .with_context(|| format!("cannot create {}", target.out.display()))?;
     let name = match sel {
@@ -652,6 +796,17 @@ FAIL! -- 10 Passed | 2 Failed | 0 Pending | 5035 Skipped
             assert!(name.starts_with("[sig-network] "), "{name}");
             assert!(!why.is_empty());
         }
+    }
+
+    #[test]
+    fn the_router_rules_are_found_by_their_tag_and_the_wan_address_by_inet() {
+        let listing = "table ip filter {\n\tchain forward {\n\t\tct state established,related accept # handle 3\n\t\tip saddr 203.0.113.2 ip daddr 198.51.100.2 tcp dport 10250 accept comment \"wh-conformance-kubelet\" # handle 7\n\t}\n}\n";
+        assert_eq!(tagged_handles(listing), vec!["7".to_string()]);
+        assert_eq!(
+            first_ipv4("5: wan    inet 203.0.113.4/24 brd 203.0.113.255 scope global wan"),
+            Some("203.0.113.4".to_string())
+        );
+        assert_eq!(first_ipv4("5: wan    link/ether"), None);
     }
 
     #[test]
