@@ -84,7 +84,10 @@ mkdir -p "$W/deb"
 (cd "$W/deb" && apt-get download -q netcat-openbsd >/dev/null && dpkg-deb -x netcat-openbsd_*.deb x)
 cp "$W/deb/x/bin/nc.openbsd" "$R/usr/bin/nc"; rm -f "$R/bin/nc"
 cp "$(command -v curl)" "$R/usr/bin/curl"
-for b in "$R/usr/bin/nc" "$R/usr/bin/curl"; do
+# Debian's static busybox runs its own applets before PATH (so `nc` in a
+# `sh -c` would be busybox's): the shell is Debian's dash instead.
+cp /bin/dash "$R/bin/dash"; ln -sfn dash "$R/bin/sh"
+for b in "$R/usr/bin/nc" "$R/usr/bin/curl" "$R/bin/dash"; do
   for lib in $(ldd "$b" | awk '/=> \// {print $3} /^[ \t]*\// {print $1}'); do
     mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"
   done
