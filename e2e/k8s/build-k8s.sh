@@ -8,6 +8,7 @@
 # Needs root (apt). About 15 minutes on 2 cores the first time.
 set -euo pipefail
 CACHE=${WH_K8S_CACHE:-/var/cache/wirehub-k8s}
+. "$(cd "$(dirname "$0")" && pwd)/k8s-src.sh"
 BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 # kubectl comes with most machines (any version from 1.19 on talks to 1.20);
 # build it too where there is none.
@@ -63,16 +64,8 @@ OUT=$CACHE/$UPVER
 mkdir -p "$OUT/bin" "$CACHE/src"
 SRC=$CACHE/src/kubernetes-$UPVER
 if [ ! -f "$SRC/.prepared" ]; then
-  rm -rf "$SRC"
   (cd "$CACHE/src" && apt-get "${APTOPTS[@]}" source --download-only -q "kubernetes=$VER")
-  dsc=$(ls "$CACHE"/src/kubernetes_*.dsc | head -1)
-  dpkg-source -x "$dsc" "$SRC"
-  # Go 1.19 + reflect2 1.0.1 crash on the first request: use Debian's newer copy.
-  rm -rf "$SRC/vendor/github.com/modern-go/reflect2"
-  cp -a /usr/share/gocode/src/github.com/modern-go/reflect2 "$SRC/vendor/github.com/modern-go/reflect2"
-  mkdir -p "$SRC/.go/src/k8s.io"
-  ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
-  touch "$SRC/.prepared"
+  k8s_prepare_src "$(ls "$CACHE"/src/kubernetes_*.dsc | head -1)" "$SRC"
 fi
 cd "$SRC"
 for w in "${BINS[@]}"; do

@@ -7,6 +7,7 @@
 //! panics. Traffic never leaves the lab's namespaces.
 
 pub mod chart;
+pub mod conformance;
 pub mod nat;
 pub mod stream;
 pub mod wire;

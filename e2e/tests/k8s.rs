@@ -626,11 +626,12 @@ fn lab_lock() -> Result<std::fs::File> {
 /// the kubectl to use.
 fn kubernetes_binaries() -> Result<(PathBuf, String)> {
     let cache = std::env::var("WH_K8S_CACHE").unwrap_or_else(|_| "/var/cache/wirehub-k8s".into());
-    let build = repo().join("e2e/k8s/build-k8s.sh");
+    // build-e2e.sh runs build-k8s.sh, then builds e2e.test and its images.
+    let build = repo().join("e2e/k8s/build-e2e.sh");
     let status = Command::new("bash")
         .arg(&build)
         .status()
-        .context("cannot run build-k8s.sh")?;
+        .context("cannot run build-e2e.sh")?;
     if !status.success() {
         bail!("building Kubernetes failed ({status})");
     }
@@ -783,6 +784,7 @@ fn exercise(lab: &mut Lab, c: &Cluster, edge: &Host, t0: Instant) -> Result<()> 
     an_invalid_edit_is_reported_and_changes_nothing(lab, c, edge, &pods, &pids, t0)?;
     an_agent_token_cannot_move_another_node(lab, c, &pods, &pids, t0)?;
     a_restarted_agent_keeps_its_node(c, &pods, &pids, t0)?;
+    kubernetes_conformance(c, t0)?;
     metrics_are_served(c, t0)
 }
 
@@ -2743,4 +2745,57 @@ fn two_clusters_exercise(a: &Cluster, b: &Cluster, t0: Instant) -> Result<()> {
     }
     log(t0, "a1 has no overlay route to the refused block");
     Ok(())
+}
+
+// ------------------------------------ Kubernetes' own conformance tests
+
+use wirehub_e2e::conformance;
+
+thread_local! {
+    /// Which conformance tests the scenario's conformance phase runs on
+    /// this test's thread: the CI subset unless the whole set was asked for.
+    static CONFORMANCE: std::cell::Cell<conformance::Selection> =
+        const { std::cell::Cell::new(conformance::Selection::CiSubset) };
+}
+
+/// Kubernetes' own `[sig-network]` `[Conformance]` tests (e2e.test, built by
+/// e2e/k8s/build-e2e.sh) against the cluster with WireHub as its network:
+/// the CI subset must pass; the whole set reports its counts and failures.
+fn kubernetes_conformance(c: &Cluster, t0: Instant) -> Result<()> {
+    use conformance::Selection;
+    let sel = CONFORMANCE.with(|s| s.get());
+    let nodes: Vec<&Host> = c.nodes.iter().map(|n| &n.host).collect();
+    let target = conformance::Target::lab(&c.dir, &c.cp, &c.kubectl, &nodes);
+    log(t0, &format!("conformance: {sel:?} starts"));
+    let summary = conformance::run(&conformance::Build::cached()?, &target, sel)?;
+    log(t0, &format!("conformance ({sel:?}): {summary}"));
+    if summary.ran == 0 {
+        bail!("the conformance selection {sel:?} matched no test");
+    }
+    if sel == Selection::Full {
+        eprintln!("skipped, they need cluster DNS (the lab has none):");
+        for (name, why) in conformance::NEEDS_CLUSTER_DNS {
+            eprintln!("  {name}...: {why}");
+        }
+    } else if summary.ran == 0 || summary.passed != summary.ran {
+        bail!("the conformance subset did not pass: {summary}");
+    }
+    Ok(())
+}
+
+/// The whole `[sig-network]` `[Conformance]` set (less the tests that need
+/// cluster DNS) on the same lab cluster, by hand (docs/kubernetes.md,
+/// "Conformance"): `cargo test -p wirehub-e2e --test k8s
+/// kubernetes_network_conformance_full_set -- --ignored --nocapture`.
+#[test]
+#[ignore = "the whole conformance set takes long; run by hand (docs/kubernetes.md)"]
+fn kubernetes_network_conformance_full_set() {
+    if !wirehub_e2e::available() {
+        eprintln!("skipped: the Kubernetes lab needs root");
+        return;
+    }
+    CONFORMANCE.with(|s| s.set(conformance::Selection::Full));
+    if let Err(e) = scenario() {
+        panic!("{e:#}");
+    }
 }
