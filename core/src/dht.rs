@@ -234,6 +234,9 @@ fn is_dht_id(id: u64) -> bool {
 
 /// First delay before a sparse table's self-lookup is repeated.
 const REBOOTSTRAP_FIRST_MS: u64 = 2_000;
+/// Lookup slots that [`Dht::room_for_lookups`] leaves to the DHT's own
+/// self-lookups and refreshes.
+pub const LOOKUP_SLOTS_KEPT: usize = 2;
 /// Longest delay between the self-lookups of a sparse table: a node whose
 /// table a storm emptied keeps looking for the others.
 const REBOOTSTRAP_MAX_MS: u64 = 60_000;
@@ -308,6 +311,17 @@ impl Dht {
     /// Lookups running (user, bootstrap and refresh).
     pub fn active_lookups(&self) -> usize {
         self.lookups.len()
+    }
+
+    /// How many lookups a caller may start now without any being refused
+    /// and while [`LOOKUP_SLOTS_KEPT`] slots stay free for the DHT's own
+    /// self-lookups and refreshes: a caller with more to look up keeps the
+    /// rest for later instead of having them refused.
+    pub fn room_for_lookups(&self) -> usize {
+        self.config
+            .max_lookups
+            .saturating_sub(LOOKUP_SLOTS_KEPT)
+            .saturating_sub(self.lookups.len())
     }
 
     fn now_ms(&self, now: Instant) -> u64 {

@@ -303,9 +303,8 @@ struct Agent {
     shared: Arc<Shared>,
     key: Option<(PrivateKey, PublicKey)>,
     daemon: Option<Daemon>,
-    /// Whether this agent acted as the Lease's holder at its last round.
-    leader: bool,
-    /// The same, for the watch of the `WireHubNode`s.
+    /// Whether this agent acted as the Lease's holder at its last round
+    /// (shared with the watch of the `WireHubNode`s: see [`Agent::is_leader`]).
     leading: Arc<AtomicBool>,
     /// The lease keeper of the network named here, and until when it says
     /// this agent may act as holder.
@@ -446,7 +445,7 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
             _ = changed.notified() => {
                 // Let a burst of changes settle (nodes joining together,
                 // an allocation for each): one round for all of them.
-                tokio::time::sleep(settle(agent.last_round, agent.leader)).await;
+                tokio::time::sleep(settle(agent.last_round, agent.is_leader())).await;
                 let after = agent.round().await;
                 next_round.as_mut().reset(tokio::time::Instant::now() + after);
             }
@@ -807,7 +806,6 @@ impl Agent {
             shared,
             key: None,
             daemon: None,
-            leader: false,
             leading: Arc::new(AtomicBool::new(false)),
             lease: None,
             changed: Arc::new(Notify::new()),
@@ -830,6 +828,11 @@ impl Agent {
             written: alloc::Written::default(),
             remotes: RemoteWatches::default(),
         }
+    }
+
+    /// Whether this agent acted as the Lease's holder at its last round.
+    fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
     }
 
     /// Where the pins live: beside the node's key, in the agent's host path.
@@ -962,15 +965,15 @@ impl Agent {
             .map(|d| d.listen_port)
             .unwrap_or(net.spec.listen_port.unwrap_or(DEFAULT_PORT));
         let (mut nodes, refused) = self.pinned_nodes(&name);
-        self.leader = self.lease_holder(&name);
-        self.leading.store(self.leader, Ordering::Relaxed);
+        let leader = self.lease_holder(&name);
+        self.leading.store(leader, Ordering::Relaxed);
         let mut network_problems = refused;
-        if self.leader {
+        if leader {
             network_problems.extend(self.allocate(&net, &mut nodes).await?);
         }
         // Only the lease holder reads the records' statuses (the network's
         // status): the others do not copy every record every round.
-        let records: Vec<WireHubNode> = if self.leader {
+        let records: Vec<WireHubNode> = if leader {
             self.records.state().iter().map(|r| (**r).clone()).collect()
         } else {
             Vec::new()
@@ -1025,7 +1028,7 @@ impl Agent {
             inspect: inspect.as_ref(),
             node_problems: &node_problems,
             network_problems: &network_problems,
-            leader: self.leader,
+            leader,
             now: Timestamp::now(),
         };
         let plan = plan::plan(&snapshot);
@@ -1177,7 +1180,7 @@ impl Agent {
             .as_ref()
             .and_then(|(_, acting, _)| *acting.borrow())
             .is_some_and(|until| Instant::now() < until);
-        if leader != self.leader {
+        if leader != self.is_leader() {
             tracing::info!(leader, lease = %format!("wirehub-{network}"), "network lease");
         }
         leader
@@ -1388,7 +1391,7 @@ impl Agent {
                     self.update_problem = None;
                     self.shared.count_update(true);
                     self.shared.set_generation(generation);
-                    if self.leader {
+                    if self.leading.load(Ordering::Relaxed) {
                         let note = format!(
                             "generation {generation} applied on {}: {summary}",
                             self.opts.node_name

@@ -666,6 +666,34 @@ fn lookups_are_bounded() {
 }
 
 #[test]
+fn a_caller_that_starts_only_what_there_is_room_for_is_never_refused_and_leaves_the_dhts_slots() {
+    let mut c = cfg();
+    c.max_lookups = 6;
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), c, now);
+    d.handle_message(
+        now,
+        addr(1),
+        key(9, 9),
+        &Message::Ping { id: 1, info: None },
+    );
+    events(&mut d);
+    let before = d.active_lookups();
+    assert_eq!(d.room_for_lookups(), 6 - LOOKUP_SLOTS_KEPT - before);
+    for i in 0..10u8 {
+        if d.room_for_lookups() > 0 {
+            d.lookup(key(i + 1, 0), now);
+        }
+    }
+    assert_eq!(d.room_for_lookups(), 0);
+    assert_eq!(d.active_lookups(), 6 - LOOKUP_SLOTS_KEPT);
+    let refused = events(&mut d)
+        .into_iter()
+        .any(|e| matches!(e, DhtEvent::LookupDone { stats, .. } if stats.refused));
+    assert!(!refused, "a lookup was refused");
+}
+
+#[test]
 fn pending_requests_are_bounded() {
     let mut c = cfg();
     c.max_pending = 5;

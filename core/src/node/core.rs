@@ -110,8 +110,6 @@ const REPROGRAM_AFTER: Duration = Duration::from_secs(1);
 const MOVE_ANNOUNCERS: usize = 2;
 /// Own record changes are republished at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
-/// Lookup slots of the DHT that lookups of trusted peers leave free.
-const LOOKUP_SLOTS_KEPT_FOR_THE_DHT: usize = 2;
 /// A `wh ping` unanswered this long fails.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control requests waiting for the network (lookups, pings).
@@ -906,15 +904,9 @@ impl Node {
 
     fn after_event(&mut self, now: Now) {
         self.touched = false;
-        // Only as many as the DHT has room for (keeping some for its own
-        // self-lookups and refreshes): the others stay due, the longest
-        // waiting first next time, rather than being refused.
-        let room = self
-            .dht
-            .config()
-            .max_lookups
-            .saturating_sub(LOOKUP_SLOTS_KEPT_FOR_THE_DHT)
-            .saturating_sub(self.dht.active_lookups());
+        // Only as many as the DHT has room for: the others stay due, the
+        // longest waiting first next time, rather than being refused.
+        let room = self.dht.room_for_lookups();
         for key in self.overlay.lookups_due(now.mono).into_iter().take(room) {
             tracing::debug!(target = %key.short(10), "looking up a trusted peer");
             let id = self.dht.lookup(key, now.mono);
@@ -1456,18 +1448,14 @@ impl Node {
         // Where the peer can be reached: when nothing else says so, or our
         // data through the relay in use goes unanswered (see
         // `Overlay::on_relayed_control`).
-        let in_use_silent = match self.overlay.path(&src) {
-            Some(PeerPath::Relayed(r)) => r.first().is_some_and(|cur| {
-                cur.0 != relay.0
-                    && self
-                        .delivery
-                        .unanswered_for(&src, &cur.0, now.mono)
-                        .is_some_and(|d| d >= crate::node::overlay::FOLLOW_AFTER_SILENCE)
-            }),
-            _ => false,
-        };
+        let delivery = &self.delivery;
         self.overlay
-            .on_relayed_control(src, relay, in_use_silent, now.mono);
+            .on_relayed_control(src, relay, now.mono, |in_use| {
+                in_use.0 != relay.0
+                    && delivery
+                        .unanswered_for(&src, &in_use.0, now.mono)
+                        .is_some_and(|d| d >= crate::node::overlay::FOLLOW_AFTER_SILENCE)
+            });
         // Only what is as large as data proves the relay delivers data (a
         // relay may pass small control messages and drop the rest).
         if matches!(

@@ -509,9 +509,10 @@ impl Overlay {
 
     /// An authenticated control message from `key` through `relay`. With
     /// no path it gives one. On a relayed path through another relay it
-    /// moves the path only when `in_use_silent`: the caller has sent the
-    /// peer data through the relay in use for [`FOLLOW_AFTER_SILENCE`] and
-    /// heard nothing back through it. The peer sends control messages
+    /// moves the path only when `in_use_silent(relay in use)` says the
+    /// caller has sent the peer data through the relay in use for
+    /// [`FOLLOW_AFTER_SILENCE`] and heard nothing back through it (asked
+    /// only then). The peer sends control messages
     /// through any of our relays: following each moved idle or working
     /// traffic back and forth; but when the relay in use dies, the peer's
     /// first word through the next one moves us there at once (not after
@@ -521,8 +522,8 @@ impl Overlay {
         &mut self,
         key: PublicKey,
         relay: (PublicKey, SocketAddr),
-        in_use_silent: bool,
         now: Instant,
+        in_use_silent: impl FnOnce(&(PublicKey, SocketAddr)) -> bool,
     ) {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
@@ -530,7 +531,9 @@ impl Overlay {
         let follow = match &p.path {
             None => true,
             Some(PeerPath::Direct(_)) => false,
-            Some(PeerPath::Relayed(r)) => r.first() == Some(&relay) || in_use_silent,
+            Some(PeerPath::Relayed(r)) => r
+                .first()
+                .is_some_and(|in_use| *in_use == relay || in_use_silent(in_use)),
         };
         if follow {
             self.on_relayed_contact(key, relay, now);
@@ -1122,15 +1125,15 @@ mod tests {
         let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
         let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
         let t0 = Instant::now();
-        o.on_relayed_control(k[1], (x, at(10)), false, t0);
+        o.on_relayed_control(k[1], (x, at(10)), t0, |_| false);
         let in_use = |o: &Overlay| match o.path(&k[1]) {
             Some(PeerPath::Relayed(r)) => r.first().map(|f| f.0),
             _ => None,
         };
         assert_eq!(in_use(&o), Some(x), "no path: the first word gives one");
-        o.on_relayed_control(k[1], (y, at(11)), false, t0);
+        o.on_relayed_control(k[1], (y, at(11)), t0, |_| false);
         assert_eq!(in_use(&o), Some(x), "moved while x answered (or idle)");
-        o.on_relayed_control(k[1], (y, at(11)), true, t0);
+        o.on_relayed_control(k[1], (y, at(11)), t0, |_| true);
         assert_eq!(
             in_use(&o),
             Some(y),
