@@ -595,16 +595,14 @@ impl Net {
         for chunk in seed.chunks_mut(8) {
             chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes());
         }
+        let now = self.now;
+        let span = self.span(i);
         let n = &mut self.nodes[i];
         n.config.random = RandomStream::from_seed(seed);
         let host = Box::new(SimHost(n.addr.ip()));
-        let now = self.now;
-        let config = n.config.clone();
-        let span = self.span(i);
-        self.nodes[i].core = Some(Node::new(config, host, now));
-        drop(span);
-        let n = &mut self.nodes[i];
+        n.core = Some(Node::new(n.config.clone(), host, now));
         n.peers.clear();
+        drop(span);
         self.note(format_args!("n{i} starts"));
         self.drain(i, SimWire::default());
     }
