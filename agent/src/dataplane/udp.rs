@@ -729,13 +729,46 @@ pub struct Receipt {
     pub arrived: Option<std::time::SystemTime>,
 }
 
+/// A wait longer than this is not believed: the wall clock stepped
+/// between the kernel's stamp and the read (a datagram that really waited
+/// this long is shed anyway, long before).
+pub const MAX_BELIEVED_WAIT: Duration = Duration::from_secs(60);
+
 impl Receipt {
     /// How long the datagrams waited in the socket's receive queue before
-    /// `now` (zero when the wall clock stepped back meanwhile); `None`
-    /// without an arrival time.
+    /// `now`, which must be the kernel's clock ([`kernel_wall_clock`]):
+    /// zero when the clock stepped back meanwhile, `None` without an
+    /// arrival time or when the wait is past belief ([`MAX_BELIEVED_WAIT`]:
+    /// the clock stepped forward).
     pub fn waited(&self, now: std::time::SystemTime) -> Option<Duration> {
         self.arrived
             .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+            .filter(|w| *w <= MAX_BELIEVED_WAIT)
+    }
+}
+
+/// The kernel's wall clock, read with the system call itself: the clock
+/// the kernel stamps arrivals with (`SO_TIMESTAMPNS`), also where the
+/// process's own view of time is shifted (a libfaketime preload, as the
+/// lab's wrong-clock test runs nodes). `SystemTime::now()` there would make
+/// every datagram look minutes old.
+pub fn kernel_wall_clock() -> std::time::SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill; the call
+    // reads no other memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clock_gettime,
+            libc::CLOCK_REALTIME,
+            &mut ts as *mut libc::timespec,
+        )
+    };
+    match (rc, u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+        (0, Ok(secs), Ok(nanos)) => std::time::UNIX_EPOCH + Duration::new(secs, nanos),
+        _ => std::time::SystemTime::now(),
     }
 }
 
@@ -879,13 +912,39 @@ mod tests {
         let mut buf = vec![0u8; 65536];
         let r = try_recv_timed(&node, &mut buf).expect("received");
         assert_eq!(&buf[..r.bytes], b"late");
-        let waited = r
-            .waited(std::time::SystemTime::now())
-            .expect("an arrival time");
+        let waited = r.waited(kernel_wall_clock()).expect("an arrival time");
         assert!(
             waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
             "waited {waited:?}"
         );
+    }
+
+    #[test]
+    fn a_wait_past_belief_is_a_clock_step_not_a_wait() {
+        let arrived = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let r = Receipt {
+            bytes: 1,
+            from: "127.0.0.1:1".parse().expect("addr"),
+            segment: 1,
+            arrived: Some(arrived),
+        };
+        assert_eq!(
+            r.waited(arrived + Duration::from_secs(3)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(r.waited(arrived + Duration::from_secs(120)), None);
+        assert_eq!(
+            r.waited(arrived - Duration::from_secs(5)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn the_kernels_wall_clock_is_the_systems_where_nothing_shifts_it() {
+        let a = std::time::SystemTime::now();
+        let k = kernel_wall_clock();
+        let b = std::time::SystemTime::now();
+        assert!(k >= a - Duration::from_millis(1) && k <= b + Duration::from_millis(1));
     }
 
     #[test]

@@ -430,7 +430,7 @@ impl Shell {
                         gso: &self.gso,
                         dataplane: self.dataplane.as_ref(),
                     };
-                    let waited = r.waited(std::time::SystemTime::now());
+                    let waited = r.waited(udp::kernel_wall_clock());
                     let bytes = &mut buf[..r.bytes];
                     self.node
                         .handle_received(now, r.from, bytes, r.segment, waited, &mut wire);
