@@ -567,20 +567,10 @@ fn size_buffers(socket: &std::net::UdpSocket) {
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
     ] {
-        let set = |name| {
-            // SAFETY: setsockopt on our own descriptor with an int option.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    name,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            }
-        };
-        if set(force) != 0 && set(plain) != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "cannot size the socket's buffers");
+        if set_int_option(fd, libc::SOL_SOCKET, force, size).is_err()
+            && let Err(e) = set_int_option(fd, libc::SOL_SOCKET, plain, size)
+        {
+            tracing::debug!(error = %e, "cannot size the socket's buffers");
         }
     }
 }
@@ -598,6 +588,30 @@ fn kernel_path_mtu(addr: SocketAddr) -> Option<usize> {
     socket.connect(&addr.into()).ok()?;
     let mtu = get_int_option(socket.as_raw_fd(), level, name).ok()?;
     (mtu > 0).then_some(mtu as usize)
+}
+
+/// Sets an int socket option of `fd` (the twin of [`get_int_option`]).
+fn set_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// An int socket option of `fd`.
@@ -629,22 +643,12 @@ fn get_int_option(
 /// to IPv4-mapped addresses) leave without DF: a router before a smaller
 /// link fragments them (see the module's contract).
 fn never_set_df(socket: &std::net::UdpSocket) -> io::Result<()> {
-    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&dont as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    set_int_option(
+        socket.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )
 }
 
 /// IP and UDP header bytes around a datagram's payload to `addr`.
@@ -673,22 +677,7 @@ const UDP_GRO: libc::c_int = 104;
 /// source as one buffer (`UDP_GRO`). Only for a receive loop that splits
 /// them again: [`try_recv_gro`].
 pub fn enable_gro(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            SOL_UDP,
-            UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    set_int_option(socket.as_raw_fd(), SOL_UDP, UDP_GRO, 1)
 }
 
 fn from_raw(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -833,22 +822,12 @@ fn recvmsg_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<Receipt> {
 /// deep queue turns overload into seconds of delay, and late control
 /// messages into stale ones; see docs/dht.md, *Storms*).
 pub fn enable_arrival_times(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    set_int_option(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPNS,
+        1,
+    )
 }
 
 /// Like [`try_recv_gro`], with the arrival time where the socket has
@@ -1044,18 +1023,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_path_smaller_than_the_datagrams_gets_them_one_by_one() {
         let node = bind_dual_stack(0).expect("bind");
-        let mtu: libc::c_int = 1280;
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                node.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU,
-                (&mtu as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "IPV6_MTU: {}", io::Error::last_os_error());
+        set_int_option(node.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU, 1280)
+            .expect("IPV6_MTU");
         let gso = GsoSender::new(&node);
         let small = std::net::UdpSocket::bind("[::1]:0").expect("peer");
         small
