@@ -80,6 +80,14 @@ impl Default for PodSubnets {
 }
 
 impl PodSubnets {
+    /// Every pod subnet, IPv4 first.
+    pub fn all(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.v4
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(self.v6.map(IpNet::V6))
+    }
+
     /// The pod subnets of `spec`, or every reason they cannot be used (each
     /// naming the field). `subnet` is the overlay's IPv4 subnet (when it
     /// parses) and `network` the network file's name (its IPv6 overlay

@@ -1,7 +1,8 @@
-//! Test fixtures shared by the Kubernetes modules' tests: keys from a seed
-//! and the lab's network spec (10.0.0.0/24, pods 10.244.0.0/16, no work
-//! bits). Compiled for tests only.
+//! Test fixtures shared by the Kubernetes modules' tests: keys from a seed,
+//! the lab's network spec (10.0.0.0/24, pods 10.244.0.0/16, no work bits)
+//! and its nodes. Compiled for tests only.
 
+use super::convert::ClusterNode;
 use super::crd::WireHubNetworkSpec;
 use crate::keys::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
@@ -27,5 +28,18 @@ pub fn lab_spec() -> WireHubNetworkSpec {
         peers: Vec::new(),
         node_subnet: None,
         remote_clusters: Vec::new(),
+    }
+}
+
+/// A node with key `seed`, overlay address `ip`, recorded pod CIDR `cidr`
+/// and internal address 203.0.113.`seed`.
+pub fn node(name: &str, seed: u8, ip: &str, cidr: &str) -> ClusterNode {
+    ClusterNode {
+        name: name.into(),
+        key: Some(key(seed)),
+        overlay_ip: ip.parse().ok(),
+        recorded_pod_cidr: cidr.parse().ok(),
+        internal_ip: Some(format!("203.0.113.{seed}")),
+        ..ClusterNode::default()
     }
 }

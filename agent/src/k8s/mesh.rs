@@ -10,15 +10,20 @@
 //! already in the network (this cluster's nodes, nodeSubnet or pod subnets,
 //! the resource's peers, an earlier remote node) is refused with a
 //! [`Problem`] naming the cluster, the node and the addresses or CIDRs, and
-//! the local network is kept as it was. The result never holds two peers
+//! the local network is kept as it was; a remote cluster whose
+//! `WireHubNetwork` of this name is missing or disagrees with ours
+//! ([`network_mismatch`]) has all its nodes refused with one problem. The result never holds two peers
 //! with overlapping pod CIDRs or the same overlay address (property-tested).
 //! Bounded: at most [`MAX_REMOTE_CLUSTERS`] clusters and
 //! [`MAX_REMOTE_NODES`] nodes per cluster are taken, the rest counted as
 //! dropped. Never: I/O, a change to a local peer.
 
-use super::convert::{ClusterNode, ClusterSpec, PodSubnets, Problem, file_name, overlay_v6};
+use super::convert::{
+    ClusterNode, ClusterSpec, PodSubnets, Problem, file_name, node_subnet, overlay_v6,
+    resource_peers,
+};
 use super::crd::WireHubNetworkSpec;
-use crate::config::{Claims, PeerSpec, Role};
+use crate::config::{Claims, NetworkSpec, PeerSpec, Role};
 use crate::keys::PublicKey;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::{HashMap, HashSet};
@@ -38,13 +43,35 @@ pub const REMOTE_KEY_CONFLICT: &str = "RemoteKeyConflict";
 /// ... the network with the remote nodes does not validate.
 pub const REMOTE_CLUSTER_REFUSED: &str = "RemoteClusterRefused";
 
+/// ... its `WireHubNetwork` of this name is missing or disagrees with ours
+/// (subnet, workbits, namespace, overlapping pod subnets or nodeSubnets).
+pub const REMOTE_NETWORK_MISMATCH: &str = "RemoteNetworkMismatch";
+
+/// What a remote cluster's `WireHubNetwork` of this network's name says,
+/// as its watch last saw it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum RemoteNetwork {
+    /// Not listed yet: the cluster's nodes wait, quietly.
+    #[default]
+    Unknown,
+    /// The remote cluster has no network of this name.
+    Absent,
+    /// Its spec.
+    Present(Box<WireHubNetworkSpec>),
+}
+
 /// One remote cluster's members as read from its API server.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RemoteMembers {
     /// The cluster's name in spec.remoteClusters.
     pub cluster: String,
+    /// Its `WireHubNetwork` of this network's name: its nodes are taken
+    /// only when it agrees with ours ([`network_mismatch`]).
+    pub network: RemoteNetwork,
     /// Its nodes ([`super::convert::record_nodes`] of its `WireHubNode`s).
     pub nodes: Vec<ClusterNode>,
+    /// Its nodes not even read: beyond the watch's store at its last list.
+    pub over_limit: usize,
 }
 
 /// What the merge did.
@@ -114,17 +141,24 @@ pub fn merge(local: ClusterSpec, spec: &WireHubNetworkSpec, remotes: &[RemoteMem
         }
         owners.push(peer_name(p));
     }
-    let local_pools: Vec<IpNet> = pods
-        .v4
-        .map(IpNet::V4)
-        .into_iter()
-        .chain(pods.v6.map(IpNet::V6))
-        .collect();
+    let local_pools: Vec<IpNet> = pods.all().collect();
     let mut added = Vec::new();
     for remote in remotes.iter().take(MAX_REMOTE_CLUSTERS) {
+        match network_mismatch(&remote.cluster, &remote.network, net, spec) {
+            Ok(true) => {}
+            Ok(false) => {
+                out.waiting += remote.nodes.len();
+                continue;
+            }
+            Err(p) => {
+                out.refused.push(p);
+                continue;
+            }
+        }
         let mut nodes: Vec<&ClusterNode> = remote.nodes.iter().collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        out.dropped_over_node_limit += nodes.len().saturating_sub(MAX_REMOTE_NODES);
+        out.dropped_over_node_limit +=
+            nodes.len().saturating_sub(MAX_REMOTE_NODES) + remote.over_limit;
         for n in nodes.into_iter().take(MAX_REMOTE_NODES) {
             let who = format!("cluster {}'s node {}", remote.cluster, n.name);
             let (Some(key), Some(ip), Some(_)) = (n.key, n.overlay_ip, n.pod_cidr()) else {
@@ -191,6 +225,93 @@ pub fn merge(local: ClusterSpec, spec: &WireHubNetworkSpec, remotes: &[RemoteMem
         }
     }
     out
+}
+
+/// Whether the nodes of remote cluster `cluster`, whose `WireHubNetwork`
+/// of this name is `remote`, may join the network `net` built from
+/// `spec`: Ok(false) while its network is not listed yet; a
+/// [`REMOTE_NETWORK_MISMATCH`] naming the cluster and both values when it
+/// is missing, invalid there, or differs in subnet, workbits or namespace
+/// (its nodes could never talk to ours), or when its pod subnets or its
+/// nodeSubnet overlap ours (they would route wrongly).
+pub fn network_mismatch(
+    cluster: &str,
+    remote: &RemoteNetwork,
+    net: &NetworkSpec,
+    spec: &WireHubNetworkSpec,
+) -> Result<bool, Problem> {
+    let mismatch = |m: String| {
+        Err(refuse(
+            REMOTE_NETWORK_MISMATCH,
+            format!("remote cluster {cluster}'s nodes are left out: {m}"),
+        ))
+    };
+    let theirs = match remote {
+        RemoteNetwork::Unknown => return Ok(false),
+        RemoteNetwork::Absent => {
+            return mismatch(format!(
+                "it has no WireHubNetwork named {}: create it there with the same subnet, workbits and namespace",
+                net.name
+            ));
+        }
+        RemoteNetwork::Present(theirs) => theirs,
+    };
+    let their_net = match resource_peers(&net.name, theirs) {
+        Ok((their_net, _, _)) => their_net,
+        Err(problems) => {
+            let why: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            return mismatch(format!(
+                "its WireHubNetwork {} is invalid there: {}",
+                net.name,
+                why.join("; ")
+            ));
+        }
+    };
+    let show = |s: Option<Ipv4Net>| s.map_or_else(|| "none".to_string(), |s| s.to_string());
+    if their_net.subnet != net.subnet {
+        return mismatch(format!(
+            "its spec.subnet is {}, ours {}: both clusters must share one subnet",
+            show(their_net.subnet),
+            show(net.subnet)
+        ));
+    }
+    if their_net.workbits != net.workbits {
+        return mismatch(format!(
+            "its spec.workbits is {}, ours {}: keys valid there would be refused here",
+            their_net.workbits, net.workbits
+        ));
+    }
+    if their_net.namespace != net.namespace {
+        return mismatch(format!(
+            "its spec.namespace is '{}', ours '{}'",
+            their_net.namespace, net.namespace
+        ));
+    }
+    let ours = PodSubnets::from_spec(spec, net.subnet, &net.name).unwrap_or_default();
+    let their_pods = PodSubnets::from_spec(theirs, net.subnet, &net.name).unwrap_or_default();
+    for t in their_pods.all() {
+        if let Some(o) = ours.all().find(|o| crate::config::overlaps(&t, o)) {
+            return mismatch(format!(
+                "its pod subnet {t} overlaps ours {o}: clusters need disjoint pod subnets"
+            ));
+        }
+    }
+    let our_slice = spec
+        .node_subnet
+        .as_ref()
+        .and(node_subnet(spec, net.subnet).ok().flatten());
+    let their_slice = theirs
+        .node_subnet
+        .as_ref()
+        .and(node_subnet(theirs, net.subnet).ok().flatten());
+    if let (Some(o), Some(t)) = (our_slice, their_slice)
+        && (o.contains(&t.network()) || t.contains(&o.network()))
+    {
+        return mismatch(format!(
+            "its spec.nodeSubnet {t} overlaps ours {o}: give each cluster a disjoint nodeSubnet"
+        ));
+    }
+    Ok(true)
 }
 
 /// What a remote node is checked against.

@@ -3,7 +3,13 @@
 //! that cluster's API server, with a client made from the kubeconfig in
 //! the Secret the resource names (in the agent's namespace).
 //!
-//! Promises: at most [`MAX_REMOTE_CLUSTERS`] watches, each started again
+//! Beside it, a watch of that cluster's `WireHubNetwork`s, so that its
+//! nodes join only while its network of this name agrees with ours
+//! ([`super::mesh::network_mismatch`]).
+//!
+//! Promises: at most [`MAX_REMOTE_CLUSTERS`] clusters, each with a store
+//! bounded at [`MAX_REMOTE_NODES`] nodes (those beyond it at the last list
+//! are counted) and [`MAX_REMOTE_NETWORKS`] networks; each watch started again
 //! only when its Secret's kubeconfig changes (the Secret is read again at
 //! most once a [`SECRET_RECHECK`]); a watch that fails keeps the members
 //! it last saw (routes are not dropped because an API server is away) and
@@ -14,15 +20,14 @@
 //! API server or a Secret holds.
 
 use super::convert::{Problem, record_nodes};
-use super::crd::{RemoteCluster, WireHubNode, WireHubNodeSpec};
-use super::mesh::{MAX_REMOTE_CLUSTERS, MAX_REMOTE_NODES, RemoteMembers};
+use super::crd::{RemoteCluster, WireHubNetwork, WireHubNetworkSpec, WireHubNode};
+use super::mesh::{MAX_REMOTE_CLUSTERS, MAX_REMOTE_NODES, RemoteMembers, RemoteNetwork};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config, ResourceExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -37,6 +42,123 @@ pub const REMOTE_SECRET_MISSING: &str = "RemoteSecretMissing";
 pub const REMOTE_KUBECONFIG_INVALID: &str = "RemoteKubeconfigInvalid";
 /// The kubeconfig key of a Secret when the resource names none.
 pub const DEFAULT_SECRET_KEY: &str = "kubeconfig";
+/// The most `WireHubNetwork`s kept of one remote cluster.
+pub const MAX_REMOTE_NETWORKS: usize = 64;
+
+/// What the watches of one remote cluster have seen, bounded.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Its `WireHubNode`s by name (at most [`MAX_REMOTE_NODES`]).
+    nodes: BTreeMap<String, WireHubNode>,
+    /// The nodes of the list in progress, swapped in when it is complete.
+    listing_nodes: Option<BTreeMap<String, WireHubNode>>,
+    /// Nodes beyond [`MAX_REMOTE_NODES`] at the last list.
+    over_limit: usize,
+    /// Its `WireHubNetwork`s by name (at most [`MAX_REMOTE_NETWORKS`]),
+    /// None until first listed.
+    networks: Option<BTreeMap<String, WireHubNetworkSpec>>,
+    listing_networks: Option<BTreeMap<String, WireHubNetworkSpec>>,
+    /// The last error of each watch, None once it reads again.
+    node_error: Option<String>,
+    network_error: Option<String>,
+}
+
+/// Which of a cluster's two watches an event or an error comes from.
+enum Update {
+    Node(Result<watcher::Event<WireHubNode>, watcher::Error>),
+    Network(Result<watcher::Event<WireHubNetwork>, watcher::Error>),
+}
+
+impl Seen {
+    /// Takes one event of the node watch; whether a round should look
+    /// (a node's spec changed, it came or went, a list completed).
+    fn on_node(&mut self, event: watcher::Event<WireHubNode>) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.listing_nodes = Some(BTreeMap::new());
+                self.over_limit = 0;
+                false
+            }
+            watcher::Event::InitApply(r) => {
+                let listing = self.listing_nodes.get_or_insert_with(BTreeMap::new);
+                if listing.len() < MAX_REMOTE_NODES {
+                    listing.insert(r.name_any(), trimmed(r));
+                } else {
+                    self.over_limit += 1;
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.listing_nodes.take() {
+                    self.nodes = listed;
+                }
+                true
+            }
+            watcher::Event::Apply(r) => {
+                let name = r.name_any();
+                let changed = self.nodes.get(&name).is_none_or(|old| old.spec != r.spec);
+                if self.nodes.contains_key(&name) || self.nodes.len() < MAX_REMOTE_NODES {
+                    self.nodes.insert(name, trimmed(r));
+                    changed
+                } else {
+                    false
+                }
+            }
+            watcher::Event::Delete(r) => self.nodes.remove(&r.name_any()).is_some(),
+        }
+    }
+
+    /// Takes one event of the network watch; whether a round should look.
+    fn on_network(&mut self, event: watcher::Event<WireHubNetwork>) -> bool {
+        let keep = |map: &mut BTreeMap<String, WireHubNetworkSpec>, r: WireHubNetwork| {
+            let name = r.name_any();
+            if map.contains_key(&name) || map.len() < MAX_REMOTE_NETWORKS {
+                map.insert(name, r.spec);
+            }
+        };
+        match event {
+            watcher::Event::Init => {
+                self.listing_networks = Some(BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(r) => {
+                keep(self.listing_networks.get_or_insert_with(BTreeMap::new), r);
+                false
+            }
+            watcher::Event::InitDone => {
+                self.networks = Some(self.listing_networks.take().unwrap_or_default());
+                true
+            }
+            watcher::Event::Apply(r) => {
+                let networks = self.networks.get_or_insert_with(BTreeMap::new);
+                let before = networks.get(&r.name_any()).cloned();
+                keep(networks, r.clone());
+                networks.get(&r.name_any()) != before.as_ref()
+            }
+            watcher::Event::Delete(r) => self
+                .networks
+                .as_mut()
+                .is_some_and(|n| n.remove(&r.name_any()).is_some()),
+        }
+    }
+
+    /// What the cluster's network named `network` is, as last seen.
+    fn network(&self, network: &str) -> RemoteNetwork {
+        match &self.networks {
+            None => RemoteNetwork::Unknown,
+            Some(n) => n.get(network).map_or(RemoteNetwork::Absent, |s| {
+                RemoteNetwork::Present(Box::new(s.clone()))
+            }),
+        }
+    }
+}
+
+/// A remote node as kept: without the bookkeeping of its metadata.
+fn trimmed(mut r: WireHubNode) -> WireHubNode {
+    r.metadata.managed_fields = None;
+    r.metadata.annotations = None;
+    r
+}
 
 /// One running watch.
 struct Watch {
@@ -44,9 +166,7 @@ struct Watch {
     kubeconfig: String,
     /// Where it reads (for messages).
     server: String,
-    store: Store<WireHubNode>,
-    /// The last error of the watch, None once it reads again.
-    error: Arc<Mutex<Option<String>>>,
+    seen: Arc<Mutex<Seen>>,
     checked: Instant,
     task: tokio::task::AbortHandle,
 }
@@ -129,8 +249,8 @@ impl RemoteWatches {
         let mut problems: Vec<Problem> = self.problems.values().cloned().collect();
         let mut members = Vec::new();
         for (cluster, w) in &self.watches {
-            let error = w.error.lock().ok().and_then(|e| e.clone());
-            if let Some(e) = error {
+            let Ok(seen) = w.seen.lock() else { continue };
+            if let Some(e) = seen.node_error.as_ref().or(seen.network_error.as_ref()) {
                 problems.push(Problem {
                     reason: REMOTE_CLUSTER_UNREACHABLE,
                     message: format!(
@@ -139,16 +259,12 @@ impl RemoteWatches {
                     ),
                 });
             }
-            let records: Vec<WireHubNode> = w
-                .store
-                .state()
-                .iter()
-                .take(MAX_REMOTE_NODES.saturating_add(1))
-                .map(|r| (**r).clone())
-                .collect();
+            let records: Vec<WireHubNode> = seen.nodes.values().cloned().collect();
             members.push(RemoteMembers {
                 cluster: cluster.clone(),
+                network: seen.network(network),
                 nodes: record_nodes(network, &records),
+                over_limit: seen.over_limit,
             });
         }
         (members, problems)
@@ -204,87 +320,80 @@ async fn start(cluster: &str, text: String, changed: &Arc<Notify>) -> Result<Wat
         .map_err(|e| bad(e.to_string()))?;
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| bad(e.to_string()))?;
-    let (store, writer) = reflector::store::<WireHubNode>();
-    let stream = reflector::reflector(
-        writer,
-        watcher(
-            Api::<WireHubNode>::all(client),
-            watcher::Config::default().any_semantic(),
-        ),
+    let nodes = watcher(
+        Api::<WireHubNode>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
     )
-    .default_backoff();
-    let error = Arc::new(Mutex::new(None));
+    .default_backoff()
+    .map(Update::Node);
+    let networks = watcher(
+        Api::<WireHubNetwork>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .map(Update::Network);
+    let seen = Arc::new(Mutex::new(Seen::default()));
     let task = tokio::spawn(follow(
         cluster.to_string(),
-        stream,
-        Arc::clone(&error),
+        futures::stream::select(nodes, networks),
+        Arc::clone(&seen),
         Arc::clone(changed),
     ))
     .abort_handle();
     Ok(Watch {
         kubeconfig: text,
         server,
-        store,
-        error,
+        seen,
         checked: Instant::now(),
         task,
     })
 }
 
-/// Follows a remote watch: records its errors, and wakes a round when a
-/// node's spec changes (not for status heartbeats), when the first list is
-/// complete and when the watch fails or recovers.
-async fn follow<S>(
-    cluster: String,
-    stream: S,
-    error: Arc<Mutex<Option<String>>>,
-    changed: Arc<Notify>,
-) where
-    S: futures::Stream<Item = Result<watcher::Event<WireHubNode>, watcher::Error>>,
+/// Follows a remote cluster's two watches into `seen`: records their
+/// errors, and wakes a round when a node's spec changes (not for status
+/// heartbeats), when a network changes, when a list is complete and when
+/// a watch fails or recovers.
+async fn follow<S>(cluster: String, stream: S, seen: Arc<Mutex<Seen>>, changed: Arc<Notify>)
+where
+    S: futures::Stream<Item = Update>,
 {
     futures::pin_mut!(stream);
-    // What each remote node said last (bounded as the members taken).
-    let mut seen: HashMap<String, WireHubNodeSpec> = HashMap::new();
-    while let Some(event) = stream.next().await {
-        let was_failing = error.lock().map(|e| e.is_some()).unwrap_or(false);
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                if let Ok(mut slot) = error.lock() {
-                    *slot = Some(e.to_string());
-                }
-                if !was_failing {
-                    tracing::warn!(%cluster, error = %e, "remote cluster watch failed");
-                    changed.notify_one();
-                }
-                continue;
+    while let Some(update) = stream.next().await {
+        let Ok(mut seen) = seen.lock() else { return };
+        let wake = match update {
+            Update::Node(Ok(e)) => {
+                recovered(&cluster, "WireHubNode", &mut seen.node_error) | seen.on_node(e)
+            }
+            Update::Network(Ok(e)) => {
+                recovered(&cluster, "WireHubNetwork", &mut seen.network_error) | seen.on_network(e)
+            }
+            Update::Node(Err(e)) => failed(&cluster, "WireHubNode", &mut seen.node_error, &e),
+            Update::Network(Err(e)) => {
+                failed(&cluster, "WireHubNetwork", &mut seen.network_error, &e)
             }
         };
-        if was_failing {
-            if let Ok(mut slot) = error.lock() {
-                *slot = None;
-            }
-            tracing::info!(%cluster, "remote cluster watch reads again");
+        if wake {
             changed.notify_one();
         }
-        match event {
-            watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
-                let name = r.name_any();
-                let fresh = seen.get(&name) != Some(&r.spec);
-                if fresh && (seen.contains_key(&name) || seen.len() < MAX_REMOTE_NODES) {
-                    seen.insert(name, r.spec.clone());
-                    changed.notify_one();
-                }
-            }
-            watcher::Event::Delete(r) => {
-                if seen.remove(&r.name_any()).is_some() {
-                    changed.notify_one();
-                }
-            }
-            watcher::Event::InitDone => changed.notify_one(),
-            watcher::Event::Init => {}
-        }
     }
+}
+
+/// Records that a watch of `what` failed; true when it was reading before.
+fn failed(cluster: &str, what: &str, slot: &mut Option<String>, e: &watcher::Error) -> bool {
+    let first = slot.replace(e.to_string()).is_none();
+    if first {
+        tracing::warn!(%cluster, error = %e, "remote cluster {what} watch failed");
+    }
+    first
+}
+
+/// Records that a watch of `what` reads; true when it was failing before.
+fn recovered(cluster: &str, what: &str, slot: &mut Option<String>) -> bool {
+    let was_failing = slot.take().is_some();
+    if was_failing {
+        tracing::info!(%cluster, "remote cluster {what} watch reads again");
+    }
+    was_failing
 }
 
 /// The shell's refusals against kube-rs's mock API server (and a closed
@@ -342,6 +451,108 @@ mod tests {
         let _ = server.await;
         let (members, problems) = watches.members("lab");
         (problems, members.len())
+    }
+
+    fn remote_node(name: &str, network: &str) -> WireHubNode {
+        let mut n = WireHubNode::new(
+            name,
+            crate::k8s::crd::WireHubNodeSpec {
+                network: network.into(),
+                public_key: None,
+                endpoints: Vec::new(),
+                overlay_ipv4: None,
+                pod_cidr: None,
+                pod_cidrs: Vec::new(),
+            },
+        );
+        n.metadata.managed_fields = Some(Vec::new());
+        n
+    }
+
+    fn remote_network(name: &str, subnet: &str) -> WireHubNetwork {
+        WireHubNetwork::new(
+            name,
+            WireHubNetworkSpec {
+                subnet: subnet.into(),
+                ..crate::k8s::fixtures::lab_spec()
+            },
+        )
+    }
+
+    /// Lists `nodes` as a watch's first list does.
+    fn list_nodes(seen: &mut Seen, nodes: impl IntoIterator<Item = WireHubNode>) -> bool {
+        seen.on_node(watcher::Event::Init);
+        for n in nodes {
+            seen.on_node(watcher::Event::InitApply(n));
+        }
+        seen.on_node(watcher::Event::InitDone)
+    }
+
+    #[test]
+    fn a_cluster_s_network_is_unknown_until_listed_then_absent_or_present() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.network("lab"), RemoteNetwork::Unknown);
+        seen.on_network(watcher::Event::Init);
+        seen.on_network(watcher::Event::InitApply(remote_network(
+            "other",
+            "10.1.0.0/24",
+        )));
+        assert_eq!(
+            seen.network("lab"),
+            RemoteNetwork::Unknown,
+            "the list is not complete"
+        );
+        assert!(seen.on_network(watcher::Event::InitDone));
+        assert_eq!(seen.network("lab"), RemoteNetwork::Absent);
+        assert!(seen.on_network(watcher::Event::Apply(remote_network("lab", "10.0.0.0/24"))));
+        assert!(
+            matches!(seen.network("lab"), RemoteNetwork::Present(s) if s.subnet == "10.0.0.0/24")
+        );
+        assert!(
+            !seen.on_network(watcher::Event::Apply(remote_network("lab", "10.0.0.0/24"))),
+            "the same spec again wakes nobody"
+        );
+        assert!(seen.on_network(watcher::Event::Delete(remote_network("lab", "10.0.0.0/24"))));
+        assert_eq!(seen.network("lab"), RemoteNetwork::Absent);
+    }
+
+    #[test]
+    fn a_cluster_s_nodes_are_kept_up_to_the_limit_and_the_rest_counted() {
+        let mut seen = Seen::default();
+        let many = (0..MAX_REMOTE_NODES + 3).map(|i| remote_node(&format!("n{i}"), "lab"));
+        assert!(list_nodes(&mut seen, many));
+        assert_eq!(seen.nodes.len(), MAX_REMOTE_NODES);
+        assert_eq!(seen.over_limit, 3);
+        assert!(
+            !seen.on_node(watcher::Event::Apply(remote_node("beyond", "lab"))),
+            "a node beyond the limit is not kept"
+        );
+        assert_eq!(seen.nodes.len(), MAX_REMOTE_NODES);
+        assert!(
+            seen.nodes
+                .values()
+                .all(|n| n.metadata.managed_fields.is_none())
+        );
+    }
+
+    #[test]
+    fn a_relist_replaces_the_nodes_only_once_complete() {
+        let mut seen = Seen::default();
+        list_nodes(
+            &mut seen,
+            [remote_node("a", "lab"), remote_node("b", "lab")],
+        );
+        seen.on_node(watcher::Event::Init);
+        seen.on_node(watcher::Event::InitApply(remote_node("b", "lab")));
+        assert_eq!(
+            seen.nodes.len(),
+            2,
+            "the old list stays until the new one is done"
+        );
+        seen.on_node(watcher::Event::InitDone);
+        assert_eq!(seen.nodes.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(seen.on_node(watcher::Event::Delete(remote_node("b", "lab"))));
+        assert!(seen.nodes.is_empty());
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use super::convert::{
 use super::crd::{
     ExternalPeer, PeerRole, WireHubNetwork, WireHubNetworkSpec, WireHubNode, WireHubNodeSpec,
 };
-use super::fixtures::{key, lab_spec};
+use super::fixtures::{key, lab_spec, node};
 use super::*;
 use crate::config::{self, Role};
 use std::collections::HashSet;
@@ -23,17 +23,6 @@ fn spec() -> WireHubNetworkSpec {
             routes: Vec::new(),
         }],
         ..lab_spec()
-    }
-}
-
-fn node(name: &str, seed: u8, ip: &str, cidr: &str) -> ClusterNode {
-    ClusterNode {
-        name: name.into(),
-        key: Some(key(seed)),
-        overlay_ip: ip.parse().ok(),
-        recorded_pod_cidr: cidr.parse().ok(),
-        internal_ip: Some(format!("203.0.113.{seed}")),
-        ..ClusterNode::default()
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::k8s::convert::{INVALID_SPEC, cluster_spec};
 use crate::k8s::crd::{RemoteCluster, SecretKey};
-use crate::k8s::fixtures::{key, lab_spec};
+use crate::k8s::fixtures::{lab_spec, node};
 use proptest::prelude::*;
 
 /// Cluster A: overlay 10.0.0.0/24, its nodes in 10.0.0.128/25, pods in
@@ -20,17 +20,6 @@ fn a_spec() -> WireHubNetworkSpec {
     }
 }
 
-fn node(name: &str, seed: u8, ip: &str, cidr: &str) -> ClusterNode {
-    ClusterNode {
-        name: name.into(),
-        key: Some(key(seed)),
-        overlay_ip: ip.parse().ok(),
-        recorded_pod_cidr: cidr.parse().ok(),
-        internal_ip: Some(format!("203.0.113.{seed}")),
-        ..ClusterNode::default()
-    }
-}
-
 fn a_nodes() -> Vec<ClusterNode> {
     vec![
         node("cp", 1, "10.0.0.254", "10.244.0.0/24"),
@@ -42,10 +31,30 @@ fn local() -> ClusterSpec {
     cluster_spec("wirehub", &a_spec(), &a_nodes(), true).unwrap()
 }
 
+/// Cluster B's network: the same subnet, its nodes in 10.0.0.64/26, pods
+/// in 10.245.0.0/16.
+fn b_spec() -> WireHubNetworkSpec {
+    WireHubNetworkSpec {
+        node_subnet: Some("10.0.0.64/26".into()),
+        pod_subnet: Some("10.245.0.0/16".into()),
+        ..lab_spec()
+    }
+}
+
 fn b(nodes: Vec<ClusterNode>) -> RemoteMembers {
     RemoteMembers {
         cluster: "b".into(),
+        network: RemoteNetwork::Present(Box::new(b_spec())),
         nodes,
+        over_limit: 0,
+    }
+}
+
+/// Cluster B's nodes, its network being `network`.
+fn b_with(network: RemoteNetwork) -> RemoteMembers {
+    RemoteMembers {
+        network,
+        ..b(b_nodes())
     }
 }
 
@@ -140,6 +149,7 @@ fn of_two_remote_clusters_with_overlapping_pod_cidrs_the_later_one_is_refused() 
     let c = RemoteMembers {
         cluster: "c".into(),
         nodes: vec![node("x", 21, "10.0.0.60", "10.245.0.0/16")],
+        ..b(Vec::new())
     };
     let m = merge(local(), &a_spec(), &[b(b_nodes()), c]);
     assert_eq!(m.remote_members, ["b/cp", "b/n3"]);
@@ -163,7 +173,7 @@ fn clusters_beyond_the_limit_are_dropped_and_counted() {
     let remotes: Vec<RemoteMembers> = (0..MAX_REMOTE_CLUSTERS + 2)
         .map(|i| RemoteMembers {
             cluster: format!("c{i}"),
-            nodes: Vec::new(),
+            ..b(Vec::new())
         })
         .collect();
     let m = merge(local(), &a_spec(), &remotes);
@@ -253,4 +263,101 @@ proptest! {
         let keys: HashSet<PublicKey> = peers.iter().map(|p| p.key).collect();
         prop_assert_eq!(keys.len(), peers.len());
     }
+}
+
+/// The problems of merging cluster B whose network is `theirs`.
+fn refused_with(theirs: WireHubNetworkSpec) -> Vec<Problem> {
+    let m = merge(
+        local(),
+        &a_spec(),
+        &[b_with(RemoteNetwork::Present(Box::new(theirs)))],
+    );
+    assert!(m.remote_members.is_empty(), "{:?}", m.remote_members);
+    assert_eq!(m.cluster.spec.peers, local().spec.peers);
+    m.refused
+}
+
+fn one_mismatch(problems: &[Problem]) -> &str {
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].reason, REMOTE_NETWORK_MISMATCH);
+    &problems[0].message
+}
+
+#[test]
+fn a_cluster_whose_network_is_not_listed_yet_waits_quietly() {
+    let m = merge(local(), &a_spec(), &[b_with(RemoteNetwork::Unknown)]);
+    assert!(m.refused.is_empty());
+    assert!(m.remote_members.is_empty());
+    assert_eq!(m.waiting, 2);
+}
+
+#[test]
+fn a_cluster_without_a_network_of_this_name_is_refused_saying_so() {
+    let m = merge(local(), &a_spec(), &[b_with(RemoteNetwork::Absent)]);
+    let msg = one_mismatch(&m.refused);
+    assert_eq!(
+        msg,
+        "remote cluster b's nodes are left out: it has no WireHubNetwork named wirehub: create it there with the same subnet, workbits and namespace"
+    );
+    assert!(m.remote_members.is_empty());
+}
+
+#[test]
+fn a_cluster_on_another_subnet_is_refused_naming_both_subnets() {
+    let problems = refused_with(WireHubNetworkSpec {
+        subnet: "10.9.0.0/24".into(),
+        node_subnet: None,
+        ..b_spec()
+    });
+    assert!(one_mismatch(&problems).contains("its spec.subnet is 10.9.0.0/24, ours 10.0.0.0/24"));
+}
+
+#[test]
+fn a_cluster_with_other_workbits_or_namespace_is_refused() {
+    let workbits = refused_with(WireHubNetworkSpec {
+        workbits: Some(8),
+        ..b_spec()
+    });
+    assert!(one_mismatch(&workbits).contains("its spec.workbits is 8, ours 0"));
+    let namespace = refused_with(WireHubNetworkSpec {
+        namespace: Some("other".into()),
+        ..b_spec()
+    });
+    assert!(one_mismatch(&namespace).contains("its spec.namespace is 'other'"));
+}
+
+#[test]
+fn a_cluster_whose_pod_subnet_overlaps_ours_is_refused_as_a_whole() {
+    let problems = refused_with(WireHubNetworkSpec {
+        pod_subnet: Some("10.244.128.0/17".into()),
+        ..b_spec()
+    });
+    assert!(
+        one_mismatch(&problems)
+            .contains("its pod subnet 10.244.128.0/17 overlaps ours 10.244.0.0/16")
+    );
+}
+
+#[test]
+fn a_cluster_whose_node_subnet_overlaps_ours_is_refused() {
+    let problems = refused_with(WireHubNetworkSpec {
+        node_subnet: Some("10.0.0.0/24".into()),
+        ..b_spec()
+    });
+    assert!(
+        one_mismatch(&problems)
+            .contains("its spec.nodeSubnet 10.0.0.0/24 overlaps ours 10.0.0.128/25")
+    );
+}
+
+#[test]
+fn a_cluster_whose_network_is_invalid_there_is_refused_with_its_reasons() {
+    let problems = refused_with(WireHubNetworkSpec {
+        subnet: "10.0.0.1/24".into(),
+        ..b_spec()
+    });
+    assert!(
+        one_mismatch(&problems)
+            .contains("is invalid there: spec.subnet 10.0.0.1/24 has host bits set")
+    );
 }
