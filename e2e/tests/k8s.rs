@@ -3,9 +3,11 @@
 //! kubelet, kube-proxy), built from Debian's `kubernetes` source package and
 //! cached outside the repository (e2e/k8s/build-k8s.sh). The control plane
 //! sits on the lab's internet; one node has a public address, one is behind
-//! an easy NAT, one behind a hard (symmetric) NAT; an edge host outside the
-//! cluster runs plain `wh up` with the network file printed from the
-//! resource. WireHub is installed with the Helm chart's own templates,
+//! an easy NAT, one behind a hard (symmetric) NAT. The control plane's host
+//! is not a node: it joins the overlay as an edge host, with plain `wh up`
+//! and the network file printed from the resource, as a control plane
+//! outside the cluster's nodes must (the API server then reaches pods, as
+//! Kubernetes' proxy tests need). WireHub is installed with the Helm chart's own templates,
 //! rendered here (there is no helm binary; see `render_chart`).
 //!
 //! Skipped (with a message) when not root. Needs the packages of
@@ -695,7 +697,8 @@ fn scenario() -> Result<()> {
     let n1 = lab.public_host("n1")?;
     let (n2, _r2) = lab.home_host("n2", Nat::Easy)?;
     let (n3, _r3) = lab.home_host("n3", Nat::Hard)?;
-    let edge = lab.public_host("edge")?;
+    // The edge host is the control plane's own host.
+    let edge = cp.clone();
     let sysctls = SYSCTLS
         .iter()
         .filter_map(|k| sysctl(k).map(|v| (k.to_string(), v)))
@@ -1069,26 +1072,7 @@ fn pods_reach_each_other(c: &Cluster, t0: Instant) -> Result<(Pods, Pids)> {
             ))
         })
         .collect::<Result<_>>()?;
-    for (from, pid) in &pids {
-        for (to, ip) in &pods {
-            if from == to {
-                continue;
-            }
-            let start = Instant::now();
-            wait_for(
-                Duration::from_secs(30),
-                &format!("pod on {from} to ping pod on {to} ({ip})"),
-                || Ok(ping_from(*pid, ip, 1).then_some(())),
-            )?;
-            log(
-                t0,
-                &format!(
-                    "pod on {from} -> pod on {to} ({ip}): ok in {:.1}s",
-                    start.elapsed().as_secs_f64()
-                ),
-            );
-        }
-    }
+    ping_all(&pids, &pods, Duration::from_secs(30), t0)?;
     // IPv6: every pod has an address of its node's IPv6 block too (from
     // the CNI); 1.20 without the IPv6DualStack gate lists only the primary
     // (IPv4) one in status.podIPs.
@@ -1129,26 +1113,7 @@ fn pods_reach_each_other(c: &Cluster, t0: Instant) -> Result<(Pods, Pids)> {
         t0,
         &format!("pinger pods' IPv6 addresses: {pods6:?}; status.podIPs: {pod_ips}"),
     );
-    for (from, pid) in &pids {
-        for (to, ip) in &pods6 {
-            if from == to {
-                continue;
-            }
-            let start = Instant::now();
-            wait_for(
-                Duration::from_secs(30),
-                &format!("pod on {from} to ping pod on {to} over IPv6 ({ip})"),
-                || Ok(ping_from(*pid, ip, 1).then_some(())),
-            )?;
-            log(
-                t0,
-                &format!(
-                    "pod on {from} -> pod on {to} ({ip}): ok in {:.1}s",
-                    start.elapsed().as_secs_f64()
-                ),
-            );
-        }
-    }
+    ping_all(&pids, &pods6, Duration::from_secs(30), t0)?;
     // A PreferDualStack Service: what this API server makes of it (1.20
     // without the IPv6DualStack gate drops the policy: one IPv4 ClusterIP).
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: pinger-dual}\nspec:\n  ipFamilyPolicy: PreferDualStack\n  selector: {app: pinger}\n  ports: [{port: 80, targetPort: 8080}]\n";
@@ -2605,11 +2570,15 @@ fn pingers(c: &Cluster, count: usize) -> Result<(Pods, Pids)> {
     Ok((pods, pids))
 }
 
-/// Every pod of `pids` pings every pod of `pods`; the longest wait.
+/// The pod of every node of `pids` pings the pod of every other node at
+/// its address in `pods` (either family); the longest wait.
 fn ping_all(pids: &Pids, pods: &Pods, within: Duration, t0: Instant) -> Result<Duration> {
     let mut worst = Duration::ZERO;
     for (from, pid) in pids {
         for (to, ip) in pods {
+            if from == to {
+                continue;
+            }
             let start = Instant::now();
             wait_for(
                 within,

@@ -799,6 +799,12 @@ fn build(
         .iter()
         .filter_map(|p| p.hostname.as_deref())
         .collect();
+    let network = net.name.clone();
+    let lines = RouterLines {
+        listen_port,
+        external_names: &external_names,
+        network: &network,
+    };
     let mut left_out = Vec::new();
     let mut members = Vec::new();
     let mut node_peers = Vec::new();
@@ -891,15 +897,7 @@ fn build(
             seen_cidrs.claim(*c, members.len());
         }
         members.push(n.name.clone());
-        node_peers.push(node_peer(
-            n,
-            key,
-            ip,
-            cidrs,
-            listen_port,
-            &external_names,
-            &net.name,
-        ));
+        node_peers.push(lines.of(n, key, ip, cidrs));
     }
     net.peers = boots;
     net.peers.extend(node_peers);
@@ -917,38 +915,42 @@ fn build(
     })
 }
 
-/// The `router` line of a node that takes part: its pod CIDRs routed (the
-/// primary family first: the node's CNI ranges follow this order), its
-/// overlay address pinned, named after it unless an external peer or the
-/// network has that name, reached at its endpoint, else its InternalIP.
-fn node_peer(
-    n: &ClusterNode,
-    key: PublicKey,
-    ip: Ipv4Addr,
-    cidrs: Vec<IpNet>,
+/// What every node's `router` line is made with: the port nodes listen on
+/// and the names a node must not take (an external peer's, the network's).
+struct RouterLines<'a> {
     listen_port: u16,
-    external_names: &HashSet<&str>,
-    network: &str,
-) -> PeerSpec {
-    let hostname = file_name(&n.name);
-    let hostname =
-        (!external_names.contains(hostname.as_str()) && hostname != network).then_some(hostname);
-    let endpoint = n.endpoint.clone().or_else(|| {
-        n.internal_ip
-            .as_ref()
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-            .map(|ip| Endpoint {
-                host: ip.to_string(),
-                port: listen_port,
-            })
-    });
-    PeerSpec {
-        role: Role::Router,
-        hostname,
-        static_ip: Some(ip),
-        key,
-        endpoint,
-        routes: cidrs,
+    external_names: &'a HashSet<&'a str>,
+    network: &'a str,
+}
+
+impl RouterLines<'_> {
+    /// The `router` line of a node that takes part: its pod CIDRs routed
+    /// (the primary family first: the node's CNI ranges follow this order),
+    /// its overlay address pinned, named after it unless an external peer
+    /// or the network has that name, reached at its endpoint, else its
+    /// InternalIP.
+    fn of(&self, n: &ClusterNode, key: PublicKey, ip: Ipv4Addr, cidrs: Vec<IpNet>) -> PeerSpec {
+        let hostname = file_name(&n.name);
+        let hostname = (!self.external_names.contains(hostname.as_str())
+            && hostname != self.network)
+            .then_some(hostname);
+        let endpoint = n.endpoint.clone().or_else(|| {
+            n.internal_ip
+                .as_ref()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .map(|ip| Endpoint {
+                    host: ip.to_string(),
+                    port: self.listen_port,
+                })
+        });
+        PeerSpec {
+            role: Role::Router,
+            hostname,
+            static_ip: Some(ip),
+            key,
+            endpoint,
+            routes: cidrs,
+        }
     }
 }
 
@@ -1004,15 +1006,12 @@ fn add_one(
     let index = boots.len() + at;
     out.spec.peers.insert(
         index,
-        node_peer(
-            added,
-            key,
-            ip,
-            cidrs,
+        RouterLines {
             listen_port,
-            &external_names,
-            &net.name,
-        ),
+            external_names: &external_names,
+            network: &net.name,
+        }
+        .of(added, key, ip, cidrs),
     );
     out.members.insert(at, added.name.clone());
     out.spec.valid_with_added(index).then_some(out)
