@@ -7,8 +7,9 @@
 //! ([`config`]), the wire format ([`proto`]), the DHT ([`dht`]), relays
 //! ([`relay`]), NAT decisions ([`nat`]), names and the DNS wire format
 //! ([`names`]), the vocabulary of the control socket ([`control`]) and of
-//! the data plane ([`dataplane`]), and the node core ([`node`]) that joins
-//! them. What it never does: open a socket, start a thread of its own for
+//! the data plane ([`dataplane`]), the node core ([`node`]) that joins
+//! them, and the Kubernetes conversions and plans ([`k8s`]; resource types
+//! with kube's derive, no client). What it never does: open a socket, start a thread of its own for
 //! I/O, read the clock, or depend on tokio (this crate's manifest has no
 //! tokio: the compiler keeps the boundary). The `wirehub` crate is the
 //! shell that does the I/O and re-exports these modules under the same
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod dht;
+pub mod k8s;
 pub mod keys;
 pub mod names;
 pub mod nat;

@@ -24,7 +24,32 @@ complete() { # dir
     [ -s "$d/$f" ] || return 1
   done
 }
+# agnhost's TLS servers (porter, the Proxy tests' pod) read localhost.crt and
+# localhost.key from the working directory, as the upstream image ships them:
+# a self-signed pair for localhost, added to the packed image as a last step
+# (also to an image cached before this step existed), marked by agnhost.tls.
+with_tls() { # e2e dir
+  local d=$1 w ref
+  [ -s "$d/images/agnhost.tls" ] && return 0
+  w=$(mktemp -d "$d/images/.tls.XXXXXX")
+  tar -xf "$d/images/agnhost.tar" -C "$w" index.json blobs
+  ref=$(sed -n 's/.*"io.containerd.image.name":"\([^"]*\)".*/\1/p' "$w/index.json")
+  [ -n "$ref" ] || { rm -rf "$w"; echo "build-e2e.sh: no image name in agnhost.tar" >&2; return 1; }
+  mkdir -p "$w/root"
+  # The one layer: the largest blob.
+  tar -xf "$(ls -S "$w"/blobs/sha256/* | head -1)" -C "$w/root"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$w/root/localhost.key" -out "$w/root/localhost.crt" 2>/dev/null
+  "$HERE/mkimg.sh" "$ref" "$w/root" "$d/images/agnhost.tar.tmp" '["/agnhost"]' '["pause"]' >/dev/null
+  mv "$d/images/agnhost.tar.tmp" "$d/images/agnhost.tar"
+  rm -rf "$w"
+  echo "$ref: localhost.crt and localhost.key added" > "$d/images/agnhost.tls"
+}
 if [ -L "$CACHE/current" ] && complete "$CACHE/current"; then
+  exec 9>"$CACHE/.lock"
+  flock 9
+  with_tls "$(readlink -f "$CACHE/current")/e2e"
   echo "k8s e2e binaries cached in $(readlink -f "$CACHE/current")/e2e"
   exit 0
 fi
@@ -108,6 +133,7 @@ promoterE2eRegistry: localhost/e2e
 dockerLibraryRegistry: localhost/library
 gcRegistry: localhost
 YAML
+with_tls "$OUT/e2e"
 echo "== images in $((SECONDS - t0)) s"
 echo "k8s e2e binaries built into $OUT/e2e"
 if [ "${WH_K8S_KEEP_SRC:-0}" != 1 ]; then rm -rf "$SRC" 2>/dev/null || true; fi

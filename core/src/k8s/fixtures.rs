@@ -1,6 +1,6 @@
 //! Test fixtures shared by the Kubernetes modules' tests: keys from a seed,
 //! the lab's network spec (10.0.0.0/24, pods 10.244.0.0/16, no work bits)
-//! and its nodes. Compiled for tests only.
+//! and its nodes. For tests only (this crate's and the agent's).
 
 use super::convert::ClusterNode;
 use super::crd::WireHubNetworkSpec;

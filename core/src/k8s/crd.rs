@@ -10,7 +10,7 @@
 //! (remote clusters are listed in the spec, at most 8; their members are
 //! read from their API servers, never copied into this cluster's objects).
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,6 +38,7 @@ pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "wirehub.io",
     version = "v1alpha1",
     kind = "WireHubNetwork",
@@ -339,6 +340,7 @@ pub struct Condition {
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "wirehub.io",
     version = "v1alpha1",
     kind = "WireHubNode",
