@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod dht;
+#[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod keys;
 pub mod names;
