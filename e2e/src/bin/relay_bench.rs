@@ -67,7 +67,12 @@ fn case(kind: Kind, latency: u32, secs: u64) -> Result<(f64, f64)> {
 
 /// The relay's forwarded (datagrams, bytes) from `wh inspect`.
 fn forwarded(lab: &Lab, relay: &Host) -> Result<(u64, u64)> {
-    let out = lab.wh_ok(relay, &["inspect"])?;
+    let shown = lab.wh_ok(relay, &["show", "interfaces"])?;
+    let iface = shown
+        .lines()
+        .next()
+        .with_context(|| format!("no interface on {}", relay.name))?;
+    let out = lab.wh_ok(relay, &["inspect", iface])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("wh inspect's JSON")?;
     let n = |k: &str| v["relay"][k].as_u64().unwrap_or(0);
     Ok((n("forwarded"), n("forwarded_bytes")))
