@@ -40,6 +40,7 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 pub mod pmtu;
+pub mod relay_fast;
 pub mod session_watch;
 pub mod table;
 pub mod tun;

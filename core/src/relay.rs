@@ -13,14 +13,19 @@
 //! - [`channel`]: once a relayed flow is established, its WireGuard
 //!   datagrams travel through the relay on an announced channel, unsealed
 //!   (WireGuard protects them end to end).
+//! - [`fastpath`]: what a relay does with channel data on its fast-path
+//!   sockets (other threads): the channel checks and limits of the core,
+//!   from a snapshot of the core's channels and the limiter it shares.
 
 pub mod channel;
 pub mod delivery;
+pub mod fastpath;
 pub mod limiter;
 
 pub use delivery::{DeliveryAction, RelayDelivery};
 pub use limiter::{
-    DEFAULT_RELAY_MBIT, MAX_RELAY_MBIT, RelayCounters, RelayLimiter, RelayLimits, valid_relay_mbit,
+    DEFAULT_RELAY_MBIT, MAX_RELAY_MBIT, RelayCounters, RelayLimiter, RelayLimits, SharedLimiter,
+    valid_relay_mbit,
 };
 
 use crate::keys::PublicKey;

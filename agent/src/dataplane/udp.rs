@@ -521,34 +521,54 @@ pub fn kernel_udp_counters() -> std::collections::BTreeMap<String, u64> {
 /// IPv4 arriving as IPv4-mapped addresses) where the host has IPv6, else
 /// `0.0.0.0`. Non-blocking, for tokio.
 pub fn bind_dual_stack(port: u16) -> io::Result<UdpSocket> {
-    let v6 = || -> io::Result<std::net::UdpSocket> {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV6,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        s.set_only_v6(false)?;
-        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    UdpSocket::from_std(bind_node_socket(port, None)?)
+}
+
+/// The node's socket as [`bind_dual_stack`] makes it, not yet registered
+/// with tokio; with `SO_REUSEPORT` set before the bind when `reuse_port`
+/// names the family (`Some(true)`: IPv6 dual stack, `Some(false)`: IPv4),
+/// so that more sockets of the same family join it on the same port
+/// (the relay fast path, [`super::relay_fast`]).
+pub(crate) fn bind_node_socket(
+    port: u16,
+    reuse_port: Option<bool>,
+) -> io::Result<std::net::UdpSocket> {
+    let bind = |domain: socket2::Domain| -> io::Result<std::net::UdpSocket> {
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        let addr = if domain == socket2::Domain::IPV6 {
+            s.set_only_v6(false)?;
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port))
+        };
+        if reuse_port.is_some() {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
         Ok(s.into())
     };
-    let std_socket = match v6() {
-        Ok(s) => s,
-        // No IPv6 on this host (disabled, or no such family): IPv4 only.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
-            ) =>
-        {
-            tracing::info!(error = %e, "no IPv6 socket on this host: IPv4 only");
-            std::net::UdpSocket::bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))?
-        }
-        Err(e) => return Err(e),
+    let std_socket = match reuse_port {
+        Some(true) => bind(socket2::Domain::IPV6)?,
+        Some(false) => bind(socket2::Domain::IPV4)?,
+        None => match bind(socket2::Domain::IPV6) {
+            Ok(s) => s,
+            // No IPv6 on this host (disabled, or no such family): IPv4 only.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+                ) =>
+            {
+                tracing::info!(error = %e, "no IPv6 socket on this host: IPv4 only");
+                bind(socket2::Domain::IPV4)?
+            }
+            Err(e) => return Err(e),
+        },
     };
     never_set_df(&std_socket)?;
     size_buffers(&std_socket);
     std_socket.set_nonblocking(true)?;
-    UdpSocket::from_std(std_socket)
+    Ok(std_socket)
 }
 
 /// Send and receive buffer of the node's socket, as wireguard-go sizes its
@@ -591,7 +611,7 @@ fn kernel_path_mtu(addr: SocketAddr) -> Option<usize> {
 }
 
 /// Sets an int socket option of `fd` (the twin of [`get_int_option`]).
-fn set_int_option(
+pub(crate) fn set_int_option(
     fd: std::os::fd::RawFd,
     level: libc::c_int,
     name: libc::c_int,

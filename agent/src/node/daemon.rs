@@ -19,6 +19,7 @@ use super::launch::{Mode, UpOptions, load_spec};
 use crate::config::{Endpoint, NetworkSpec};
 use crate::control::server::{Call, ControlSocket};
 use crate::control::{self, Request, Response};
+use crate::dataplane::relay_fast::{self, FastPathHandle, HandOver};
 use crate::dataplane::{DataPlane, InterfaceConfig, Outgoing, udp};
 use crate::keys::{PrivateKey, PublicKey, RandomStream};
 use crate::nat::upnp::{self, UpnpEvent};
@@ -181,6 +182,8 @@ struct Shell {
     /// The CNI configuration file this node wrote.
     cni_written: Option<PathBuf>,
     receipts_read: Instant,
+    /// The relay fast path's threads, when this node runs them.
+    fast_path: Option<FastPathHandle>,
 }
 
 /// Runs the node until it is told to stop (`wh down`, SIGTERM, Ctrl-C).
@@ -216,8 +219,16 @@ pub async fn run_with(
     };
     let wg_owns_port = has_interface && backend.owns_public_port();
     let socket_port = if wg_owns_port { 0 } else { opts.listen_port };
-    let socket = udp::bind_dual_stack(socket_port)
+    // A relaying node reads channel data on more sockets of its port, each
+    // on a thread of its own (the relay fast path).
+    let relay_threads = relay_fast::threads_wanted(
+        opts.relay_mbit > 0,
+        std::env::var("WH_RELAY_THREADS").ok().as_deref(),
+    )?;
+    let (socket, fast_sockets) = relay_fast::bind(socket_port, relay_threads)
         .with_context(|| format!("cannot bind UDP port {socket_port}"))?;
+    let socket = UdpSocket::from_std(socket)
+        .with_context(|| format!("cannot use UDP port {socket_port}"))?;
     // `listen-port 0` asks for any free port: the rest uses the real one.
     if let Ok(local) = socket.local_addr()
         && !wg_owns_port
@@ -279,6 +290,17 @@ pub async fn run_with(
             .map_err(|e| anyhow::anyhow!("no random source for the node: {e}"))?,
     };
     let node = Node::new(config, Box::new(host), Now::system());
+    let (handed_tx, mut handed) = mpsc::channel::<HandOver>(relay_fast::HAND_OVER_QUEUE);
+    let fast_path = match fast_sockets.is_empty() {
+        true => None,
+        false => {
+            let (limiter, table) = node.relay_fast_path();
+            let h = FastPathHandle::start(fast_sockets, limiter, table, handed_tx)
+                .context("cannot start the relay fast path")?;
+            tracing::info!(threads = h.threads(), "relay fast path");
+            Some(h)
+        }
+    };
     let (upnp_tx, mut upnp_events) = mpsc::channel::<UpnpEvent>(4);
     let (upnp_stop, upnp_stop_rx) = watch::channel(upnp::Stop::Running);
     let upnp_task = (opts.mode != Mode::Direct)
@@ -298,6 +320,7 @@ pub async fn run_with(
         dns,
         cni_written: None,
         receipts_read: Instant::now(),
+        fast_path,
     };
     d.publish_cni_config();
     d.carry_out().await;
@@ -345,6 +368,7 @@ pub async fn run_with(
                     let _ = reply.send(result);
                 }
             }
+            Some(h) = handed.recv() => d.on_handed_over(h),
             Some((req, reply)) = calls.recv() => d.on_request(req, reply),
             Some((purpose, addr)) = resolved.recv() => d.node.on_resolved(Now::system(), purpose, addr),
             _ = tokio::time::sleep_until(deadline) => d.on_timeout(),
@@ -444,6 +468,23 @@ impl Shell {
         }
     }
 
+    /// What a relay fast-path thread received that is not channel data.
+    fn on_handed_over(&mut self, mut h: HandOver) {
+        let mut wire = SocketWire {
+            socket: &self.socket,
+            gso: &self.gso,
+            dataplane: self.dataplane.as_ref(),
+        };
+        self.node.handle_received(
+            Now::system(),
+            h.from,
+            &mut h.bytes,
+            h.segment,
+            h.waited,
+            &mut wire,
+        );
+    }
+
     fn on_outgoing(&mut self, out: Outgoing) {
         let mut wire = SocketWire {
             socket: &self.socket,
@@ -540,6 +581,11 @@ impl Shell {
         while let Some(ev) = self.node.poll_event() {
             self.on_event(ev);
         }
+        if let Some(fast) = &self.fast_path
+            && fast.published() != self.node.relay_channels_version()
+        {
+            fast.publish(self.node.relay_fast_path().1);
+        }
     }
 
     async fn apply(&mut self, op: DataplaneOp) {
@@ -622,6 +668,8 @@ impl Shell {
     /// The DNS responder, the hosts block and the interface go (`keep`: a
     /// kernel interface owning the port stays for the next daemon).
     async fn shut_down(&mut self, keep: bool) {
+        // The relay threads end and close their sockets.
+        self.fast_path = None;
         if let Some(dns) = self.dns.take() {
             tracing::info!(counters = ?dns.counters(), "DNS responder down");
             dns.shutdown().await;

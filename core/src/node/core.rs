@@ -48,7 +48,7 @@ use crate::nat::{NatDetector, Puncher};
 use crate::proto::{Codec, CodecConfig, FirstContact, Message, NatKind, NodeRecord, Received};
 use crate::relay::channel::{self, ChannelBook, RelayChannels};
 use crate::relay::{
-    Candidate, DeliveryAction, RelayDelivery, RelayHealth, RelayLimiter, RelayLimits, RelaySet,
+    Candidate, DeliveryAction, RelayDelivery, RelayHealth, RelayLimits, RelaySet, SharedLimiter,
 };
 use serde_json::json;
 use std::collections::{BTreeMap, VecDeque};
@@ -310,7 +310,8 @@ pub struct Node {
     health: RelayHealth,
     /// Whether the relay in use for each relayed peer delivers data.
     delivery: RelayDelivery,
-    limiter: RelayLimiter,
+    /// Shared with the relay fast path ([`Node::relay_fast_path`]).
+    limiter: SharedLimiter,
     /// As a relay: the channels of the flows we forward.
     channels: RelayChannels,
     /// As an end of relayed flows: the channels relays announced to us.
@@ -403,7 +404,7 @@ impl Node {
         let mut node = Node {
             public,
             overlay: Overlay::new(&spec, public),
-            limiter: RelayLimiter::new(RelayLimits::from_mbit(config.relay_mbit)),
+            limiter: SharedLimiter::new(RelayLimits::from_mbit(config.relay_mbit)),
             join: config.join,
             spec,
             host,
@@ -537,6 +538,18 @@ impl Node {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// As a relay: the limiter and the channels, for the shell's relay
+    /// fast path ([`crate::relay::fastpath`]); the channels' snapshot is
+    /// taken again when [`Node::relay_channels_version`] moves.
+    pub fn relay_fast_path(&self) -> (SharedLimiter, channel::ChannelTable) {
+        (self.limiter.clone(), self.channels.table())
+    }
+
+    /// Moves whenever the relay's channels change.
+    pub fn relay_channels_version(&self) -> u64 {
+        self.channels.version()
     }
 
     /// When [`Node::handle_timeout`] is due.
@@ -1361,7 +1374,7 @@ impl Node {
                 .and_then(|r| r.endpoints.first().copied())
         });
         let Some(addr) = dest else {
-            self.limiter.counters.dropped_unknown_destination += 1;
+            self.limiter.lock().counters.dropped_unknown_destination += 1;
             return false;
         };
         if !self.limiter.allow(source, source_addr.ip(), len, now.mono) {
@@ -2108,7 +2121,7 @@ impl Node {
                 "wireguard_owns_port": view.owns_port,
             },
             "kernel_udp": view.kernel_udp,
-            "relay": self.limiter.counters,
+            "relay": self.limiter.counters(),
             "relay_channels": {"forwarding": self.channels.len(), "ours": self.book.len()},
             "wireguard_peers": view.stats.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
         })

@@ -31,12 +31,19 @@
 //! the kernel in one system call (UDP GSO and GRO) at each hop.
 //!
 //! Both sides are free of I/O: [`RelayChannels`] is the relay's table,
-//! [`ChannelBook`] an end's.
+//! [`ChannelBook`] an end's. The relay's table is the only authority on
+//! channels: it publishes read-only snapshots of itself
+//! ([`RelayChannels::table`], rebuilt when [`RelayChannels::version`]
+//! moves) for the relay fast path ([`super::fastpath`]), which marks the
+//! channels it forwards on as used; [`RelayChannels::expire`] takes those
+//! marks for use, so a channel busy only on the fast path stays open.
 
 use crate::keys::PublicKey;
 use crate::proto::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// First byte of a relay-data datagram (an end to its relay).
@@ -103,6 +110,68 @@ struct Channel {
     ends: [(PublicKey, SocketAddr); 2],
     last_used: Instant,
     announced: Instant,
+    /// Set by the fast path when it forwards on the channel; taken for use
+    /// by [`RelayChannels::expire`].
+    used: Arc<AtomicBool>,
+}
+
+/// A read-only snapshot of the relay's channels, as the fast path needs it:
+/// each channel's two ends and its use mark.
+#[derive(Debug, Default)]
+pub struct ChannelTable {
+    version: u64,
+    routes: HashMap<u64, TableEntry>,
+}
+
+#[derive(Debug)]
+struct TableEntry {
+    ends: [(PublicKey, SocketAddr); 2],
+    used: Arc<AtomicBool>,
+}
+
+impl ChannelTable {
+    /// The [`RelayChannels::version`] it was taken at.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// As [`RelayChannels::route`]: the sender's key and the other end's
+    /// address, for a datagram on `channel` from `source`; the channel is
+    /// marked used.
+    pub fn route(
+        &self,
+        channel: u64,
+        source: SocketAddr,
+    ) -> Result<(PublicKey, SocketAddr), ChannelDrop> {
+        let e = self.routes.get(&channel).ok_or(ChannelDrop::Unknown)?;
+        let route = pick(&e.ends, source)?;
+        e.used.store(true, Ordering::Relaxed);
+        Ok(route)
+    }
+}
+
+/// The sender's key and the other end's address, if `source` is one of
+/// the two ends' addresses.
+fn pick(
+    ends: &[(PublicKey, SocketAddr); 2],
+    source: SocketAddr,
+) -> Result<(PublicKey, SocketAddr), ChannelDrop> {
+    let [a, b] = *ends;
+    if a.1 == source {
+        Ok((a.0, b.1))
+    } else if b.1 == source {
+        Ok((b.0, a.1))
+    } else {
+        Err(ChannelDrop::WrongSource)
+    }
 }
 
 /// Why a relay-data datagram was not forwarded.
@@ -128,6 +197,8 @@ impl ChannelDrop {
 pub struct RelayChannels {
     by_id: HashMap<u64, Channel>,
     by_pair: BTreeMap<(PublicKey, PublicKey), u64>,
+    /// Moves whenever a channel opens, closes or an end moves.
+    version: u64,
 }
 
 fn ordered(a: PublicKey, b: PublicKey) -> (PublicKey, PublicKey) {
@@ -149,6 +220,30 @@ impl RelayChannels {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Moves whenever what [`RelayChannels::table`] returns would change
+    /// (a channel opened or closed, an end moved).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A snapshot of the channels for the fast path.
+    pub fn table(&self) -> ChannelTable {
+        ChannelTable {
+            version: self.version,
+            routes: self
+                .by_id
+                .iter()
+                .map(|(id, ch)| {
+                    let entry = TableEntry {
+                        ends: ch.ends,
+                        used: Arc::clone(&ch.used),
+                    };
+                    (*id, entry)
+                })
+                .collect(),
+        }
     }
 
     /// The relay just forwarded a sealed WireGuard datagram from `from` to
@@ -178,6 +273,9 @@ impl RelayChannels {
                     return Vec::new();
                 };
                 let moved = ch.ends != ends;
+                if moved {
+                    self.version += 1;
+                }
                 ch.ends = ends;
                 ch.last_used = now;
                 if !moved && now.saturating_duration_since(ch.announced) < ANNOUNCE_EVERY {
@@ -230,9 +328,11 @@ impl RelayChannels {
                 ends,
                 last_used: now,
                 announced: now,
+                used: Arc::new(AtomicBool::new(false)),
             },
         );
         self.by_pair.insert(pair, id);
+        self.version += 1;
         id
     }
 
@@ -245,14 +345,7 @@ impl RelayChannels {
         now: Instant,
     ) -> Result<(PublicKey, SocketAddr), ChannelDrop> {
         let ch = self.by_id.get_mut(&channel).ok_or(ChannelDrop::Unknown)?;
-        let [a, b] = ch.ends;
-        let route = if a.1 == source {
-            (a.0, b.1)
-        } else if b.1 == source {
-            (b.0, a.1)
-        } else {
-            return Err(ChannelDrop::WrongSource);
-        };
+        let route = pick(&ch.ends, source)?;
         ch.last_used = now;
         Ok(route)
     }
@@ -262,23 +355,32 @@ impl RelayChannels {
     pub fn rebind(&mut self, key: &PublicKey, addr: SocketAddr) {
         for ch in self.by_id.values_mut() {
             for end in &mut ch.ends {
-                if end.0 == *key {
+                if end.0 == *key && end.1 != addr {
                     end.1 = addr;
+                    self.version += 1;
                 }
             }
         }
     }
 
-    /// Closes the channels idle for [`CHANNEL_IDLE`].
+    /// Closes the channels idle for [`CHANNEL_IDLE`]; a channel the fast
+    /// path marked used since the last call counts as used `now`.
     pub fn expire(&mut self, now: Instant) {
         let by_pair = &mut self.by_pair;
+        let before = self.by_id.len();
         self.by_id.retain(|_, ch| {
+            if ch.used.swap(false, Ordering::Relaxed) {
+                ch.last_used = now;
+            }
             let keep = now.saturating_duration_since(ch.last_used) < CHANNEL_IDLE;
             if !keep {
                 by_pair.remove(&(ch.ends[0].0, ch.ends[1].0));
             }
             keep
         });
+        if self.by_id.len() != before {
+            self.version += 1;
+        }
     }
 
     fn evict_oldest(&mut self) {
@@ -290,6 +392,7 @@ impl RelayChannels {
             let pair = (ch.ends[0].0, ch.ends[1].0);
             self.by_id.remove(&id);
             self.by_pair.remove(&pair);
+            self.version += 1;
         }
     }
 }
@@ -566,6 +669,49 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn the_published_table_routes_as_the_relay_does_and_follows_its_changes() {
+        let mut r = RelayChannels::new();
+        let now = Instant::now();
+        let v0 = r.version();
+        r.on_sealed_forward((key(1), addr(1)), (key(2), addr(2)), now, || 42);
+        assert_ne!(r.version(), v0, "a new channel is a new version");
+        let t = r.table();
+        assert_eq!(t.version(), r.version());
+        assert_eq!(t.route(42, addr(1)), Ok((key(1), addr(2))));
+        assert_eq!(t.route(42, addr(2)), Ok((key(2), addr(1))));
+        assert_eq!(t.route(42, addr(3)), Err(ChannelDrop::WrongSource));
+        assert_eq!(t.route(43, addr(1)), Err(ChannelDrop::Unknown));
+        // Traffic that changes nothing keeps the version.
+        let v1 = r.version();
+        r.on_sealed_forward((key(1), addr(1)), (key(2), addr(2)), now, || 7);
+        r.rebind(&key(2), addr(2));
+        assert_eq!(r.version(), v1);
+        // An end that moves is a new version; the old snapshot is stale.
+        r.rebind(&key(2), addr(20));
+        assert_ne!(r.version(), v1);
+        assert_eq!(r.table().route(42, addr(1)), Ok((key(1), addr(20))));
+    }
+
+    #[test]
+    fn a_channel_busy_on_the_fast_path_only_stays_open_and_an_idle_one_closes() {
+        let mut r = RelayChannels::new();
+        let t0 = Instant::now();
+        r.on_sealed_forward((key(1), addr(1)), (key(2), addr(2)), t0, || 42);
+        r.on_sealed_forward((key(3), addr(3)), (key(4), addr(4)), t0, || 43);
+        let t = r.table();
+        // Only channel 42 carries traffic, on the fast path, each tick.
+        let mut now = t0;
+        while now < t0 + 2 * CHANNEL_IDLE {
+            now += Duration::from_secs(1);
+            assert!(t.route(42, addr(1)).is_ok());
+            r.expire(now);
+        }
+        assert!(r.route(42, addr(1), now).is_ok(), "kept open by its use");
+        assert_eq!(r.route(43, addr(3), now), Err(ChannelDrop::Unknown));
+        assert_eq!(r.table().len(), 1, "the next snapshot lacks the closed one");
     }
 
     #[test]

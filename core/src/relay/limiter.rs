@@ -13,12 +13,19 @@
 //! the node-wide bucket still bounds an attacker who churns the table);
 //! every decision counted by reason.
 //!
+//! [`SharedLimiter`] is one [`RelayLimiter`] behind a mutex, shared by the
+//! node core (sealed relay traffic) and the shell's relay fast path
+//! ([`super::fastpath`], channel traffic on other threads): every source
+//! has one set of buckets whatever thread forwards for it. A run of
+//! datagrams is charged under one lock.
+//!
 //! Never: looks inside what it limits, or decides where it goes.
 
 use crate::keys::PublicKey;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Keys (and networks) tracked; beyond, the oldest is forgotten first.
@@ -188,6 +195,12 @@ pub struct RelayCounters {
     pub dropped_unknown_destination: u64,
     /// Refused: this node relays for nobody (`relay-limit 0`).
     pub dropped_relay_off: u64,
+    /// Channel datagrams the fast path did not forward, by reason
+    /// ([`super::fastpath::FastDrop::reason`]; a fixed set of names).
+    pub fast_path_drops: std::collections::BTreeMap<&'static str, u64>,
+    /// Datagrams the fast path's sockets received that are not channel
+    /// data, handed to the node core.
+    pub fast_path_handed_over: u64,
 }
 
 /// Token buckets per source key, per source network and for the node.
@@ -259,6 +272,52 @@ impl RelayLimiter {
         self.counters.forwarded += packets as u64;
         self.counters.forwarded_bytes += bytes as u64;
         true
+    }
+}
+
+/// One [`RelayLimiter`] shared by the node core and the relay fast path's
+/// threads (clones share the buckets and the counters).
+#[derive(Debug, Clone)]
+pub struct SharedLimiter(Arc<Mutex<RelayLimiter>>);
+
+impl SharedLimiter {
+    pub fn new(limits: RelayLimits) -> Self {
+        SharedLimiter(Arc::new(Mutex::new(RelayLimiter::new(limits))))
+    }
+
+    /// The limiter, for one decision or a few (a panic elsewhere while it
+    /// was held leaves buckets that are still valid numbers: it is used on).
+    pub fn lock(&self) -> MutexGuard<'_, RelayLimiter> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// [`RelayLimiter::allow`] under the lock.
+    pub fn allow(&self, source: PublicKey, from: IpAddr, bytes: usize, now: Instant) -> bool {
+        self.lock().allow(source, from, bytes, now)
+    }
+
+    /// [`RelayLimiter::allow_many`] under the lock.
+    pub fn allow_many(
+        &self,
+        source: PublicKey,
+        from: IpAddr,
+        bytes: usize,
+        packets: usize,
+        now: Instant,
+    ) -> bool {
+        self.lock().allow_many(source, from, bytes, packets, now)
+    }
+
+    /// False when this node relays for nobody (`relay-limit 0`).
+    pub fn relaying(&self) -> bool {
+        self.lock().limits.enabled
+    }
+
+    /// A copy of the counters.
+    pub fn counters(&self) -> RelayCounters {
+        self.lock().counters.clone()
     }
 }
 
@@ -357,6 +416,20 @@ mod tests {
         assert!(l.keys.len() <= MAX_SOURCES);
         assert!(l.networks.len() <= MAX_SOURCES);
         assert!(l.keys.order.len() <= MAX_SOURCES + 1);
+    }
+
+    #[test]
+    fn clones_of_a_shared_limiter_charge_the_same_buckets() {
+        let shared = SharedLimiter::new(small());
+        let other_thread = shared.clone();
+        let (s, now) = (key(), Instant::now());
+        assert!(shared.allow(s, ip("198.51.100.1"), 1500, now));
+        assert!(
+            !other_thread.allow_many(s, ip("198.51.100.1"), 1000, 2, now),
+            "the burst is spent whichever clone charged it"
+        );
+        assert_eq!(shared.counters().forwarded, 1);
+        assert_eq!(other_thread.counters().dropped_rate, 1);
     }
 
     #[test]
