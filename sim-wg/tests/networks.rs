@@ -78,10 +78,10 @@ fn fifty_generated_networks_with_real_wireguard_connect_and_keep_their_propertie
 
 /// Found with real WireGuard (docs/simulator.md): n6 and n8, both behind
 /// address-and-port-dependent mappings, get a direct path whose port the
-/// core moves several times within 0.3 s; each move sends a new handshake
+/// core moves five times within 0.06 s; each move sends a new handshake
 /// initiation (as the daemon's data plane does), the two sides' sessions
-/// cross, and each sends data on a session the other has already dropped
-/// from its ring of eight, until WireGuard's 15 s retry: first data after
+/// cross, and each sends data on a session the other does not have
+/// (`NoCurrentSession`), until WireGuard's 15 s retry: first data after
 /// 15.9 s. Ignored until the core holds a path still while a handshake is
 /// in flight (or the data plane stops forcing one per move).
 #[test]
