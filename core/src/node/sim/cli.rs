@@ -12,7 +12,9 @@
 //! quiet times, a run ends once the pairs that must be direct are): a
 //! failure of the test replays with `net-sim --seed S --one --quick`.
 //! `--quiet-ms` and `--converge-ms` override the quiet time before a fault
-//! and the time every node runs before the first one.
+//! and the time every node runs before the first one. `--fake-dataplane`
+//! runs the fake data plane whatever the binary's own (`net-sim-wg
+//! --fake-dataplane` is `net-sim`: the same seeds, side by side).
 //!
 //! Contract:
 //! - [`parse`] is pure: every bad argument is an [`ArgError`] naming it.
@@ -36,6 +38,7 @@ pub struct Args {
     pub jobs: u64,
     pub one: bool,
     pub quick: bool,
+    pub fake_dataplane: bool,
     pub quiet_ms: Option<u64>,
     pub converge_ms: Option<u64>,
 }
@@ -48,6 +51,7 @@ impl Default for Args {
             jobs: 1,
             one: false,
             quick: false,
+            fake_dataplane: false,
             quiet_ms: None,
             converge_ms: None,
         }
@@ -74,7 +78,7 @@ pub enum ArgError {
 /// The usage line of the binary `name`.
 pub fn usage(name: &str) -> String {
     format!(
-        "usage: {name} [--networks N] [--seed S] [--jobs J] [--quick] [--quiet-ms MS] [--converge-ms MS] | {name} --seed S --one [--quick] ..."
+        "usage: {name} [--networks N] [--seed S] [--jobs J] [--quick] [--fake-dataplane] [--quiet-ms MS] [--converge-ms MS] | {name} --seed S --one [--quick] ..."
     )
 }
 
@@ -91,6 +95,10 @@ pub fn parse(args: &[String]) -> Result<Args, ArgError> {
             }
             "--quick" => {
                 a.quick = true;
+                continue;
+            }
+            "--fake-dataplane" => {
+                a.fake_dataplane = true;
                 continue;
             }
             "--networks" | "--seed" | "--jobs" | "--quiet-ms" | "--converge-ms" => {}
@@ -148,6 +156,11 @@ pub fn main(name: &str, args: &[String], plane: MakeDataplane, init_logs: fn()) 
             eprintln!("{name}: {e}\n{}", usage(name));
             return ExitCode::from(2);
         }
+    };
+    let plane = if a.fake_dataplane {
+        super::dataplane::fake
+    } else {
+        plane
     };
     if a.one {
         init_logs();
@@ -249,12 +262,18 @@ mod tests {
                 jobs: 2,
                 one: false,
                 quick: true,
+                fake_dataplane: false,
                 quiet_ms: Some(300),
                 converge_ms: None,
             }
         );
         assert_eq!(a.bounds().quiet, Duration::from_millis(300));
         assert!(parse(&args("--seed 3 --one")).expect("valid").one);
+        assert!(
+            parse(&args("--fake-dataplane"))
+                .expect("valid")
+                .fake_dataplane
+        );
     }
 
     #[test]
