@@ -10,13 +10,23 @@
 //!   pairs and the properties checked on each run.
 //! - Every random choice of the simulator comes from one seeded [`Rng`]:
 //!   the same seed builds the same network, schedule and link fates.
-//! - It owns no socket, no thread and no clock; every collection it keeps
-//!   is bounded. The data plane is a fake (datagrams marked as WireGuard
-//!   data, not encrypted by a `Tunn`): "reaches" means such a datagram went
-//!   from one node's data plane to the other's through the real cores.
+//! - [`cli`] is the command line `net-sim` and `net-sim-wg` share.
+//! - [`dataplane`] is the seam to a host's data plane ([`SimDataplane`]):
+//!   here only the fake ([`dataplane::FakeDataplane`]: payloads travel as
+//!   datagrams marked as WireGuard data, not encrypted), which the core's
+//!   tests and `net-sim` run; "reaches" then means such a datagram went from
+//!   one node's data plane to the other's through the real cores. The real
+//!   WireGuard (boringtun's `Tunn` on the simulated clock) is the crate
+//!   `wirehub-sim-wg` (sim-wg/, outside the workspace) and `net-sim-wg`.
+//! - It owns no socket and no clock, and no thread outside [`cli`] (one
+//!   per job, each running whole networks); every collection it keeps is
+//!   bounded.
 //!
 //! [`Node`]: crate::node::core::Node
+//! [`SimDataplane`]: dataplane::SimDataplane
 
+pub mod cli;
+pub mod dataplane;
 pub mod net;
 pub mod scenario;
 

@@ -6,21 +6,22 @@
 //!   routers with their mapping tables, the datagrams in flight and the
 //!   clock. Time only moves in [`Net::run_for`], from event to event in
 //!   time order; ties are broken by the order events were queued.
-//! - Every random choice (port allocation, jitter, loss) comes from the
-//!   seeded [`Rng`] given at build time: the simulator adds no randomness
-//!   of its own. (The cores still draw their codec nonces and relay channel
-//!   ids from the system, and iterate hash maps in a per-process order: a
-//!   replay has the same topology, keys and schedule, but the order of the
-//!   datagrams a core sends within one call may differ, and the link fates
-//!   drawn for them with it.)
+//! - Every random choice (port allocation, jitter, loss, each core's
+//!   randomness at each start) comes from the seeded [`Rng`] given at build
+//!   time: the simulator adds no randomness of its own.
 //! - Every collection is bounded: datagrams in flight ([`MAX_IN_FLIGHT`],
 //!   past it new ones are dropped and counted), mappings per router
 //!   ([`MAX_MAPPINGS`], the least recently used goes), remotes per mapping,
 //!   what a data plane keeps of what it received, and the trace.
-//! - It never opens a socket, starts a thread or reads a clock; the data
-//!   plane is a fake one (see [`SimNode`]), not WireGuard.
+//! - It never opens a socket, starts a thread or reads a clock. Each
+//!   running host has a data plane built by the [`MakeDataplane`] given at
+//!   build time (the fake by default, see [`super::dataplane`]); the
+//!   simulator routes what it sends (to the address it names, else to the
+//!   endpoint the core programmed, else through the core) and runs its
+//!   timers in the event loop.
 
 use super::Rng;
+use super::dataplane::{self, MakeDataplane, Sent, SimDataplane};
 use crate::config::parse;
 use crate::control::{Request, Response};
 use crate::dataplane::Outgoing;
@@ -367,11 +368,11 @@ impl Wire for SimWire {
     }
 }
 
-/// One host of the simulated internet. Its data plane is a fake: it keeps
-/// the peers the core programs, sends data datagrams (first byte 4, see
-/// [`Net::send_data`]) straight to a peer's endpoint when the core set one,
-/// else hands them to the core as [`Outgoing`], and records what the core
-/// delivers to it. Nothing is encrypted by it: this is not WireGuard.
+/// One host of the simulated internet: its core and its data plane while
+/// it runs. The simulator keeps the peers the core programs and routes
+/// what the data plane sends: straight to a peer's endpoint when the core
+/// set one, else to the core as [`Outgoing`]; it records the payloads the
+/// data plane delivers (data payloads: first byte 4, see [`Net::send_data`]).
 pub struct SimNode {
     pub key: PrivateKey,
     /// `key`'s public key (computed once: the simulator asks often).
@@ -380,15 +381,19 @@ pub struct SimNode {
     pub addr: SocketAddr,
     router: Option<usize>,
     pub core: Option<Node>,
+    /// Its data plane while it runs (a new one at each start).
+    pub plane: Option<Box<dyn SimDataplane>>,
     pub config: NodeConfig,
     pub trusted: bool,
     /// The data plane's peers: key -> direct endpoint (None: through the core).
     pub peers: BTreeMap<PublicKey, Option<SocketAddr>>,
-    /// Data-plane datagrams received (the last [`MAX_RECEIVED`]): (at, bytes).
+    /// Payloads its data plane delivered (the last [`MAX_RECEIVED`]): (at, bytes).
     pub received: VecDeque<(Instant, Vec<u8>)>,
-    /// Datagrams delivered to this node's data plane in all (an untrusted
-    /// node must never get one).
+    /// Datagrams the core handed to this node's data plane in all (an
+    /// untrusted node must never get one).
     pub delivered_count: u64,
+    /// Of those, the ones its data plane delivered a payload of (decrypted).
+    pub payloads: u64,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -455,11 +460,19 @@ pub struct Net {
     trace: VecDeque<String>,
     /// Record every datagram in the trace (replays), not only events.
     pub verbose: bool,
+    /// Builds each host's data plane at each start.
+    make_plane: MakeDataplane,
 }
 
 impl Net {
-    /// Builds `topology` (host 0 is the bootstrap), none started yet.
+    /// Builds `topology` (host 0 is the bootstrap), none started yet, with
+    /// the fake data plane.
     pub fn build(topology: &Topology, seed: u64) -> Net {
+        Net::build_with(topology, seed, dataplane::fake)
+    }
+
+    /// [`Net::build`] with the data planes `make_plane` builds.
+    pub fn build_with(topology: &Topology, seed: u64, make_plane: MakeDataplane) -> Net {
         let mut rng = Rng::new(seed);
         let keys: Vec<PrivateKey> = topology
             .hosts
@@ -528,11 +541,13 @@ impl Net {
                 addr,
                 router,
                 core: None,
+                plane: None,
                 config,
                 trusted: h.trusted && i != 0,
                 peers: BTreeMap::new(),
                 received: VecDeque::new(),
                 delivered_count: 0,
+                payloads: 0,
             });
         }
         Net {
@@ -557,6 +572,7 @@ impl Net {
             misattributed: 0,
             trace: VecDeque::new(),
             verbose: false,
+            make_plane,
         }
     }
 
@@ -601,6 +617,7 @@ impl Net {
         n.config.random = RandomStream::from_seed(seed);
         let host = Box::new(SimHost(n.addr.ip()));
         n.core = Some(Node::new(n.config.clone(), host, now));
+        n.plane = Some((self.make_plane)(&n.key, self.start));
         n.peers.clear();
         drop(span);
         self.note(format_args!("n{i} starts"));
@@ -616,6 +633,7 @@ impl Net {
     /// Node `i` stops at once, without a word.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].core = None;
+        self.nodes[i].plane = None;
         self.nodes[i].peers.clear();
         self.note(format_args!("n{i} killed"));
     }
@@ -691,11 +709,21 @@ impl Net {
         let mut last_timer = None;
         loop {
             let next_packet = self.flight.peek().map(|Reverse(p)| p.at);
+            // A core's timer before its data plane's at the same instant.
             let next_timer = self
                 .nodes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| n.core.as_ref().map(|c| (c.poll_timeout(), i)))
+                .flat_map(|(i, n)| {
+                    let core = n.core.as_ref().map(|c| (c.poll_timeout(), i, false));
+                    let plane = n
+                        .plane
+                        .as_ref()
+                        .and_then(|p| p.next_timer())
+                        .map(|t| (t, i, true));
+                    [core, plane]
+                })
+                .flatten()
                 .min();
             let at = [next_packet, next_timer.map(|t| t.0)]
                 .into_iter()
@@ -706,15 +734,19 @@ impl Net {
                     self.advance_to(at);
                     if next_packet == Some(at) {
                         self.deliver_one();
-                    } else if let Some((t, i)) = next_timer {
-                        spins = if last_timer == Some((t, i)) {
+                    } else if let Some((t, i, plane)) = next_timer {
+                        spins = if last_timer == Some((t, i, plane)) {
                             spins + 1
                         } else {
                             0
                         };
                         assert!(spins < 10_000, "node {i} spins: its timeout stays at {t:?}");
-                        last_timer = Some((t, i));
-                        self.timeout(i);
+                        last_timer = Some((t, i, plane));
+                        if plane {
+                            self.plane_timeout(i);
+                        } else {
+                            self.timeout(i);
+                        }
                     }
                 }
                 _ => {
@@ -741,30 +773,55 @@ impl Net {
         self.drain(i, SimWire::default());
     }
 
-    /// Node `i`'s data plane sends one data datagram to node `j`: bytes
+    fn plane_timeout(&mut self, i: usize) {
+        let now = self.now;
+        let sent = match self.nodes[i].plane.as_mut() {
+            Some(p) => p.on_timer(now),
+            None => return,
+        };
+        self.route_sent(i, sent);
+    }
+
+    /// Node `i`'s data plane sends one data payload to node `j`: bytes
     /// `[4, 0, 0, 0, marker, i, j, 0]` then the send time (ms since the
-    /// build, little endian).
+    /// build, little endian). The fake data plane sends it as it is.
     pub fn send_data(&mut self, i: usize, j: usize, marker: u8) {
         if self.nodes[i].core.is_none() {
             return;
         }
         let to = self.public_key(j);
         let sent_ms = self.elapsed().as_millis() as u64;
-        let mut datagram = vec![WG_DATA, 0, 0, 0, marker, i as u8, j as u8, 0];
-        datagram.extend_from_slice(&sent_ms.to_le_bytes());
-        match self.nodes[i].peers.get(&to).copied().flatten() {
-            Some(endpoint) => {
-                let from = self.nodes[i].addr;
-                self.emit(i, from, endpoint, datagram);
-            }
-            None => {
-                let now = self.now;
-                let mut wire = SimWire::default();
-                let _span = self.span(i);
-                if let Some(c) = self.nodes[i].core.as_mut() {
-                    c.handle_outgoing(now, Outgoing::one(to, datagram), &mut wire);
+        let mut payload = vec![WG_DATA, 0, 0, 0, marker, i as u8, j as u8, 0];
+        payload.extend_from_slice(&sent_ms.to_le_bytes());
+        let now = self.now;
+        let sent = match self.nodes[i].plane.as_mut() {
+            Some(p) => p.send(now, &to, &payload),
+            None => return,
+        };
+        self.route_sent(i, sent);
+    }
+
+    /// Sends what node `i`'s data plane sent: to the address it names, else
+    /// straight to the endpoint the core programmed, else through the core.
+    fn route_sent(&mut self, i: usize, sent: Vec<Sent>) {
+        for s in sent {
+            let endpoint = s
+                .direct
+                .or_else(|| self.nodes[i].peers.get(&s.to).copied().flatten());
+            match endpoint {
+                Some(endpoint) => {
+                    let from = self.nodes[i].addr;
+                    self.emit(i, from, endpoint, s.bytes);
                 }
-                self.drain(i, wire);
+                None => {
+                    let now = self.now;
+                    let mut wire = SimWire::default();
+                    let _span = self.span(i);
+                    if let Some(c) = self.nodes[i].core.as_mut() {
+                        c.handle_outgoing(now, Outgoing::one(s.to, s.bytes), &mut wire);
+                    }
+                    self.drain(i, wire);
+                }
             }
         }
     }
@@ -1010,8 +1067,16 @@ impl Net {
     fn drain(&mut self, i: usize, wire: SimWire) {
         let addr = self.nodes[i].addr;
         let now = self.now.mono;
-        for (_, d, peer) in wire.delivered {
-            self.on_data(i, d, peer, now);
+        for (from, d, peer) in wire.delivered {
+            self.nodes[i].delivered_count += 1;
+            let got = match self.nodes[i].plane.as_mut() {
+                Some(p) => p.receive(self.now, from, &d, peer),
+                None => continue,
+            };
+            if let Some(payload) = got.payload {
+                self.on_data(i, payload, peer, now);
+            }
+            self.route_sent(i, got.sent);
         }
         for (to, d) in wire.sent {
             self.emit(i, addr, to, d);
@@ -1034,8 +1099,14 @@ impl Net {
             events.push(e);
         }
         for op in ops {
+            let now = self.now;
             match op {
                 DataplaneOp::SetPeer(p) => {
+                    let sent = self.nodes[i]
+                        .plane
+                        .as_mut()
+                        .map(|plane| plane.set_peer(now, &p))
+                        .unwrap_or_default();
                     let j = self.index_of(&p.key);
                     let old = self.nodes[i].peers.insert(p.key, p.endpoint);
                     if old != Some(p.endpoint) {
@@ -1045,9 +1116,13 @@ impl Net {
                             None => self.note(format_args!("n{i} programs {j} through the core")),
                         }
                     }
+                    self.route_sent(i, sent);
                 }
                 DataplaneOp::RemovePeer(k) => {
                     self.nodes[i].peers.remove(&k);
+                    if let Some(plane) = self.nodes[i].plane.as_mut() {
+                        plane.remove_peer(now, &k);
+                    }
                 }
                 DataplaneOp::AddRoute(_) | DataplaneOp::RemoveRoute(_) => {}
             }
@@ -1077,10 +1152,10 @@ impl Net {
         }
     }
 
-    /// A datagram the core handed to node `i`'s data plane.
+    /// A payload node `i`'s data plane delivered; `peer` is the sender a
+    /// relay named (None: it came straight).
     fn on_data(&mut self, i: usize, d: Vec<u8>, peer: Option<PublicKey>, now: Instant) {
-        let n = &mut self.nodes[i];
-        n.delivered_count += 1;
+        self.nodes[i].payloads += 1;
         if d.len() >= 16 && d[0] == WG_DATA {
             let from = d[5] as usize;
             let mut ms = [0u8; 8];

@@ -18,6 +18,7 @@
 //!   nothing.
 
 use super::Rng;
+use super::dataplane::{self, MakeDataplane};
 use super::net::{Attach, Dependence, HostSpec, LinkModel, NatModel, Net, PortAlloc, Topology};
 use crate::node::overlay::PeerPath;
 use std::fmt;
@@ -305,10 +306,16 @@ enum Pending {
     Heal(usize, Instant),
 }
 
-/// Runs `scn`, checking its properties within `bounds`.
+/// Runs `scn`, checking its properties within `bounds`, with the fake
+/// data plane.
 pub fn run(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
+    run_with(scn, bounds, verbose, dataplane::fake)
+}
+
+/// [`run`] with the data planes `plane` builds.
+pub fn run_with(scn: &Scenario, bounds: Bounds, verbose: bool, plane: MakeDataplane) -> Outcome {
     let t = &scn.topology;
-    let mut net = Net::build(t, scn.seed ^ 0x0005_EED0_F0E7);
+    let mut net = Net::build_with(t, scn.seed ^ 0x0005_EED0_F0E7, plane);
     net.verbose = verbose;
     let n = t.hosts.len();
     let public: Vec<usize> = (0..n)
@@ -679,7 +686,18 @@ fn check_state(net: &Net, out: &mut Outcome) {
 
 /// [`run`], with a panic of a core (or of the simulator) as a violation.
 pub fn run_caught(scn: &Scenario, bounds: Bounds, verbose: bool) -> Outcome {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(scn, bounds, verbose))) {
+    run_caught_with(scn, bounds, verbose, dataplane::fake)
+}
+
+/// [`run_caught`] with the data planes `plane` builds.
+pub fn run_caught_with(
+    scn: &Scenario,
+    bounds: Bounds,
+    verbose: bool,
+    plane: MakeDataplane,
+) -> Outcome {
+    let go = || run_with(scn, bounds, verbose, plane);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(go)) {
         Ok(o) => o,
         Err(e) => {
             let msg = e
