@@ -18,18 +18,23 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The crates outside the workspace (fuzz/, sim-wg/) build into the
+# workspace's target directory: the dependencies they share with it, with the
+# same versions (their lock files are seeded from the workspace's), features
+# and profile, are built once.
+shared_target=${CARGO_TARGET_DIR:-$PWD/target}
 echo "== fuzz targets compile (running them: docs/protocol.md, Fuzzing)"
-cargo check --manifest-path fuzz/Cargo.toml
-echo "== the simulator with real WireGuard: 50 networks (sim-wg/, docs/simulator.md)"
-# Outside the workspace (boringtun's mock-instant must not reach the daemon):
-# its own lock file, seeded from the workspace's so the versions match.
-[ -f sim-wg/Cargo.lock ] || cp Cargo.lock sim-wg/Cargo.lock
-cargo fmt --manifest-path sim-wg/Cargo.toml -- --check
-cargo clippy --manifest-path sim-wg/Cargo.toml --all-targets -- -D warnings
-cargo test --manifest-path sim-wg/Cargo.toml
+[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+CARGO_TARGET_DIR=$shared_target cargo check --manifest-path fuzz/Cargo.toml
 echo "== cargo test"
 cargo build --workspace --bins
 disk
+echo "== the simulator with real WireGuard: 50 networks (sim-wg/, docs/simulator.md)"
+# Outside the workspace: boringtun's mock-instant must not reach the daemon.
+[ -f sim-wg/Cargo.lock ] || cp Cargo.lock sim-wg/Cargo.lock
+cargo fmt --manifest-path sim-wg/Cargo.toml -- --check
+CARGO_TARGET_DIR=$shared_target cargo clippy --manifest-path sim-wg/Cargo.toml --all-targets -- -D warnings
+CARGO_TARGET_DIR=$shared_target cargo test --manifest-path sim-wg/Cargo.toml
 cargo test --workspace --no-fail-fast -- --test-threads=1
 disk
 echo "== kernel WireGuard in a VM (e2e/kernel/ci.sh)"
