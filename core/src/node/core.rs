@@ -571,11 +571,7 @@ impl Node {
         wire: &mut impl Wire,
     ) {
         let segment = segment.clamp(1, bytes.len().max(1));
-        match bytes.first() {
-            Some(&channel::RELAY_DATA) => self.on_relay_data(now, from, bytes, segment, wire),
-            Some(&channel::RELAYED_DATA) => self.on_relayed_data(now, from, bytes, segment, wire),
-            _ => self.each_datagram(now, from, bytes, segment, wire),
-        }
+        self.dispatch(now, from, bytes, segment, wire);
         if self.touched {
             self.after_event(now);
         }
@@ -1013,8 +1009,28 @@ impl Node {
 
     // ---- datagrams ----
 
-    /// Datagrams one by one, each by its own first byte (a run the kernel
-    /// coalesced may mix kinds of one size).
+    /// A run of datagrams of `segment` bytes, by its first byte: relay
+    /// data (to forward) and relayed data (for our data plane) as runs;
+    /// anything else one by one (see [`Node::each_datagram`]).
+    fn dispatch(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        bytes: &mut [u8],
+        segment: usize,
+        wire: &mut impl Wire,
+    ) {
+        match bytes.first() {
+            None => {}
+            Some(&channel::RELAY_DATA) => self.on_relay_data(now, from, bytes, segment, wire),
+            Some(&channel::RELAYED_DATA) => self.on_relayed_data(now, from, bytes, segment, wire),
+            Some(_) if bytes.len() > segment => self.each_datagram(now, from, bytes, segment, wire),
+            Some(_) => self.on_datagram(now, from, bytes, wire),
+        }
+    }
+
+    /// Datagrams one by one, each dispatched by its own first byte (a run
+    /// the kernel coalesced may mix kinds of one size).
     fn each_datagram(
         &mut self,
         now: Now,
@@ -1025,11 +1041,7 @@ impl Node {
     ) {
         for d in bytes.chunks_mut(segment) {
             let n = d.len();
-            match d.first() {
-                Some(&channel::RELAY_DATA) => self.on_relay_data(now, from, d, n, wire),
-                Some(&channel::RELAYED_DATA) => self.on_relayed_data(now, from, d, n, wire),
-                _ => self.on_datagram(now, from, d, wire),
-            }
+            self.dispatch(now, from, d, n, wire);
         }
     }
 
@@ -1098,7 +1110,7 @@ impl Node {
         for d in bytes.chunks_mut(segment) {
             if d.first() != Some(&channel::RELAYED_DATA) {
                 let n = d.len();
-                self.each_datagram(now, from, d, n, wire);
+                self.dispatch(now, from, d, n, wire);
                 continue;
             }
             let Some((prefix, wireguard)) = channel::parse(d) else {
