@@ -1728,6 +1728,7 @@ impl Node {
         if failed.contains(&relay.0) {
             let (mut dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
             dead.extend(failed);
+            dead.extend(self.health.dead(now.mono));
             let next = self
                 .overlay
                 .rotate_relay(&peer, &relay.0, now.mono, &dead, &own);
@@ -1743,12 +1744,14 @@ impl Node {
         }
         tracing::info!(peer = %peer.short(10), relay = %relay.0.short(10), "relay in use is silent; moving to the next");
         self.touched = true;
-        self.health.forget(&relay.0);
+        // Dead for every path through it, not only this peer's.
+        self.health.mark_dead(relay.0, now.mono);
         self.book.forget_relay(&relay.0);
         if self.relays.lost(&relay.0, now.mono) {
             self.publish_pending = true;
         }
-        let (dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
+        let (mut dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
+        dead.extend(self.health.dead(now.mono));
         self.overlay
             .rotate_relay(&peer, &relay.0, now.mono, &dead, &own)
     }
