@@ -505,6 +505,12 @@ impl Node {
         self.relays.relays()
     }
 
+    /// What this node's DHT table holds of `key` (what `key` last told it
+    /// of itself), as it answers lookups.
+    pub fn dht_record_of(&self, key: &PublicKey) -> Option<NodeRecord> {
+        self.dht.record_of(key)
+    }
+
     /// Entries in the DHT table.
     pub fn dht_len(&self) -> usize {
         self.dht.len()
@@ -1516,6 +1522,8 @@ impl Node {
                 self.answer_lookup(id, target, found.as_ref());
                 if stats.refused {
                     self.overlay.lookup_refused(now.mono, id, target);
+                } else if found.is_none() && stats.responses == 0 {
+                    self.overlay.lookup_unanswered(now.mono, id, target);
                 } else if let Some(record) = self.overlay.lookup_done(now.mono, id, target, found)
                     && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_)))
                 {
@@ -1523,7 +1531,7 @@ impl Node {
                 }
             }
             DhtEvent::RecordSeen { target, record, .. }
-                if self.overlay.record_seen(target, &record) =>
+                if self.overlay.record_seen(target, &record, now.mono) =>
             {
                 self.punch_towards(now, target, &record);
             }
@@ -1963,7 +1971,14 @@ impl Node {
             self.own_record = record.clone();
             self.dht.set_own_record(record);
             self.last_publish = Some(now.mono);
-            // Tell the nodes closest to us (who answer lookups for our key).
+            // Tell our relays at once (the nodes peers reach us through,
+            // and often the ones that answer lookups for our key), then
+            // the nodes closest to us: the lookup may be refused when the
+            // DHT's lookup slots are full, and it asks nodes behind NATs
+            // that never answer first.
+            for (key, addr) in self.relays.relays() {
+                self.ping_addr(now, key, addr);
+            }
             self.dht.lookup(self.public, now.mono);
         }
     }
