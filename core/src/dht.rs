@@ -474,7 +474,7 @@ impl Dht {
         }
         for l in &self.lookups {
             t = t.min(l.deadline);
-            if let Some(at) = l.next_stall() {
+            if let Some(at) = l.next_stall(self.config.k) {
                 t = t.min(at);
             }
         }

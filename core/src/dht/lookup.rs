@@ -186,8 +186,8 @@ impl Lookup {
 
     /// Over when the target itself answered (for a user lookup), or when
     /// the `k` closest candidates that did not fail have all answered, or
-    /// (a user lookup that heard from someone) when the only ones left
-    /// have stalled: a node behind a NAT that never answers held the
+    /// (a user lookup that found a record of its target) when the only
+    /// ones left have stalled: a node behind a NAT that never answers held the
     /// lookup, and the caller's next one, for its request timeout and
     /// retries; its answer, should it come, is taken by the table.
     pub fn is_done(&self, k: usize, now: u64) -> bool {
@@ -200,10 +200,18 @@ impl Lookup {
             .iter()
             .filter(|c| c.state != State::Failed)
             .take(k);
-        if !user || self.stats.responses == 0 {
+        if !self.could_end_stalled() {
             return closest.all(|c| c.state == State::Succeeded);
         }
         closest.all(|c| c.state == State::Succeeded || Self::stalled(c, now))
+    }
+
+    /// Whether the lookup may end with stalled requests left: a user
+    /// lookup that has found a record of its target (a lookup that found
+    /// nothing waits for every answer: a node slowed by a busy machine
+    /// may hold the record).
+    fn could_end_stalled(&self) -> bool {
+        self.purpose == Purpose::User && self.found.is_some()
     }
 
     /// Whether a request of `c` in flight has stalled by `now`.
@@ -255,7 +263,18 @@ impl Lookup {
     /// When the next request in flight stalls (the lookup may then ask the
     /// next candidate, or end: see [`Self::is_done`]), later than the last
     /// [`Self::next`] (a request stalled by then is not waited for twice).
-    pub fn next_stall(&self) -> Option<u64> {
+    /// Only while it matters: a candidate waits to be asked among the `k`
+    /// closest, or the lookup could end (see [`Self::is_done`]).
+    pub fn next_stall(&self, k: usize) -> Option<u64> {
+        let live = || {
+            self.cands
+                .iter()
+                .filter(|c| c.state != State::Failed)
+                .take(k)
+        };
+        if !self.could_end_stalled() && !live().any(|c| c.state == State::Waiting) {
+            return None;
+        }
         self.cands
             .iter()
             .filter(|c| c.state == State::InFlight)
