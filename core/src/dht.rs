@@ -24,6 +24,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use lookup::says_more;
 pub use lookup::{LookupId, LookupStats};
 pub use table::{bucket_index, distance};
 
@@ -48,6 +49,12 @@ pub struct DhtConfig {
     pub request_timeout: Duration,
     /// Retries of a request before the node counts as failed.
     pub retries: u8,
+    /// A user lookup's request unanswered this long no longer counts
+    /// against α: the next candidate is asked, while the first may still
+    /// answer (nodes behind NATs often never do, and waiting
+    /// `request_timeout` and its retries for them held lookups for
+    /// seconds). Zero: requests never stall.
+    pub stall_after: Duration,
     /// A bucket no lookup went into for this long is refreshed.
     pub refresh_interval: Duration,
     /// An entry not heard from for this long is pinged when it matters.
@@ -85,6 +92,7 @@ impl Default for DhtConfig {
             alpha: 3,
             request_timeout: Duration::from_millis(1000),
             retries: 1,
+            stall_after: Duration::from_millis(250),
             refresh_interval: Duration::from_secs(15 * 60),
             stale_after: Duration::from_secs(5 * 60),
             required_workbits: crate::keys::DEFAULT_WORKBITS,
@@ -466,6 +474,9 @@ impl Dht {
         }
         for l in &self.lookups {
             t = t.min(l.deadline);
+            if let Some(at) = l.next_stall(self.config.k) {
+                t = t.min(at);
+            }
         }
         if let Some((at, _)) = self.rebootstrap {
             t = t.min(at);
@@ -621,17 +632,41 @@ impl Dht {
         id
     }
 
+    /// After how many ms a request of lookup `idx` to `key` stalls:
+    /// `stall_after`, or twice the node's measured round trip when that
+    /// is longer (at most its request timeout). User lookups only: the
+    /// DHT's own self-lookups and refreshes keep strict α, so that a crowd
+    /// joining at once asks no more than before.
+    fn stall_for(&self, purpose: Purpose, key: &PublicKey) -> Option<u64> {
+        let base = ms(self.config.stall_after);
+        if purpose != Purpose::User || base == 0 {
+            return None;
+        }
+        let rtt = self.table.get(key).map_or(0, |e| e.rtt_ms);
+        let rtt = if rtt == u32::MAX { 0 } else { u64::from(rtt) };
+        Some(base.max(2 * rtt).min(self.timeout_for(key)))
+    }
+
     /// Sends what the lookup at `idx` may send, or ends it. Returns whether
     /// it ended (and so was removed).
     fn step_lookup(&mut self, idx: usize, t: u64) -> bool {
         let k = self.config.k;
-        if self.lookups[idx].is_done(k) {
+        if self.lookups[idx].is_done(k, t) {
             self.finish_lookup(idx, t);
             return true;
         }
         let budget = self.config.max_pending.saturating_sub(self.pending.len());
         let alpha = self.config.alpha;
-        let next = self.lookups[idx].next(k, alpha, budget);
+        let purpose = self.lookups[idx].purpose;
+        let stalls: Vec<(PublicKey, Option<u64>)> = self.lookups[idx]
+            .cands
+            .iter()
+            .filter(|c| c.state == State::Waiting)
+            .take(k)
+            .map(|c| (c.record.key, self.stall_for(purpose, &c.record.key)))
+            .collect();
+        let stall = |key: &PublicKey| stalls.iter().find(|(k, _)| k == key).and_then(|(_, s)| *s);
+        let next = self.lookups[idx].next(k, alpha, budget, t, stall);
         for (key, addr) in next {
             self.send_find(idx, key, addr, t, 0);
         }

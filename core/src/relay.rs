@@ -6,7 +6,8 @@
 //! - [`RelaySet`]: the relays a node behind NAT keeps alive and publishes in
 //!   its record: at least two public DHT nodes, diverse and quick.
 //! - [`RelayHealth`]: liveness of the relays a node sends through, so traffic
-//!   moves to another relay within seconds when one dies.
+//!   moves to another relay within a second when one dies (a relay found
+//!   dead on one path is dead for every path through it).
 //! - [`delivery`]: whether the relay in use for a peer delivers data (a
 //!   relay that answers pings but drops what it forwards is left within
 //!   seconds).
@@ -300,6 +301,12 @@ pub const IN_USE_PING: Duration = Duration::from_millis(150);
 /// No pong for this long: the relay in use is dead, the next one is used.
 pub const IN_USE_DEAD: Duration = Duration::from_millis(600);
 
+/// A relay in use found dead stays dead this long for every path through
+/// it (unless it is heard from again), ...
+pub const DEAD_REMEMBERED: Duration = Duration::from_secs(10);
+/// ... and at most this many are remembered (the oldest forgotten first).
+const MAX_DEAD: usize = 64;
+
 #[derive(Debug, Clone, Copy)]
 struct Watch {
     last_ping: Instant,
@@ -311,6 +318,8 @@ struct Watch {
 #[derive(Debug, Default)]
 pub struct RelayHealth {
     watched: BTreeMap<PublicKey, Watch>,
+    /// Relays found dead, and when (see [`RelayHealth::mark_dead`]).
+    dead: BTreeMap<PublicKey, Instant>,
 }
 
 impl RelayHealth {
@@ -342,26 +351,54 @@ impl RelayHealth {
 
     /// Any authenticated message from `relay` proves it alive.
     pub fn on_contact(&mut self, relay: &PublicKey) {
+        self.dead.remove(relay);
         if let Some(w) = self.watched.get_mut(relay) {
             w.unanswered_since = None;
         }
     }
 
-    /// True when `relay` has been silent past [`IN_USE_DEAD`].
+    /// True when `relay` has been silent past [`IN_USE_DEAD`], or was
+    /// found dead within [`DEAD_REMEMBERED`] and not heard from since.
     pub fn is_dead(&self, relay: &PublicKey, now: Instant) -> bool {
-        self.watched
+        self.dead
             .get(relay)
-            .and_then(|w| w.unanswered_since)
-            .is_some_and(|t| now.duration_since(t) >= IN_USE_DEAD)
+            .is_some_and(|t| now.saturating_duration_since(*t) < DEAD_REMEMBERED)
+            || self
+                .watched
+                .get(relay)
+                .and_then(|w| w.unanswered_since)
+                .is_some_and(|t| now.duration_since(t) >= IN_USE_DEAD)
+    }
+
+    /// `relay` was found dead (on the path of one peer): it is dead for
+    /// every path through it at once, not after a watch of its own per
+    /// path (before, each peer's next datagram started a new
+    /// [`IN_USE_DEAD`] wait on the same dead relay). Bounded by
+    /// [`MAX_DEAD`], the oldest forgotten first.
+    pub fn mark_dead(&mut self, relay: PublicKey, now: Instant) {
+        self.watched.remove(&relay);
+        self.dead
+            .retain(|_, t| now.saturating_duration_since(*t) < DEAD_REMEMBERED);
+        if self.dead.len() >= MAX_DEAD
+            && let Some(oldest) = self.dead.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+        {
+            self.dead.remove(&oldest);
+        }
+        self.dead.insert(relay, now);
+    }
+
+    /// The relays found dead within [`DEAD_REMEMBERED`].
+    pub fn dead(&self, now: Instant) -> Vec<PublicKey> {
+        self.dead
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) < DEAD_REMEMBERED)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// Stops watching relays no longer in use.
     pub fn retain(&mut self, in_use: &[PublicKey]) {
         self.watched.retain(|k, _| in_use.contains(k));
-    }
-
-    pub fn forget(&mut self, relay: &PublicKey) {
-        self.watched.remove(relay);
     }
 }
 
@@ -382,6 +419,35 @@ mod tests {
             rtt: Some(Duration::from_millis(rtt)),
             relay_service: true,
         }
+    }
+
+    /// Two peers relayed through one relay: once it is found dead on the
+    /// first peer's path, it is dead for the second at once, until it is
+    /// heard from again.
+    #[test]
+    fn a_relay_found_dead_on_one_path_is_dead_for_every_path_until_heard_from() {
+        let (relay, other) = (key(), key());
+        let mut h = RelayHealth::new();
+        let t0 = Instant::now();
+        assert!(h.due(relay, t0));
+        let t1 = t0 + IN_USE_DEAD;
+        assert!(h.is_dead(&relay, t1));
+        h.mark_dead(relay, t1);
+        h.retain(&[other]);
+        assert!(h.is_dead(&relay, t1), "not a new watch of its own");
+        assert_eq!(h.dead(t1), vec![relay]);
+        assert!(!h.is_dead(&other, t1));
+        h.on_contact(&relay);
+        assert!(!h.is_dead(&relay, t1), "heard from: alive");
+        h.mark_dead(relay, t1);
+        assert!(
+            !h.is_dead(&relay, t1 + DEAD_REMEMBERED),
+            "forgotten after a while"
+        );
+        for _ in 0..MAX_DEAD + 3 {
+            h.mark_dead(key(), t1);
+        }
+        assert_eq!(h.dead.len(), MAX_DEAD);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One iterative lookup: the candidates closest to a target, which of them
-//! were asked, answered or failed, and when it is over.
+//! were asked, answered, stalled (asked long enough ago that the next may
+//! be asked) or failed, and when it is over.
 
 use super::table::distance;
 use crate::keys::PublicKey;
@@ -47,6 +48,9 @@ pub(crate) struct Candidate {
     pub addr: SocketAddr,
     pub state: State,
     pub hop: u8,
+    /// When its request in flight stalls (ms since the DHT's epoch; see
+    /// [`Lookup::next`]); `None`: never.
+    pub stall_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub(crate) struct Lookup {
     pub stats: LookupStats,
     /// Most candidates that are neither failed nor in flight.
     cap: usize,
+    /// When [`Self::next`] last ran (ms since the DHT's epoch).
+    stepped_at: u64,
 }
 
 impl Lookup {
@@ -99,6 +105,7 @@ impl Lookup {
             record_reported: false,
             stats: LookupStats::default(),
             cap: 2 * k,
+            stepped_at: now,
         }
     }
 
@@ -149,6 +156,7 @@ impl Lookup {
                 addr,
                 state: State::Waiting,
                 hop,
+                stall_at: None,
             },
         );
         if live + 1 > self.cap {
@@ -176,30 +184,62 @@ impl Lookup {
         self.cands.iter_mut().find(|c| c.record.key == *key)
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.cands
-            .iter()
-            .filter(|c| c.state == State::InFlight)
-            .count()
-    }
-
     /// Over when the target itself answered (for a user lookup), or when
-    /// the `k` closest candidates that did not fail have all answered.
-    pub fn is_done(&self, k: usize) -> bool {
-        if self.purpose == Purpose::User && self.target_answered {
+    /// the `k` closest candidates that did not fail have all answered, or
+    /// (a user lookup that found a record of its target) when the only
+    /// ones left have stalled: a node behind a NAT that never answers held the
+    /// lookup, and the caller's next one, for its request timeout and
+    /// retries; its answer, should it come, is taken by the table.
+    pub fn is_done(&self, k: usize, now: u64) -> bool {
+        let user = self.purpose == Purpose::User;
+        if user && self.target_answered {
             return true;
         }
-        self.cands
+        let mut closest = self
+            .cands
             .iter()
             .filter(|c| c.state != State::Failed)
-            .take(k)
-            .all(|c| c.state == State::Succeeded)
+            .take(k);
+        if !self.could_end_stalled() {
+            return closest.all(|c| c.state == State::Succeeded);
+        }
+        closest.all(|c| c.state == State::Succeeded || Self::stalled(c, now))
+    }
+
+    /// Whether the lookup may end with stalled requests left: a user
+    /// lookup that has found a record of its target (a lookup that found
+    /// nothing waits for every answer: a node slowed by a busy machine
+    /// may hold the record).
+    fn could_end_stalled(&self) -> bool {
+        self.purpose == Purpose::User && self.found.is_some()
+    }
+
+    /// Whether a request of `c` in flight has stalled by `now`.
+    fn stalled(c: &Candidate, now: u64) -> bool {
+        c.state == State::InFlight && c.stall_at.is_some_and(|s| s <= now)
     }
 
     /// Picks the next candidates to ask (marked in flight), keeping at most
-    /// `alpha` requests in flight; `budget` caps how many may start now.
-    pub fn next(&mut self, k: usize, alpha: usize, budget: usize) -> Vec<(PublicKey, SocketAddr)> {
-        let mut room = alpha.saturating_sub(self.in_flight()).min(budget);
+    /// `alpha` requests in flight that have not stalled; `budget` caps how
+    /// many may start now. A request to `key` stalls `stall(key)` ms after
+    /// it is sent (`None`: never): it still waits for its answer, but no
+    /// longer holds the next candidate back (nodes behind NATs often never
+    /// answer).
+    pub fn next(
+        &mut self,
+        k: usize,
+        alpha: usize,
+        budget: usize,
+        now: u64,
+        stall: impl Fn(&PublicKey) -> Option<u64>,
+    ) -> Vec<(PublicKey, SocketAddr)> {
+        self.stepped_at = now;
+        let active = self
+            .cands
+            .iter()
+            .filter(|c| c.state == State::InFlight && !Self::stalled(c, now))
+            .count();
+        let mut room = alpha.saturating_sub(active).min(budget);
         let mut out = Vec::new();
         for c in self
             .cands
@@ -212,11 +252,35 @@ impl Lookup {
             }
             if c.state == State::Waiting {
                 c.state = State::InFlight;
+                c.stall_at = stall(&c.record.key).map(|ms| now.saturating_add(ms));
                 out.push((c.record.key, c.addr));
                 room -= 1;
             }
         }
         out
+    }
+
+    /// When the next request in flight stalls (the lookup may then ask the
+    /// next candidate, or end: see [`Self::is_done`]), later than the last
+    /// [`Self::next`] (a request stalled by then is not waited for twice).
+    /// Only while it matters: a candidate waits to be asked among the `k`
+    /// closest, or the lookup could end (see [`Self::is_done`]).
+    pub fn next_stall(&self, k: usize) -> Option<u64> {
+        let live = || {
+            self.cands
+                .iter()
+                .filter(|c| c.state != State::Failed)
+                .take(k)
+        };
+        if !self.could_end_stalled() && !live().any(|c| c.state == State::Waiting) {
+            return None;
+        }
+        self.cands
+            .iter()
+            .filter(|c| c.state == State::InFlight)
+            .filter_map(|c| c.stall_at)
+            .filter(|at| *at > self.stepped_at)
+            .min()
     }
 
     /// The records of the `k` closest that answered.

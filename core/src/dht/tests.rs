@@ -1019,3 +1019,89 @@ fn the_targets_own_answer_wins_over_a_record_a_third_party_gave() {
     assert_eq!(found.endpoints, vec![addr(2)]);
     assert!(found.relays.is_empty(), "{found:?}");
 }
+
+/// Three close nodes that never answer (behind NATs) and a farther one
+/// that does: the lookup asks the farther one once the three stalled
+/// (`stall_after`), not after their request timeouts and retries.
+#[test]
+fn a_lookup_whose_closest_nodes_never_answer_asks_the_next_once_they_stall() {
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), cfg(), now);
+    let silent = [key(0x81, 1), key(0x82, 2), key(0x83, 3)];
+    let answering = key(0xc0, 4);
+    for (i, k) in silent.iter().chain([&answering]).enumerate() {
+        d.handle_message(now, addr(i + 1), *k, &Message::Ping { id: 1, info: None });
+    }
+    drain(&mut d);
+    d.lookup(key(0x80, 9), now);
+    let first: Vec<PublicKey> = drain(&mut d).iter().map(|t| t.to_key).collect();
+    assert_eq!(first, silent.to_vec(), "the three closest first");
+    let stall = d.config().stall_after;
+    assert!(stall < d.config().request_timeout);
+    assert_eq!(d.poll_timeout(), Some(now + stall), "woken when they stall");
+    d.handle_timeout(now + stall);
+    let next: Vec<PublicKey> = drain(&mut d).iter().map(|t| t.to_key).collect();
+    assert_eq!(
+        next,
+        vec![answering],
+        "asked at once, no retry of the silent"
+    );
+    assert!(
+        d.poll_timeout() > Some(now + stall),
+        "nothing more to do until the requests time out"
+    );
+}
+
+/// The DHT's own lookups (bootstrap, refresh) keep strict α.
+#[test]
+fn a_self_lookup_of_a_bootstrap_never_stalls() {
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), cfg(), now);
+    for i in 0..5u8 {
+        d.handle_message(
+            now,
+            addr(usize::from(i) + 1),
+            key(0x80 + i, i + 1),
+            &Message::Ping { id: 1, info: None },
+        );
+    }
+    drain(&mut d);
+    d.bootstrap(now);
+    let sent = drain(&mut d).len();
+    assert_eq!(sent, 3, "α requests");
+    d.handle_timeout(now + d.config().stall_after);
+    assert!(drain(&mut d).is_empty());
+}
+
+/// A user lookup that heard from someone and waits only on requests that
+/// stalled (nodes behind NATs that never answer) ends then, with the
+/// record it found, not after their request timeouts and retries.
+#[test]
+fn a_lookup_waiting_only_on_stalled_requests_ends_with_what_it_found() {
+    let now = Instant::now();
+    let mut d = Dht::new(key(0, 0), cfg(), now);
+    let (silent, answering, target) = (key(0x81, 1), key(0xc0, 2), key(0x80, 9));
+    for (i, k) in [silent, answering].iter().enumerate() {
+        d.handle_message(now, addr(i + 1), *k, &Message::Ping { id: 1, info: None });
+    }
+    drain(&mut d);
+    events(&mut d);
+    let id = d.lookup(target, now);
+    let ask = find_node_to(&mut d, answering).expect("the answering node is asked");
+    let record = NodeRecord::new(target, addr(9));
+    let nodes = vec![record.clone()];
+    d.handle_message(now, addr(2), answering, &Message::Nodes { id: ask, nodes });
+    // The target itself is asked now; it never answers either.
+    assert!(find_node_to(&mut d, target).is_some());
+    let done = |d: &mut Dht| {
+        events(d).into_iter().find_map(|e| match e {
+            DhtEvent::LookupDone { id: i, found, .. } if i == id => Some(found),
+            _ => None,
+        })
+    };
+    assert_eq!(done(&mut d), None, "still waiting");
+    let stall = d.config().stall_after;
+    d.handle_timeout(now + stall);
+    assert_eq!(done(&mut d), Some(Some(record)), "over when both stalled");
+    assert!(stall < d.config().request_timeout);
+}

@@ -506,6 +506,12 @@ impl Node {
         self.relays.relays()
     }
 
+    /// What this node's DHT table holds of `key` (what `key` last told it
+    /// of itself), as it answers lookups.
+    pub fn dht_record_of(&self, key: &PublicKey) -> Option<NodeRecord> {
+        self.dht.record_of(key)
+    }
+
     /// Entries in the DHT table.
     pub fn dht_len(&self) -> usize {
         self.dht.len()
@@ -584,11 +590,7 @@ impl Node {
         wire: &mut impl Wire,
     ) {
         let segment = segment.clamp(1, bytes.len().max(1));
-        match bytes.first() {
-            Some(&channel::RELAY_DATA) => self.on_relay_data(now, from, bytes, segment, wire),
-            Some(&channel::RELAYED_DATA) => self.on_relayed_data(now, from, bytes, segment, wire),
-            _ => self.each_datagram(now, from, bytes, segment, wire),
-        }
+        self.dispatch(now, from, bytes, segment, wire);
         if self.touched {
             self.after_event(now);
         }
@@ -1026,8 +1028,28 @@ impl Node {
 
     // ---- datagrams ----
 
-    /// Datagrams one by one, each by its own first byte (a run the kernel
-    /// coalesced may mix kinds of one size).
+    /// A run of datagrams of `segment` bytes, by its first byte: relay
+    /// data (to forward) and relayed data (for our data plane) as runs;
+    /// anything else one by one (see [`Node::each_datagram`]).
+    fn dispatch(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        bytes: &mut [u8],
+        segment: usize,
+        wire: &mut impl Wire,
+    ) {
+        match bytes.first() {
+            None => {}
+            Some(&channel::RELAY_DATA) => self.on_relay_data(now, from, bytes, segment, wire),
+            Some(&channel::RELAYED_DATA) => self.on_relayed_data(now, from, bytes, segment, wire),
+            Some(_) if bytes.len() > segment => self.each_datagram(now, from, bytes, segment, wire),
+            Some(_) => self.on_datagram(now, from, bytes, wire),
+        }
+    }
+
+    /// Datagrams one by one, each dispatched by its own first byte (a run
+    /// the kernel coalesced may mix kinds of one size).
     fn each_datagram(
         &mut self,
         now: Now,
@@ -1038,11 +1060,7 @@ impl Node {
     ) {
         for d in bytes.chunks_mut(segment) {
             let n = d.len();
-            match d.first() {
-                Some(&channel::RELAY_DATA) => self.on_relay_data(now, from, d, n, wire),
-                Some(&channel::RELAYED_DATA) => self.on_relayed_data(now, from, d, n, wire),
-                _ => self.on_datagram(now, from, d, wire),
-            }
+            self.dispatch(now, from, d, n, wire);
         }
     }
 
@@ -1111,7 +1129,7 @@ impl Node {
         for d in bytes.chunks_mut(segment) {
             if d.first() != Some(&channel::RELAYED_DATA) {
                 let n = d.len();
-                self.each_datagram(now, from, d, n, wire);
+                self.dispatch(now, from, d, n, wire);
                 continue;
             }
             let Some((prefix, wireguard)) = channel::parse(d) else {
@@ -1517,6 +1535,8 @@ impl Node {
                 self.answer_lookup(id, target, found.as_ref());
                 if stats.refused {
                     self.overlay.lookup_refused(now.mono, id, target);
+                } else if found.is_none() && stats.responses == 0 {
+                    self.overlay.lookup_unanswered(now.mono, id, target);
                 } else if let Some(record) = self.overlay.lookup_done(now.mono, id, target, found)
                     && !matches!(self.overlay.path(&target), Some(PeerPath::Direct(_)))
                 {
@@ -1524,7 +1544,7 @@ impl Node {
                 }
             }
             DhtEvent::RecordSeen { target, record, .. }
-                if self.overlay.record_seen(target, &record) =>
+                if self.overlay.record_seen(target, &record, now.mono) =>
             {
                 self.punch_towards(now, target, &record);
             }
@@ -1729,6 +1749,7 @@ impl Node {
         if failed.contains(&relay.0) {
             let (mut dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
             dead.extend(failed);
+            dead.extend(self.health.dead(now.mono));
             let next = self
                 .overlay
                 .rotate_relay(&peer, &relay.0, now.mono, &dead, &own);
@@ -1744,12 +1765,14 @@ impl Node {
         }
         tracing::info!(peer = %peer.short(10), relay = %relay.0.short(10), "relay in use is silent; moving to the next");
         self.touched = true;
-        self.health.forget(&relay.0);
+        // Dead for every path through it, not only this peer's.
+        self.health.mark_dead(relay.0, now.mono);
         self.book.forget_relay(&relay.0);
         if self.relays.lost(&relay.0, now.mono) {
             self.publish_pending = true;
         }
-        let (dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
+        let (mut dead, own) = (self.relays.shunned(now.mono), self.relays.relays());
+        dead.extend(self.health.dead(now.mono));
         self.overlay
             .rotate_relay(&peer, &relay.0, now.mono, &dead, &own)
     }
@@ -1961,7 +1984,14 @@ impl Node {
             self.own_record = record.clone();
             self.dht.set_own_record(record);
             self.last_publish = Some(now.mono);
-            // Tell the nodes closest to us (who answer lookups for our key).
+            // Tell our relays at once (the nodes peers reach us through,
+            // and often the ones that answer lookups for our key), then
+            // the nodes closest to us: the lookup may be refused when the
+            // DHT's lookup slots are full, and it asks nodes behind NATs
+            // that never answer first.
+            for (key, addr) in self.relays.relays() {
+                self.ping_addr(now, key, addr);
+            }
             self.dht.lookup(self.public, now.mono);
         }
     }

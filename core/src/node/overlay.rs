@@ -17,6 +17,7 @@ use crate::config::{NetworkSpec, PeerSpec};
 use crate::control::{PathStatus, PeerStatus};
 use crate::dataplane::PeerStats;
 use crate::dht::LookupId;
+use crate::dht::says_more;
 use crate::keys::PublicKey;
 use crate::proto::{Message, NatKind, NodeRecord};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -39,6 +40,12 @@ const MAX_LOOKUPS_PER_PEER: usize = 2;
 /// or a bare hint) is looked up again at least this often while it has no
 /// direct path: its record gains relays within seconds.
 const BARE_RECORD_RETRY: Duration = Duration::from_secs(2);
+/// A peer found or heard from this recently most likely exists: a lookup
+/// that misses it (the DHT's fault: a bootstrap that restarted with an
+/// empty table, nodes that have not told it their new record yet) is
+/// tried again within [`RECENT_RETRY`], not after the grown back-off.
+const RECENTLY_KNOWN: Duration = Duration::from_secs(30);
+const RECENT_RETRY: Duration = Duration::from_millis(500);
 /// A peer silent for this long is looked up again.
 const SILENCE: Duration = Duration::from_secs(60);
 /// A peer's control message through another relay moves its relayed path
@@ -125,6 +132,8 @@ struct Peer {
     /// The lookups running, and when each started, the latest last (at
     /// most [`MAX_LOOKUPS_PER_PEER`]).
     lookups_in_flight: Vec<(LookupId, Instant)>,
+    /// When a lookup last found a record of it.
+    found_at: Option<Instant>,
     next_lookup: Instant,
     backoff: Duration,
 }
@@ -285,6 +294,7 @@ impl Overlay {
                             last_contact: None,
                             last_keepalive: None,
                             lookups_in_flight: Vec::new(),
+                            found_at: None,
                             next_lookup: now,
                             backoff: LOOKUP_RETRY_MIN,
                         },
@@ -415,6 +425,19 @@ impl Overlay {
         }
     }
 
+    /// A lookup ended without any node answering it (our bootstrap is not
+    /// up yet, or we know nobody): it says nothing about the peer, so it
+    /// does not back off; the peer is looked up again in
+    /// [`LOOKUP_OVERLAP`]. Before, such failures doubled the pause of a
+    /// node started before its bootstrap, which then met the bootstrap
+    /// up to a second after it came up.
+    pub fn lookup_unanswered(&mut self, now: Instant, id: LookupId, target: PublicKey) {
+        if let Some(p) = self.peers.get_mut(&target) {
+            p.lookups_in_flight.retain(|(l, _)| *l != id);
+            p.next_lookup = now + LOOKUP_OVERLAP;
+        }
+    }
+
     /// A lookup ended. With a record, the caller punches towards the
     /// endpoints and relays it returns (see [`LookupOutcome`]); meanwhile,
     /// a peer without a direct path is reached through its relays at once,
@@ -428,6 +451,11 @@ impl Overlay {
     ) -> Option<NodeRecord> {
         let found = found.map(|r| without_unusable_relays(r, &self.own));
         let p = self.peers.get_mut(&target)?;
+        let started = p
+            .lookups_in_flight
+            .iter()
+            .find(|(l, _)| *l == id)
+            .map(|(_, t)| *t);
         p.lookups_in_flight.retain(|(l, _)| *l != id);
         if p.own_record_at
             .is_some_and(|t| now.saturating_duration_since(t) > OWN_RECORD_TTL)
@@ -443,9 +471,17 @@ impl Overlay {
             Some(record) => {
                 // Until the peer answers directly, look it up again with a
                 // growing pause: its record improves as it learns its NAT
-                // and picks relays. A record that gives no way in at all is
+                // and picks relays. A record that says more than the one
+                // we had (the first found, or one that gained a NAT kind
+                // or relays) starts the pause again from the shortest: the
+                // peer is starting, and the pause grown while it was not
+                // in the DHT yet (or bare) would hide its relays for
+                // seconds. A record that gives no way in at all is
                 // looked up again soon. A direct contact pushes the next
                 // lookup back (see `on_direct_contact`).
+                if p.record.as_ref().is_none_or(|old| says_more(&record, old)) {
+                    p.backoff = LOOKUP_RETRY_MIN;
+                }
                 let direct = matches!(p.path, Some(PeerPath::Direct(_)));
                 if record.endpoints.is_empty() && record.relays.is_empty() {
                     p.next_lookup = now + UNREACHABLE_RETRY;
@@ -478,10 +514,25 @@ impl Overlay {
                     }
                 }
                 p.record = Some(record.clone());
+                p.found_at = Some(now);
                 Some(record)
             }
+            // A lookup started before the peer was last found (it waited
+            // on nodes that never answered, or on a bootstrap that was
+            // down) says nothing about the peer now: it does not push
+            // back the next lookup the newer record scheduled.
+            None if started.is_some_and(|s| p.found_at.is_some_and(|f| f > s)) => None,
             None => {
-                p.next_lookup = now + p.backoff;
+                let known = [p.found_at, p.last_contact]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| now.saturating_duration_since(t) < RECENTLY_KNOWN);
+                let pause = if known {
+                    p.backoff.min(RECENT_RETRY)
+                } else {
+                    p.backoff
+                };
+                p.next_lookup = now + pause;
                 p.backoff = (p.backoff * 2).min(LOOKUP_RETRY_MAX);
                 None
             }
@@ -491,11 +542,16 @@ impl Overlay {
     /// A lookup still running learned the peer's record from another node:
     /// use its relays at once (the peer itself may never answer the lookup,
     /// being behind a NAT). Returns true when the record is worth punching.
-    pub fn record_seen(&mut self, target: PublicKey, record: &NodeRecord) -> bool {
+    pub fn record_seen(&mut self, target: PublicKey, record: &NodeRecord, now: Instant) -> bool {
         let record = &without_unusable_relays(record.clone(), &self.own);
         let Some(p) = self.peers.get_mut(&target) else {
             return false;
         };
+        p.found_at = Some(now);
+        // As in `lookup_done`: a record that says more restarts the pause.
+        if p.record.as_ref().is_none_or(|old| says_more(record, old)) {
+            p.backoff = LOOKUP_RETRY_MIN;
+        }
         if matches!(p.path, Some(PeerPath::Direct(_))) || p.own_record_at.is_some() {
             return false;
         }
@@ -1211,6 +1267,115 @@ mod tests {
         }
     }
 
+    /// Lookups of a peer not in the DHT yet failed and backed off; once
+    /// found (bare: it is starting), it is looked up again after the
+    /// shortest pause, and again when its record gained relays.
+    #[test]
+    fn a_peer_found_at_last_or_with_more_in_its_record_is_looked_up_again_soon() {
+        let k = keys(3);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let mut now = Instant::now();
+        for id in 1..=5 {
+            o.lookup_started(k[1], LookupId(id), now);
+            o.lookup_done(now, LookupId(id), k[1], None);
+            now += LOOKUP_RETRY_MAX;
+        }
+        let bare = NodeRecord::new(k[1], "203.0.113.9:4000".parse().unwrap());
+        o.lookup_started(k[1], LookupId(6), now);
+        // Seen while the lookup runs (net-sim seed 2161010223833890263:
+        // the record came this way, and the lookup's end then found
+        // nothing new and kept the grown pause: 2 s).
+        o.record_seen(k[1], &bare, now);
+        o.lookup_done(now, LookupId(6), k[1], Some(bare.clone()));
+        assert_eq!(
+            o.lookups_due(now + LOOKUP_RETRY_MIN),
+            vec![k[1]],
+            "found at last"
+        );
+        let t = now + LOOKUP_RETRY_MIN;
+        o.lookup_started(k[1], LookupId(7), t);
+        o.lookup_done(t, LookupId(7), k[1], Some(bare));
+        assert!(
+            o.lookups_due(t + LOOKUP_RETRY_MIN).is_empty(),
+            "the same: backs off"
+        );
+        let relayed = NodeRecord {
+            nat: NatKind::EndpointDependent,
+            ..behind_hard_nat(k[1], &[(k[2], "198.51.100.1:62096".parse().unwrap())])
+        };
+        o.lookup_started(k[1], LookupId(8), t);
+        o.lookup_done(t, LookupId(8), k[1], Some(relayed));
+        assert_eq!(
+            o.lookups_due(t + LOOKUP_RETRY_MIN),
+            vec![k[1]],
+            "gained relays: soon again"
+        );
+    }
+
+    /// A lookup started before the bootstrap came back fails after a
+    /// newer one found the peer: the retry the record scheduled stands
+    /// (before, the stale failure pushed it back by the grown back-off:
+    /// 8 s without data after a bootstrap restart, net-sim seed
+    /// 14981760154525512136).
+    #[test]
+    fn a_lookup_older_than_the_last_find_that_fails_does_not_push_the_next_back() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let t0 = Instant::now();
+        for id in 1..=6 {
+            o.lookup_started(k[1], LookupId(id), t0);
+            o.lookup_done(t0, LookupId(id), k[1], None);
+        }
+        o.lookup_started(k[1], LookupId(7), t0);
+        let t1 = t0 + LOOKUP_OVERLAP;
+        o.lookup_started(k[1], LookupId(8), t1);
+        let bare = NodeRecord::new(k[1], "203.0.113.9:4000".parse().unwrap());
+        o.lookup_done(t1, LookupId(8), k[1], Some(bare));
+        o.lookup_done(t1, LookupId(7), k[1], None);
+        assert_eq!(o.lookups_due(t1 + LOOKUP_RETRY_MIN), vec![k[1]]);
+    }
+
+    /// The bootstrap restarted with an empty table: lookups of a peer
+    /// found a moment ago miss it; they are tried again within 0.5 s,
+    /// not after the back-off grown meanwhile (net-sim seed
+    /// 5471972043027283100: 8.9 s without data after the restart).
+    #[test]
+    fn a_peer_found_recently_that_a_lookup_misses_is_looked_up_again_soon() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let t0 = Instant::now();
+        let bare = NodeRecord::new(k[1], "203.0.113.9:4000".parse().unwrap());
+        o.lookup_started(k[1], LookupId(1), t0);
+        o.lookup_done(t0, LookupId(1), k[1], Some(bare));
+        let mut t = t0;
+        for id in 2..=8 {
+            t += RECENT_RETRY;
+            o.lookup_started(k[1], LookupId(id), t);
+            o.lookup_done(t, LookupId(id), k[1], None);
+            assert_eq!(o.lookups_due(t + RECENT_RETRY), vec![k[1]], "lookup {id}");
+        }
+        let later = t0 + RECENTLY_KNOWN;
+        o.lookup_started(k[1], LookupId(9), later);
+        o.lookup_done(later, LookupId(9), k[1], None);
+        assert!(
+            o.lookups_due(later + RECENT_RETRY).is_empty(),
+            "backs off once forgotten"
+        );
+    }
+
+    #[test]
+    fn a_lookup_nobody_answered_does_not_back_off() {
+        let k = keys(2);
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let mut now = Instant::now();
+        for id in 1..=6 {
+            o.lookup_started(k[1], LookupId(id), now);
+            o.lookup_unanswered(now, LookupId(id), k[1]);
+            now += LOOKUP_OVERLAP;
+            assert_eq!(o.lookups_due(now), vec![k[1]], "lookup {id}");
+        }
+    }
+
     #[test]
     fn a_stuck_lookup_does_not_hold_back_the_next_while_there_is_no_path() {
         let k = keys(2);
@@ -1311,7 +1476,7 @@ mod tests {
         assert!(o.on_record(b, own, now));
         assert_eq!(nat_of_b(&o).as_deref(), Some("none"));
         assert!(
-            !o.record_seen(b, &forged),
+            !o.record_seen(b, &forged, now),
             "a third party's record is not used"
         );
         o.lookup_started(b, LookupId(1), now);

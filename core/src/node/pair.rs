@@ -159,6 +159,36 @@ mod tests {
         );
     }
 
+    /// The moment a node behind a NAT publishes a record naming a relay,
+    /// the relay (here the bootstrap, which answers lookups) holds it
+    /// within a round trip: before, only the self-lookup carried it, and
+    /// it was refused while the DHT's lookup slots were full (here with
+    /// lookups of eight peers that are not up), or asked nodes that never
+    /// answer first, so lookups met the bare record for seconds (net-sim
+    /// seed 2161010223833890263).
+    #[test]
+    fn a_record_naming_a_relay_reaches_the_relay_within_a_round_trip() {
+        let hard = Place::Behind(NatKind::AddressAndPortDependent);
+        let mut net = network(&[hard; 9]);
+        net.start(0);
+        net.start(1);
+        let step = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        while net.core(1).own_record().relays.is_empty() {
+            assert!(waited < 5 * S, "no relay picked");
+            net.run_for(step);
+            waited += step;
+        }
+        let published = net.core(1).own_record().clone();
+        net.run_for(Duration::from_millis(150));
+        let held = net.core(0).dht_record_of(&net.public_key(1));
+        assert_eq!(
+            held.map(|r| r.relays),
+            Some(published.relays),
+            "the relay holds the record that names it"
+        );
+    }
+
     #[test]
     fn two_nodes_behind_hard_nats_reach_each_other_through_a_public_node() {
         let hard = Place::Behind(NatKind::AddressAndPortDependent);

@@ -767,8 +767,15 @@ pub struct Tally {
     failovers: std::collections::BTreeMap<&'static str, Vec<f64>>,
     /// NAT pair -> (ended direct, pairs, pairs that must).
     by_pair: std::collections::BTreeMap<String, (u64, u64, u64)>,
+    /// The slowest networks by measure (first data counted from a running
+    /// network, each fault's recovery): the [`MAX_SLOWEST`] slowest
+    /// (ms, seed) of each, to replay with `net-sim --seed S --one`.
+    slowest: std::collections::BTreeMap<&'static str, Vec<(u64, u64)>>,
     pub simulated: Duration,
 }
+
+/// How many of the slowest networks a tally names per measure.
+const MAX_SLOWEST: usize = 5;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -813,6 +820,25 @@ impl Tally {
             } else {
                 self.running_direct.push(ms(*d));
             }
+        }
+        let what = |relayed: bool| {
+            if relayed {
+                "first relayed"
+            } else {
+                "first direct"
+            }
+        };
+        let mut worst: std::collections::BTreeMap<&'static str, Duration> = Default::default();
+        let measures = o.first_data_running.iter().map(|(d, r)| (what(*r), *d));
+        for (what, d) in measures.chain(o.failovers.iter().map(|(k, d)| (*k, *d))) {
+            let w = worst.entry(what).or_default();
+            *w = (*w).max(d);
+        }
+        for (what, d) in worst {
+            let v = self.slowest.entry(what).or_default();
+            v.push((d.as_millis() as u64, o.seed));
+            v.sort_by(|a, b| b.cmp(a));
+            v.truncate(MAX_SLOWEST);
         }
         self.to_direct.extend(o.to_direct.iter().map(|d| ms(*d)));
         for (kind, d) in &o.failovers {
@@ -870,6 +896,14 @@ impl fmt::Display for Tally {
         writeln!(f, "time to data again after a fault (ms):")?;
         for (kind, v) in &self.failovers {
             writeln!(f, "  {kind:<20} {}", spread(v))?;
+        }
+        writeln!(f, "slowest networks (replay: net-sim --seed S --one):")?;
+        for (what, v) in &self.slowest {
+            let list: Vec<String> = v
+                .iter()
+                .map(|(ms, seed)| format!("{ms} ms {seed}"))
+                .collect();
+            writeln!(f, "  {what:<20} {}", list.join(", "))?;
         }
         writeln!(
             f,
