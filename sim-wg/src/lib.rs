@@ -67,7 +67,27 @@ pub struct Drops {
 struct WgPeer {
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
+    /// The last handshake initiation sent, and when (the mock clock): a
+    /// path that moves before a session exists gets this one again, as the
+    /// daemon's data plane does (`embedded.rs`, `initiate_again`).
+    last_init: Option<(Vec<u8>, Duration)>,
 }
+
+impl WgPeer {
+    /// `bytes` to send to `to`, noting a handshake initiation.
+    fn out(&mut self, to: PublicKey, direct: Option<SocketAddr>, bytes: &[u8]) -> Sent {
+        if bytes.len() == HANDSHAKE_INIT_LEN && bytes.first() == Some(&1) {
+            self.last_init = Some((bytes.to_vec(), MockClock::time()));
+        }
+        sent(to, direct, bytes)
+    }
+}
+
+/// The size of a WireGuard handshake initiation (message type 1).
+const HANDSHAKE_INIT_LEN: usize = 148;
+/// How long an initiation is worth sending again: WireGuard's
+/// REKEY_TIMEOUT, after which boringtun sends a new one itself.
+const INIT_REUSABLE: Duration = Duration::from_secs(5);
 
 /// A host's data plane of real WireGuard `Tunn`s. See the module's contract.
 pub struct WgDataplane {
@@ -127,7 +147,7 @@ impl WgDataplane {
             return Vec::new();
         };
         match p.tunn.format_handshake_initiation(&mut buf, force) {
-            TunnResult::WriteToNetwork(d) => vec![sent(key, None, d)],
+            TunnResult::WriteToNetwork(d) => vec![p.out(key, None, d)],
             _ => Vec::new(),
         }
     }
@@ -206,8 +226,15 @@ impl SimDataplane for WgDataplane {
             let moved = p.endpoint != cfg.endpoint;
             p.endpoint = cfg.endpoint;
             // No session yet and a new path: the pending initiation went the
-            // old way; send a new one the new way now, as the daemon does.
+            // old way; send it again the new way now, as the daemon does (a
+            // new one per move undid the answer to the last: seed
+            // 5367838300114716957 waited for WireGuard's 15 s retry).
             if moved && p.tunn.stats().0.is_none() {
+                if let Some((init, at)) = &p.last_init
+                    && MockClock::time().saturating_sub(*at) < INIT_REUSABLE
+                {
+                    return vec![sent(cfg.key, None, init)];
+                }
                 return self.initiate(cfg.key, true);
             }
             return Vec::new();
@@ -232,6 +259,7 @@ impl SimDataplane for WgDataplane {
             WgPeer {
                 tunn,
                 endpoint: cfg.endpoint,
+                last_init: None,
             },
         );
         self.arm_timer(now);
@@ -255,7 +283,7 @@ impl SimDataplane for WgDataplane {
         let packet = ipv4_packet(payload);
         let mut buf = [0u8; BUF_LEN];
         match p.tunn.encapsulate(&packet, &mut buf) {
-            TunnResult::WriteToNetwork(d) => vec![sent(*to, None, d)],
+            TunnResult::WriteToNetwork(d) => vec![p.out(*to, None, d)],
             // Queued until the handshake completes, or dropped.
             _ => Vec::new(),
         }
@@ -285,7 +313,7 @@ impl SimDataplane for WgDataplane {
         let reply_to = relay_says.is_none().then_some(from);
         let mut buf = [0u8; BUF_LEN];
         match p.tunn.decapsulate(Some(from.ip()), datagram, &mut buf) {
-            TunnResult::WriteToNetwork(d) => got.sent.push(sent(key, reply_to, d)),
+            TunnResult::WriteToNetwork(d) => got.sent.push(p.out(key, reply_to, d)),
             TunnResult::WriteToTunnelV4(packet, _) => {
                 got.payload = ipv4_payload(packet).map(<[u8]>::to_vec);
             }
@@ -294,7 +322,7 @@ impl SimDataplane for WgDataplane {
         }
         // Packets queued while the handshake was in flight.
         while let TunnResult::WriteToNetwork(d) = p.tunn.decapsulate(None, &[], &mut buf) {
-            got.sent.push(sent(key, None, d));
+            got.sent.push(p.out(key, None, d));
         }
         if got.payload.is_some() {
             self.delivered += 1;
@@ -312,7 +340,7 @@ impl SimDataplane for WgDataplane {
         let mut buf = [0u8; BUF_LEN];
         for (key, p) in self.peers.iter_mut() {
             match p.tunn.update_timers(&mut buf) {
-                TunnResult::WriteToNetwork(d) => out.push(sent(*key, None, d)),
+                TunnResult::WriteToNetwork(d) => out.push(p.out(*key, None, d)),
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
                 TunnResult::Err(_) => self.drops.timer += 1,
                 _ => {}

@@ -77,6 +77,26 @@ struct PeerState {
     /// Coarse time (ticks) of the last datagram sent, for keepalives.
     last_tx_tick: u64,
     last_handshake: Option<SystemTime>,
+    /// The last handshake initiation sent and its tick: a path that moves
+    /// before a session exists gets this one again rather than a new
+    /// handshake (see [`EmbeddedDataPlane::set_peer`]).
+    last_init: Option<(Vec<u8>, u64)>,
+}
+
+/// The size of a WireGuard handshake initiation (message type 1).
+const HANDSHAKE_INIT_LEN: usize = 148;
+/// How long a handshake initiation is worth sending again: WireGuard's
+/// REKEY_TIMEOUT, after which boringtun sends a new one itself.
+const INIT_REUSABLE_TICKS: u64 = 5 * TICKS_PER_SECOND;
+
+impl PeerState {
+    /// Notes `datagram`, about to be sent at `tick`, if it is a handshake
+    /// initiation.
+    fn note_sent(&mut self, datagram: &[u8], tick: u64) {
+        if datagram.len() == HANDSHAKE_INIT_LEN && datagram.first() == Some(&1) {
+            self.last_init = Some((datagram.to_vec(), tick));
+        }
+    }
 }
 
 struct Peer {
@@ -386,10 +406,15 @@ impl Embedded {
                 self.update_table(Table::rebuild_allowed);
             }
             // No session yet and a new path: the pending initiation went the
-            // old way (perhaps into a NAT that was not open yet). Send a new
-            // one the new way now rather than after WireGuard's 5 s retry.
+            // old way (perhaps into a NAT that was not open yet). Send it
+            // again the new way now rather than after WireGuard's 5 s retry:
+            // the same one, so that an answer to any copy completes it. A
+            // new initiation per move undid the answer to the last; with a
+            // path that moved five times in 60 ms and both ends initiating,
+            // first data waited for WireGuard's 15 s retry (net-sim-wg seed
+            // 5367838300114716957).
             if handshaking_moved {
-                self.initiate(&peer, true);
+                self.initiate_again(&peer);
             }
             return Ok(());
         }
@@ -418,6 +443,7 @@ impl Embedded {
                     keepalive: cfg.keepalive.filter(|k| *k > 0),
                     last_tx_tick: 0,
                     last_handshake: None,
+                    last_init: None,
                 }),
                 rx_bytes: AtomicU64::new(0),
                 tx_bytes: AtomicU64::new(0),
@@ -435,6 +461,24 @@ impl Embedded {
         Ok(())
     }
 
+    /// Sends `peer` the handshake initiation in flight again, on its
+    /// current path, if one was sent within [`INIT_REUSABLE_TICKS`]; else a
+    /// new one.
+    fn initiate_again(&self, peer: &Arc<Peer>) {
+        let now = self.shared.ticks.load(Ordering::Relaxed);
+        {
+            let st = peer.lock();
+            if let Some((init, at)) = &st.last_init
+                && now.saturating_sub(*at) < INIT_REUSABLE_TICKS
+            {
+                tracing::debug!(peer = ?peer.key, "handshake initiation sent again on a new path");
+                self.shared.send_now(peer, Dest::of(st.endpoint), init);
+                return;
+            }
+        }
+        self.initiate(peer, true);
+    }
+
     /// Sends a handshake initiation to `peer` on its current path; `force`
     /// replaces one still waiting for its response.
     fn initiate(&self, peer: &Arc<Peer>, force: bool) {
@@ -444,6 +488,8 @@ impl Embedded {
         match st.tunn.format_handshake_initiation(&mut buf, force) {
             TunnResult::WriteToNetwork(out) => {
                 tracing::debug!(peer = ?peer.key, force, "handshake initiated");
+                let tick = self.shared.ticks.load(Ordering::Relaxed);
+                st.note_sent(out, tick);
                 self.shared.send_now(peer, dest, out);
             }
             TunnResult::Err(e) => {
@@ -597,6 +643,8 @@ impl Embedded {
                     st.last_handshake = Some(SystemTime::now());
                 }
                 st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
+                let tick = st.last_tx_tick;
+                st.note_sent(out, tick);
                 shared.send_now(peer, reply, out);
                 None
             }
@@ -776,6 +824,8 @@ impl Tx {
                     lens.push(d.len());
                     *pos += d.len();
                 } else {
+                    let tick = st.last_tx_tick;
+                    st.note_sent(d, tick);
                     extra.push(d.to_vec());
                 }
             }
@@ -947,6 +997,7 @@ async fn timers(shared: Arc<Shared>) {
             match st.tunn.update_timers(&mut buf) {
                 TunnResult::WriteToNetwork(out) => {
                     st.last_tx_tick = now;
+                    st.note_sent(out, now);
                     shared.send_now(peer, dest, out);
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
