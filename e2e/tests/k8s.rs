@@ -15,7 +15,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1771,8 +1771,13 @@ fn metrics_are_served(c: &Cluster, t0: Instant) -> Result<()> {
 /// agents run the `wh` of this build unless `WH_BIN` names another: a
 /// debug-built agent takes about 25 MiB, so N = 1,000 wants a release
 /// build (`cargo build --release -p wirehub --bin wh`, then
-/// `WH_BIN=target/release/wh`). The bench reads only what the agents' logs
-/// gained since its last read.
+/// `WH_BIN=target/release/wh`). `WH_SCALE_GROUP=G` runs the agents G to a
+/// process (`WH_SIMULATE_NODES`: each the whole agent, its own client,
+/// watches, Lease keeper and WireHubNode; the new node's agent is always
+/// a process of its own); the memory columns are then a process's figure
+/// split among its agents. The bench reads only what the agents' logs
+/// gained since its last read, and stops the agents when less than half
+/// its memory floor is left.
 #[test]
 #[ignore = "a benchmark: prints figures"]
 fn k8s_scale_bench() {
@@ -1801,48 +1806,103 @@ fn k8s_scale_bench() {
     }
 }
 
-/// The simulated agents, stopped (by PID) when dropped.
+/// The simulated agents: their processes (one agent each, or a group of
+/// agents each with `WH_SCALE_GROUP`), stopped (by PID) when dropped, and
+/// what their logs told so far.
 struct SimAgents {
-    children: Vec<(String, std::process::Child, LogTail)>,
+    /// Each process, how many agents it runs, and its log.
+    procs: Vec<(std::process::Child, usize, LogTail)>,
+    /// Every agent's node, in the order started.
+    names: Vec<String>,
+    seen: Seen,
 }
 
 impl Drop for SimAgents {
     fn drop(&mut self) {
-        for (_, c, _) in &mut self.children {
+        for (c, _, _) in &mut self.procs {
             let _ = c.kill();
         }
-        for (_, c, _) in &mut self.children {
+        for (c, _, _) in &mut self.procs {
             let _ = c.wait();
         }
     }
 }
 
-/// An agent's log, read as it grows: each read takes only the bytes
-/// appended since the last (a byte offset per file; a line not finished
-/// yet waits for the next read), and keeps the largest network the agent
-/// logged running. Reading every whole log every 100 ms slowed the agents
-/// it measured (186 MB a read at N = 300).
+/// What the agents' logs told, per node.
+#[derive(Default)]
+struct Seen {
+    /// The most nodes a network each agent ran had ("members=N").
+    members: HashMap<String, usize>,
+    /// Once set: the stamp (seconds since midnight UTC) of each agent's
+    /// first line running a network of at least this many nodes.
+    target: Option<usize>,
+    reached: HashMap<String, f64>,
+    /// The agents that logged holding the Lease.
+    holders: HashSet<String>,
+}
+
+impl Seen {
+    /// Takes one log line, from the agent of `node` unless the line's span
+    /// names another (`agent{node=NAME}`: a process of several agents).
+    fn line(&mut self, line: &str, node: Option<&str>) {
+        let spanned = line
+            .split_once("agent{node=")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(name, _)| name);
+        let Some(node) = spanned.or(node) else {
+            return;
+        };
+        if line.contains("network lease") && line.contains("leader=true") {
+            self.holders.insert(node.to_string());
+        }
+        if !line.contains("simulated node: network") {
+            return;
+        }
+        let members = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("members="))
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let most = self.members.entry(node.to_string()).or_default();
+        *most = (*most).max(members);
+        if self.target.is_some_and(|t| members >= t)
+            && !self.reached.contains_key(node)
+            && let Some(stamp) = line_stamp(line)
+        {
+            self.reached.insert(node.to_string(), stamp);
+        }
+    }
+
+    fn members(&self, node: &str) -> usize {
+        self.members.get(node).copied().unwrap_or(0)
+    }
+}
+
+/// An agent process's log, read as it grows: each read takes only the
+/// bytes appended since the last (a byte offset per file; a line not
+/// finished yet waits for the next read). Reading every whole log every
+/// 100 ms slowed the agents it measured (186 MB a read at N = 300).
 struct LogTail {
     path: PathBuf,
     offset: u64,
     /// The start of a line whose end has not been written yet.
     partial: Vec<u8>,
-    /// The most nodes a network this agent ran had ("members=N").
-    members: usize,
+    /// The node of a process of one agent (its lines name none).
+    node: Option<String>,
 }
 
 impl LogTail {
-    fn new(path: PathBuf) -> LogTail {
+    fn new(path: PathBuf, node: Option<String>) -> LogTail {
         LogTail {
             path,
             offset: 0,
             partial: Vec::new(),
-            members: 0,
+            node,
         }
     }
 
-    /// Reads what was appended since the last call.
-    fn catch_up(&mut self) {
+    /// Reads what was appended since the last call into `seen`.
+    fn catch_up(&mut self, seen: &mut Seen) {
         use std::io::{Read, Seek, SeekFrom};
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return;
@@ -1861,15 +1921,7 @@ impl LogTail {
         };
         let lines: Vec<u8> = self.partial.drain(..=end).collect();
         for line in String::from_utf8_lossy(&lines).lines() {
-            if !line.contains("simulated node: network") {
-                continue;
-            }
-            let members = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("members="))
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
-            self.members = self.members.max(members);
+            seen.line(line, self.node.as_deref());
         }
     }
 }
@@ -1879,35 +1931,80 @@ fn a_log_tail_reads_only_what_was_appended_and_waits_for_whole_lines() -> Result
     use std::io::Write;
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("log-tail-test.log");
     let mut f = std::fs::File::create(&path)?;
-    let mut tail = LogTail::new(path.clone());
+    let mut tail = LogTail::new(path.clone(), Some("a".into()));
+    let mut seen = Seen::default();
     writeln!(f, "T INFO simulated node: network members=3 generation=1")?;
     // Half a line: its number is not read until the line ends.
     write!(f, "T INFO simulated node: network members=1")?;
     f.flush()?;
-    tail.catch_up();
-    assert_eq!(tail.members, 3);
+    tail.catch_up(&mut seen);
+    assert_eq!(seen.members("a"), 3);
     let read = tail.offset;
     writeln!(f, "2 generation=1")?;
     writeln!(f, "T INFO allocated members=99")?;
     f.flush()?;
-    tail.catch_up();
-    assert_eq!(tail.members, 12, "the finished line, not the other message");
+    tail.catch_up(&mut seen);
+    assert_eq!(
+        seen.members("a"),
+        12,
+        "the finished line, not the other message"
+    );
     assert!(tail.offset > read);
     assert!(tail.partial.is_empty());
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
+#[test]
+fn a_group_log_is_told_apart_by_the_span_naming_each_agents_node() {
+    let mut seen = Seen {
+        target: Some(5),
+        ..Seen::default()
+    };
+    let line = |node: &str, what: &str| {
+        format!(
+            "2026-12-06T08:22:20.500000Z  INFO agent{{node={node}}}: wirehub::k8s::agent: {what}"
+        )
+    };
+    seen.line(
+        &line("sim-0001", "simulated node: network members=4 generation=1"),
+        None,
+    );
+    seen.line(
+        &line("sim-0002", "simulated node: network members=5 generation=1"),
+        None,
+    );
+    seen.line(
+        &line("sim-0002", "network lease leader=true lease=wirehub-bench"),
+        None,
+    );
+    assert_eq!(seen.members("sim-0001"), 4);
+    assert_eq!(seen.members("sim-0002"), 5);
+    assert!(!seen.reached.contains_key("sim-0001"));
+    assert_eq!(
+        seen.reached.get("sim-0002"),
+        Some(&(8.0 * 3600.0 + 22.0 * 60.0 + 20.5))
+    );
+    assert_eq!(seen.holders.iter().collect::<Vec<_>>(), ["sim-0002"]);
+}
+
 impl SimAgents {
-    fn start(&mut self, c: &Cluster, name: &str) -> Result<()> {
-        let dir = c.dir.join("sim").join(name);
+    /// Starts one process running the agents of `names`: a `wh agent` of
+    /// its own for one name, else one process with `WH_SIMULATE_NODES`
+    /// (its agents started every `every`, each with a key folder of its
+    /// own under the process's folder).
+    fn start(&mut self, c: &Cluster, names: &[String], every: Duration) -> Result<()> {
+        let Some(first) = names.first() else {
+            return Ok(());
+        };
+        let dir = c.dir.join("sim").join(first);
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("agent.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &c.cp.netns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &c.cp.netns])
             .arg(wh_bin())
             .arg("agent")
-            .env("NODE_NAME", name)
+            .env("NODE_NAME", first)
             .env("KUBECONFIG", c.dir.join("cp/admin.kubeconfig"))
             .env("WH_SIMULATE", "1")
             .env("WH_NETWORK", "bench")
@@ -1917,42 +2014,71 @@ impl SimAgents {
             .env("POD_NAMESPACE", "default")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        self.children
-            .push((name.to_string(), child, LogTail::new(log)));
+            .stderr(std::fs::File::create(&log)?);
+        if names.len() > 1 {
+            cmd.env("WH_SIMULATE_NODES", names.join(","))
+                .env("WH_SIMULATE_EVERY_MS", every.as_millis().to_string());
+        }
+        let child = cmd.spawn()?;
+        let node = (names.len() == 1).then(|| first.clone());
+        self.procs
+            .push((child, names.len(), LogTail::new(log, node)));
+        self.names.extend(names.iter().cloned());
         Ok(())
     }
 
-    /// How many agents logged that they run a network of at least
-    /// `members` nodes (nodes only join in the bench), reading what their
-    /// logs gained since the last call.
-    fn knowing(&mut self, members: usize) -> usize {
-        let mut knowing = 0;
-        for (_, _, log) in &mut self.children {
-            if log.members < members {
-                log.catch_up();
-            }
-            knowing += usize::from(log.members >= members);
+    /// Reads what every log gained since the last call.
+    fn catch_up(&mut self) {
+        for (_, _, log) in &mut self.procs {
+            log.catch_up(&mut self.seen);
         }
-        knowing
     }
 
-    /// Resident memory of each agent, KiB.
-    fn rss_kib(&self) -> Vec<u64> {
-        self.children
+    /// How many agents logged that they run a network of at least
+    /// `members` nodes (nodes only join in the bench).
+    fn knowing(&mut self, members: usize) -> usize {
+        self.catch_up();
+        self.names
             .iter()
-            .filter_map(|(_, c, _)| proc_rss_kib(c.id()))
-            .collect()
+            .filter(|n| self.seen.members(n) >= members)
+            .count()
     }
 
-    /// Proportional memory of each agent, KiB.
-    fn pss_kib(&self) -> Vec<u64> {
-        self.children
+    /// Copies the logs of the processes whose agents held the Lease (the
+    /// lab's folder goes with the lab) beside the test binary's files:
+    /// `k8s-bench-holder-N-NODE.log`.
+    fn keep_holders_logs(&self, n: usize) {
+        let mut i = 0;
+        for (_, agents, log) in &self.procs {
+            let names = &self.names[i..(i + agents).min(self.names.len())];
+            i += agents;
+            if let Some(holder) = names.iter().find(|m| self.seen.holders.contains(*m)) {
+                let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                    .join(format!("k8s-bench-holder-{n}-{holder}.log"));
+                let _ = std::fs::copy(&log.path, keep);
+            }
+        }
+    }
+
+    /// Memory of each agent, KiB, by `measure` (a process's figure split
+    /// evenly among its agents).
+    fn per_agent_kib(&self, measure: fn(u32) -> Option<u64>) -> Vec<u64> {
+        self.procs
             .iter()
-            .filter_map(|(_, c, _)| proc_pss_kib(c.id()))
+            .filter_map(|(c, agents, _)| Some(measure(c.id())? / (*agents).max(1) as u64))
             .collect()
     }
+}
+
+/// The stamp of a log line (seconds since midnight UTC): tracing's
+/// `2026-12-06T08:22:20.123456Z` first.
+fn line_stamp(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// Proportional memory of a process, KiB (shared pages such as the
@@ -2058,18 +2184,47 @@ fn seconds_of_day_now() -> f64 {
 }
 
 /// The stamp (seconds since midnight UTC) of the first line of `log` that
-/// holds every one of `needles`: tracing's `2026-12-06T08:22:20.123456Z`.
+/// holds every one of `needles`.
 fn first_stamp(log: &Path, needles: &[&str]) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
     let line = text
         .lines()
         .find(|l| needles.iter().all(|n| l.contains(n)))?;
-    let time = line.split_whitespace().next()?.split_once('T')?.1;
-    let mut parts = time.trim_end_matches('Z').split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
+    line_stamp(line)
+}
+
+/// The host's load average (1, 5, 15 minutes).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How many agents run networks of how many nodes, in tenths of `n`
+/// ("0-99: 3, 900-999: 2, 1000: 995"): where a run that does not
+/// converge stands.
+fn members_histogram(agents: &SimAgents, n: usize) -> String {
+    let step = (n / 10).max(1);
+    let mut bins: BTreeMap<usize, usize> = BTreeMap::new();
+    for name in &agents.names {
+        let m = agents.seen.members(name).min(n);
+        *bins
+            .entry(if m == n { n } else { m / step * step })
+            .or_default() += 1;
+    }
+    bins.iter()
+        .map(|(lo, count)| {
+            if *lo == n {
+                format!("{n}: {count}")
+            } else {
+                format!("{lo}-{}: {count}", (lo + step - 1).min(n - 1))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -2129,28 +2284,78 @@ fn bench(n: usize) -> Result<String> {
             wh_bin().display()
         ),
     );
+    // Agents per process: 1 (each a `wh agent` process of its own), or
+    // groups of this many in one process (`WH_SIMULATE_NODES`).
+    let group: usize = std::env::var("WH_SCALE_GROUP")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut agents = SimAgents {
-        children: Vec::new(),
+        procs: Vec::new(),
+        names: Vec::new(),
+        seen: Seen::default(),
     };
-    // Started at a steady pace, as nodes joining a cluster would (all at
-    // once, every agent reacts to every join at the same moment).
-    for (i, name) in names.iter().enumerate() {
-        if i % 20 == 0
-            && let Some(left) = mem_available_kib().filter(|&m| m < BENCH_MEMORY_FLOOR_KIB)
-        {
+    // Started at a steady pace, 20 a second, as nodes joining a cluster
+    // would (all at once, every agent reacts to every join at the same
+    // moment); a group's process starts its agents at the same pace.
+    let every = Duration::from_millis(50);
+    for (i, chunk) in names.chunks(group).enumerate() {
+        if let Some(left) = mem_available_kib().filter(|&m| m < BENCH_MEMORY_FLOOR_KIB) {
             bail!(
-                "only {} MiB of memory left after {i} agents: stopped before the host runs out",
+                "only {} MiB of memory left after {} agents: stopped before the host runs out",
+                left / 1024,
+                i * group
+            );
+        }
+        agents.start(&c, chunk, every)?;
+        std::thread::sleep(every * chunk.len() as u32);
+    }
+    log(
+        t0,
+        &format!(
+            "N={n}: {n} agents started in {} processes; load average {}",
+            agents.procs.len(),
+            load_average()
+        ),
+    );
+    // Every agent must come to run all n nodes; the agents are stopped
+    // (dropped) when the host runs short of memory meanwhile.
+    let deadline = Duration::from_secs(600.max(n as u64));
+    let mut last_report = Instant::now();
+    let converged = loop {
+        let knowing = agents.knowing(n);
+        if knowing == n {
+            break t0.elapsed();
+        }
+        if let Some(left) = mem_available_kib().filter(|&m| m < BENCH_MEMORY_FLOOR_KIB / 2) {
+            agents.keep_holders_logs(n);
+            bail!(
+                "only {} MiB of memory left while {knowing} of {n} agents ran all {n} nodes: agents stopped",
                 left / 1024
             );
         }
-        agents.start(&c, name)?;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let converged = wait_for(
-        Duration::from_secs(600.max(n as u64)),
-        &format!("all {n} agents to run a network of {n} nodes"),
-        || Ok((agents.knowing(n) == n).then(|| t0.elapsed())),
-    )?;
+        if t0.elapsed() > deadline {
+            agents.keep_holders_logs(n);
+            bail!(
+                "timed out after {deadline:?}: {knowing} of {n} agents run a network of {n} nodes ({})",
+                members_histogram(&agents, n)
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(30) {
+            last_report = Instant::now();
+            log(
+                t0,
+                &format!(
+                    "N={n}: {knowing} of {n} agents run all nodes ({}); load average {}, {} MiB available",
+                    members_histogram(&agents, n),
+                    load_average(),
+                    mem_available_kib().unwrap_or(0) / 1024
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     log(t0, &format!("N={n}: every agent runs all {n} nodes"));
     // Steady state: let the first heartbeats pass, then count.
     std::thread::sleep(Duration::from_secs(30));
@@ -2170,11 +2375,11 @@ fn bench(n: usize) -> Result<String> {
     let ticks = 100.0; // USER_HZ
     let api_cpu = (cpu2.saturating_sub(cpu1)) as f64 / ticks / window as f64 * 100.0;
     let api_rss = proc_rss_kib(api).unwrap_or(0);
-    let mut rss = agents.rss_kib();
+    let mut rss = agents.per_agent_kib(proc_rss_kib);
     rss.sort_unstable();
     let rss_median = rss.get(rss.len() / 2).copied().unwrap_or(0);
     let rss_max = rss.last().copied().unwrap_or(0);
-    let mut pss = agents.pss_kib();
+    let mut pss = agents.per_agent_kib(proc_pss_kib);
     pss.sort_unstable();
     let pss_median = pss.get(pss.len() / 2).copied().unwrap_or(0);
     // Object sizes as stored (JSON).
@@ -2199,18 +2404,17 @@ fn bench(n: usize) -> Result<String> {
         &node_list(std::slice::from_ref(&newcomer)),
     )?;
     let node_applied = added.elapsed().as_secs_f64();
-    agents.start(&c, &newcomer)?;
+    // The new node's agent: a process of its own (a node joining).
+    agents.catch_up();
+    agents.seen.target = Some(n + 1);
+    agents.start(&c, std::slice::from_ref(&newcomer), every)?;
     let agent_spawned = added.elapsed().as_secs_f64();
     let mut known: Vec<f64> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let needle = format!("members={} ", n + 1);
+    let mut seen = HashSet::new();
     while seen.len() < n + 1 && added.elapsed() < Duration::from_secs(120) {
-        for (name, _, log) in &mut agents.children {
-            if seen.contains(name) {
-                continue;
-            }
-            log.catch_up();
-            if log.members > n {
+        agents.catch_up();
+        for name in &agents.names {
+            if !seen.contains(name) && agents.seen.members(name) > n {
                 seen.insert(name.clone());
                 known.push(added.elapsed().as_secs_f64());
             }
@@ -2222,7 +2426,7 @@ fn bench(n: usize) -> Result<String> {
     // creation): the harness, the new agent's start and key, the lease
     // holder's allocation, every agent's round.
     let since_added = |t: Option<f64>| t.map_or(f64::NAN, |t| t - added_wall);
-    let newcomer_log = agents.children.last().map(|(_, _, l)| l.path.clone());
+    let newcomer_log = agents.procs.last().map(|(_, _, l)| l.path.clone());
     let newcomer_at = |needle: &str| {
         since_added(
             newcomer_log
@@ -2232,34 +2436,25 @@ fn bench(n: usize) -> Result<String> {
     };
     let allocated_node = format!("node={newcomer}");
     let allocated = agents
-        .children
+        .procs
         .iter()
         .filter_map(|(_, _, l)| first_stamp(&l.path, &["allocated", &allocated_node]))
         .reduce(f64::min);
     // When each agent logged it (the table's figures are when the bench saw
-    // it, reading every log every 100 ms).
+    // it, reading the logs every 100 ms).
     let mut stamped: Vec<f64> = agents
-        .children
-        .iter()
-        .filter_map(|(_, _, l)| first_stamp(&l.path, &["simulated node: network", &needle]))
+        .seen
+        .reached
+        .values()
         .map(|t| t - added_wall)
         .collect();
     stamped.sort_by(f64::total_cmp);
-    let holders = agents
-        .children
-        .iter()
-        .filter(|(_, _, l)| first_stamp(&l.path, &["network lease", "leader=true"]).is_some())
-        .count();
+    let holders = agents.seen.holders.len();
     log(
         t0,
         &format!(
             "N={n}: load average {}, {} MiB of memory available; new node: Node applied +{node_applied:.2}s, agent spawned +{agent_spawned:.2}s, agent's first log +{:.2}s, key published +{:.2}s, allocated +{:.2}s; by the logs' stamps, {} agents know it: first +{:.2}s, p50 +{:.2}s, p95 +{:.2}s, last +{:.2}s; {holders} agents held the Lease at some point",
-            std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
+            load_average(),
             mem_available_kib().unwrap_or(0) / 1024,
             newcomer_at("wirehub agent starting"),
             newcomer_at("published my WireHubNode"),
@@ -2271,11 +2466,12 @@ fn bench(n: usize) -> Result<String> {
             stamped.last().copied().unwrap_or(f64::NAN),
         ),
     );
-    if let Some((_, _, log)) = agents.children.last() {
+    if let Some((_, _, log)) = agents.procs.last() {
         let keep =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("k8s-bench-newcomer-{n}.log"));
         let _ = std::fs::copy(&log.path, keep);
     }
+    agents.keep_holders_logs(n);
     log(
         t0,
         &format!(

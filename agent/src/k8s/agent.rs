@@ -37,6 +37,14 @@
 //! that takes part changed, and a join only extends it by the one node
 //! ([`NetworkMemo`]).
 //!
+//! Simulation (the scale bench only, never the chart): with
+//! `WH_SIMULATE=1` the agent does all of the above but runs no node core,
+//! only logging the network it would run; `WH_SIMULATE_NODES` then runs
+//! one such agent per node named in one process ([`simulated_group`]),
+//! each the same [`main`] with its own client, watches, Lease keeper and
+//! `WireHubNode`, sharing only the runtime and the log (lines in a span
+//! `agent{node=NAME}`).
+//!
 //! [`NetworkSpec`]: crate::config::NetworkSpec
 
 use super::K8sError;
@@ -75,6 +83,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tracing::Instrument;
 
 /// Default place of the node's private key (a host path in the DaemonSet).
 pub const DEFAULT_KEY_FILE: &str = "/var/lib/wirehub/private.key";
@@ -88,6 +97,12 @@ const SETTLE: Duration = Duration::from_millis(100);
 const MAX_SETTLE: Duration = Duration::from_secs(2);
 /// Event keys remembered (sent once per generation), at most.
 const MAX_EVENT_KEYS: usize = 1024;
+/// When the next round comes after the lease holder's write of an
+/// allocation met a record changed since its watch showed it (the node's
+/// agent wrote its status meanwhile, as it does right after its spec):
+/// soon, not at the next [`RESYNC`], since nothing else wakes the holder
+/// for a status.
+const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait after a failed round.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -142,7 +157,9 @@ pub struct AgentOptions {
     pub relay_mbit: u32,
     /// No data plane: the agent does all its Kubernetes work but only
     /// notes the network it would run (`WH_SIMULATE=1`, for the scale
-    /// bench's simulated nodes; never in the chart).
+    /// bench's simulated nodes; never in the chart). With it,
+    /// `WH_SIMULATE_NODES` runs one such agent per node named in this one
+    /// process ([`simulated_group`]).
     pub simulate: bool,
 }
 
@@ -220,14 +237,125 @@ pub fn run(keyword: impl Fn(&str) -> Option<String>) -> Outcome {
             message: format!("{e:#}"),
         })
     })?;
+    let group = match env("WH_SIMULATE_NODES") {
+        Some(names) => simulated_group(&opts, &names).map_err(|message| {
+            crate::cli::commands::Failure::Usage(crate::cli::Usage {
+                command: Some("agent"),
+                message,
+            })
+        })?,
+        None => Vec::new(),
+    };
     crate::node::daemon::init_logging("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(main(opts))?;
+    if group.is_empty() {
+        runtime.block_on(main(opts))?;
+    } else {
+        let every = env("WH_SIMULATE_EVERY_MS")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        runtime.block_on(run_group(group, every));
+    }
     Ok(0)
+}
+
+/// The most agents one process runs in simulation (`WH_SIMULATE_NODES`).
+pub const MAX_SIMULATED_NODES: usize = 5000;
+
+/// Simulation only (the scale bench, `WH_SIMULATE=1`): the options of
+/// each agent one process runs when `WH_SIMULATE_NODES` names several
+/// nodes (names separated by commas). Each is `base` for its own node,
+/// with its key (and pins) in a folder of its own beside `base`'s key file
+/// (`DIR/private.key` becomes `DIR/NODE/private.key`). Refused: outside
+/// simulation (a real node runs one agent), an empty or repeated name, a
+/// name that is no file name, more than [`MAX_SIMULATED_NODES`].
+pub fn simulated_group(base: &AgentOptions, names: &str) -> Result<Vec<AgentOptions>, String> {
+    if !base.simulate {
+        return Err(
+            "WH_SIMULATE_NODES runs several simulated agents in one process: it needs WH_SIMULATE=1"
+                .into(),
+        );
+    }
+    let names: Vec<&str> = names.split(',').map(str::trim).collect();
+    if names.len() > MAX_SIMULATED_NODES {
+        return Err(format!(
+            "WH_SIMULATE_NODES names {} nodes; one process runs at most {MAX_SIMULATED_NODES}",
+            names.len()
+        ));
+    }
+    let dir = base
+        .key_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let file = base
+        .key_file
+        .file_name()
+        .map_or_else(|| "private.key".into(), |f| f.to_os_string());
+    let mut seen = HashSet::new();
+    let mut group = Vec::with_capacity(names.len());
+    for (i, name) in names.into_iter().enumerate() {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!(
+                "WH_SIMULATE_NODES: name {} ('{name}') is not a node name",
+                i + 1
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(format!("WH_SIMULATE_NODES: node '{name}' is named twice"));
+        }
+        group.push(AgentOptions {
+            node_name: name.to_string(),
+            key_file: dir.join(name).join(&file),
+            ..base.clone()
+        });
+    }
+    Ok(group)
+}
+
+/// Simulation only: each agent of `group` in this process, one started
+/// every `every`, each exactly as `wh agent` runs it ([`main`]: its own
+/// client, watches, Lease keeper, `WireHubNode`), its log lines in a span
+/// naming its node (`agent{node=NAME}`). Returns when every agent stopped
+/// (SIGTERM stops them all); an agent that fails is logged, the others
+/// go on.
+async fn run_group(group: Vec<AgentOptions>, every: Duration) {
+    let mut agents = tokio::task::JoinSet::new();
+    // Each agent stops on SIGTERM once it runs; one that arrives while
+    // they are still being started stops them all here.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    for (i, opts) in group.into_iter().enumerate() {
+        if i > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = term.recv() => {
+                    tracing::info!(started = i, "terminated while starting the agents");
+                    agents.abort_all();
+                    return;
+                }
+            }
+        }
+        let span = tracing::info_span!("agent", node = %opts.node_name);
+        agents.spawn(
+            async move {
+                if let Err(e) = main(opts).await {
+                    tracing::error!(error = %format!("{e:#}"), "the agent stopped");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    while agents.join_next().await.is_some() {}
 }
 
 /// Reads the node's key, or makes one meeting `workbits` and keeps it.
@@ -348,12 +476,15 @@ struct Agent {
     written: alloc::Written,
     /// The watches of the network's remote clusters.
     remotes: RemoteWatches,
+    /// Whether a write of this round's allocations met a record changed
+    /// meanwhile (the next round then comes after [`CONFLICT_RETRY`]).
+    write_conflict: bool,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     tracing::info!(node = %opts.node_name, network = ?opts.network, "wirehub agent starting");
     let shared = Arc::new(Shared::default());
-    tokio::spawn(metrics::serve(opts.metrics_addr, Arc::clone(&shared)));
+    tokio::spawn(metrics::serve(opts.metrics_addr, Arc::clone(&shared)).in_current_span());
     let client = Client::try_default()
         .await
         .map_err(|e| K8sError::Config(e.to_string()))?;
@@ -376,17 +507,20 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
         Arc::clone(&leading),
         records.clone(),
     );
-    tokio::spawn(forward_changes(
-        node_stream,
-        Arc::clone(&changed),
-        "nodes",
-        move |n: &Node| {
-            let agent = known
-                .get(&reflector::ObjectRef::new(&n.name_any()))
-                .is_some();
-            node_fingerprint(n, &me, holder.load(Ordering::Relaxed), agent)
-        },
-    ));
+    tokio::spawn(
+        forward_changes(
+            node_stream,
+            Arc::clone(&changed),
+            "nodes",
+            move |n: &Node| {
+                let agent = known
+                    .get(&reflector::ObjectRef::new(&n.name_any()))
+                    .is_some();
+                node_fingerprint(n, &me, holder.load(Ordering::Relaxed), agent)
+            },
+        )
+        .in_current_span(),
+    );
 
     let (networks, networks_writer) = reflector::store::<WireHubNetwork>();
     let mut net_config = list_watch();
@@ -399,14 +533,17 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     )
     .default_backoff()
     .touched_objects();
-    tokio::spawn(forward_changes(
-        net_stream,
-        Arc::clone(&changed),
-        "wirehubnetworks",
-        // Its spec (generation), not its status: the lease holder's
-        // status writes do not wake every agent.
-        |n: &WireHubNetwork| format!("{:?}/{:?}", n.metadata.generation, n.metadata.uid),
-    ));
+    tokio::spawn(
+        forward_changes(
+            net_stream,
+            Arc::clone(&changed),
+            "wirehubnetworks",
+            // Its spec (generation), not its status: the lease holder's
+            // status writes do not wake every agent.
+            |n: &WireHubNetwork| format!("{:?}/{:?}", n.metadata.generation, n.metadata.uid),
+        )
+        .in_current_span(),
+    );
 
     let record_stream = reflector::reflector(
         records_writer,
@@ -417,12 +554,15 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     // What others trust wakes the agent; statuses (heartbeats) are read at
     // the next round.
     let (me, holder) = (opts.node_name.clone(), Arc::clone(&leading));
-    tokio::spawn(forward_changes(
-        record_stream,
-        Arc::clone(&changed),
-        "wirehubnodes",
-        move |r: &WireHubNode| record_fingerprint(r, &me, holder.load(Ordering::Relaxed)),
-    ));
+    tokio::spawn(
+        forward_changes(
+            record_stream,
+            Arc::clone(&changed),
+            "wirehubnodes",
+            move |r: &WireHubNode| record_fingerprint(r, &me, holder.load(Ordering::Relaxed)),
+        )
+        .in_current_span(),
+    );
 
     let mut agent = Agent::new(opts, client, nodes, networks, records, shared);
     agent.changed = Arc::clone(&changed);
@@ -652,12 +792,12 @@ impl LeaseKeeper {
         .default_backoff()
         .touched_objects();
         let lease_changed = Arc::new(Notify::new());
-        let watch_task = tokio::spawn(forward_changes(
-            stream,
-            Arc::clone(&lease_changed),
-            "leases",
-            |l: &Lease| l.metadata.resource_version.clone().unwrap_or_default(),
-        ));
+        let watch_task = tokio::spawn(
+            forward_changes(stream, Arc::clone(&lease_changed), "leases", |l: &Lease| {
+                l.metadata.resource_version.clone().unwrap_or_default()
+            })
+            .in_current_span(),
+        );
         let (acting, rx) = watch::channel(None);
         let keeper = LeaseKeeper {
             api,
@@ -669,7 +809,7 @@ impl LeaseKeeper {
             changed,
             nodes,
         };
-        let timer_task = tokio::spawn(keeper.run(lease_changed));
+        let timer_task = tokio::spawn(keeper.run(lease_changed).in_current_span());
         (
             LeaseTasks(vec![watch_task.abort_handle(), timer_task.abort_handle()]),
             rx,
@@ -827,6 +967,7 @@ impl Agent {
             memo: NetworkMemo::default(),
             written: alloc::Written::default(),
             remotes: RemoteWatches::default(),
+            write_conflict: false,
         }
     }
 
@@ -1046,6 +1187,9 @@ impl Agent {
         }
         for e in plan.events {
             self.event_once(&net, e).await;
+        }
+        if std::mem::take(&mut self.write_conflict) {
+            return Ok(Action::requeue(CONFLICT_RETRY));
         }
         Ok(Action::requeue(RESYNC))
     }
@@ -1273,9 +1417,9 @@ impl Agent {
     /// an allocation is written once, never over one made meanwhile (by a
     /// previous lease holder whose writes this agent had not seen yet).
     /// False when the record is unknown or changed (the next round sees
-    /// the new state).
+    /// the new state, and comes soon: [`CONFLICT_RETRY`]).
     async fn patch_as_seen(
-        &self,
+        &mut self,
         api: &Api<WireHubNode>,
         node: &str,
         fields: serde_json::Map<String, serde_json::Value>,
@@ -1294,7 +1438,8 @@ impl Agent {
         {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::debug!(%node, "its WireHubNode changed meanwhile; next round");
+                tracing::debug!(%node, "its WireHubNode changed meanwhile; next round soon");
+                self.write_conflict = true;
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -1303,7 +1448,7 @@ impl Agent {
 
     /// Leader only: records whose allocations differ from the pinned ones
     /// (someone else's token wrote them) get the pinned values back.
-    async fn restore_allocations(&self, nodes: &[ClusterNode]) -> Result<(), K8sError> {
+    async fn restore_allocations(&mut self, nodes: &[ClusterNode]) -> Result<(), K8sError> {
         let api: Api<WireHubNode> = Api::all(self.client.clone());
         for n in nodes {
             let Some(r) = self.records.get(&reflector::ObjectRef::new(&n.name)) else {
@@ -1703,24 +1848,68 @@ mod tests {
 
     type Handle = mock::Handle<HttpRequest<Body>, HttpResponse<Body>>;
 
+    fn options() -> AgentOptions {
+        AgentOptions {
+            node_name: "n1".into(),
+            network: Some("lab".into()),
+            key_file: PathBuf::from("/nonexistent/key"),
+            namespace: "kube-system".into(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            cni_dir: None,
+            mtu: DEFAULT_MTU,
+            backend: BackendKind::Auto,
+            mode: Mode::Unknown,
+            relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
+            simulate: false,
+        }
+    }
+
+    #[test]
+    fn a_simulated_group_gives_each_node_its_own_agent_and_key_folder() {
+        let base = AgentOptions {
+            key_file: PathBuf::from("/sim/private.key"),
+            simulate: true,
+            ..options()
+        };
+        let group = simulated_group(&base, "sim-0000, sim-0001,sim-0002").unwrap();
+        let names: Vec<&str> = group.iter().map(|o| o.node_name.as_str()).collect();
+        assert_eq!(names, ["sim-0000", "sim-0001", "sim-0002"]);
+        assert_eq!(
+            group[1].key_file,
+            PathBuf::from("/sim/sim-0001/private.key")
+        );
+        assert!(
+            group
+                .iter()
+                .all(|o| o.simulate && o.network == base.network)
+        );
+    }
+
+    #[test]
+    fn a_simulated_group_refuses_what_no_bench_means_naming_the_fault() {
+        let sim = AgentOptions {
+            simulate: true,
+            ..options()
+        };
+        let err = simulated_group(&options(), "a,b").unwrap_err();
+        assert!(err.contains("WH_SIMULATE=1"), "{err}");
+        let err = simulated_group(&sim, "a,,b").unwrap_err();
+        assert!(err.contains("name 2"), "{err}");
+        let err = simulated_group(&sim, "a,../x").unwrap_err();
+        assert!(err.contains("'../x'"), "{err}");
+        let err = simulated_group(&sim, "a,b,a").unwrap_err();
+        assert!(err.contains("'a' is named twice"), "{err}");
+        let many = vec!["n"; MAX_SIMULATED_NODES + 1].join(",");
+        let err = simulated_group(&sim, &many).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+    }
+
     fn agent(client: Client) -> Agent {
         let (nodes, _) = reflector::store::<Node>();
         let (networks, _) = reflector::store::<WireHubNetwork>();
         let (records, _) = reflector::store::<WireHubNode>();
         Agent::new(
-            AgentOptions {
-                node_name: "n1".into(),
-                network: Some("lab".into()),
-                key_file: PathBuf::from("/nonexistent/key"),
-                namespace: "kube-system".into(),
-                metrics_addr: "127.0.0.1:0".parse().unwrap(),
-                cni_dir: None,
-                mtu: DEFAULT_MTU,
-                backend: BackendKind::Auto,
-                mode: Mode::Unknown,
-                relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
-                simulate: false,
-            },
+            options(),
             client,
             nodes,
             networks,
@@ -1974,9 +2163,11 @@ mod tests {
                 }
             }
         });
-        // Someone wrote the record meanwhile: not an error, nothing taken.
+        // Someone wrote the record meanwhile: not an error, nothing taken,
+        // and the next round comes soon.
         let mut nodes = vec![node.clone()];
         assert!(a.allocate(&net, &mut nodes).await.unwrap().is_empty());
+        assert!(a.write_conflict, "a conflict asks for a round soon");
         assert_eq!(
             (nodes[0].overlay_ip, nodes[0].recorded_pod_cidr),
             (None, None)

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// How often the Secret of a running watch is read again.
 pub const SECRET_RECHECK: Duration = Duration::from_secs(60);
@@ -333,12 +334,15 @@ async fn start(cluster: &str, text: String, changed: &Arc<Notify>) -> Result<Wat
     .default_backoff()
     .map(Update::Network);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let task = tokio::spawn(follow(
-        cluster.to_string(),
-        futures::stream::select(nodes, networks),
-        Arc::clone(&seen),
-        Arc::clone(changed),
-    ))
+    let task = tokio::spawn(
+        follow(
+            cluster.to_string(),
+            futures::stream::select(nodes, networks),
+            Arc::clone(&seen),
+            Arc::clone(changed),
+        )
+        .in_current_span(),
+    )
     .abort_handle();
     Ok(Watch {
         kubeconfig: text,
