@@ -1767,7 +1767,7 @@ fn metrics_are_served(c: &Cluster, t0: Instant) -> Result<()> {
 /// agents' log stamps), the API server's CPU and memory, the agents' memory. A benchmark, so ignored by default:
 /// `WH_SCALE_N=100,300 cargo test -p wirehub-e2e --test k8s k8s_scale_bench
 /// -- --ignored --nocapture` (default N = 100; `WH_SCALE_STEADY_S`, the
-/// steady-state window, default 120). Agents start 20 per second. The
+/// steady-state window, default 120). Agents start 20 per second (`WH_SCALE_RATE`). The
 /// agents run the `wh` of this build unless `WH_BIN` names another: a
 /// debug-built agent takes about 25 MiB, so N = 1,000 wants a release
 /// build (`cargo build --release -p wirehub --bin wh`, then
@@ -2163,11 +2163,15 @@ fn api_writes(c: &Cluster) -> Result<(f64, f64)> {
     Ok((wirehub, leases))
 }
 
-fn node_list(names: &[String]) -> String {
+/// Node objects named `names`, the first the `first`th of the bench: each
+/// its own InternalIP (10.250.0.1 onwards; before, every chunk of a
+/// hundred repeated the same hundred addresses).
+fn node_list(first: usize, names: &[String]) -> String {
     let items: Vec<Value> = names
         .iter()
         .enumerate()
         .map(|(i, n)| {
+            let i = first + i;
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
                    "status": {"addresses": [{"type": "InternalIP", "address": format!("10.250.{}.{}", i / 250, i % 250 + 1)}]}})
         })
@@ -2274,8 +2278,8 @@ fn bench(n: usize) -> Result<String> {
         "apiVersion: wirehub.io/v1alpha1\nkind: WireHubNetwork\nmetadata: {name: bench}\nspec: {subnet: 10.99.0.0/16, podSubnet: 10.200.0.0/13, workbits: 0}\n",
     )?;
     let names: Vec<String> = (0..n).map(|i| format!("sim-{i:04}")).collect();
-    for chunk in names.chunks(100) {
-        c.k_stdin(&["apply", "-f", "-"], &node_list(chunk))?;
+    for (i, chunk) in names.chunks(100).enumerate() {
+        c.k_stdin(&["apply", "-f", "-"], &node_list(i * 100, chunk))?;
     }
     log(
         t0,
@@ -2296,10 +2300,16 @@ fn bench(n: usize) -> Result<String> {
         names: Vec::new(),
         seen: Seen::default(),
     };
-    // Started at a steady pace, 20 a second, as nodes joining a cluster
-    // would (all at once, every agent reacts to every join at the same
-    // moment); a group's process starts its agents at the same pace.
-    let every = Duration::from_millis(50);
+    // Started at a steady pace, as nodes joining a cluster would (all at
+    // once, every agent reacts to every join at the same moment): 20 a
+    // second unless `WH_SCALE_RATE` says how many; a group's process
+    // starts its agents at the same pace.
+    let rate: f64 = std::env::var("WH_SCALE_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r: &f64| *r > 0.0)
+        .unwrap_or(20.0);
+    let every = Duration::from_secs_f64(1.0 / rate);
     for (i, chunk) in names.chunks(group).enumerate() {
         if let Some(left) = mem_available_kib().filter(|&m| m < BENCH_MEMORY_FLOOR_KIB) {
             bail!(
@@ -2314,14 +2324,14 @@ fn bench(n: usize) -> Result<String> {
     log(
         t0,
         &format!(
-            "N={n}: {n} agents started in {} processes; load average {}",
+            "N={n}: {n} agents started in {} processes, {rate} a second; load average {}",
             agents.procs.len(),
             load_average()
         ),
     );
     // Every agent must come to run all n nodes; the agents are stopped
     // (dropped) when the host runs short of memory meanwhile.
-    let deadline = Duration::from_secs(600.max(n as u64));
+    let deadline = t0.elapsed() + Duration::from_secs(600.max(n as u64));
     let mut last_report = Instant::now();
     let converged = loop {
         let knowing = agents.knowing(n);
@@ -2401,7 +2411,7 @@ fn bench(n: usize) -> Result<String> {
     let added_wall = seconds_of_day_now();
     c.k_stdin(
         &["apply", "-f", "-"],
-        &node_list(std::slice::from_ref(&newcomer)),
+        &node_list(n, std::slice::from_ref(&newcomer)),
     )?;
     let node_applied = added.elapsed().as_secs_f64();
     // The new node's agent: a process of its own (a node joining).

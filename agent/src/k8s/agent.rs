@@ -496,9 +496,10 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let node_stream = reflector::reflector(
         nodes_writer,
-        watcher(Api::<Node>::all(client.clone()), list_watch()),
+        watcher(Api::<Node>::all(client.clone()), list_watch())
+            .default_backoff()
+            .modify(trim_node),
     )
-    .default_backoff()
     .touched_objects();
     // Only what the network is built from counts: not the kubelets'
     // heartbeats.
@@ -547,9 +548,10 @@ async fn main(opts: AgentOptions) -> anyhow::Result<()> {
 
     let record_stream = reflector::reflector(
         records_writer,
-        watcher(Api::<WireHubNode>::all(client.clone()), list_watch()),
+        watcher(Api::<WireHubNode>::all(client.clone()), list_watch())
+            .default_backoff()
+            .modify(trim_record),
     )
-    .default_backoff()
     .touched_objects();
     // What others trust wakes the agent; statuses (heartbeats) are read at
     // the next round.
@@ -680,6 +682,29 @@ fn problems_to_log<'a>(
 /// scale bench's notes in docs/kubernetes.md.)
 fn list_watch() -> watcher::Config {
     watcher::Config::default().any_semantic()
+}
+
+/// A Node as every agent keeps it (each keeps every Node): only what the
+/// network is built from ([`ClusterNode::from_node`]: name, uid, labels,
+/// pod CIDRs, addresses) and the resourceVersion; not the bookkeeping of
+/// its metadata (managedFields, annotations) nor the kubelet's status
+/// (images, conditions, capacity), which a real Node carries by the KiB.
+fn trim_node(n: &mut Node) {
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    if let Some(status) = n.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// A `WireHubNode` as every agent keeps it: spec, status and owners, not
+/// the bookkeeping of its metadata (managedFields, annotations).
+fn trim_record(r: &mut WireHubNode) {
+    r.metadata.managed_fields = None;
+    r.metadata.annotations = None;
 }
 
 /// What of a Node wakes an agent when it changes: what the network is
@@ -1862,6 +1887,44 @@ mod tests {
             relay_mbit: crate::relay::DEFAULT_RELAY_MBIT,
             simulate: false,
         }
+    }
+
+    #[test]
+    fn a_node_is_kept_with_what_the_network_is_built_from_and_nothing_else() {
+        use k8s_openapi::api::core::v1::{ContainerImage, NodeAddress, NodeSpec, NodeStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut n = Node {
+            metadata: ObjectMeta {
+                name: Some("n2".into()),
+                uid: Some("u2".into()),
+                resource_version: Some("7".into()),
+                labels: Some([("zone".to_string(), "a".to_string())].into()),
+                annotations: Some([("big".to_string(), "x".repeat(4096))].into()),
+                managed_fields: Some(vec![ManagedFieldsEntry::default(); 3]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some("10.244.2.0/24".into()),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: "10.0.0.2".into(),
+                }]),
+                images: Some(vec![ContainerImage::default(); 40]),
+                ..NodeStatus::default()
+            }),
+        };
+        let before = ClusterNode::from_node(&n);
+        trim_node(&mut n);
+        assert_eq!(
+            format!("{:?}", ClusterNode::from_node(&n)),
+            format!("{before:?}")
+        );
+        assert_eq!(n.metadata.resource_version.as_deref(), Some("7"));
+        assert!(n.metadata.managed_fields.is_none() && n.metadata.annotations.is_none());
+        assert!(n.status.as_ref().is_some_and(|s| s.images.is_none()));
     }
 
     #[test]
