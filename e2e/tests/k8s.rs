@@ -1839,6 +1839,11 @@ struct Seen {
     reached: HashMap<String, f64>,
     /// The agents that logged holding the Lease.
     holders: HashSet<String>,
+    /// How often the agents applied their own `WireHubNode`.
+    published: usize,
+    /// Requests the API server answered 504 (Gateway Timeout: a LIST
+    /// past its 60 s).
+    timeouts: usize,
 }
 
 impl Seen {
@@ -1852,6 +1857,8 @@ impl Seen {
         let Some(node) = spanned.or(node) else {
             return;
         };
+        self.published += usize::from(line.contains("published my WireHubNode"));
+        self.timeouts += usize::from(line.contains("504 Gateway Timeout"));
         if line.contains("network lease") && line.contains("leader=true") {
             self.holders.insert(node.to_string());
         }
@@ -1986,6 +1993,11 @@ fn a_group_log_is_told_apart_by_the_span_naming_each_agents_node() {
         Some(&(8.0 * 3600.0 + 22.0 * 60.0 + 20.5))
     );
     assert_eq!(seen.holders.iter().collect::<Vec<_>>(), ["sim-0002"]);
+    seen.line(
+        &line("sim-0001", "published my WireHubNode node=sim-0001"),
+        None,
+    );
+    assert_eq!((seen.published, seen.timeouts), (1, 0));
 }
 
 impl SimAgents {
@@ -2348,8 +2360,10 @@ fn bench(n: usize) -> Result<String> {
         if t0.elapsed() > deadline {
             agents.keep_holders_logs(n);
             bail!(
-                "timed out after {deadline:?}: {knowing} of {n} agents run a network of {n} nodes ({})",
-                members_histogram(&agents, n)
+                "timed out after {deadline:?}: {knowing} of {n} agents run a network of {n} nodes ({}); {} applies of the agents' own WireHubNodes, {} answers 504",
+                members_histogram(&agents, n),
+                agents.seen.published,
+                agents.seen.timeouts
             );
         }
         if last_report.elapsed() > Duration::from_secs(30) {
@@ -2357,8 +2371,10 @@ fn bench(n: usize) -> Result<String> {
             log(
                 t0,
                 &format!(
-                    "N={n}: {knowing} of {n} agents run all nodes ({}); load average {}, {} MiB available",
+                    "N={n}: {knowing} of {n} agents run all nodes ({}); {} applies of their own WireHubNodes, {} answers 504; load average {}, {} MiB available",
                     members_histogram(&agents, n),
+                    agents.seen.published,
+                    agents.seen.timeouts,
                     load_average(),
                     mem_available_kib().unwrap_or(0) / 1024
                 ),
@@ -2366,7 +2382,13 @@ fn bench(n: usize) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    log(t0, &format!("N={n}: every agent runs all {n} nodes"));
+    log(
+        t0,
+        &format!(
+            "N={n}: every agent runs all {n} nodes; {} applies of their own WireHubNodes, {} answers 504",
+            agents.seen.published, agents.seen.timeouts
+        ),
+    );
     // Steady state: let the first heartbeats pass, then count.
     std::thread::sleep(Duration::from_secs(30));
     let window: u64 = std::env::var("WH_SCALE_STEADY_S")
