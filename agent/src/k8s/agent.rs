@@ -485,6 +485,9 @@ struct Agent {
     /// The own `WireHubNode` as this agent last applied it, and when (its
     /// watch may not show it yet: [`own_spec_due`]).
     own_spec_written: Option<(serde_json::Value, Instant)>,
+    /// Whether the last round found no Node of this agent's own (logged
+    /// once until it is found).
+    own_node_missing: bool,
 }
 
 async fn main(opts: AgentOptions) -> anyhow::Result<()> {
@@ -1020,6 +1023,7 @@ impl Agent {
             remotes: RemoteWatches::default(),
             write_conflict: false,
             own_spec_written: None,
+            own_node_missing: false,
         }
     }
 
@@ -1322,9 +1326,14 @@ impl Agent {
         };
         let me = &self.opts.node_name;
         let Some(node) = self.nodes.get(&reflector::ObjectRef::new(me)) else {
-            tracing::warn!(node = %me, "my Node is not in the cluster (yet)");
+            // Said once until it is there (every round said it: 7,330
+            // lines from 1,000 agents whose watches were slow to list).
+            if !std::mem::replace(&mut self.own_node_missing, true) {
+                tracing::warn!(node = %me, "my Node is not in the cluster (yet)");
+            }
             return Ok(());
         };
+        self.own_node_missing = false;
         let current = self.records.get(&reflector::ObjectRef::new(me));
         let owned = current
             .as_ref()
