@@ -188,6 +188,9 @@ pub struct DhtCounters {
     pub lookups_refused: u64,
     pub low_workbits_ignored: u64,
     pub unmatched_responses: u64,
+    /// Requests sent again at once because a later one to the same node
+    /// was answered first (see `Dht::resend_lost`).
+    pub requests_resent: u64,
     pub transmits_dropped: u64,
     pub events_dropped: u64,
 }
@@ -831,8 +834,9 @@ impl Dht {
             Message::Pong { id, observed, info } => {
                 let rtt = match self.pending.get(id) {
                     Some(p) if p.key == from_key && matches!(p.kind, PendingKind::Ping) => {
-                        let rtt = t.saturating_sub(p.sent_at);
+                        let (rtt, sent_at) = (t.saturating_sub(p.sent_at), p.sent_at);
                         self.pending.remove(id);
+                        self.resend_lost(from_key, sent_at, t);
                         self.counters.requests_answered += 1;
                         self.push_event(DhtEvent::Pong {
                             key: from_key,
@@ -898,6 +902,7 @@ impl Dht {
         };
         self.pending.remove(&id);
         self.counters.requests_answered += 1;
+        self.resend_lost(from_key, p.sent_at, t);
         let rtt = t.saturating_sub(p.sent_at).min(u32::MAX as u64 - 1) as u32;
         self.seen(from_key, from_addr, t, None, Some(rtt));
         let PendingKind::Find { lookup, target } = p.kind else {
@@ -1017,6 +1022,38 @@ impl Dht {
         if t >= self.next_maintenance {
             self.next_maintenance = t + ms(self.config.maintenance_interval).max(1);
             self.maintenance(t);
+        }
+    }
+
+    /// `key` answered a request sent at `answered_sent_at`: the requests
+    /// to it sent before that one and still unanswered were lost (it was
+    /// down and is back, or its NAT had no mapping yet). Finds are sent
+    /// again now, not after their timeout and retry (a node started before
+    /// its bootstrap has its lookups' requests waiting on it); older pings
+    /// are answered by this one and dropped. A request is sent again only
+    /// when a later one is answered, so this is bounded by the pending
+    /// requests, and it adds no datagram to a node that answers nothing
+    /// (more probes of a silent bootstrap would flood it when it is only
+    /// slow: `a_storm_of_nodes_that_shed_late_datagrams_forms_a_network`).
+    fn resend_lost(&mut self, key: PublicKey, answered_sent_at: u64, t: u64) {
+        let mut lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.key == key && p.sent_at < answered_sent_at)
+            .map(|(id, _)| *id)
+            .collect();
+        // In id order, not the map's: the same inputs resend the same way.
+        lost.sort_unstable();
+        for id in lost {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            if let PendingKind::Find { lookup, .. } = p.kind
+                && let Some(idx) = self.lookup_index(lookup)
+            {
+                self.counters.requests_resent += 1;
+                self.send_find(idx, p.key, p.addr, t, p.tries);
+            }
         }
     }
 

@@ -349,12 +349,17 @@ impl RelayHealth {
         }
     }
 
-    /// Any authenticated message from `relay` proves it alive.
-    pub fn on_contact(&mut self, relay: &PublicKey) {
-        self.dead.remove(relay);
+    /// Any authenticated message from `relay` proves it alive. True when
+    /// it was found dead within [`DEAD_REMEMBERED`]: it is back.
+    pub fn on_contact(&mut self, relay: &PublicKey, now: Instant) -> bool {
+        let was_dead = self
+            .dead
+            .remove(relay)
+            .is_some_and(|t| now.saturating_duration_since(t) < DEAD_REMEMBERED);
         if let Some(w) = self.watched.get_mut(relay) {
             w.unanswered_since = None;
         }
+        was_dead
     }
 
     /// True when `relay` has been silent past [`IN_USE_DEAD`], or was
@@ -437,8 +442,9 @@ mod tests {
         assert!(h.is_dead(&relay, t1), "not a new watch of its own");
         assert_eq!(h.dead(t1), vec![relay]);
         assert!(!h.is_dead(&other, t1));
-        h.on_contact(&relay);
+        assert!(h.on_contact(&relay, t1), "found dead, heard from: back");
         assert!(!h.is_dead(&relay, t1), "heard from: alive");
+        assert!(!h.on_contact(&relay, t1), "back once, not at every message");
         h.mark_dead(relay, t1);
         assert!(
             !h.is_dead(&relay, t1 + DEAD_REMEMBERED),
@@ -659,7 +665,7 @@ mod tests {
         let now = Instant::now();
         assert!(h.due(r, now));
         assert!(!h.is_dead(&r, now + Duration::from_millis(500)));
-        h.on_contact(&r);
+        assert!(!h.on_contact(&r, now), "never found dead: not back");
         assert!(h.due(r, now + IN_USE_PING));
         assert!(!h.is_dead(&r, now + IN_USE_PING + Duration::from_millis(100)));
         assert!(h.is_dead(&r, now + IN_USE_PING + IN_USE_DEAD));

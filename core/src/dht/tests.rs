@@ -1105,3 +1105,63 @@ fn a_lookup_waiting_only_on_stalled_requests_ends_with_what_it_found() {
     assert_eq!(done(&mut d), Some(Some(record)), "over when both stalled");
     assert!(stall < d.config().request_timeout);
 }
+
+/// A node started before its bootstrap: the lookup's request to the boot
+/// node is lost; the boot node comes up and answers a later ping: the
+/// lookup's request goes again at once, not after its timeout.
+#[test]
+fn a_request_lost_while_its_node_was_down_goes_again_when_a_later_one_is_answered() {
+    let now = Instant::now();
+    let (own, boot) = (key(0, 0), key(0x80, 1));
+    let mut d = Dht::new(own, cfg(), now);
+    d.add_bootstrap(boot, addr(1));
+    d.lookup(key(0x81, 0), now);
+    let lost = drain(&mut d);
+    assert!(
+        lost.iter()
+            .any(|t| t.to_key == boot && matches!(t.message, Message::FindNode { .. }))
+    );
+    let later = now + Duration::from_millis(300);
+    d.ping(boot, addr(1), later);
+    let ping_id = drain(&mut d)
+        .iter()
+        .find_map(|t| match t.message {
+            Message::Ping { id, .. } => Some(id),
+            _ => None,
+        })
+        .expect("a ping to the boot node");
+    let answered = later + Duration::from_millis(40);
+    let pong = Message::Pong {
+        id: ping_id,
+        observed: addr(0),
+        info: None,
+    };
+    d.handle_message(answered, addr(1), boot, &pong);
+    let again = drain(&mut d);
+    assert!(
+        again
+            .iter()
+            .any(|t| t.to_key == boot && matches!(t.message, Message::FindNode { .. })),
+        "the lost find goes again at once: {again:?}"
+    );
+    assert_eq!(d.counters().requests_resent, 1);
+    // Answered again: nothing older is left to resend.
+    d.handle_message(answered, addr(1), boot, &pong);
+    assert!(drain(&mut d).is_empty());
+}
+
+/// A node that answers nothing gets no more requests than before: resends
+/// ride only on answers.
+#[test]
+fn a_silent_node_gets_no_resends() {
+    let now = Instant::now();
+    let (own, boot) = (key(0, 0), key(0x80, 1));
+    let mut d = Dht::new(own, cfg(), now);
+    d.add_bootstrap(boot, addr(1));
+    d.bootstrap(now);
+    let first = drain(&mut d).len();
+    assert!(first > 0);
+    d.handle_timeout(now + Duration::from_millis(100));
+    assert!(drain(&mut d).is_empty());
+    assert_eq!(d.counters().requests_resent, 0);
+}

@@ -1220,7 +1220,13 @@ impl Node {
             }
         };
         self.remember(key, from, now.mono);
-        self.health.on_contact(&key);
+        if self.health.on_contact(&key, now.mono) {
+            let n = self.overlay.relay_returned(key, from);
+            if n > 0 {
+                tracing::info!(relay = %key.short(10), peers = n, "a relay found dead is back: its peers' relayed paths again");
+                self.touched = true;
+            }
+        }
         self.relays.on_contact(&key, now.mono);
         match &msg {
             Message::Pong { id, observed, info } => {

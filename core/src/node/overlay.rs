@@ -759,6 +759,30 @@ impl Overlay {
         true
     }
 
+    /// `relay`, found dead before, is heard from again at `addr` (it
+    /// restarted, or its network healed): every peer left without a path
+    /// whose record names it as a relay gets a relayed path through it at
+    /// once, without waiting for a lookup (the DHT may have lost the
+    /// records with the relay: it restarted empty). Returns how many.
+    pub fn relay_returned(&mut self, relay: PublicKey, addr: SocketAddr) -> usize {
+        let mut n = 0;
+        for (key, p) in &mut self.peers {
+            if p.path.is_some() || *key == relay {
+                continue;
+            }
+            let named = p
+                .record
+                .as_ref()
+                .is_some_and(|r| r.relays.iter().any(|(k, _)| *k == relay));
+            if named {
+                p.path = Some(PeerPath::Relayed(vec![(relay, addr)]));
+                self.changes.push(p.change());
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// An authenticated message came straight from `key` at `from`.
     pub fn on_direct_contact(&mut self, key: PublicKey, from: SocketAddr, now: Instant) {
         let Some(p) = self.peers.get_mut(&key) else {
@@ -1146,6 +1170,43 @@ mod tests {
         assert_eq!(o.rotate_relay(&k[1], &z, now, &[x, y, z], &own), None);
         assert_eq!(o.path(&k[1]), None);
         assert_eq!(o.lookups_due(now), vec![k[1]]);
+    }
+
+    /// The only relay restarts: the peer is left without a path; the relay
+    /// is heard from again: the peer's relayed path through it comes back
+    /// at once, without a lookup (the restarted DHT may not hold the
+    /// peer's record yet). A peer whose record names another relay stays
+    /// as it is.
+    #[test]
+    fn a_relay_back_from_the_dead_gives_its_peers_their_relayed_path_again() {
+        let k = keys(4);
+        let (x, y) = (k[2], k[3]);
+        let at = |i: u8| -> SocketAddr { format!("203.0.113.{i}:62096").parse().unwrap() };
+        let mut o = Overlay::new(&spec(&[("a", k[0]), ("b", k[1])]), k[0]);
+        let now = Instant::now();
+        o.lookup_started(k[1], LookupId(1), now);
+        o.lookup_done(
+            now,
+            LookupId(1),
+            k[1],
+            Some(behind_hard_nat(k[1], &[(x, at(10))])),
+        );
+        assert_eq!(o.rotate_relay(&k[1], &x, now, &[x], &[]), None);
+        o.take_changes();
+        assert_eq!(o.relay_returned(y, at(11)), 0, "not its relay");
+        assert_eq!(o.path(&k[1]), None);
+        assert_eq!(o.relay_returned(x, at(20)), 1);
+        assert_eq!(
+            o.path(&k[1]),
+            Some(PeerPath::Relayed(vec![(x, at(20))])),
+            "through the relay, at the address it answered from"
+        );
+        assert_eq!(o.take_changes().len(), 1, "the data plane is told");
+        assert_eq!(
+            o.relay_returned(x, at(20)),
+            0,
+            "a peer with a path is left alone"
+        );
     }
 
     /// A lookup refreshes a relayed peer's relays without moving traffic
