@@ -984,15 +984,7 @@ impl Dht {
     /// requests, lookups past their deadline, liveness pings, refreshes.
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.now_ms(now);
-        let mut expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= t)
-            .map(|(id, _)| *id)
-            .collect();
-        // In id order, not the map's: the same inputs fail the same way.
-        expired.sort_unstable();
-        for id in expired {
+        for id in self.pending_ids(|p| p.deadline <= t) {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
             };
@@ -1025,6 +1017,19 @@ impl Dht {
         }
     }
 
+    /// The ids of the pending requests `pick` chooses, in id order (not
+    /// the map's): the same inputs time out and resend the same way.
+    fn pending_ids(&self, pick: impl Fn(&Pending) -> bool) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| pick(p))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// `key` answered a request sent at `answered_sent_at`: the requests
     /// to it sent before that one and still unanswered were lost (it was
     /// down and is back, or its NAT had no mapping yet). Finds are sent
@@ -1036,15 +1041,7 @@ impl Dht {
     /// (more probes of a silent bootstrap would flood it when it is only
     /// slow: `a_storm_of_nodes_that_shed_late_datagrams_forms_a_network`).
     fn resend_lost(&mut self, key: PublicKey, answered_sent_at: u64, t: u64) {
-        let mut lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.key == key && p.sent_at < answered_sent_at)
-            .map(|(id, _)| *id)
-            .collect();
-        // In id order, not the map's: the same inputs resend the same way.
-        lost.sort_unstable();
-        for id in lost {
+        for id in self.pending_ids(|p| p.key == key && p.sent_at < answered_sent_at) {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
             };
