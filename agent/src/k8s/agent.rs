@@ -57,7 +57,7 @@ use super::metrics::{self, Shared};
 use super::pins::Pins;
 use super::plan::lease::{self, Step};
 use super::plan::{self, EventType, PlannedEvent, Snapshot};
-use super::remote::RemoteWatches;
+use super::remote::{RemoteWatches, trim_record};
 use crate::cli::commands::Outcome;
 use crate::config::{DEFAULT_PORT, NetworkSpec};
 use crate::control::{self, Request};
@@ -727,13 +727,6 @@ fn trim_node(n: &mut Node) {
             ..Default::default()
         };
     }
-}
-
-/// A `WireHubNode` as every agent keeps it: spec, status and owners, not
-/// the bookkeeping of its metadata (managedFields, annotations).
-fn trim_record(r: &mut WireHubNode) {
-    r.metadata.managed_fields = None;
-    r.metadata.annotations = None;
 }
 
 /// What of a Node wakes an agent when it changes: what the network is

@@ -156,9 +156,16 @@ impl Seen {
 
 /// A remote node as kept: without the bookkeeping of its metadata.
 fn trimmed(mut r: WireHubNode) -> WireHubNode {
+    trim_record(&mut r);
+    r
+}
+
+/// A `WireHubNode` as every agent keeps it, of its own cluster or a
+/// remote one: spec, status and owners, not the bookkeeping of its
+/// metadata (managedFields, annotations).
+pub(super) fn trim_record(r: &mut WireHubNode) {
     r.metadata.managed_fields = None;
     r.metadata.annotations = None;
-    r
 }
 
 /// One running watch.
