@@ -191,6 +191,9 @@ pub struct DhtCounters {
     /// Requests sent again at once because a later one to the same node
     /// was answered first (see `Dht::resend_lost`).
     pub requests_resent: u64,
+    /// Pings of a silent boot node while the table was empty (see
+    /// `Dht::probe_silent_boots`).
+    pub boot_probes: u64,
     pub transmits_dropped: u64,
     pub events_dropped: u64,
 }
@@ -211,13 +214,24 @@ struct Pending {
     kind: PendingKind,
 }
 
+/// A boot node, and when we last sent it anything.
+#[derive(Debug, Clone, Copy)]
+struct Boot {
+    key: PublicKey,
+    addr: SocketAddr,
+    last_sent: Option<u64>,
+    /// The gap before the next probe while it is silent: doubles with each
+    /// probe, back to the first when it answers.
+    probe_gap: u64,
+}
+
 /// The Kademlia state machine of one node.
 pub struct Dht {
     own: PublicKey,
     config: DhtConfig,
     epoch: Instant,
     table: Table,
-    boot: Vec<(PublicKey, SocketAddr)>,
+    boot: Vec<Boot>,
     own_record: Option<NodeRecord>,
     lookups: Vec<Lookup>,
     pending: HashMap<u64, Pending>,
@@ -254,6 +268,9 @@ const REBOOTSTRAP_MAX_MS: u64 = 60_000;
 /// A sparse table that gains a node looks itself up within this long (a
 /// node that lost its whole table rebuilds it as soon as anyone answers).
 const REBOOTSTRAP_ON_CONTACT_MS: u64 = 500;
+/// An empty table's first probe of a silent boot node follows this long
+/// after the last request to it (see [`Dht::probe_silent_boots`]).
+const BOOT_PROBE_FIRST_MS: u64 = 250;
 /// Longest delay between the self-lookups of an empty table (they ask the
 /// boot nodes): a node whose last entry failed (its lone bootstrap died)
 /// finds the bootstrap within this long of its return.
@@ -393,10 +410,15 @@ impl Dht {
         if key == self.own {
             return;
         }
-        if let Some(b) = self.boot.iter_mut().find(|b| b.0 == key) {
-            b.1 = addr;
+        if let Some(b) = self.boot.iter_mut().find(|b| b.key == key) {
+            b.addr = addr;
         } else if self.boot.len() < self.config.max_bootstrap {
-            self.boot.push((key, addr));
+            self.boot.push(Boot {
+                key,
+                addr,
+                last_sent: None,
+                probe_gap: BOOT_PROBE_FIRST_MS,
+            });
         }
     }
 
@@ -404,8 +426,8 @@ impl Dht {
     pub fn bootstrap(&mut self, now: Instant) {
         let t = self.now_ms(now);
         self.last_bootstrap = Some(t);
-        for (k, a) in self.boot.clone() {
-            self.send_ping(k, a, t, 0);
+        for b in self.boot.clone() {
+            self.send_ping(b.key, b.addr, t, 0);
         }
         if !self.lookups.iter().any(|l| l.purpose == Purpose::Bootstrap) {
             self.start_lookup(self.own, Purpose::Bootstrap, t);
@@ -484,13 +506,16 @@ impl Dht {
         if let Some((at, _)) = self.rebootstrap {
             t = t.min(at);
         }
+        if let Some(at) = self.next_boot_probe() {
+            t = t.min(at);
+        }
         Some(self.instant(t))
     }
 
     /// Bytes this DHT holds on the heap (by capacity), for memory estimates.
     pub fn heap_bytes(&self) -> usize {
         self.table.heap_bytes()
-            + self.boot.capacity() * std::mem::size_of::<(PublicKey, SocketAddr)>()
+            + self.boot.capacity() * std::mem::size_of::<Boot>()
             + self.lookups.capacity() * std::mem::size_of::<Lookup>()
             + self.lookups.iter().map(Lookup::heap_bytes).sum::<usize>()
             + self.pending.capacity() * (std::mem::size_of::<(u64, Pending)>() + 1)
@@ -510,6 +535,9 @@ impl Dht {
     ) {
         if key == self.own {
             return;
+        }
+        if let Some(b) = self.boot.iter_mut().find(|b| b.key == key) {
+            b.probe_gap = BOOT_PROBE_FIRST_MS;
         }
         if !self.table.contains(&key) && !self.workbits_ok(&key) {
             self.counters.low_workbits_ignored += 1;
@@ -540,6 +568,52 @@ impl Dht {
         }
     }
 
+    /// Notes a request to `key` if it is a boot node (see [`Dht::probe_silent_boots`]).
+    fn boot_asked(&mut self, key: &PublicKey, t: u64) {
+        if let Some(b) = self.boot.iter_mut().find(|b| b.key == *key) {
+            b.last_sent = Some(t);
+        }
+    }
+
+    /// When the next probe of a silent boot node is due: only while the
+    /// table is empty (nobody answered yet, or everyone was lost).
+    fn next_boot_probe(&self) -> Option<u64> {
+        if self.table.len() > 0 || self.last_bootstrap.is_none() {
+            return None;
+        }
+        self.boot
+            .iter()
+            .map(|b| b.last_sent.map_or(0, |s| s + b.probe_gap))
+            .min()
+    }
+
+    /// An empty table fills the silences of its boot nodes: when nothing
+    /// was sent to one for its probe gap ([`BOOT_PROBE_FIRST_MS`], doubling
+    /// with each probe up to [`REBOOTSTRAP_EMPTY_MAX_MS`]), a single ping,
+    /// so a node started just before its bootstrap hears it soon after it
+    /// starts, and a bootstrap that is only slow (a storm) gets a few
+    /// probes more, not a stream. Its answer sends the lookups' requests
+    /// again at once (`resend_lost`).
+    fn probe_silent_boots(&mut self, t: u64) {
+        if self.table.len() > 0 || self.last_bootstrap.is_none() {
+            return;
+        }
+        let due: Vec<Boot> = self
+            .boot
+            .iter()
+            .filter(|b| b.last_sent.is_none_or(|s| t >= s + b.probe_gap))
+            .copied()
+            .collect();
+        for b in due {
+            self.counters.boot_probes += 1;
+            if let Some(boot) = self.boot.iter_mut().find(|x| x.key == b.key) {
+                boot.probe_gap = (boot.probe_gap * 2).min(REBOOTSTRAP_EMPTY_MAX_MS);
+            }
+            // A probe is not retried: the next one follows within the gap.
+            self.send_ping(b.key, b.addr, t, self.config.retries);
+        }
+    }
+
     fn send_ping(&mut self, key: PublicKey, addr: SocketAddr, t: u64, tries: u8) {
         if key == self.own || self.pending.len() >= self.config.max_pending {
             return;
@@ -557,6 +631,7 @@ impl Dht {
             },
         );
         self.counters.requests_sent += 1;
+        self.boot_asked(&key, t);
         let info = self.own_record.clone();
         self.push_transmit(key, addr, Message::Ping { id, info });
     }
@@ -587,6 +662,7 @@ impl Dht {
         l.stats.requests += 1;
         l.stats.bytes_sent += sealed_len(&msg) as u64;
         self.counters.requests_sent += 1;
+        self.boot_asked(&key, t);
         self.push_transmit(key, addr, msg);
     }
 
@@ -625,8 +701,8 @@ impl Dht {
             l.add(e.record(), 0);
         }
         if purpose == Purpose::Bootstrap || l.cands.is_empty() {
-            for (k, a) in &self.boot {
-                l.add(NodeRecord::new(*k, *a), 0);
+            for b in &self.boot {
+                l.add(NodeRecord::new(b.key, b.addr), 0);
             }
         }
         self.lookups.push(l);
@@ -801,6 +877,21 @@ impl Dht {
 
     fn lookup_index(&self, id: LookupId) -> Option<usize> {
         self.lookups.iter().position(|l| l.id == id)
+    }
+
+    /// Whether `msg` answers a request of ours still waiting, sent to `key`
+    /// at `addr` (its random id matches): then it is fresh whatever its
+    /// source proved, and taking it in sends nothing back (see
+    /// `Received::Answer` of the codec).
+    pub fn expects_answer(&self, key: &PublicKey, addr: SocketAddr, msg: &Message) -> bool {
+        let (id, find) = match msg {
+            Message::Pong { id, .. } => (id, false),
+            Message::Nodes { id, .. } => (id, true),
+            _ => return false,
+        };
+        self.pending.get(id).is_some_and(|p| {
+            p.key == *key && p.addr == addr && matches!(p.kind, PendingKind::Find { .. }) == find
+        })
     }
 
     /// Takes in an authenticated message (opened by the codec) from
@@ -1015,6 +1106,7 @@ impl Dht {
             self.next_maintenance = t + ms(self.config.maintenance_interval).max(1);
             self.maintenance(t);
         }
+        self.probe_silent_boots(t);
     }
 
     /// The ids of the pending requests `pick` chooses, in id order (not

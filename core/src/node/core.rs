@@ -1208,6 +1208,23 @@ impl Node {
             Ok(Received::Challenge { challenge, .. }) => {
                 return self.send_raw(challenge, from);
             }
+            // An answer from an address its sender did not prove: fresh if
+            // it answers one of our DHT requests to that address (a first
+            // contact then costs one round trip, not two). The challenge
+            // goes back either way: its echoed cookie proves the address
+            // for the sender's later requests.
+            Ok(Received::Answer {
+                from: key,
+                message,
+                challenge,
+            }) => {
+                let expected = self.dht.expects_answer(&key, from, &message);
+                self.send_raw(challenge, from);
+                if !expected {
+                    return;
+                }
+                (key, message)
+            }
             Ok(Received::Challenged { resend, .. }) => {
                 for d in resend {
                     self.send_raw(d, from);

@@ -248,6 +248,9 @@ pub struct Counters {
     pub resent: u64,
     /// Datagrams accepted on the strength of our cookie.
     pub cookies_accepted: u64,
+    /// Answers from an address their sender did not prove, handed to the
+    /// caller to match against its requests ([`Received::Answer`]).
+    pub unproven_answers: u64,
     /// Peers whose clock we track; messages kept for a challenge.
     pub peer_clocks_len: u64,
     pub pending_len: u64,
@@ -321,6 +324,18 @@ pub enum Received {
         to: PublicKey,
         challenge: Vec<u8>,
         dropped: OpenError,
+    },
+    /// An authentic answer (`pong`, `nodes`) from an address `from` did not
+    /// prove, received directly: it is fresh only if it answers a request
+    /// we sent to that address and still wait for (its random id), which
+    /// the caller knows and the codec does not. Accepting it sends nothing
+    /// back, so a forged source gains nothing. Send `challenge` back where
+    /// it came from either way, as for [`Received::Challenge`]: only its
+    /// echoed cookie proves the address for what `from` sends later.
+    Answer {
+        from: PublicKey,
+        message: Message,
+        challenge: Vec<u8>,
     },
     /// `from` challenged one of our recent datagrams; `resend` are the
     /// messages we had sealed for it since, sealed again with its cookie,
@@ -632,6 +647,7 @@ impl Codec {
         match self.receive(now_ms, datagram)? {
             Received::Message { from, message } => Ok((from, message)),
             Received::Challenge { dropped, .. } => Err(dropped),
+            Received::Answer { .. } => Err(OpenError::UnprovenSource),
             Received::Challenged { .. } => Err(OpenError::Challenge),
         }
     }
@@ -675,6 +691,7 @@ impl Codec {
                 self.counters.challenges_sent += 1;
                 self.count_drop(dropped, datagram.len());
             }
+            Ok(Received::Answer { .. }) => self.counters.unproven_answers += 1,
             Ok(Received::Challenged { resend, .. }) => {
                 self.counters.challenges_received += 1;
                 self.counters.resent += resend.len() as u64;
@@ -743,7 +760,29 @@ impl Codec {
         let (ts, cookie, body_at) = split_plaintext(&self.scratch)?;
         let verdict = match self.fresh.judge(now_ms, &sender, src, ts, cookie.as_ref()) {
             Ok(v) => v,
-            Err(e) => return Ok(self.challenge(now_ms, sender, src, ts, &pair, e)),
+            Err(e) => {
+                let answer = match e {
+                    OpenError::UnprovenSource | OpenError::FirstContact if src.is_some() => {
+                        Message::decode(&self.scratch[body_at..])
+                            .ok()
+                            .filter(is_answer)
+                    }
+                    _ => None,
+                };
+                let challenge = self.challenge_bytes(now_ms, sender, src, ts, &pair);
+                return Ok(match answer {
+                    Some(message) => Received::Answer {
+                        from: sender,
+                        message,
+                        challenge,
+                    },
+                    None => Received::Challenge {
+                        to: sender,
+                        challenge,
+                        dropped: e,
+                    },
+                });
+            }
         };
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag_bytes);
@@ -821,26 +860,21 @@ impl Codec {
     /// The challenge answering an authentic datagram from `to` (timestamp
     /// `echo`) that could not be judged fresh. It is [`CHALLENGE_LEN`]
     /// bytes, shorter than any sealed datagram.
-    fn challenge(
+    fn challenge_bytes(
         &mut self,
         now_ms: u64,
         to: PublicKey,
         src: Option<IpAddr>,
         echo: u64,
         pair: &Pair,
-        dropped: OpenError,
-    ) -> Received {
+    ) -> Vec<u8> {
         let c = Challenge {
             from: self.public,
             echo,
             clock: now_ms,
             cookie: self.fresh.issue_cookie(now_ms, &to, src),
         };
-        Received::Challenge {
-            to,
-            challenge: c.encode(VERSION, &pair.mac_key, &to),
-            dropped,
-        }
+        c.encode(VERSION, &pair.mac_key, &to)
     }
 
     /// A peer challenged one of our datagrams: learn its clock and cookie,

@@ -50,8 +50,14 @@ pub const ECHO_MAX_AGE_MS: u64 = 10_000;
 pub const OFFSET_TOLERANCE_MS: u64 = 10_000;
 /// ...and at most this much older than the newest it sent.
 pub const REORDER_MS: u64 = 10_000;
-/// Most messages kept to seal again after a challenge, and for how long.
-pub const PENDING_MAX: usize = 32;
+/// Most messages kept to seal again after a challenge, in all and for one
+/// peer (what one challenge makes us send again), and for how long. A
+/// bootstrap answers many first contacts at once: with 32 in all, the
+/// answers a new node challenged were gone when its challenge came
+/// (net-sim seed 9707992274483525137), and its lookups waited for their
+/// retry.
+pub const PENDING_MAX: usize = 256;
+pub const PENDING_PER_PEER: usize = 32;
 pub const PENDING_TTL_MS: u64 = 10_000;
 /// The own-clock estimate needs this many distinct peers heard from within
 /// [`CLOCK_PEER_TTL_MS`].
@@ -632,6 +638,13 @@ impl Freshness {
             || self.pending.len() >= PENDING_MAX
         {
             self.pending.pop_front();
+        }
+        let mut kept_for_peer = self.pending.iter().filter(|p| p.to == *to).count();
+        while kept_for_peer >= PENDING_PER_PEER {
+            if let Some(i) = self.pending.iter().position(|p| p.to == *to) {
+                self.pending.remove(i);
+            }
+            kept_for_peer -= 1;
         }
         self.pending.push_back(Pending {
             to: *to,

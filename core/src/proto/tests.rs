@@ -683,14 +683,65 @@ fn a_known_peer_at_an_address_it_did_not_prove_gets_a_challenge_no_larger_than_i
             },
         )
         .unwrap();
-    let Ok(Received::Challenge { challenge, .. }) = a.receive_from(NOW + 5, at_b, &answer) else {
-        panic!("a has not proven b's address: it challenges");
+    let Ok(Received::Answer { challenge, .. }) = a.receive_from(NOW + 5, at_b, &answer) else {
+        panic!("a has not proven b's address: the answer comes with a challenge");
     };
     let Ok(Received::Challenged { resend, .. }) = b.receive_from(NOW + 6, victim, &challenge)
     else {
         panic!("b believes the challenge");
     };
     assert!(resend.is_empty(), "no answer goes to the forged address");
+}
+
+#[test]
+fn an_answer_from_an_unproven_address_is_left_to_the_caller_a_request_is_challenged() {
+    let (mut a, mut b) = pair();
+    let pa = a.public_key();
+    let at_b = ip("203.0.113.2");
+    let answer = b
+        .seal(
+            NOW,
+            &pa,
+            &Message::Nodes {
+                id: 7,
+                nodes: vec![],
+            },
+        )
+        .unwrap();
+    match a.receive_from(NOW, at_b, &answer) {
+        Ok(Received::Answer {
+            from,
+            message: Message::Nodes { id: 7, .. },
+            challenge,
+        }) => {
+            assert_eq!(from, b.public_key());
+            assert!(challenge.len() <= answer.len());
+        }
+        other => panic!("expected the answer for the caller, got {other:?}"),
+    }
+    assert_eq!(a.counters().unproven_answers, 1);
+    // A request from the same unproven address is challenged, never handed
+    // over: answering it could reflect off a forged source.
+    let request = b.seal(NOW + 1, &pa, &find(8)).unwrap();
+    assert!(matches!(
+        a.receive_from(NOW + 1, at_b, &request),
+        Ok(Received::Challenge { .. })
+    ));
+    // Relayed (no source address), nothing is left to the caller either.
+    let again = b
+        .seal(
+            NOW + 2,
+            &pa,
+            &Message::Nodes {
+                id: 9,
+                nodes: vec![],
+            },
+        )
+        .unwrap();
+    assert!(!matches!(
+        a.receive(NOW + 2, &again),
+        Ok(Received::Answer { .. })
+    ));
 }
 
 #[test]
@@ -1266,11 +1317,21 @@ fn every_new_cache_stays_bounded() {
         first_contact(&mut x, NOW + DAY, &mut b, NOW, &Message::Probe { id: 1 });
         assert!(b.counters().peer_clocks_len <= 8);
         // a writes to many peers that never answer: what it keeps is bounded.
-        a.seal(NOW, &key_from(s).public_key(), &Message::Probe { id: 1 })
-            .unwrap();
+        for id in 0..5 {
+            a.seal(NOW, &key_from(s).public_key(), &Message::Probe { id })
+                .unwrap();
+        }
         assert!(a.counters().pending_len <= freshness::PENDING_MAX as u64);
     }
     assert_eq!(a.counters().pending_len, freshness::PENDING_MAX as u64);
+    // One peer written to often: what one challenge of it makes a send
+    // again is bounded too.
+    let mut c = strict(3);
+    for id in 0..100 {
+        c.seal(NOW, &key_from(4).public_key(), &Message::Probe { id })
+            .unwrap();
+    }
+    assert_eq!(c.counters().pending_len, freshness::PENDING_PER_PEER as u64);
 }
 
 #[test]
