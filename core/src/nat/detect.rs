@@ -296,6 +296,11 @@ impl NatDetector {
     }
 
     /// The verdict if it differs from the one last returned by this method.
+    /// Whether [`NatDetector::changed`] would report a new verdict now.
+    pub fn has_news(&self, now: Instant) -> bool {
+        self.verdict(now) != self.last
+    }
+
     pub fn changed(&mut self, now: Instant) -> Option<Verdict> {
         let v = self.verdict(now);
         (v != self.last).then(|| {

@@ -41,7 +41,7 @@ use super::overlay::{AloneRepings, Overlay, PeerPath};
 use crate::config::{Endpoint, NetworkSpec, Role};
 use crate::control::{self, Request, Response};
 use crate::dataplane::{Outgoing, PeerConfig, PeerStats};
-use crate::dht::{Dht, DhtConfig, DhtEvent, LookupId};
+use crate::dht::{Dht, DhtConfig, DhtEvent, LookupId, says_more};
 use crate::keys::{PrivateKey, PublicKey, RandomStream};
 use crate::nat::punch::PunchAction;
 use crate::nat::{NatDetector, Puncher};
@@ -1339,6 +1339,11 @@ impl Node {
         self.note_local_ip(from);
         if self.nat.on_pong(key, from, id, observed, now.mono) {
             self.observed = Some(observed);
+            // A new verdict goes out now, not at the next tick: peers
+            // looking us up wait for the NAT kind and relays it brings.
+            if self.nat.has_news(now.mono) {
+                self.update_own_record(now);
+            }
         } else {
             self.count_drop("pong-answers-no-ping-of-ours");
         }
@@ -1987,11 +1992,7 @@ impl Node {
         } else if self.relays.clear() {
             self.publish_pending = true;
         }
-        if !self.publish_pending
-            || self
-                .last_publish
-                .is_some_and(|t| now.mono.saturating_duration_since(t) < PUBLISH_EVERY)
-        {
+        if !self.publish_pending {
             return;
         }
         let record = NodeRecord {
@@ -2001,6 +2002,16 @@ impl Node {
             relays: self.relays.relays(),
             relay_service: self.config.relay_mbit > 0,
         };
+        // A record that tells more (its first NAT kind, its first relays:
+        // what peers behind NATs wait for) goes out at once; other
+        // changes at most every PUBLISH_EVERY.
+        if !says_more(&record, &self.own_record)
+            && self
+                .last_publish
+                .is_some_and(|t| now.mono.saturating_duration_since(t) < PUBLISH_EVERY)
+        {
+            return;
+        }
         self.publish_pending = false;
         if record != self.own_record {
             tracing::debug!(nat = ?record.nat, endpoints = record.endpoints.len(), relays = record.relays.len(), "publishing the own record");
