@@ -598,17 +598,13 @@ impl Dht {
         if self.table.len() > 0 || self.last_bootstrap.is_none() {
             return;
         }
-        let due: Vec<Boot> = self
-            .boot
-            .iter()
-            .filter(|b| b.last_sent.is_none_or(|s| t >= s + b.probe_gap))
-            .copied()
-            .collect();
-        for b in due {
-            self.counters.boot_probes += 1;
-            if let Some(boot) = self.boot.iter_mut().find(|x| x.key == b.key) {
-                boot.probe_gap = (boot.probe_gap * 2).min(REBOOTSTRAP_EMPTY_MAX_MS);
+        for i in 0..self.boot.len() {
+            let b = self.boot[i];
+            if b.last_sent.is_some_and(|s| t < s + b.probe_gap) {
+                continue;
             }
+            self.boot[i].probe_gap = (b.probe_gap * 2).min(REBOOTSTRAP_EMPTY_MAX_MS);
+            self.counters.boot_probes += 1;
             // A probe is not retried: the next one follows within the gap.
             self.send_ping(b.key, b.addr, t, self.config.retries);
         }

@@ -182,7 +182,14 @@ impl Peer {
                 continue;
             };
             match self.codec.receive_from(now_ms(), from.ip(), &buf[..n]) {
-                Ok(Received::Message { from: k, message }) => {
+                // An answer from an address the target has not proven to
+                // us: ours to match, and this tool takes every answer.
+                Ok(
+                    Received::Message { from: k, message }
+                    | Received::Answer {
+                        from: k, message, ..
+                    },
+                ) => {
                     self.target_key.get_or_insert(k);
                     self.got.push(message);
                 }

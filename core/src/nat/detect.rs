@@ -295,12 +295,12 @@ impl NatDetector {
         true
     }
 
-    /// The verdict if it differs from the one last returned by this method.
     /// Whether [`NatDetector::changed`] would report a new verdict now.
     pub fn has_news(&self, now: Instant) -> bool {
         self.verdict(now) != self.last
     }
 
+    /// The verdict if it differs from the one last returned by this method.
     pub fn changed(&mut self, now: Instant) -> Option<Verdict> {
         let v = self.verdict(now);
         (v != self.last).then(|| {

@@ -1221,7 +1221,7 @@ impl Node {
                 let expected = self.dht.expects_answer(&key, from, &message);
                 self.send_raw(challenge, from);
                 if !expected {
-                    return;
+                    return self.count_drop("unproven-answer-to-no-request");
                 }
                 (key, message)
             }
