@@ -56,7 +56,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 pub use netlink::NetlinkError;
-pub use wirehub_core::dataplane::{Outgoing, PeerConfig, PeerStats};
+pub use wirehub_core::dataplane::{HANDSHAKE_RATE_LIMIT, Outgoing, PeerConfig, PeerStats};
 
 /// Default MTU of the overlay interface (WireGuard's usual value).
 pub const DEFAULT_MTU: u32 = 1420;

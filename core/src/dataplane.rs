@@ -10,6 +10,15 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
+/// Handshake initiations a node's userspace WireGuard verifies per second
+/// (all peers, all sources) before the senders must echo a cookie first:
+/// one limiter for the whole node, in the embedded and the external
+/// backends and in the simulator's real WireGuard (sim-wg), never one per
+/// peer (boringtun's default, 10 a second per peer, turned a path that
+/// moved a few times before its session into a 5 s wait: net-sim-wg seed
+/// 3418350723699841351).
+pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
+
 /// One peer as the daemon wants it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {

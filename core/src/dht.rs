@@ -191,9 +191,6 @@ pub struct DhtCounters {
     /// Requests sent again at once because a later one to the same node
     /// was answered first (see `Dht::resend_lost`).
     pub requests_resent: u64,
-    /// Pings of a silent boot node while the table was empty (see
-    /// `Dht::probe_silent_boots`).
-    pub boot_probes: u64,
     pub transmits_dropped: u64,
     pub events_dropped: u64,
 }
@@ -214,24 +211,13 @@ struct Pending {
     kind: PendingKind,
 }
 
-/// A boot node, and when we last sent it anything.
-#[derive(Debug, Clone, Copy)]
-struct Boot {
-    key: PublicKey,
-    addr: SocketAddr,
-    last_sent: Option<u64>,
-    /// The gap before the next probe while it is silent: doubles with each
-    /// probe, back to the first when it answers.
-    probe_gap: u64,
-}
-
 /// The Kademlia state machine of one node.
 pub struct Dht {
     own: PublicKey,
     config: DhtConfig,
     epoch: Instant,
     table: Table,
-    boot: Vec<Boot>,
+    boot: Vec<(PublicKey, SocketAddr)>,
     own_record: Option<NodeRecord>,
     lookups: Vec<Lookup>,
     pending: HashMap<u64, Pending>,
@@ -268,9 +254,6 @@ const REBOOTSTRAP_MAX_MS: u64 = 60_000;
 /// A sparse table that gains a node looks itself up within this long (a
 /// node that lost its whole table rebuilds it as soon as anyone answers).
 const REBOOTSTRAP_ON_CONTACT_MS: u64 = 500;
-/// An empty table's first probe of a silent boot node follows this long
-/// after the last request to it (see [`Dht::probe_silent_boots`]).
-const BOOT_PROBE_FIRST_MS: u64 = 250;
 /// Longest delay between the self-lookups of an empty table (they ask the
 /// boot nodes): a node whose last entry failed (its lone bootstrap died)
 /// finds the bootstrap within this long of its return.
@@ -410,15 +393,10 @@ impl Dht {
         if key == self.own {
             return;
         }
-        if let Some(b) = self.boot.iter_mut().find(|b| b.key == key) {
-            b.addr = addr;
+        if let Some(b) = self.boot.iter_mut().find(|b| b.0 == key) {
+            b.1 = addr;
         } else if self.boot.len() < self.config.max_bootstrap {
-            self.boot.push(Boot {
-                key,
-                addr,
-                last_sent: None,
-                probe_gap: BOOT_PROBE_FIRST_MS,
-            });
+            self.boot.push((key, addr));
         }
     }
 
@@ -426,8 +404,8 @@ impl Dht {
     pub fn bootstrap(&mut self, now: Instant) {
         let t = self.now_ms(now);
         self.last_bootstrap = Some(t);
-        for b in self.boot.clone() {
-            self.send_ping(b.key, b.addr, t, 0);
+        for (k, a) in self.boot.clone() {
+            self.send_ping(k, a, t, 0);
         }
         if !self.lookups.iter().any(|l| l.purpose == Purpose::Bootstrap) {
             self.start_lookup(self.own, Purpose::Bootstrap, t);
@@ -506,16 +484,13 @@ impl Dht {
         if let Some((at, _)) = self.rebootstrap {
             t = t.min(at);
         }
-        if let Some(at) = self.next_boot_probe() {
-            t = t.min(at);
-        }
         Some(self.instant(t))
     }
 
     /// Bytes this DHT holds on the heap (by capacity), for memory estimates.
     pub fn heap_bytes(&self) -> usize {
         self.table.heap_bytes()
-            + self.boot.capacity() * std::mem::size_of::<Boot>()
+            + self.boot.capacity() * std::mem::size_of::<(PublicKey, SocketAddr)>()
             + self.lookups.capacity() * std::mem::size_of::<Lookup>()
             + self.lookups.iter().map(Lookup::heap_bytes).sum::<usize>()
             + self.pending.capacity() * (std::mem::size_of::<(u64, Pending)>() + 1)
@@ -535,9 +510,6 @@ impl Dht {
     ) {
         if key == self.own {
             return;
-        }
-        if let Some(b) = self.boot.iter_mut().find(|b| b.key == key) {
-            b.probe_gap = BOOT_PROBE_FIRST_MS;
         }
         if !self.table.contains(&key) && !self.workbits_ok(&key) {
             self.counters.low_workbits_ignored += 1;
@@ -568,48 +540,6 @@ impl Dht {
         }
     }
 
-    /// Notes a request to `key` if it is a boot node (see [`Dht::probe_silent_boots`]).
-    fn boot_asked(&mut self, key: &PublicKey, t: u64) {
-        if let Some(b) = self.boot.iter_mut().find(|b| b.key == *key) {
-            b.last_sent = Some(t);
-        }
-    }
-
-    /// When the next probe of a silent boot node is due: only while the
-    /// table is empty (nobody answered yet, or everyone was lost).
-    fn next_boot_probe(&self) -> Option<u64> {
-        if self.table.len() > 0 || self.last_bootstrap.is_none() {
-            return None;
-        }
-        self.boot
-            .iter()
-            .map(|b| b.last_sent.map_or(0, |s| s + b.probe_gap))
-            .min()
-    }
-
-    /// An empty table fills the silences of its boot nodes: when nothing
-    /// was sent to one for its probe gap ([`BOOT_PROBE_FIRST_MS`], doubling
-    /// with each probe up to [`REBOOTSTRAP_EMPTY_MAX_MS`]), a single ping,
-    /// so a node started just before its bootstrap hears it soon after it
-    /// starts, and a bootstrap that is only slow (a storm) gets a few
-    /// probes more, not a stream. Its answer sends the lookups' requests
-    /// again at once (`resend_lost`).
-    fn probe_silent_boots(&mut self, t: u64) {
-        if self.table.len() > 0 || self.last_bootstrap.is_none() {
-            return;
-        }
-        for i in 0..self.boot.len() {
-            let b = self.boot[i];
-            if b.last_sent.is_some_and(|s| t < s + b.probe_gap) {
-                continue;
-            }
-            self.boot[i].probe_gap = (b.probe_gap * 2).min(REBOOTSTRAP_EMPTY_MAX_MS);
-            self.counters.boot_probes += 1;
-            // A probe is not retried: the next one follows within the gap.
-            self.send_ping(b.key, b.addr, t, self.config.retries);
-        }
-    }
-
     fn send_ping(&mut self, key: PublicKey, addr: SocketAddr, t: u64, tries: u8) {
         if key == self.own || self.pending.len() >= self.config.max_pending {
             return;
@@ -627,7 +557,6 @@ impl Dht {
             },
         );
         self.counters.requests_sent += 1;
-        self.boot_asked(&key, t);
         let info = self.own_record.clone();
         self.push_transmit(key, addr, Message::Ping { id, info });
     }
@@ -658,7 +587,6 @@ impl Dht {
         l.stats.requests += 1;
         l.stats.bytes_sent += sealed_len(&msg) as u64;
         self.counters.requests_sent += 1;
-        self.boot_asked(&key, t);
         self.push_transmit(key, addr, msg);
     }
 
@@ -697,8 +625,8 @@ impl Dht {
             l.add(e.record(), 0);
         }
         if purpose == Purpose::Bootstrap || l.cands.is_empty() {
-            for b in &self.boot {
-                l.add(NodeRecord::new(b.key, b.addr), 0);
+            for (k, a) in &self.boot {
+                l.add(NodeRecord::new(*k, *a), 0);
             }
         }
         self.lookups.push(l);
@@ -1102,7 +1030,6 @@ impl Dht {
             self.next_maintenance = t + ms(self.config.maintenance_interval).max(1);
             self.maintenance(t);
         }
-        self.probe_silent_boots(t);
     }
 
     /// The ids of the pending requests `pick` chooses, in id order (not

@@ -26,13 +26,15 @@
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use mock_instant::MockClock;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wirehub_core::dataplane::PeerConfig;
+use wirehub_core::dataplane::{HANDSHAKE_RATE_LIMIT, PeerConfig};
 use wirehub_core::keys::{PrivateKey, PublicKey};
 use wirehub_core::node::core::Now;
 use wirehub_core::node::sim::dataplane::{Received, Sent, SimDataplane};
@@ -98,6 +100,9 @@ pub struct WgDataplane {
     peers: BTreeMap<PublicKey, WgPeer>,
     /// Session index (a `Tunn`'s index, the top 24 bits) -> peer.
     by_index: BTreeMap<u32, PublicKey>,
+    /// One handshake limiter for the node, as the daemon's data planes
+    /// have (`HANDSHAKE_RATE_LIMIT`), not boringtun's 10 a second per peer.
+    rate_limiter: Arc<RateLimiter>,
     next_index: u32,
     next_tick: Option<Instant>,
     /// Payloads delivered (decrypted) in all.
@@ -115,12 +120,17 @@ impl WgDataplane {
     pub fn new(key: &PrivateKey, origin: Instant) -> WgDataplane {
         let private = x25519::StaticSecret::from(*key.as_bytes());
         let public = x25519::PublicKey::from(&private);
+        // The limiter notes the (mock, per thread) clock of its creation:
+        // the start of the simulated network, never a time left over by an
+        // earlier network on this thread (its count would never reset).
+        MockClock::set_time(Duration::ZERO);
         WgDataplane {
             private,
             public,
             origin,
             peers: BTreeMap::new(),
             by_index: BTreeMap::new(),
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
             next_index: 1,
             next_tick: None,
             delivered: 0,
@@ -251,7 +261,7 @@ impl SimDataplane for WgDataplane {
             None,
             cfg.keepalive.filter(|k| *k > 0),
             index,
-            None,
+            Some(Arc::clone(&self.rate_limiter)),
         );
         self.by_index.insert(index, cfg.key);
         self.peers.insert(
@@ -336,6 +346,8 @@ impl SimDataplane for WgDataplane {
 
     fn on_timer(&mut self, now: Now) -> Vec<Sent> {
         self.clock(now);
+        // Zeroes the count once a second has passed since the last reset.
+        self.rate_limiter.reset_count();
         let mut out = Vec::new();
         let mut buf = [0u8; BUF_LEN];
         for (key, p) in self.peers.iter_mut() {

@@ -44,7 +44,9 @@ fn fifty_generated_networks_with_real_wireguard_connect_and_keep_their_propertie
                         .iter()
                         .filter(|(d, _)| *d > Bounds::quick().first);
                     late.fetch_add(over.count(), Ordering::Relaxed);
-                    if !o.passed() || o.first_data.len() != 2 * pairs {
+                    // Pairs with a node killed for good (a trusted relay in
+                    // use) leave `direct_by_pair` but had their first data.
+                    if !o.passed() || o.first_data.len() < 2 * pairs {
                         let trace: Vec<String> =
                             o.trace.iter().rev().take(20).rev().cloned().collect();
                         failures.lock().expect("no worker panics").push(format!(

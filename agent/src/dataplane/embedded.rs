@@ -28,7 +28,8 @@ use super::table::AllowedIps;
 use super::tun::{self, TunQueue};
 use super::udp::{self, GsoSender};
 use super::{
-    DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats, netlink::Netlink,
+    DataPlaneError, HANDSHAKE_RATE_LIMIT, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats,
+    netlink::Netlink,
 };
 use crate::keys::PublicKey;
 use boringtun::noise::errors::WireGuardError;
@@ -57,9 +58,9 @@ const BUF_LEN: usize = MAX_PACKET + 64;
 /// Timer resolution: `update_timers` runs this often for every peer.
 const TICK: Duration = Duration::from_millis(100);
 const TICKS_PER_SECOND: u64 = 10;
-/// Handshakes per second before the rate limiter asks for cookies.
-/// Each handshake is verified twice (attribution, then `Tunn`).
-const HANDSHAKE_RATE_LIMIT: u64 = 200;
+// Handshakes per second before the rate limiter asks for cookies:
+// `HANDSHAKE_RATE_LIMIT`, shared with the external backend and sim-wg.
+// Each handshake is verified twice (attribution, then `Tunn`).
 
 /// How many TUN queues to open: one per core, at most 4.
 fn default_queues() -> usize {

@@ -52,8 +52,8 @@ use super::netns::Netns;
 use super::session_watch::{Sample, SessionWatch};
 use super::udp;
 use super::{
-    BackendKind, DataPlaneError, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats,
-    netlink::Netlink,
+    BackendKind, DataPlaneError, HANDSHAKE_RATE_LIMIT, InterfaceConfig, Link, Outgoing, PeerConfig,
+    PeerStats, netlink::Netlink,
 };
 use crate::keys::PublicKey;
 use crate::names::limit::RateLimiter as SourceLimiter;
@@ -128,9 +128,9 @@ pub struct External {
     destroyed: bool,
 }
 
-/// Handshake initiations decrypted per second (all sources) before the
-/// senders must echo a cookie first (as the embedded backend does).
-const HANDSHAKE_RATE_LIMIT: u64 = 200;
+// Handshake initiations decrypted per second (all sources) before the
+// senders must echo a cookie first: `HANDSHAKE_RATE_LIMIT`, as the
+// embedded backend.
 /// Handshake initiations decrypted per second from one source address,
 /// and at once.
 const HANDSHAKES_PER_SOURCE: u32 = 10;

@@ -1166,44 +1166,6 @@ fn a_silent_node_gets_no_resends() {
     assert_eq!(d.counters().requests_resent, 0);
 }
 
-/// A node started before its bootstrap probes it soon, then at growing
-/// gaps (a slow bootstrap in a storm gets a few probes more, not a
-/// stream), and never leaves it silent longer than the empty table's
-/// longest back-off.
-#[test]
-fn a_node_alone_probes_its_silent_boot_node_soon_then_at_growing_gaps() {
-    let start = Instant::now();
-    let (own, boot) = (key(0, 0), key(0x80, 1));
-    let mut d = Dht::new(own, cfg(), start);
-    d.add_bootstrap(boot, addr(1));
-    d.bootstrap(start);
-    let mut sent_at = vec![0u64];
-    drain(&mut d);
-    let mut now = start;
-    while now < start + Duration::from_secs(30) {
-        now = d
-            .poll_timeout()
-            .expect("a table that is empty has something due");
-        d.handle_timeout(now);
-        if drain(&mut d).iter().any(|t| t.to_key == boot) {
-            sent_at.push(now.duration_since(start).as_millis() as u64);
-        }
-    }
-    let gaps: Vec<u64> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(
-        gaps[0] <= 500,
-        "first probe after {} ms: {sent_at:?}",
-        gaps[0]
-    );
-    assert!(gaps.iter().all(|g| *g <= 4_000), "{sent_at:?}");
-    assert!(
-        sent_at.len() <= 20,
-        "{} rounds in 30 s: {sent_at:?}",
-        sent_at.len()
-    );
-    assert!(d.counters().boot_probes > 0);
-}
-
 /// An answer is taken from an unproven address only when it answers a
 /// request still waiting, sent to that key at that address.
 #[test]
