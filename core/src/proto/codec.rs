@@ -27,7 +27,7 @@ use crate::keys::{Blake2b256, KEY_LEN, PrivateKey, PublicKey};
 use blake2::Digest;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// First byte of every WireHub datagram (WireGuard's are 1 to 4).
@@ -392,9 +392,12 @@ impl ReplayCache {
     }
 
     /// Remembers a tag; returns the per-sender floors of a generation
-    /// retired early (empty otherwise).
-    fn insert(&mut self, now: u64, sender: &PublicKey, ts: u64, tag: u128) -> HashMap<u64, u64> {
-        let mut raised = HashMap::new();
+    /// retired early (empty otherwise), in sender order. Which senders get
+    /// a floor here when the floors are full is decided in that order too,
+    /// never in the hash map's: the same datagrams always leave the same
+    /// floors (a simulator run replays exactly).
+    fn insert(&mut self, now: u64, sender: &PublicKey, ts: u64, tag: u128) -> BTreeMap<u64, u64> {
+        let mut raised = BTreeMap::new();
         let aged = now.saturating_sub(self.current_since) >= 2 * self.skew_ms;
         if aged || self.current.len() >= self.half {
             let retired = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
@@ -405,8 +408,9 @@ impl ReplayCache {
                 for (_, (t, id)) in retired {
                     let r = raised.entry(id).or_insert(0);
                     *r = t.max(*r);
-                    if t >= horizon
-                        && (self.floors.len() < self.half || self.floors.contains_key(&id))
+                }
+                for (&id, &t) in &raised {
+                    if t >= horizon && (self.floors.len() < self.half || self.floors.contains_key(&id))
                     {
                         let f = self.floors.entry(id).or_insert(0);
                         *f = (*f).max(t);
@@ -970,4 +974,43 @@ fn split_plaintext(
     let mut cookie = [0u8; COOKIE_LEN];
     cookie.copy_from_slice(bytes);
     Ok((raw & !COOKIE_FLAG, Some(cookie), end))
+}
+
+#[cfg(test)]
+mod replay_cache_tests {
+    use super::*;
+
+    fn key(b: u8) -> PublicKey {
+        let mut k = [0u8; 32];
+        k[0] = b;
+        PublicKey(k)
+    }
+
+    /// A cache of 8 (4 per generation, at most 4 floors) holding floors
+    /// for two senders retires early a generation of four others (the
+    /// generation before the last): two of them get floors.
+    fn floors_after_a_crowd() -> Vec<u64> {
+        let mut cache = ReplayCache::new(8, 1_000);
+        let sends = [(1, 10), (2, 10), (3, 2_000), (4, 2_000)]
+            .into_iter()
+            .chain((5..=13).map(|s| (s, 2_005)));
+        for (n, (sender, ts)) in sends.enumerate() {
+            let now = 2_000 + n as u64;
+            cache.insert(now, &key(sender), ts, u128::from(sender));
+        }
+        let mut floors: Vec<u64> = cache.floors.keys().copied().collect();
+        floors.sort_unstable();
+        floors
+    }
+
+    /// Every cache hashes with its own random keys: two caches fed the
+    /// same datagrams still keep the same floors (a run replays exactly).
+    #[test]
+    fn the_same_datagrams_leave_the_same_floors_whatever_the_hash_order() {
+        let first = floors_after_a_crowd();
+        assert_eq!(first.len(), 4, "{first:?}");
+        for _ in 0..20 {
+            assert_eq!(floors_after_a_crowd(), first);
+        }
+    }
 }
