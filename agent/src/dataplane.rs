@@ -56,7 +56,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 pub use netlink::NetlinkError;
-pub use wirehub_core::dataplane::{HANDSHAKE_RATE_LIMIT, Outgoing, PeerConfig, PeerStats};
+pub use wirehub_core::dataplane::{
+    HANDSHAKE_RATE_LIMIT, Outgoing, PeerConfig, PeerStats, yields_to_crossing_initiation,
+};
 
 /// Default MTU of the overlay interface (WireGuard's usual value).
 pub const DEFAULT_MTU: u32 = 1420;
@@ -309,6 +311,16 @@ impl DataPlane {
         match &self.backend {
             Backend::Embedded(_) => Vec::new(),
             Backend::External(b) => b.direct_receipts(),
+        }
+    }
+
+    /// Handshake initiations left unanswered because ours to that peer
+    /// crossed them ([`yields_to_crossing_initiation`]); `None` for the
+    /// external backends, whose WireGuard answers every one.
+    pub fn crossing_yielded(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Embedded(b) => Some(b.crossing_yielded()),
+            Backend::External(_) => None,
         }
     }
 

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wirehub_core::dataplane::{HANDSHAKE_RATE_LIMIT, PeerConfig};
+use wirehub_core::dataplane::{HANDSHAKE_RATE_LIMIT, PeerConfig, yields_to_crossing_initiation};
 use wirehub_core::keys::{PrivateKey, PublicKey};
 use wirehub_core::node::core::Now;
 use wirehub_core::node::sim::dataplane::{Received, Sent, SimDataplane};
@@ -64,6 +64,9 @@ pub struct Drops {
     pub no_room: u64,
     /// A timer error other than a session that expired.
     pub timer: u64,
+    /// A handshake initiation left unanswered because ours crossed it
+    /// (`yields_to_crossing_initiation`).
+    pub crossing_yielded: u64,
 }
 
 struct WgPeer {
@@ -322,6 +325,25 @@ impl SimDataplane for WgDataplane {
         // to a relayed one take the peer's programmed path.
         let reply_to = relay_says.is_none().then_some(from);
         let mut buf = [0u8; BUF_LEN];
+        // Crossing initiations: the lower key does not answer, and sends a
+        // new initiation of its own the way the peer's came (the answer to
+        // the last one is still taken).
+        if matches!(packet, Packet::HandshakeInit(_))
+            && let Some((_, at)) = &p.last_init
+        {
+            let me = PublicKey(*self.public.as_bytes());
+            let own_age = MockClock::time().saturating_sub(*at);
+            let has_session = p.tunn.stats().0.is_some();
+            if yields_to_crossing_initiation(&me, &key, has_session, Some(own_age)) {
+                self.drops.crossing_yielded += 1;
+                if let TunnResult::WriteToNetwork(d) =
+                    p.tunn.format_handshake_initiation(&mut buf, true)
+                {
+                    got.sent.push(p.out(key, reply_to, d));
+                }
+                return got;
+            }
+        }
         match p.tunn.decapsulate(Some(from.ip()), datagram, &mut buf) {
             TunnResult::WriteToNetwork(d) => got.sent.push(p.out(key, reply_to, d)),
             TunnResult::WriteToTunnelV4(packet, _) => {
@@ -438,6 +460,53 @@ mod tests {
         let got = exchange(&mut [&mut a, &mut b], &keys, now, queue);
         assert_eq!(got[1], vec![vec![4, 7, 7]]);
         assert_eq!(b.delivered, 1);
+    }
+
+    /// Both ends initiate before either hears the other, with a packet
+    /// queued on each: the lower key waits for the answer to its own, so
+    /// a session forms and both packets arrive, instead of each end
+    /// answering the other's initiations for ever (net-sim-wg seed
+    /// 7351719995460706832).
+    #[test]
+    fn crossing_initiations_make_one_session_and_deliver_both_queued_packets() {
+        let origin = Instant::now();
+        let now = Now {
+            mono: origin,
+            unix_ms: 1_800_000_000_000,
+        };
+        let (ka, kb) = (key(1), key(2));
+        let mut a = WgDataplane::new(&ka, origin);
+        let mut b = WgDataplane::new(&kb, origin);
+        let hello_a = a.set_peer(now, &peer(&kb, 2));
+        let hello_b = b.set_peer(now, &peer(&ka, 1));
+        assert!(a.send(now, &kb.public_key(), &[1, 1]).is_empty(), "queued");
+        assert!(b.send(now, &ka.public_key(), &[2, 2]).is_empty(), "queued");
+        let keys = [ka.public_key(), kb.public_key()];
+        // Both initiations are on the wire at once; datagrams arrive in
+        // the order they were sent.
+        let mut wire: std::collections::VecDeque<(usize, Sent)> =
+            (hello_a.into_iter().map(|s| (0, s)))
+                .chain(hello_b.into_iter().map(|s| (1, s)))
+                .collect();
+        let mut got = [Vec::new(), Vec::new()];
+        let mut carried = 0;
+        while let Some((from, s)) = wire.pop_front() {
+            carried += 1;
+            assert!(carried < 50, "the ends keep answering each other");
+            let to = 1 - from;
+            let plane = if to == 0 { &mut a } else { &mut b };
+            let r = plane.receive(now, addr(from as u8 + 1), &s.bytes, None);
+            got[to].extend(r.payload);
+            wire.extend(r.sent.into_iter().map(|x| (to, x)));
+        }
+        assert_eq!(got[1], vec![vec![1, 1]], "a's packet reached b");
+        assert_eq!(got[0], vec![vec![2, 2]], "b's packet reached a");
+        let lower = if ka.public_key() < kb.public_key() {
+            &a
+        } else {
+            &b
+        };
+        assert!(lower.drops.crossing_yielded > 0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::tun::{self, TunQueue};
 use super::udp::{self, GsoSender};
 use super::{
     DataPlaneError, HANDSHAKE_RATE_LIMIT, InterfaceConfig, Link, Outgoing, PeerConfig, PeerStats,
-    netlink::Netlink,
+    netlink::Netlink, yields_to_crossing_initiation,
 };
 use crate::keys::PublicKey;
 use boringtun::noise::errors::WireGuardError;
@@ -158,6 +158,9 @@ struct Shared {
     /// Datagrams dropped on receive: malformed, for no known peer, failing
     /// authentication, or with a source outside the peer's allowed IPs.
     dropped: AtomicU64,
+    /// Handshake initiations left unanswered because ours to that peer
+    /// crossed them ([`yields_to_crossing_initiation`]).
+    crossing_yielded: AtomicU64,
 }
 
 /// Where a datagram for a peer goes.
@@ -214,6 +217,27 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether to leave `peer`'s handshake initiation unanswered, ours to
+    /// it being in flight ([`yields_to_crossing_initiation`]); counted.
+    /// The caller sends a new initiation instead, the way the peer's came:
+    /// the peer answers it (or the one before, which boringtun still
+    /// takes), also when ours was lost.
+    fn yield_to_crossing(&self, peer: &Peer, st: &PeerState) -> bool {
+        let Some((_, at)) = &st.last_init else {
+            return false;
+        };
+        let ticks = self.ticks.load(Ordering::Relaxed).saturating_sub(*at);
+        let age = TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
+        let me = PublicKey(*self.public.as_bytes());
+        let has_session = st.tunn.stats().0.is_some();
+        if !yields_to_crossing_initiation(&me, &peer.key, has_session, Some(age)) {
+            return false;
+        }
+        self.crossing_yielded.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = ?peer.key, "crossing handshake initiations: ours goes again, theirs is not answered");
+        true
     }
 
     /// Whether TUN packets carry a virtio header.
@@ -354,6 +378,7 @@ impl Embedded {
             gro: Mutex::new(TcpCoalescer::new()),
             gro_notify: tokio::sync::Notify::new(),
             dropped: AtomicU64::new(0),
+            crossing_yielded: AtomicU64::new(0),
         });
         let mut tasks = Vec::new();
         for q in &shared.queues {
@@ -521,6 +546,11 @@ impl Embedded {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// Handshake initiations left unanswered because ours crossed them.
+    pub(crate) fn crossing_yielded(&self) -> u64 {
+        self.shared.crossing_yielded.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stats(&self) -> Vec<PeerStats> {
         let table = self.shared.snapshot();
         let mut out: Vec<PeerStats> = table
@@ -622,6 +652,18 @@ impl Embedded {
             None => Dest::Direct(from),
             Some(_) => Dest::of(st.endpoint),
         };
+        if matches!(packet, Packet::HandshakeInit(_)) && shared.yield_to_crossing(peer, &st) {
+            let mut init = [0u8; 256];
+            if let TunnResult::WriteToNetwork(out) =
+                st.tunn.format_handshake_initiation(&mut init, true)
+            {
+                let tick = shared.ticks.load(Ordering::Relaxed);
+                st.last_tx_tick = tick;
+                st.note_sent(out, tick);
+                shared.send_now(peer, reply, out);
+            }
+            return;
+        }
         let head = if shared.vnet_hdr() { VNET_HDR_LEN } else { 0 };
         let base = buf[head..].as_ptr();
         let result = st
@@ -672,7 +714,9 @@ impl Embedded {
         // Packets queued while the handshake was in flight.
         let dest = Dest::of(st.endpoint);
         while let TunnResult::WriteToNetwork(out) = st.tunn.decapsulate(None, &[], buf) {
-            st.last_tx_tick = shared.ticks.load(Ordering::Relaxed);
+            let tick = shared.ticks.load(Ordering::Relaxed);
+            st.last_tx_tick = tick;
+            st.note_sent(out, tick);
             shared.send_now(peer, dest, out);
         }
     }

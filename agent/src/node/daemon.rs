@@ -549,6 +549,7 @@ impl Shell {
             dropped: dp.dropped(),
             wireguard_via_daemon: dp.wireguard_via_daemon(),
             session_resets: dp.session_resets(),
+            crossing_yielded: dp.crossing_yielded(),
             owns_port: dp.public_port().is_some(),
         }
     }

@@ -238,6 +238,9 @@ pub struct DataplaneView {
     pub wireguard_via_daemon: Option<u64>,
     /// Peers an external WireGuard had reset for a broken session.
     pub session_resets: Option<u64>,
+    /// Handshake initiations the embedded WireGuard left unanswered
+    /// because its own to that peer crossed them.
+    pub crossing_yielded: Option<u64>,
     pub owns_port: bool,
     /// The kernel's UDP counters of the node's namespace, by name
     /// (`SndbufErrors`, `RcvbufErrors`...): losses outside the daemon.
@@ -2182,6 +2185,7 @@ impl Node {
                 "dropped": view.dropped,
                 "wireguard_data_via_daemon": view.wireguard_via_daemon,
                 "wireguard_session_resets": view.session_resets,
+                "wireguard_crossing_initiations_yielded": view.crossing_yielded,
                 "wireguard_owns_port": view.owns_port,
             },
             "kernel_udp": view.kernel_udp,

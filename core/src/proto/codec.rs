@@ -410,7 +410,8 @@ impl ReplayCache {
                     *r = t.max(*r);
                 }
                 for (&id, &t) in &raised {
-                    if t >= horizon && (self.floors.len() < self.half || self.floors.contains_key(&id))
+                    if t >= horizon
+                        && (self.floors.len() < self.half || self.floors.contains_key(&id))
                     {
                         let f = self.floors.entry(id).or_insert(0);
                         *f = (*f).max(t);
