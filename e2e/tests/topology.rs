@@ -401,3 +401,50 @@ fn fifty_nodes_started_at_once_all_find_each_other() {
     let took = fleet_started_at_once(50, Duration::from_secs(240));
     eprintln!("50 nodes started at once: all found each other {took:?} after the first wh up");
 }
+
+/// Every node behind a NAT, the bootstrap the only public node: once the
+/// nodes have met and punched direct paths, the bootstrap dies for good
+/// and every pair keeps exchanging data (over its direct path, which
+/// needs no bootstrap), checked right after the kill and 15 s later.
+#[test]
+fn nodes_behind_nats_keep_every_pair_working_after_their_lone_bootstrap_dies() {
+    require_lab!();
+    let mut lab = Lab::new().expect("lab");
+    let net = lab
+        .lone_boot_network(&[Nat::Easy, Nat::Easy, Nat::Upnp])
+        .expect("network");
+    lab.start_all(&net.nodes, &net.keys, &net.config)
+        .expect("wh up");
+    let peers = net.nodes.len() - 1;
+    let hosts: Vec<&Host> = std::iter::once(&net.boot).chain(&net.nodes).collect();
+    let all_direct = |lab: &Lab| net.nodes.iter().all(|h| direct_peers(lab, h) == peers);
+    let deadline = Instant::now() + wirehub_e2e::patience(Duration::from_secs(30));
+    while !all_direct(&lab) {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not all get direct paths to each other{}",
+            lab.report(&hosts)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    lab.kill_daemon(&net.boot, "-KILL")
+        .expect("kill the bootstrap");
+    let killed = Instant::now();
+    let every_pair_answers = |lab: &Lab, when: &str| {
+        for (i, from) in net.nodes.iter().enumerate() {
+            for j in (0..net.nodes.len()).filter(|j| *j != i) {
+                let to = format!("10.0.42.{}", j + 2);
+                lab.ping_until(from, &to, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("{when}: {e}{}", lab.report(&hosts)));
+            }
+        }
+    };
+    every_pair_answers(&lab, "right after the bootstrap died");
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(killed.elapsed()));
+    every_pair_answers(&lab, "15 s after the bootstrap died");
+    assert!(
+        all_direct(&lab),
+        "a direct path was lost without the bootstrap{}",
+        lab.report(&hosts)
+    );
+}
