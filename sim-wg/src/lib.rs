@@ -432,16 +432,21 @@ mod tests {
         got
     }
 
-    #[test]
-    fn two_trusting_planes_handshake_and_deliver_what_the_other_encrypted() {
+    /// The time, two keys and a plane for each, made at that time.
+    fn two_planes() -> (Now, PrivateKey, PrivateKey, WgDataplane, WgDataplane) {
         let origin = Instant::now();
         let now = Now {
             mono: origin,
             unix_ms: 1_800_000_000_000,
         };
         let (ka, kb) = (key(1), key(2));
-        let mut a = WgDataplane::new(&ka, origin);
-        let mut b = WgDataplane::new(&kb, origin);
+        let (a, b) = (WgDataplane::new(&ka, origin), WgDataplane::new(&kb, origin));
+        (now, ka, kb, a, b)
+    }
+
+    #[test]
+    fn two_trusting_planes_handshake_and_deliver_what_the_other_encrypted() {
+        let (now, ka, kb, mut a, mut b) = two_planes();
         b.set_peer(now, &peer(&ka, 1));
         let hello = a.set_peer(now, &peer(&kb, 2));
         assert_eq!(hello.len(), 1, "a new peer gets a handshake initiation");
@@ -469,19 +474,11 @@ mod tests {
     /// 7351719995460706832).
     #[test]
     fn crossing_initiations_make_one_session_and_deliver_both_queued_packets() {
-        let origin = Instant::now();
-        let now = Now {
-            mono: origin,
-            unix_ms: 1_800_000_000_000,
-        };
-        let (ka, kb) = (key(1), key(2));
-        let mut a = WgDataplane::new(&ka, origin);
-        let mut b = WgDataplane::new(&kb, origin);
+        let (now, ka, kb, mut a, mut b) = two_planes();
         let hello_a = a.set_peer(now, &peer(&kb, 2));
         let hello_b = b.set_peer(now, &peer(&ka, 1));
         assert!(a.send(now, &kb.public_key(), &[1, 1]).is_empty(), "queued");
         assert!(b.send(now, &ka.public_key(), &[2, 2]).is_empty(), "queued");
-        let keys = [ka.public_key(), kb.public_key()];
         // Both initiations are on the wire at once; datagrams arrive in
         // the order they were sent.
         let mut wire: std::collections::VecDeque<(usize, Sent)> =
