@@ -9,7 +9,7 @@
 //!         [--first-contact clock|challenge]
 //!         [--join-interval MS] [--settle MS] [--single-boot 0|1]
 //!         [--busy F] [--busy-max MS]
-//!         [--service-us US] [--queue N] [--shed-late 0|1]
+//!         [--service-us US] [--queue N] [--shed-late 0|1] [--stall-after MS]
 //! ```
 //!
 //! `--clock-skew-ms 86400000` gives every node (or `--skewed-fraction` of
@@ -63,7 +63,7 @@ const USAGE: &str = "usage: dht-sim [--nodes N] [--churn F] [--loss F] [--lookup
 [--k N] [--mode kademlia|all-at-once] [--seed S] [--seal-fraction F] [--join-refresh BUCKETS] \
 [--clock-skew-ms MS] [--skewed-fraction F] [--first-contact clock|challenge] \
 [--join-interval MS] [--settle MS] [--single-boot 0|1] [--busy F] [--busy-max MS] \
-[--service-us US] [--queue N] [--shed-late 0|1]";
+[--service-us US] [--queue N] [--shed-late 0|1] [--stall-after MS]";
 
 fn parse(args: &[String]) -> Result<SimConfig, String> {
     let mut cfg = SimConfig {
@@ -107,6 +107,7 @@ fn parse(args: &[String]) -> Result<SimConfig, String> {
             "--service-us" => cfg.service_us = value.parse().map_err(|e| bad(&e))?,
             "--queue" => cfg.queue_cap = value.parse().map_err(|e| bad(&e))?,
             "--shed-late" => cfg.shed_late = value == "1",
+            "--stall-after" => cfg.stall_after_ms = value.parse().map_err(|e| bad(&e))?,
             "--mode" => {
                 cfg.all_at_once = match value.as_str() {
                     "kademlia" => false,
@@ -168,11 +169,12 @@ fn main() -> ExitCode {
         cfg.busy_max_ms
     );
     println!(
-        "receive queues: service {} us (busy x{}) capacity {} shed late {}",
+        "receive queues: service {} us (busy x{}) capacity {} shed late {}; lookups stall after {} ms (0: never)",
         cfg.service_us,
         wirehub::dht::sim::BUSY_SLOWDOWN,
         cfg.queue_cap,
-        u8::from(cfg.shed_late)
+        u8::from(cfg.shed_late),
+        cfg.stall_after_ms
     );
     let before = ALLOCATED.load(Ordering::Relaxed);
     let report = run(&cfg);
